@@ -1,0 +1,9 @@
+"""karl: image complexity from a single-pass adaptive image tokenizer (KARL, arXiv 2507.07995)."""
+from .config import EPS_BINS, KARLConfig, eps_to_bin, preset
+from .tokenizer import KARL, Encoding
+from .weights import WeightsError, build_model, load_pretrained
+
+__version__ = "0.1.0"
+
+__all__ = ["EPS_BINS", "KARL", "Encoding", "KARLConfig", "WeightsError", "build_model", "eps_to_bin",
+           "load_pretrained", "preset", "__version__"]

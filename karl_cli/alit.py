@@ -1,0 +1,279 @@
+"""ALIT: an adaptive-length image tokenizer by recurrent allocation (arXiv 2411.02393), the peer KARL
+is compared with (KARL paper, Table 2).
+
+One recurrent rollout over the 2D tokens; iteration k (1-based) adds ``token_step`` new learned 1D
+latent tokens and runs the (weight-shared) encoder over all of them together:
+
+    iteration 1:  [2D tokens (+pos),                    new latents[0:s]]          -> encoder
+    iteration k:  [2D tokens from k-1, latents from k-1, new latents[(k-1)s:ks]]   -> encoder
+
+The 2D tokens and the old latents are carried from iteration to iteration (ALIT's "adaptive
+memory": each iteration refines the 2D tokens, updates the old latents and adds capacity). After
+iteration k the k·s latents pass the same continuous bottleneck as KARL's (LN -> Linear(w -> 12))
+and KARL's decoder (mask tokens at the 2D positions + the latents) reconstructs the image from them.
+
+How it differs from KARL in this package:
+
+- **No ε conditioning, no halting head.** ALIT's tokens do not depend on ε; ``Encoding.p_halt`` is
+  all zeros and ``Encoding.keep`` all True. The token count an image needs at ε comes only from a
+  **search**: roll out iteration by iteration, decode after each, stop at the first iteration whose
+  reconstruction meets ε (``complexity`` / ``search``). ``single_pass = False`` says so to scoring
+  code: ``--method single`` is not available for ALIT.
+- **Tokens are not prefixes.** The old latents change in every iteration, so the 8 tokens after
+  iteration 2 are not the first 8 of the 16 after iteration 4. ``encode(..., num_tokens=T)`` runs T/s
+  iterations from scratch (T/s encoder iterations); the incremental ``rollout``/``search`` costs one
+  encoder iteration and one decoder pass per step instead. For the same reason ``--method prefix``
+  (decode prefixes of one T_max encoding) is meaningless for ALIT. ``encode_tokens`` and ``forward``
+  take KARL's signatures, so ``complexity.score(method="search")`` runs on ALIT unchanged and gives
+  the same KC as ``complexity``; it restarts the rollout at every budget, though (its encoder runs
+  count calls: the call at budget T costs T/s iterations).
+- **Cost.** One "encoder run" below is one recurrent iteration: ``enc_depth`` blocks over
+  (2D tokens + k·s latents).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .config import KARLConfig
+from .tokenizer import KARL, Block, Encoding, ForwardOutput, make_base
+
+
+@dataclass
+class ALITState:
+    """The recurrent state after some iterations: encoder residual streams, not yet bottlenecked."""
+
+    x2d: torch.Tensor        # (B, N_2d, width)
+    latents: torch.Tensor    # (B, k*s, width)
+    iterations: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.latents.shape[1]
+
+
+@dataclass
+class SearchResult:
+    """Per image: the search's token count, reconstruction, L1 and the runs spent to find them."""
+
+    kc: torch.Tensor            # (B,) long: tokens of the first iteration meeting ε (T_max if none did)
+    recon: torch.Tensor         # (B, 3, R, R) in [0, 1]: the reconstruction at kc tokens
+    l1: torch.Tensor            # (B,) float: its pixel L1
+    met: torch.Tensor           # (B,) bool: l1 <= ε
+    encoder_runs: torch.Tensor  # (B,) long: encoder iterations until this image was done
+    decoder_runs: torch.Tensor  # (B,) long: decoder passes until this image was done
+
+
+class ALIT(nn.Module):
+    """Adaptive-length tokenizer by recurrent allocation (arXiv 2411.02393). See the module docstring."""
+
+    # KC needs a search (encoder + decoder per iteration); there is no single-pass estimate.
+    single_pass = False
+
+    def __init__(self, config: KARLConfig) -> None:
+        super().__init__()
+        if config.arch != "alit":
+            raise ValueError(f"ALIT needs arch='alit', the config says {config.arch!r}")
+        self.config = cfg = config
+        n, w, dw = cfg.num_2d_tokens, cfg.width, cfg.dec_width
+        self.base = make_base(cfg)
+        self.pos_2d = nn.Parameter(torch.randn(1, n, w) * 0.02)
+        self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
+        self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
+        self.enc_norm = nn.LayerNorm(w)
+        self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
+        # The decoder: the same modules (and names) as KARL's, so KARL.decode_tokens runs on them.
+        self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
+        self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, dw) * 0.02)
+        self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
+        self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
+        self.dec_norm = nn.LayerNorm(dw)
+
+    # KARL's decoder pass, shared (not copied): mask tokens + latents -> pixels via the base head.
+    decode_tokens = KARL.decode_tokens
+
+    @property
+    def iterations(self) -> int:
+        """Iterations of a full rollout: T_max / token_step."""
+        return self.config.max_tokens // self.config.token_step
+
+    def iterations_for(self, num_tokens: int) -> int:
+        """Iterations that produce ``num_tokens`` tokens; it must be a multiple of token_step."""
+        cfg = self.config
+        if not 1 <= num_tokens <= cfg.max_tokens or num_tokens % cfg.token_step:
+            raise ValueError(f"ALIT makes {cfg.token_step} tokens per iteration: num_tokens must be a multiple of "
+                             f"{cfg.token_step} in {cfg.token_step}..{cfg.max_tokens}, got {num_tokens}")
+        return num_tokens // cfg.token_step
+
+    # --- encoder -------------------------------------------------------------------------------
+    def start(self, images: torch.Tensor) -> ALITState:
+        """The state before iteration 1: 2D tokens (+pos), no latents."""
+        x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
+        return ALITState(x2d, x2d.new_zeros(x2d.shape[0], 0, x2d.shape[2]), 0)
+
+    def step(self, state: ALITState) -> ALITState:
+        """One recurrent iteration: add token_step new latents, run the encoder over everything."""
+        s, k = self.config.token_step, state.iterations
+        if k >= self.iterations:
+            raise ValueError(f"the rollout is complete after {self.iterations} iterations")
+        b, n = state.x2d.shape[:2]
+        new = self.latent_tokens[:, k * s:(k + 1) * s].expand(b, -1, -1).to(state.x2d.dtype)
+        x = torch.cat([state.x2d, state.latents, new], dim=1)
+        for blk in self.encoder:
+            x = blk(x)
+        return ALITState(x[:, :n], x[:, n:], k + 1)
+
+    def tokens(self, state: ALITState) -> torch.Tensor:
+        """The state's latents through the continuous bottleneck: (B, k*s, latent_dim)."""
+        return self.bottleneck(self.enc_norm(state.latents))
+
+    def rollout(self, images: torch.Tensor, iterations: int | None = None) -> Iterator[torch.Tensor]:
+        """Bottlenecked tokens after each iteration 1..``iterations`` (default all): one encoder
+        iteration per item, so a search can stop early."""
+        state = self.start(images)
+        for _ in range(iterations or self.iterations):
+            state = self.step(state)
+            yield self.tokens(state)
+
+    def rollout_to(self, images: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Tokens after iteration num_tokens / token_step: (B, num_tokens, latent_dim)."""
+        k = self.iterations_for(num_tokens)
+        state = self.start(images)
+        for _ in range(k):
+            state = self.step(state)
+        return self.tokens(state)
+
+    def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor | None, num_tokens: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """KARL's signature, so code written for KARL (e.g. ``complexity.score``'s search) runs on ALIT:
+        (tokens after iteration num_tokens/token_step, p_halt = zeros). ``eps_idx`` is ignored."""
+        latents = self.rollout_to(images, num_tokens)
+        return latents, torch.zeros(latents.shape[:2], device=latents.device)
+
+    def forward(self, images: torch.Tensor, eps_idx: torch.Tensor | None = None, num_tokens: int | None = None,
+                halting: bool = False) -> ForwardOutput:
+        """KARL's training-pass signature: reconstruction (unclamped) from the tokens after
+        num_tokens/token_step iterations; ``eps_idx`` and ``halting`` are ignored (all tokens kept)."""
+        latents, p_halt = self.encode_tokens(images, eps_idx, num_tokens or self.config.max_tokens)
+        return ForwardOutput(self.decode_tokens(latents), p_halt, torch.ones_like(p_halt, dtype=torch.bool))
+
+    # --- inference API (the same as KARL's) ----------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, eps: float, num_tokens: int | None = None) -> Encoding:
+        """Tokens after iteration num_tokens / token_step (default: the full rollout), all kept.
+
+        ``eps`` does not change ALIT's tokens (there is no ε conditioning); it is recorded in the
+        Encoding. ``p_halt`` is zeros and ``keep`` all True: ALIT has no halting head, so
+        ``Encoding.kc`` is just ``num_tokens``. For the token count an image needs, use ``complexity``.
+        """
+        images = images.to(self.device, self.dtype)
+        latents = self.rollout_to(images, num_tokens or self.config.max_tokens)
+        b, t = latents.shape[:2]
+        zeros = torch.zeros(b, t, device=latents.device)
+        return Encoding(latents.float(), zeros, torch.ones(b, t, dtype=torch.bool, device=latents.device), float(eps))
+
+    @torch.inference_mode()
+    def decode(self, encoding: Encoding) -> torch.Tensor:
+        """One decoder pass over the kept tokens: images (B,3,R,R) in [0,1]."""
+        lat = encoding.latents.to(self.device, self.dtype)
+        return self.decode_tokens(lat, encoding.keep.to(self.device)).float().clamp_(0.0, 1.0)
+
+    @torch.inference_mode()
+    def search(self, images: torch.Tensor, eps: float) -> SearchResult:
+        """ALIT's search: iterate, decode after each iteration, stop each image at the first
+        reconstruction with pixel L1 <= ε. The batch stops once every image is done."""
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        images = images.to(self.device, self.dtype)
+        target = images.float()
+        b = images.shape[0]
+        dev = images.device
+        kc = torch.full((b,), self.config.max_tokens, dtype=torch.long, device=dev)
+        runs = torch.zeros(b, dtype=torch.long, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        recon = torch.zeros_like(target)
+        l1 = torch.zeros(b, device=dev)
+        state = self.start(images)
+        for k in range(1, self.iterations + 1):
+            state = self.step(state)
+            out = self.decode_tokens(self.tokens(state)).float().clamp_(0.0, 1.0)
+            err = (out - target).abs().mean(dim=(1, 2, 3))
+            open_ = ~done
+            runs[open_] = k
+            recon[open_] = out[open_]
+            l1[open_] = err[open_]
+            hit = open_ & (err <= eps)
+            kc[hit] = state.num_tokens
+            done |= hit
+            if bool(done.all()):
+                break
+        return SearchResult(kc, recon, l1, done, runs, runs.clone())
+
+    @torch.inference_mode()
+    def complexity(self, images: torch.Tensor, eps: float) -> torch.Tensor:
+        """Approximate KC at ε: the token count of the first iteration whose reconstruction meets ε
+        (T_max for images no iteration reconstructs that well). Costs up to T_max/token_step
+        encoder iterations and as many decoder passes."""
+        return self.search(images, eps).kc
+
+    @property
+    def device(self) -> torch.device:
+        return self.pos_2d.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pos_2d.dtype
+
+    def save_pretrained(self, directory: str, card: str | None = None) -> None:
+        from .weights import save_pretrained
+        save_pretrained(self, directory, card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "ALIT":
+        from .weights import load_pretrained
+        model = load_pretrained(directory, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+class ALITLoss(nn.Module):
+    """ALIT's training objective for the shared trainer: one rollout to T_max, L1 reconstruction
+    from the tokens of iteration budget/token_step (``rec1``) and of the last iteration (``rec2``).
+
+    Returns the same stats as KARL's two-phase loss: 'halt' is 0 (no halting head) and 'kept2' is
+    the tokens the full-budget reconstruction used (T_max). ``eps_small`` and ``halt_weight`` are
+    accepted for the trainer's call signature and unused.
+    """
+
+    def __init__(self, model: ALIT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, budget: int, eps_small: torch.Tensor, halt_weight: float
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = self.model
+        k_budget = model.iterations_for(budget)
+        mid = None
+        state = model.start(images)
+        for k in range(1, model.iterations + 1):
+            state = model.step(state)
+            if k == k_budget:
+                mid = model.tokens(state)
+        full = model.tokens(state)
+        if k_budget == model.iterations:
+            # Budget = T_max: decode once and count it for both terms.
+            l1_1 = l1_2 = (model.decode_tokens(full).float() - images).abs().mean(dim=(1, 2, 3))
+            loss = 2 * l1_2.mean()
+        else:
+            l1_1 = (model.decode_tokens(mid).float() - images).abs().mean(dim=(1, 2, 3))
+            l1_2 = (model.decode_tokens(full).float() - images).abs().mean(dim=(1, 2, 3))
+            loss = l1_1.mean() + l1_2.mean()
+        zero = torch.zeros((), device=images.device)
+        stats = {"rec1": l1_1.mean().detach(), "rec2": l1_2.mean().detach(), "halt": zero,
+                 "kept2": torch.tensor(float(full.shape[1]), device=images.device)}
+        return loss, stats

@@ -1,0 +1,436 @@
+"""The ``karl`` command: parse, call the library, render. No logic lives here."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, KarlError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
+console = Console(stderr=True)
+_state = {"debug": False}
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "karl-small"
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+# --- helpers shared by the commands ----------------------------------------------------------------
+def _handle_errors(fn: Callable) -> Callable:
+    """User errors become one clear line and their exit code, also under ``CliRunner`` (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KarlError as e:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+def _default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _load_model(weights: Optional[Path]):
+    from .weights import WeightsError, load_pretrained
+
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if weights is None and not path.exists():
+        raise UsageError(f"no default model at {path}; pass --weights DIR (a folder with config.json and "
+                         "model.safetensors, e.g. one written by `karl train`)")
+    if not path.exists():
+        raise UsageError(f"weights directory {path} does not exist")
+    try:
+        return load_pretrained(path)
+    except WeightsError as e:
+        raise KarlError(str(e)) from None
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        elapsed = task.finished_time if task.finished else task.elapsed
+        speed = task.completed / elapsed if elapsed and task.completed else None
+        return Text(f"{speed:,.1f} img/s" if speed else "… img/s", style="cyan")
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def _summary_table(stats: list[dict], method: str) -> Table:
+    table = Table(title=f"KC per ε (method: {method})", title_justify="left", header_style="bold")
+    for name in ("ε", "ok", "errors", "KC mean", "median", "q10", "q90", "L1 mean", "missed ε"):
+        table.add_column(name, justify="right")
+    for s in stats:
+        table.add_row(f"{s['eps']:g}", str(s["ok"]), f"[red]{s['error']}[/]" if s["error"] else "0",
+                      _fmt(s["kc_mean"]), _fmt(s["kc_median"], "g"), _fmt(s["kc_q10"], "g"), _fmt(s["kc_q90"], "g"),
+                      _fmt(s["l1_mean"], ".4f"), _fmt(None if s["miss"] is None else 100 * s["miss"], ".0f") +
+                      ("%" if s["miss"] is not None else ""))
+    return table
+
+
+# --- commands ------------------------------------------------------------------------------------------
+@app.command()
+@_handle_errors
+def complexity(
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
+    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
+    baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
+    method: str = typer.Option("single", "--method", help="single (KARL, 1 pass), search (ALIT-style re-encoding) "
+                               "or prefix (One-D-Piece-style prefix decoding)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores-1, max 4)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the KC histogram per ε to this PNG."),
+) -> None:
+    """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
+    from .complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, collect_inputs, parse_shard,
+                             score, validate_eps)
+    from .runtime import resolve_device
+
+    eps_v = validate_eps(eps or [0.05])
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    shard_t = parse_shard(shard)
+    dev = resolve_device(device)
+    if csv_out is None and json_out is None:
+        raise UsageError("say where the rows go: --csv FILE and/or --json FILE ('-' for stdout)")
+    if resume and (csv_out or json_out) == "-":
+        raise UsageError("--resume needs an output file, not stdout")
+    found = collect_inputs(paths)
+    model = _load_model(weights)
+    fields = ROW_FIELDS + (BASELINE_FIELDS if baselines else [])
+    summary = Summary()
+    plot_rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume))
+        sinks = [primary]
+        if csv_out and json_out:
+            sinks.append(stack.enter_context(RowWriter(json_out, fields)))
+            for row in primary.existing:
+                sinks[1].write(row)
+        for row in primary.existing:
+            summary.add(row)
+            if plot:
+                plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
+        if primary.existing:
+            console.print(f"resuming: {len(primary.existing)} rows already in {csv_out or json_out} are kept")
+        with _progress("scoring") as update:
+            rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
+                         workers=_default_workers() if workers is None else workers, device=dev, shard=shard_t,
+                         skip=primary.done, progress=update)
+            for row in rows:
+                for sink in sinks:
+                    sink.write(row)
+                summary.add(row)
+                if plot:
+                    plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
+    console.print(_summary_table(summary.table(), method))
+    outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
+    if outs:
+        kept = len(primary.existing)
+        console.print(f"wrote {primary.count - kept} new rows to {outs}" + (f" ({kept} kept from before)" if kept else ""))
+    if plot:
+        from .plots import kc_histogram
+        kc_histogram(plot_rows, plot)
+        console.print(f"KC histogram: {plot}")
+    if summary.errors:
+        console.print(f"[yellow]{summary.error_paths} unreadable inputs[/] ({summary.errors} error rows; "
+                      "see the error column)")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+@_handle_errors
+def merge(
+    out: str = typer.Argument(..., help="The merged CSV to write."),
+    inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
+) -> None:
+    """Join shard CSVs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
+    from .complexity import merge_csv
+
+    counts = merge_csv(out, inputs)
+    console.print(f"merged {counts['files']} files: {counts['rows']} rows "
+                  f"({counts['duplicates']} duplicates dropped) -> {out}")
+
+
+@app.command()
+@_handle_errors
+def encode(
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
+    out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
+    recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
+) -> None:
+    """Store every image's kept tokens (safetensors shards + index.csv)."""
+    from .complexity import collect_inputs, parse_shard, validate_eps
+    from .runtime import resolve_device
+    from .token_store import encode_folder
+
+    eps_v = validate_eps(eps)[0]
+    shard_t = parse_shard(shard)
+    dev = resolve_device(device)
+    found = collect_inputs(paths)
+    model = _load_model(weights)
+    with _progress("encoding") as update:
+        res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
+                            workers=_default_workers() if workers is None else workers, device=dev, shard=shard_t,
+                            progress=update)
+    console.print(f"encoded {res.ok} images at ε={eps_v:g} into {out} ({len(res.shards)} token files, "
+                  f"index {res.index.name}, model {res.model_id})" + (f"; {res.recon} PNGs in {recon}" if recon else ""))
+    if res.error:
+        console.print(f"[yellow]{res.error} error rows[/] (unreadable inputs; see {res.index})")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+@_handle_errors
+def decode(
+    token_dir: Path = typer.Argument(..., help="A folder written by `karl encode`."),
+    out: Path = typer.Option(..., "--out", help="Folder for the reconstructed PNGs."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The model that encoded the tokens."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Rebuild images from stored tokens (bit-identical to `karl encode --recon` on the same device)."""
+    from .runtime import resolve_device
+    from .token_store import decode_folder
+
+    dev = resolve_device(device)
+    if not token_dir.is_dir():
+        raise UsageError(f"no such folder: {token_dir}")
+    model = _load_model(weights)
+    with _progress("decoding") as update:
+        res = decode_folder(token_dir, model, out, device=dev, progress=update)
+    console.print(f"decoded {res.images} images into {out}")
+
+
+@app.command()
+@_handle_errors
+def show(
+    image: Path = typer.Argument(..., help="One image."),
+    out: Path = typer.Option(..., "--out", help="The figure to write (PNG)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Draw one image, its reconstructions at growing budgets, p_halt per token and KC per ε."""
+    from .complexity import validate_eps
+    from .plots import DEFAULT_SHOW_EPS, show_figure
+    from .runtime import resolve_device
+
+    eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
+    dev = resolve_device(device)
+    if not image.is_file():
+        raise UsageError(f"no such file: {image}")
+    model = _load_model(weights)
+    info = show_figure(model, image, out, eps_v, device=dev)
+    kcs = ", ".join(f"ε={e['eps']:g}: KC {e['kc']}" for e in info["eps"])
+    console.print(f"{image.name}: {kcs} -> {out}")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one clear line and an exit code."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except KarlError as e:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {e.strerror or e}: {getattr(e, 'filename', '') or ''}")
+        sys.exit(EXIT_FAILED)
+
+
+@app.command()
+def train(
+    data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
+    preset_name: str = typer.Option("small", "--preset", help="Model size preset: tiny or small."),
+    arch: str = typer.Option("karl", "--arch", help="Architecture: karl or alit."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
+    warmup: int = typer.Option(200, "--warmup", help="Warm-up steps."),
+    workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images in memory."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+) -> None:
+    """Train a tokenizer with two-phase loss-conditioned training."""
+    from .config import preset
+    from .trainer import TrainConfig
+    from .trainer import train as run_training
+    from .progress import training_progress
+
+    model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch))
+    tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
+                     seed=seed, checkpoint_every=checkpoint_every, cache=cache)
+    with training_progress(console) as on_step:
+        run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
+                     on_step=on_step, on_log=lambda s: console.print(f"[dim]{s}[/]"))
+    console.print(f"[green]done:[/] weights in {out}")
+
+
+@app.command()
+@_handle_errors
+def correlate(
+    root: Optional[Path] = typer.Argument(None, metavar="[SAVOIAS_ROOT]",
+                                          help="Savoias folder (Images/<Category>/, 'Ground truth/xlsx/')."),
+    ratings: Optional[Path] = typer.Option(None, "--ratings", help="CSV of any rated set: path, rating[, category]; "
+                                           "relative paths resolve against the CSV's folder."),
+    eps: List[float] = typer.Option([0.05], "--eps", help="Target error ε (repeat for several)."),
+    method: str = typer.Option("single", "--method", help="single (one pass: KC, soft KC), search or prefix."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI of ρ (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results table (CSV)."),
+    per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores (CSV)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write figures (PNG) into this folder."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Model folder (default: weights/karl-small)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per model run."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="Image-decoding processes (default: cores-1, max 4)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Score cache folder (default ~/.cache/karl)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+) -> None:
+    """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .correlate import correlate as run_correlate
+    from .correlate import rich_table
+    from .runtime import resolve_device
+    from .savoias import load_ratings
+
+    rated = load_ratings(root, ratings)      # a bad root or CSV fails before the model is loaded
+    dev = resolve_device(device)
+    model = _load_model(weights)
+    bar = Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True)
+    task = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task("score", total=total)
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        result = run_correlate(rated, model=model, eps=eps, method=method, bootstrap=bootstrap,
+                               seed=seed, batch_size=batch_size,
+                               workers=_default_workers() if workers is None else workers, device=dev,
+                               cache=False if no_cache else cache, progress=on_progress)
+    result.save(out, per_image)
+    Console().print(rich_table(result))
+    console.print(f"[dim]{result.rated.summary()}[/]")
+    for note in result.rated.notes + result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"[dim]scores: {result.computed} computed, {result.cached} from cache"
+                  + (f" ({result.cache_path})" if result.cache_path else "") + "[/]")
+    if plot is not None:
+        from .correlate_plots import write_plots
+        files = write_plots(result, plot)
+        console.print(f"[green]wrote[/] {len(files)} figures to {plot}")
+    for path, what in ((out, "results"), (per_image, "per-image scores")):
+        if path is not None:
+            console.print(f"[green]wrote[/] {what} to {path}")
+    failed = result.failed
+    if len(failed):
+        console.print(f"[yellow]{failed['path'].nunique()} images could not be scored[/] "
+                      f"(e.g. {failed['path'].iloc[0]}: {failed['error'].iloc[0]})")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _checked(make):
+    """Config errors are usage errors."""
+    from .errors import UsageError
+
+    try:
+        return make()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+@app.command()
+def compare(
+    paths: List[Path] = typer.Argument(..., help="Images or folders (recursive)."),
+    weights: List[Path] = typer.Option(..., "--weights", "-w", help="Weights folder (repeat: KARL, ALIT, ...)."),
+    eps: List[float] = typer.Option([0.03, 0.05, 0.09], "--eps", help="Target error ε (repeat for several)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """KARL single pass vs. searches (KARL, ALIT) side by side: tokens, misses, L1/PSNR/SSIM, runs, time."""
+    from .atomic import atomic_write_text
+    from .compare import compare as run_compare
+    from .compare import load_models, render_table
+    from .errors import EXIT_SOME_FAILED
+
+    models = load_models(weights)
+    with console.status("comparing") as status:
+        df = run_compare(paths, models, eps, batch_size=batch_size, device=device,
+                         on_progress=lambda what: status.update(f"comparing: {what}"))
+    Console().print(render_table(df))
+    if csv is not None:
+        atomic_write_text(csv, df.to_csv(index=False))
+        console.print(f"[green]wrote[/] {csv}")
+    skipped = df.attrs.get("skipped", [])
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} images could not be read[/] (e.g. {skipped[0][0]}: {skipped[0][1]})")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Model configuration: one dataclass names every size, plus the ε bins.
+
+A config travels with its weights as ``config.json`` (see ``weights.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# The ε bins of the KARL paper: a requested ε rounds UP to the nearest bin.
+EPS_BINS: tuple[float, ...] = (
+    0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.09, 0.10,
+    0.12, 0.14, 0.16, 0.18, 0.20, 0.24, 0.28, 0.32, 0.38,
+)
+# Phase 1 of training conditions on "small" ε: the bins up to 0.04.
+SMALL_EPS_BINS: int = sum(1 for e in EPS_BINS if e <= 0.04 + 1e-9)
+
+
+def eps_to_bin(eps: float | torch.Tensor) -> int | torch.Tensor:
+    """Index of the smallest bin >= eps (round up); ε above the last bin maps to the last bin.
+
+    Accepts a float (returns int) or a tensor (returns a long tensor of the same shape).
+    """
+    bins = torch.tensor(EPS_BINS)
+    if isinstance(eps, torch.Tensor):
+        idx = torch.bucketize(eps.detach().float().cpu() - 1e-9, bins)
+        return idx.clamp_(max=len(EPS_BINS) - 1).to(eps.device)
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    for i, b in enumerate(EPS_BINS):
+        if eps <= b + 1e-9:
+            return i
+    return len(EPS_BINS) - 1
+
+
+@dataclass
+class KARLConfig:
+    """Every size of a tokenizer. ``arch`` selects the architecture (``karl`` or ``alit``)."""
+
+    arch: str = "karl"
+    resolution: int = 64            # images are resized to resolution x resolution
+    patch_size: int = 8             # 2D token grid = (resolution / patch_size)^2
+    base: str = "conv"              # 2D tokenizer: "patch" (one strided conv) or "conv" (conv stem/head)
+    base_channels: int = 32         # widest conv channel count of the conv base (halved per 2x upsampling)
+    width: int = 128                # encoder width
+    enc_depth: int = 2
+    enc_heads: int = 4
+    dec_width: int = 160
+    dec_depth: int = 3
+    dec_heads: int = 4
+    mlp_ratio: float = 4.0
+    max_tokens: int = 64            # T_max, the number of 1D latent tokens
+    token_step: int = 4             # budgets are multiples of this
+    latent_dim: int = 12            # continuous bottleneck per 1D token
+    halt_hidden: int = 64
+    halt_threshold: float = 0.75
+    halt_grad_scale: float = 0.1    # share of the halting loss's gradient that reaches the encoder
+    eps_bins: list[float] = field(default_factory=lambda: list(EPS_BINS))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.arch not in ("karl", "alit"):
+            problems.append(f"arch must be 'karl' or 'alit', not {self.arch!r}")
+        if self.base not in ("patch", "conv"):
+            problems.append(f"base must be 'patch' or 'conv', not {self.base!r}")
+        if self.resolution % self.patch_size:
+            problems.append("resolution must be a multiple of patch_size")
+        if self.patch_size & (self.patch_size - 1):
+            problems.append("patch_size must be a power of two")
+        if self.max_tokens % self.token_step:
+            problems.append("max_tokens must be a multiple of token_step")
+        if self.width % self.enc_heads or self.dec_width % self.dec_heads:
+            problems.append("widths must be divisible by their head counts")
+        if not 0.0 < self.halt_threshold < 1.0:
+            problems.append("halt_threshold must lie in (0, 1)")
+        if [round(float(e), 6) for e in self.eps_bins] != [round(e, 6) for e in EPS_BINS]:
+            problems.append("eps_bins differ from the bins this version of karl knows")
+        if problems:
+            raise ValueError("invalid KARLConfig: " + "; ".join(problems))
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.patch_size
+
+    @property
+    def num_2d_tokens(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def budgets(self) -> list[int]:
+        return list(range(self.token_step, self.max_tokens + 1, self.token_step))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KARLConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, KARLConfig] = {
+    # Seconds on a CPU: for tests.
+    "tiny": KARLConfig(resolution=32, patch_size=8, base="conv", base_channels=16, width=32, enc_depth=1,
+                       enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4,
+                       halt_hidden=16),
+    # The CPU default model.
+    "small": KARLConfig(),
+}
+
+
+def preset(name: str, **overrides: Any) -> KARLConfig:
+    """A copy of a named preset, with fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

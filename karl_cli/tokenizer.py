@@ -1,0 +1,280 @@
+"""The KARL tokenizer: one encoder pass gives 1D tokens and, per token, the probability of halting.
+
+Layout of a forward pass (DESIGN.md §2):
+
+    image -> base 2D tokens (+pos) ─┐
+    ε-bin token ────────────────────┼-> encoder -> latents -> halting_head -> p_halt
+    learned 1D latent tokens[:T] ───┘                     -> bottleneck (12-d)
+    kept 12-d tokens -> decoder (with mask tokens at the 2D positions) -> base head -> image
+
+Inside the encoder the context (ε token + 2D tokens) does not attend to the latents, and latent t
+attends only to latents <= t. So encoding at budget T is exactly the first T tokens of encoding at
+T_max: every prefix is a valid encoding, and the search baselines can run on the same model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import KARLConfig, eps_to_bin
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; attention through SDPA (flash/efficient kernels on CUDA)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+        return x + self.mlp(self.ln2(x))
+
+
+class PatchBase(nn.Module):
+    """The plain base: one strided conv in, one linear map to pixel patches out."""
+
+    def __init__(self, cfg: KARLConfig) -> None:
+        super().__init__()
+        p = cfg.patch_size
+        self.patch = p
+        self.embed = nn.Conv2d(3, cfg.width, p, stride=p)
+        self.head = nn.Linear(cfg.dec_width, 3 * p * p)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x).flatten(2).transpose(1, 2)
+
+    def pixels(self, h: torch.Tensor, grid: int) -> torch.Tensor:
+        b, p = h.shape[0], self.patch
+        y = self.head(h).view(b, grid, grid, 3, p, p)
+        return y.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, grid * p, grid * p)
+
+
+class ConvBase(nn.Module):
+    """A small conv stem/head around the transformer: it does the local pixel work, which a CPU
+    learns far faster with convolutions than with a linear patch map (DESIGN.md §5)."""
+
+    def __init__(self, cfg: KARLConfig) -> None:
+        super().__init__()
+        stages = int(math.log2(cfg.patch_size))
+        chans = [cfg.base_channels * 2**i for i in range(stages)]
+        down: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1), nn.GELU()]
+        for i in range(stages):
+            out = chans[i + 1] if i + 1 < stages else cfg.width
+            down.append(nn.Conv2d(chans[i], out, 4, stride=2, padding=1))
+            if i + 1 < stages:
+                down.append(nn.GELU())
+        self.stem = nn.Sequential(*down)
+        up: list[nn.Module] = [nn.Conv2d(cfg.dec_width, chans[-1], 3, padding=1), nn.GELU()]
+        prev = chans[-1]
+        for c in reversed(chans):
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, c, 3, padding=1), nn.GELU()]
+            prev = c
+        up.append(nn.Conv2d(prev, 3, 3, padding=1))
+        self.head = nn.Sequential(*up)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x).flatten(2).transpose(1, 2)
+
+    def pixels(self, h: torch.Tensor, grid: int) -> torch.Tensor:
+        b, _, c = h.shape
+        return self.head(h.transpose(1, 2).reshape(b, c, grid, grid))
+
+
+def make_base(cfg: KARLConfig) -> nn.Module:
+    """The pluggable 2D tokenizer: anything with ``tokens(x)`` and ``pixels(h, grid)``."""
+    return {"patch": PatchBase, "conv": ConvBase}[cfg.base](cfg)
+
+
+class HaltingHead(nn.Module):
+    """LN -> Linear -> Tanh -> Linear -> sigmoid: p_halt for each 1D token."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(h).squeeze(-1).float())
+
+
+@dataclass
+class ForwardOutput:
+    recon: torch.Tensor      # (B, 3, R, R), unclamped
+    p_halt: torch.Tensor     # (B, T) float32
+    keep: torch.Tensor       # (B, T) bool: the tokens the decoder saw
+
+
+@dataclass
+class Encoding:
+    """What one encoder pass says about a batch of images at one ε.
+
+    ``latents`` holds all T_max tokens; only those with ``keep`` are the image's representation
+    (halted tokens have no effect on ``KARL.decode``).
+    """
+
+    latents: torch.Tensor    # (B, T_max, latent_dim)
+    p_halt: torch.Tensor     # (B, T_max)
+    keep: torch.Tensor       # (B, T_max) bool
+    eps: float
+
+    @property
+    def kc(self) -> torch.Tensor:
+        """Token count: T_max minus the halted tokens."""
+        return self.keep.sum(1)
+
+    @property
+    def kc_soft(self) -> torch.Tensor:
+        """A continuous companion of kc: sum of (1 - p_halt)."""
+        return (1.0 - self.p_halt).sum(1)
+
+    def tokens(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image i's kept tokens (kc, latent_dim) and their positions (kc,)."""
+        pos = self.keep[i].nonzero().squeeze(1)
+        return self.latents[i, pos], pos
+
+
+class KARL(nn.Module):
+    """Single-pass adaptive image tokenizer (arXiv 2507.07995)."""
+
+    def __init__(self, config: KARLConfig) -> None:
+        super().__init__()
+        if config.arch != "karl":
+            raise ValueError(f"KARL needs arch='karl', the config says {config.arch!r}")
+        self.config = cfg = config
+        n, w, dw = cfg.num_2d_tokens, cfg.width, cfg.dec_width
+        self.base = make_base(cfg)
+        self.pos_2d = nn.Parameter(torch.randn(1, n, w) * 0.02)
+        self.eps_embed = nn.Embedding(len(cfg.eps_bins), w)
+        self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
+        self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
+        self.enc_norm = nn.LayerNorm(w)
+        self.halting_head = HaltingHead(w, cfg.halt_hidden)
+        self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
+        self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
+        self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, dw) * 0.02)
+        self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
+        self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
+        self.dec_norm = nn.LayerNorm(dw)
+        self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
+
+    # --- encoder -------------------------------------------------------------------------------
+    def _encoder_mask(self, t: int, device: torch.device) -> torch.Tensor:
+        key = (t, str(device))
+        if key not in self._enc_masks:
+            ctx = 1 + self.config.num_2d_tokens
+            allowed = torch.ones(ctx + t, ctx + t, dtype=torch.bool)
+            allowed[:ctx, ctx:] = False
+            allowed[ctx:, ctx:] = torch.ones(t, t, dtype=torch.bool).tril()
+            self._enc_masks[key] = allowed.to(device)
+        return self._enc_masks[key]
+
+    def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder pass at budget ``num_tokens``: (latents (B,T,latent_dim), p_halt (B,T))."""
+        cfg = self.config
+        if not 1 <= num_tokens <= cfg.max_tokens:
+            raise ValueError(f"num_tokens must lie in 1..{cfg.max_tokens}, got {num_tokens}")
+        b = images.shape[0]
+        x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
+        eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
+        lat = self.latent_tokens[:, :num_tokens].expand(b, -1, -1)
+        x = torch.cat([eps_tok, x2d, lat], dim=1)
+        mask = self._encoder_mask(num_tokens, images.device)
+        for blk in self.encoder:
+            x = blk(x, mask)
+        h = self.enc_norm(x[:, 1 + cfg.num_2d_tokens:])
+        # The halting loss reaches the shared encoder only scaled down: at full strength its easy
+        # early target (p_halt -> 0 everywhere) collapses the latents before they learn the image.
+        g = cfg.halt_grad_scale
+        h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
+        return self.bottleneck(h), self.halting_head(h_halt)
+
+    # --- decoder -------------------------------------------------------------------------------
+    def decode_tokens(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruct from latents (B,T,latent_dim); tokens where ``keep`` is False are dropped
+        from the computation entirely, so their values cannot affect the output."""
+        cfg = self.config
+        b, t, _ = latents.shape
+        n = cfg.num_2d_tokens
+        z = self.unbottleneck(latents) + self.dec_latent_pos[:, :t]
+        attn_mask = None
+        if keep is not None and not bool(keep.all()):
+            counts = keep.sum(1)
+            k = int(counts.max())
+            # Kept tokens first, in their order; the rest of each row is padding, masked out.
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :k]
+            z = torch.gather(z, 1, order.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+            real = torch.arange(k, device=z.device).unsqueeze(0) < counts.unsqueeze(1)
+            if not bool(real.all()):
+                key_ok = torch.cat([torch.ones(b, n, dtype=torch.bool, device=z.device), real], dim=1)
+                attn_mask = key_ok[:, None, None, :]
+        x = torch.cat([self.mask_token.expand(b, n, -1) + self.dec_pos_2d, z], dim=1)
+        for blk in self.decoder:
+            x = blk(x, attn_mask)
+        h = self.dec_norm(x[:, :n])
+        return self.base.pixels(h, cfg.grid) + 0.5
+
+    def forward(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int | None = None,
+                halting: bool = False) -> ForwardOutput:
+        """Training pass. With ``halting`` the decoder sees only tokens with p_halt <= threshold."""
+        t = num_tokens or self.config.max_tokens
+        latents, p_halt = self.encode_tokens(images, eps_idx, t)
+        if halting:
+            keep = p_halt.detach() <= self.config.halt_threshold
+        else:
+            keep = torch.ones_like(p_halt, dtype=torch.bool)
+        return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
+
+    # --- inference API -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, eps: float, num_tokens: int | None = None) -> Encoding:
+        """One encoder pass at T_max (or ``num_tokens``) conditioned on ε: tokens, p_halt and kc."""
+        images = images.to(self.device, self.dtype)
+        idx = torch.full((images.shape[0],), eps_to_bin(eps), dtype=torch.long, device=images.device)
+        latents, p_halt = self.encode_tokens(images, idx, num_tokens or self.config.max_tokens)
+        return Encoding(latents.float(), p_halt, p_halt <= self.config.halt_threshold, float(eps))
+
+    @torch.inference_mode()
+    def decode(self, encoding: Encoding) -> torch.Tensor:
+        """One decoder pass over the kept tokens: images (B,3,R,R) in [0,1]."""
+        lat = encoding.latents.to(self.device, self.dtype)
+        return self.decode_tokens(lat, encoding.keep.to(self.device)).float().clamp_(0.0, 1.0)
+
+    @torch.inference_mode()
+    def complexity(self, images: torch.Tensor, eps: float) -> torch.Tensor:
+        """Approximate Kolmogorov complexity at ε: the number of kept tokens per image."""
+        return self.encode(images, eps).kc
+
+    @property
+    def device(self) -> torch.device:
+        return self.pos_2d.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pos_2d.dtype
+
+    def save_pretrained(self, directory: str, card: str | None = None) -> None:
+        from .weights import save_pretrained
+        save_pretrained(self, directory, card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "KARL":
+        from .weights import load_pretrained
+        model = load_pretrained(directory, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model

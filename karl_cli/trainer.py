@@ -1,0 +1,376 @@
+"""The two-phase, loss-conditioned trainer (DESIGN.md §2, the "upside-down RL" trick).
+
+Each step:
+1. Phase 1 estimates complexity: a random budget T, a small ε, no halting. The per-image pixel L1
+   of that reconstruction is ε₀ (no grad); halting targets are 0 for all T tokens.
+2. Phase 2 learns to stop: budget T_max, conditioned on bin(ε₀), decoding only the tokens the
+   halting head keeps. Targets: the first T tokens 0, the other T_max - T tokens 1 (they were not
+   needed to reach ε₀).
+Loss = L1 reconstruction in both phases + BCE halting loss.
+
+Runs on CPU or CUDA (bf16 autocast) and data-parallel under ``torchrun`` (DDP; gloo on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .atomic import atomic_path
+from .config import SMALL_EPS_BINS, KARLConfig, eps_to_bin, preset
+from .data import CropDataset, batches, batches_per_epoch, training_files
+from .runtime import resolve_device
+from .errors import EXIT_INTERRUPTED, KarlError, UsageError
+from .weights import build_model, save_pretrained
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingError(KarlError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KarlError):
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the model's sizes."""
+
+    steps: int | None = None          # total optimiser steps; or derived from epochs
+    epochs: float | None = None
+    batch_size: int = 64              # per process
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 3.0
+    ema_decay: float = 0.999
+    halt_weight: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    workers: int = 0
+    cache: bool = True
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+
+
+# --- the step ------------------------------------------------------------------------------------
+def halting_targets(budget: int, max_tokens: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Phase 2 targets: 0 for the first ``budget`` tokens (needed for ε₀), 1 for the rest."""
+    t = torch.zeros(batch, max_tokens, device=device)
+    t[:, budget:] = 1.0
+    return t
+
+
+class TwoPhaseLoss(nn.Module):
+    """Both phases in one forward, so DDP sees one forward per backward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, budget: int, eps_small: torch.Tensor, halt_weight: float
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg: KARLConfig = self.model.config
+        b = images.shape[0]
+        # Phase 1: reconstruct with `budget` tokens under a small ε; ε₀ = what that achieved.
+        out1 = self.model(images, eps_small, num_tokens=budget, halting=False)
+        l1_1 = (out1.recon.float() - images).abs().mean(dim=(1, 2, 3))
+        eps0 = l1_1.detach()
+        halt1 = F.binary_cross_entropy(out1.p_halt, torch.zeros_like(out1.p_halt))
+        # Phase 2: all T_max tokens conditioned on bin(ε₀); learn that the extra ones were not needed.
+        out2 = self.model(images, eps_to_bin(eps0), num_tokens=cfg.max_tokens, halting=True)
+        l1_2 = (out2.recon.float() - images).abs().mean(dim=(1, 2, 3))
+        target = halting_targets(budget, cfg.max_tokens, b, images.device)
+        halt2 = F.binary_cross_entropy(out2.p_halt, target)
+        loss = l1_1.mean() + l1_2.mean() + halt_weight * (halt1 + halt2)
+        stats = {"rec1": l1_1.mean().detach(), "rec2": l1_2.mean().detach(), "halt": (halt1 + halt2).detach() / 2,
+                 "kept2": out2.keep.float().sum(1).mean()}
+        return loss, stats
+
+
+def training_objective(model: nn.Module) -> nn.Module:
+    """The loss module for an architecture: KARL's two phases, or ALIT's recurrent objective."""
+    if model.config.arch == "alit":
+        from .alit import ALITLoss
+        return ALITLoss(model)
+    return TwoPhaseLoss(model)
+
+
+def sample_phase1(cfg: KARLConfig, batch: int, step: int, seed: int) -> tuple[int, torch.Tensor]:
+    """Budget and small-ε bins for a step: a function of (seed, step), identical on every rank."""
+    g = torch.Generator().manual_seed(seed * 1_000_033 + step)
+    budgets = cfg.budgets
+    budget = budgets[int(torch.randint(0, len(budgets), (), generator=g))]
+    eps_small = torch.randint(0, SMALL_EPS_BINS, (batch,), generator=g)
+    return budget, eps_small
+
+
+def two_phase_step(loss_module: nn.Module, images: torch.Tensor, step: int, tc: TrainConfig,
+                   autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward of one training step; returns (loss, stats). The caller does backward + optimiser."""
+    inner = loss_module.module if hasattr(loss_module, "module") else loss_module
+    budget, eps_small = sample_phase1(inner.model.config, images.shape[0], step, tc.seed)
+    with torch.autocast(images.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        loss, stats = loss_module(images, budget, eps_small.to(images.device), tc.halt_weight)
+    stats["budget"] = torch.tensor(float(budget))
+    return loss, stats
+
+
+# --- schedule and EMA ----------------------------------------------------------------------------
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio`` of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of the weights; its warm-up keeps early averages from lagging."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+# --- the run -------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path                 # the run folder (weights, checkpoint, metrics)
+    model: nn.Module          # the trained (non-EMA) model, as this process holds it
+    step: int
+
+
+@dataclass
+class StepReport:
+    step: int
+    total: int
+    epoch: int
+    metrics: dict
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _dist_info()
+
+
+def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | None = None,
+          train_config: TrainConfig | None = None, device: str = "auto", resume: bool = False,
+          on_step: Callable[[StepReport], None] | None = None, on_log: Callable[[str], None] | None = None
+          ) -> TrainResult:
+    """Train a tokenizer on the image folders in ``data``; weights and checkpoints go to ``out``.
+
+    ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
+    checkpoint.pt (for ``resume``) and metrics.jsonl.
+    """
+    out = Path(out)
+    log = on_log or (lambda s: None)
+    ckpt_path = out / CHECKPOINT_NAME
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"nothing to resume: {ckpt_path} does not exist")
+        # Our own checkpoint; weights_only keeps it from executing anything.
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model_config = KARLConfig.from_dict(state["model_config"])
+        saved_tc = dict(state["train_config"])
+        saved_tc["betas"] = tuple(saved_tc["betas"])
+        saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
+        tc = TrainConfig(**saved_tc)
+        if train_config is not None:
+            # A resumed run keeps its recipe; only the length and the worker count may change.
+            tc = dataclasses.replace(tc, workers=train_config.workers, steps=train_config.steps or tc.steps)
+    else:
+        model_config = model_config or preset("small")
+        tc = train_config or TrainConfig()
+        if ckpt_path.exists():
+            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    dev = resolve_device(device)
+    rank, world = _init_distributed(dev)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    torch.manual_seed(tc.seed)
+
+    files = training_files(data)
+    dataset = CropDataset(files, model_config.resolution, seed=tc.seed, scale=tc.crop_scale, cache=tc.cache)
+    for path, why in dataset.skipped[:5]:
+        log(f"skipped unreadable training image {path}: {why}")
+    if len(dataset.skipped) > 5:
+        log(f"... and {len(dataset.skipped) - 5} more unreadable images skipped")
+    per_epoch = batches_per_epoch(len(dataset), tc.batch_size, world)
+    if per_epoch < 1:
+        raise UsageError(f"{len(dataset)} images are fewer than one batch of {tc.batch_size} per process; "
+                         "lower --batch-size")
+    total = tc.steps if tc.steps else max(1, round((tc.epochs or 1) * per_epoch))
+
+    model = build_model(model_config).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_module: nn.Module = training_objective(model)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "embed" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.min_lr_ratio))
+    ema = EMA(model, tc.ema_decay)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ema.shadow = state["ema"]
+        step = int(state["step"])
+        log(f"resumed at step {step} of {total}")
+    autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
+    metrics_path = out / METRICS_NAME
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
+
+    def save(final: bool = False) -> None:
+        if rank != 0:
+            return
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "ema": ema.shadow, "step": step, "model_config": model_config.to_dict(),
+                        "train_config": dataclasses.asdict(tc)}, tmp)
+        ema_model = build_model(model_config)
+        ema.copy_to(ema_model)
+        save_pretrained(ema_model, out, card=model_card(model_config, tc, data, len(dataset), step, total, world,
+                                                        metrics_path, final))
+
+    amp_dtype_name = "bf16" if autocast_dtype else "fp32"
+    log(f"training {model_config.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on "
+        f"{len(dataset)} images, {dev} {amp_dtype_name}, {world} process(es), {total} steps of "
+        f"{tc.batch_size * world} images")
+    model.train()
+    t_last = time.perf_counter()
+    try:
+        while step < total:
+            epoch, start = divmod(step, per_epoch)
+            for images in batches(dataset, tc.batch_size, tc.seed, epoch, start, rank, world, tc.workers):
+                if step >= total:
+                    break
+                images = images.to(dev, non_blocking=True)
+                if dev.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                loss, stats = two_phase_step(loss_module, images, step, tc, autocast_dtype)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
+                                        f"checkpoint is {ckpt_path} (try a lower --lr)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                sched.step()
+                ema.update(model, step)
+                step += 1
+                now = time.perf_counter()
+                row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "img_s": tc.batch_size * world / max(now - t_last, 1e-9),
+                       **{k: float(v) for k, v in stats.items()}, "time": time.time()}
+                t_last = now
+                if rank == 0:
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    if on_step:
+                        on_step(StepReport(step, total, epoch, row))
+                if step % tc.checkpoint_every == 0 and step < total:
+                    save()
+        save(final=True)
+    except KeyboardInterrupt:
+        save()
+        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, continue with --resume") from None
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return TrainResult(out, model, step)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged steps after the checkpoint so the log has each step once."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _recent(metrics_path: Path, key: str, n: int = 100) -> float | None:
+    try:
+        lines = metrics_path.read_text(encoding="utf-8").splitlines()[-n:]
+        vals = [json.loads(line)[key] for line in lines]
+        return sum(vals) / len(vals) if vals else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def model_card(cfg: KARLConfig, tc: TrainConfig, data: list[str], n_images: int, step: int, total: int,
+               world: int, metrics_path: Path, final: bool) -> str:
+    """A model card: data, recipe, steps and the training figures at the time of writing."""
+    rec2 = _recent(metrics_path, "rec2")
+    halt = _recent(metrics_path, "halt")
+    kept = _recent(metrics_path, "kept2")
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [
+        f"# karl {cfg.arch} tokenizer", "",
+        f"Status: {'finished' if final else 'checkpoint'} at step {step} of {total} "
+        f"({step * tc.batch_size * world:,} training crops).", "",
+        "## Data", "",
+        f"{n_images} images from: " + ", ".join(f"`{Path(d).name or d}`" for d in data) + ".", "",
+        "## Recipe", "",
+        f"Two-phase loss-conditioned training (karl trainer), {world} process(es), batch {tc.batch_size}/process, "
+        f"AdamW lr {tc.lr} betas {tc.betas} wd {tc.weight_decay}, warmup {tc.warmup_steps} + cosine to "
+        f"{tc.min_lr_ratio}x, grad clip {tc.grad_clip}, EMA {tc.ema_decay}, halting weight {tc.halt_weight}, "
+        f"seed {tc.seed}, random resized crops {tc.crop_scale} + flips at {cfg.resolution} px.", "",
+        "## Model", "", "```json", json.dumps(cfg.to_dict()), "```", "",
+        "## Training figures (mean of the last 100 logged steps)", "",
+        f"- phase-2 reconstruction L1: {fmt(rec2)}",
+        f"- halting BCE: {fmt(halt)}",
+        f"- tokens kept in phase 2: {fmt(kept)} of {cfg.max_tokens}", "",
+    ]
+    return "\n".join(lines)

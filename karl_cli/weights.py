@@ -1,0 +1,102 @@
+"""Weights on disk: a directory with ``config.json`` + ``model.safetensors`` (+ ``model_card.md``).
+
+Only safetensors is ever read from a user's path: nothing is unpickled, nothing executed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_path, atomic_write_text
+from .config import KARLConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "model_card.md"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+
+
+class WeightsError(ValueError):
+    """A weights directory that cannot be loaded, with the reason in words."""
+
+
+def build_model(config: KARLConfig) -> torch.nn.Module:
+    """The module an architecture name stands for."""
+    if config.arch == "alit":
+        from .alit import ALIT
+        return ALIT(config)
+    from .tokenizer import KARL
+    return KARL(config)
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path, card: str | None = None) -> None:
+    """Write config, weights (and a model card) atomically into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "arch": model.config.arch})
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2) + "\n")
+    if card is not None:
+        atomic_write_text(directory / CARD_NAME, card)
+
+
+def read_config(directory: str | Path) -> KARLConfig:
+    directory = Path(directory)
+    if not directory.exists():
+        raise WeightsError(f"weights directory {directory} does not exist")
+    if directory.is_file():
+        if directory.suffix.lower() in PICKLE_SUFFIXES:
+            raise WeightsError(f"{directory} looks like a pickled checkpoint; karl loads only a directory with "
+                               f"{CONFIG_NAME} + {WEIGHTS_NAME} (pickles can execute code and are refused)")
+        raise WeightsError(f"{directory} is a file; pass the directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise WeightsError(f"{directory} has no {CONFIG_NAME}")
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{cfg_path} is not readable JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{cfg_path} must hold a JSON object")
+    try:
+        return KARLConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{cfg_path}: {e}") from None
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model a weights directory describes and load its tensors, checking every name and shape."""
+    directory = Path(directory)
+    config = read_config(directory)
+    w_path = directory / WEIGHTS_NAME
+    if not w_path.is_file():
+        pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        hint = f" (found {', '.join(pickles)}: pickles are refused)" if pickles else ""
+        raise WeightsError(f"{directory} has no {WEIGHTS_NAME}{hint}")
+    try:
+        state = load_file(str(w_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{w_path} is not a valid safetensors file: {e}") from None
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {k}: file {tuple(state[k].shape)}, "
+                         f"config wants {tuple(expected[k].shape)})")
+        raise WeightsError(f"{w_path} does not match {CONFIG_NAME}: " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model.to(device).eval()

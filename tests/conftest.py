@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models and generated images, so the suite runs in minutes on 2 CPU cores."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from karl_cli import KARL, preset
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_model() -> KARL:
+    torch.manual_seed(0)
+    return KARL(preset("tiny")).eval()
+
+
+def make_images(folder, n: int, size: int = 40, seed: int = 0) -> list:
+    """``n`` PNGs of flat colour with 0-5 rectangles: simple, varied, deterministic."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        a = np.zeros((size, size, 3), np.uint8) + rng.integers(0, 256, 3, dtype=np.uint8)
+        for _ in range(i % 6):
+            x, y = rng.integers(0, size - 8, 2)
+            a[y:y + 8, x:x + 8] = rng.integers(0, 256, 3)
+        p = folder / f"img_{i:03d}.png"
+        Image.fromarray(a).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    make_images(tmp_path / "imgs", 24)
+    return tmp_path / "imgs"

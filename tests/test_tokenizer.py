@@ -1,0 +1,96 @@
+import dataclasses
+
+import pytest
+import torch
+
+from karl_cli import EPS_BINS, KARL, KARLConfig, eps_to_bin, preset
+from karl_cli.tokenizer import Encoding
+
+
+def test_eps_rounds_up_to_bins():
+    assert eps_to_bin(0.05) == EPS_BINS.index(0.05)
+    assert eps_to_bin(0.051) == EPS_BINS.index(0.06)
+    assert eps_to_bin(0.001) == 0
+    assert eps_to_bin(0.08) == EPS_BINS.index(0.09)
+    assert eps_to_bin(5.0) == len(EPS_BINS) - 1
+    t = torch.tensor([0.001, 0.05, 0.051, 0.08, 5.0])
+    assert eps_to_bin(t).tolist() == [eps_to_bin(float(v)) for v in t]
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            eps_to_bin(bad)
+
+
+def test_config_validation_and_roundtrip():
+    cfg = preset("tiny")
+    assert KARLConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="multiple of token_step"):
+        dataclasses.replace(cfg, max_tokens=15)
+    with pytest.raises(ValueError, match="unknown config keys"):
+        KARLConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("base", ["conv", "patch"])
+def test_shapes_and_halting(base):
+    torch.manual_seed(0)
+    cfg = preset("tiny", base=base)
+    m = KARL(cfg).eval()
+    x = torch.rand(3, 3, cfg.resolution, cfg.resolution)
+    lat, p = m.encode_tokens(x, torch.zeros(3, dtype=torch.long), 8)
+    assert lat.shape == (3, 8, cfg.latent_dim) and p.shape == (3, 8)
+    assert bool(((p >= 0) & (p <= 1)).all())
+    out = m(x, torch.zeros(3, dtype=torch.long), halting=True)
+    assert out.recon.shape == x.shape
+    assert torch.equal(out.keep, out.p_halt <= cfg.halt_threshold)
+    enc = m.encode(x, 0.05)
+    assert enc.kc.tolist() == enc.keep.sum(1).tolist()
+    assert torch.allclose(enc.kc_soft, (1 - enc.p_halt).sum(1))
+    rec = m.decode(enc)
+    assert rec.shape == x.shape and float(rec.min()) >= 0 and float(rec.max()) <= 1
+
+
+def test_prefix_of_full_encoding_equals_short_encoding(tiny_model):
+    # Causal latents: encoding at budget T is the first T tokens of encoding at T_max.
+    x = torch.rand(2, 3, 32, 32)
+    idx = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        full, p_full = tiny_model.encode_tokens(x, idx, 16)
+        short, p_short = tiny_model.encode_tokens(x, idx, 8)
+    assert torch.allclose(full[:, :8], short, atol=1e-5)
+    assert torch.allclose(p_full[:, :8], p_short, atol=1e-5)
+
+
+def test_halted_tokens_have_no_effect(tiny_model):
+    x = torch.rand(2, 3, 32, 32)
+    enc = tiny_model.encode(x, 0.05)
+    keep = torch.zeros_like(enc.keep)
+    keep[0, :5] = True
+    keep[1, [0, 3, 7, 9]] = True
+    a = Encoding(enc.latents.clone(), enc.p_halt, keep, 0.05)
+    noisy = enc.latents.clone()
+    noisy[~keep] = torch.randn(int((~keep).sum()), noisy.shape[-1]) * 100
+    b = Encoding(noisy, enc.p_halt, keep, 0.05)
+    assert torch.allclose(tiny_model.decode(a), tiny_model.decode(b), atol=1e-6)
+    # ...while changing a kept token does change the output.
+    changed = enc.latents.clone()
+    changed[0, 0] += 10
+    assert not torch.allclose(tiny_model.decode(a), tiny_model.decode(Encoding(changed, enc.p_halt, keep, 0.05)))
+
+
+def test_dropping_equals_decoding_only_the_kept_tokens(tiny_model):
+    # Dropped tokens cost no compute: decoding a prefix mask equals decoding the prefix alone.
+    x = torch.rand(1, 3, 32, 32)
+    enc = tiny_model.encode(x, 0.05)
+    keep = torch.zeros_like(enc.keep)
+    keep[:, :6] = True
+    with torch.no_grad():
+        masked = tiny_model.decode_tokens(enc.latents, keep)
+        prefix = tiny_model.decode_tokens(enc.latents[:, :6])
+    assert torch.allclose(masked, prefix, atol=1e-5)
+
+
+def test_num_tokens_out_of_range(tiny_model):
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="num_tokens"):
+        tiny_model.encode_tokens(x, torch.zeros(1, dtype=torch.long), 17)

@@ -1,0 +1,136 @@
+import json
+
+import pytest
+import torch
+
+from karl_cli import KARL, preset
+from karl_cli.config import SMALL_EPS_BINS, eps_to_bin
+from karl_cli.data import epoch_indices
+from karl_cli.errors import UsageError
+from karl_cli.trainer import (TrainConfig, TrainingError, TrainingInterrupted, TwoPhaseLoss, halting_targets,
+                              lr_factor, sample_phase1, train)
+
+
+def test_halting_targets_phase2():
+    t = halting_targets(4, 16, 2)
+    assert t.shape == (2, 16)
+    assert t[:, :4].sum() == 0 and bool((t[:, 4:] == 1).all())
+    assert halting_targets(16, 16, 1).sum() == 0
+
+
+def test_phase1_samples_budgets_and_small_eps_deterministically():
+    cfg = preset("tiny")
+    seen = set()
+    for step in range(50):
+        budget, eps = sample_phase1(cfg, 8, step, seed=3)
+        assert budget in cfg.budgets
+        assert int(eps.max()) < SMALL_EPS_BINS
+        b2, e2 = sample_phase1(cfg, 8, step, seed=3)
+        assert b2 == budget and torch.equal(eps, e2)
+        seen.add(budget)
+    assert len(seen) == len(cfg.budgets)
+
+
+def test_phase2_is_conditioned_on_bin_of_phase1_error(tiny_model):
+    calls = []
+    original = tiny_model.forward
+
+    def spy(images, eps_idx, num_tokens=None, halting=False):
+        out = original(images, eps_idx, num_tokens, halting)
+        calls.append((eps_idx.clone(), num_tokens, halting, out))
+        return out
+
+    tiny_model.forward = spy
+    x = torch.rand(4, 3, 32, 32)
+    loss, stats = TwoPhaseLoss(tiny_model)(x, 8, torch.zeros(4, dtype=torch.long), 1.0)
+    (e1, t1, h1, o1), (e2, t2, h2, o2) = calls
+    assert (t1, h1) == (8, False) and (t2, h2) == (16, True)
+    eps0 = (o1.recon - x).abs().mean(dim=(1, 2, 3))
+    assert torch.equal(e2, eps_to_bin(eps0))
+    assert torch.isfinite(loss) and set(stats) >= {"rec1", "rec2", "halt", "kept2"}
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.55, abs=0.01)
+
+
+def test_epoch_indices_shard_the_data():
+    a, b = epoch_indices(10, 0, 0, 0, 2), epoch_indices(10, 0, 0, 1, 2)
+    assert len(a) == len(b) == 5 and sorted(a + b) == list(range(10))
+    assert epoch_indices(10, 0, 1) != epoch_indices(10, 0, 0)
+
+
+def _tc(**kw):
+    base = dict(steps=20, batch_size=8, lr=3e-3, warmup_steps=5, checkpoint_every=5, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_decreases(image_folder, tmp_path):
+    train([str(image_folder)], tmp_path / "run", preset("tiny"), _tc(steps=50), device="cpu")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 50
+    first = sum(r["rec2"] for r in rows[:5]) / 5
+    last = sum(r["rec2"] for r in rows[-5:]) / 5
+    assert last < 0.8 * first
+    model = KARL.from_pretrained(tmp_path / "run")
+    assert model.config == preset("tiny")
+    assert "step 50 of 50" in (tmp_path / "run" / "model_card.md").read_text()
+
+
+def test_interrupt_and_resume_continue_the_same_run(image_folder, tmp_path):
+    straight = train([str(image_folder)], tmp_path / "a", preset("tiny"), _tc(), device="cpu")
+
+    def stop_at_7(report):
+        if report.step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="step 7"):
+        train([str(image_folder)], tmp_path / "b", preset("tiny"), _tc(), device="cpu", on_step=stop_at_7)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 7
+    resumed = train([str(image_folder)], tmp_path / "b", resume=True, device="cpu")
+    assert resumed.step == straight.step == 20
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    ema_a = KARL.from_pretrained(tmp_path / "a").state_dict()
+    ema_b = KARL.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6) for k in ema_a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))
+
+
+def test_refuses_to_overwrite_a_run_and_resume_without_checkpoint(image_folder, tmp_path):
+    train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu")
+    with pytest.raises(UsageError, match="--resume"):
+        train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu")
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train([str(image_folder)], tmp_path / "none", resume=True, device="cpu")
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder, tmp_path, monkeypatch):
+    import karl_cli.trainer as trainer
+
+    real = trainer.two_phase_step
+
+    def poisoned(loss_module, images, step, tc, dtype):
+        loss, stats = real(loss_module, images, step, tc, dtype)
+        return (loss * float("nan") if step >= 6 else loss), stats
+
+    monkeypatch.setattr(trainer, "two_phase_step", poisoned)
+    with pytest.raises(TrainingError, match="nan"):
+        train([str(image_folder)], tmp_path / "n", preset("tiny"), _tc(), device="cpu")
+    assert torch.load(tmp_path / "n" / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert torch.isfinite(torch.cat([p.flatten() for p in KARL.from_pretrained(tmp_path / "n").parameters()])).all()
+
+
+def test_bad_data_and_devices(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images"):
+        train([str(tmp_path / "empty")], tmp_path / "o", preset("tiny"), _tc(), device="cpu")
+    with pytest.raises(UsageError, match="no such"):
+        train([str(tmp_path / "missing")], tmp_path / "o", preset("tiny"), _tc(), device="cpu")
+    with pytest.raises(UsageError, match="device"):
+        train([str(tmp_path / "empty")], tmp_path / "o", preset("tiny"), _tc(), device="tpu")

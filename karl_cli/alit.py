@@ -23,10 +23,10 @@ How it differs from KARL in this package:
   iteration 2 are not the first 8 of the 16 after iteration 4. ``encode(..., num_tokens=T)`` runs T/s
   iterations from scratch (T/s encoder iterations); the incremental ``rollout``/``search`` costs one
   encoder iteration and one decoder pass per step instead. For the same reason ``--method prefix``
-  (decode prefixes of one T_max encoding) is meaningless for ALIT. ``encode_tokens`` and ``forward``
-  take KARL's signatures, so ``complexity.score(method="search")`` runs on ALIT unchanged and gives
-  the same KC as ``complexity``; it restarts the rollout at every budget, though (its encoder runs
-  count calls: the call at budget T costs T/s iterations).
+  (decode prefixes of one T_max encoding) is meaningless for ALIT, and ``complexity.score`` refuses
+  it. ``complexity.score(method="search")``, ``compare`` and ``search`` all run the shared search
+  loop (``search.sweep``) over ``search_tokens``, the incremental rollout, so their encoder runs are
+  iterations. ``encode_tokens`` and ``forward`` take KARL's signatures (trainer, tests).
 - **Cost.** One "encoder run" below is one recurrent iteration: ``enc_depth`` blocks over
   (2D tokens + k·s latents).
 """
@@ -39,7 +39,10 @@ import torch
 import torch.nn as nn
 
 from .config import KARLConfig
+from .search import SearchResult, TokenSource, sweep
 from .tokenizer import KARL, Block, Encoding, ForwardOutput, make_base
+
+__all__ = ["ALIT", "ALITLoss", "ALITState", "SearchResult"]
 
 
 @dataclass
@@ -53,18 +56,6 @@ class ALITState:
     @property
     def num_tokens(self) -> int:
         return self.latents.shape[1]
-
-
-@dataclass
-class SearchResult:
-    """Per image: the search's token count, reconstruction, L1 and the runs spent to find them."""
-
-    kc: torch.Tensor            # (B,) long: tokens of the first iteration meeting ε (T_max if none did)
-    recon: torch.Tensor         # (B, 3, R, R) in [0, 1]: the reconstruction at kc tokens
-    l1: torch.Tensor            # (B,) float: its pixel L1
-    met: torch.Tensor           # (B,) bool: l1 <= ε
-    encoder_runs: torch.Tensor  # (B,) long: encoder iterations until this image was done
-    decoder_runs: torch.Tensor  # (B,) long: decoder passes until this image was done
 
 
 class ALIT(nn.Module):
@@ -182,36 +173,34 @@ class ALIT(nn.Module):
         lat = encoding.latents.to(self.device, self.dtype)
         return self.decode_tokens(lat, encoding.keep.to(self.device)).float().clamp_(0.0, 1.0)
 
-    @torch.inference_mode()
-    def search(self, images: torch.Tensor, eps: float) -> SearchResult:
-        """ALIT's search: iterate, decode after each iteration, stop each image at the first
-        reconstruction with pixel L1 <= ε. The batch stops once every image is done."""
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        images = images.to(self.device, self.dtype)
-        target = images.float()
-        b = images.shape[0]
-        dev = images.device
-        kc = torch.full((b,), self.config.max_tokens, dtype=torch.long, device=dev)
-        runs = torch.zeros(b, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        recon = torch.zeros_like(target)
-        l1 = torch.zeros(b, device=dev)
+    def search_tokens(self, images: torch.Tensor, method: str = "search") -> TokenSource:
+        """The incremental rollout for ``search.sweep``: each call runs one more encoder iteration
+        (on the rows still searching) and returns the bottlenecked tokens after it. ALIT's tokens
+        are not prefixes, so ``prefix`` is refused."""
+        if method != "search":
+            raise ValueError(f"ALIT supports only the 'search' method (its tokens are not prefixes), not {method!r}")
         state = self.start(images)
-        for k in range(1, self.iterations + 1):
+        rows_now = torch.arange(images.shape[0], device=images.device)
+
+        def tokens(rows: torch.Tensor, t: int) -> torch.Tensor:
+            nonlocal state, rows_now
+            if rows.numel() != rows_now.numel():     # images done drop out of the rollout
+                keep = torch.searchsorted(rows_now, rows)
+                state = ALITState(state.x2d.index_select(0, keep), state.latents.index_select(0, keep),
+                                  state.iterations)
+                rows_now = rows
             state = self.step(state)
-            out = self.decode_tokens(self.tokens(state)).float().clamp_(0.0, 1.0)
-            err = (out - target).abs().mean(dim=(1, 2, 3))
-            open_ = ~done
-            runs[open_] = k
-            recon[open_] = out[open_]
-            l1[open_] = err[open_]
-            hit = open_ & (err <= eps)
-            kc[hit] = state.num_tokens
-            done |= hit
-            if bool(done.all()):
-                break
-        return SearchResult(kc, recon, l1, done, runs, runs.clone())
+            if state.num_tokens != t:
+                raise ValueError(f"the rollout is at {state.num_tokens} tokens, asked for {t}")
+            return self.tokens(state)
+
+        return TokenSource(tokens, encoder_run_per_budget=True)
+
+    @torch.inference_mode()
+    def search(self, images: torch.Tensor, eps: float, method: str = "search") -> SearchResult:
+        """ALIT's search: iterate, decode after each iteration, stop each image at the first
+        reconstruction with pixel L1 <= ε; images that are done leave the rollout."""
+        return sweep(self, images, eps, method, keep_recon=True).result(0)
 
     @torch.inference_mode()
     def complexity(self, images: torch.Tensor, eps: float) -> torch.Tensor:

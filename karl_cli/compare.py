@@ -17,9 +17,10 @@ For each ε and each (model, method) — KARL ``single`` (one pass), KARL ``sear
   (ε, model, method) after an untimed warm-up batch.
 
 The numbers are computed here with the models' own API in batched loops (not through
-``complexity.score``, whose rows carry no reconstructions for PSNR/SSIM). The KARL search follows
-``complexity.score(method="search")``: re-encode at every budget conditioned on the smallest ε bin
-(the setting phase 1 trains every budget under), decode all tokens.
+``complexity.score``, whose rows carry no reconstructions for PSNR/SSIM). Both searches are the
+models' ``search`` (the shared loop of ``search.py``, the one ``complexity.score(method="search")``
+runs): KARL re-encodes at every budget conditioned on the smallest ε bin (the setting phase 1
+trains every budget under) and decodes all tokens; ALIT continues its rollout one iteration a step.
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .alit import SearchResult
 from .errors import KarlError, UsageError
 from .images import ImageLoadError, load_for_model
 from .runtime import inference, prepare_model, resolve_device, to_model_input
+from .search import SearchResult
 
 COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
            "encoder_runs", "decoder_runs", "sec_per_image"]
@@ -86,7 +87,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 # --- the methods ---------------------------------------------------------------------------------
 def is_single_pass(model: torch.nn.Module) -> bool:
     """Whether a model predicts its token count in one pass (KARL) or needs a search (ALIT)."""
-    return bool(getattr(model, "single_pass", model.config.arch == "karl"))
+    return bool(model.single_pass)
 
 
 def methods_for(model: torch.nn.Module) -> list[str]:
@@ -101,41 +102,6 @@ def _single_pass(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchR
     return SearchResult(enc.kc.to(x.device), rec, l1, l1 <= eps, ones, ones.clone())
 
 
-def karl_search(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchResult:
-    """Re-encode at growing budgets (conditioned on the smallest ε bin, all tokens kept), decode
-    each, stop each image at the first budget with L1 <= ε; the batch stops when every image is done."""
-    cfg = model.config
-    b = x.shape[0]
-    kc = torch.full((b,), cfg.max_tokens, dtype=torch.long, device=x.device)
-    runs = torch.zeros(b, dtype=torch.long, device=x.device)
-    done = torch.zeros(b, dtype=torch.bool, device=x.device)
-    recon = torch.zeros_like(x)
-    l1 = torch.zeros(b, device=x.device)
-    idx0 = torch.zeros(b, dtype=torch.long, device=x.device)
-    for k, t in enumerate(cfg.budgets, start=1):
-        open_ = (~done).nonzero().squeeze(1)
-        if open_.numel() == 0:
-            break
-        xa = x.index_select(0, open_)
-        lat = model.encode_tokens(xa, idx0[: open_.numel()], t)[0]
-        out = model.decode_tokens(lat).float().clamp_(0.0, 1.0)
-        err = (out - xa).abs().mean(dim=(1, 2, 3))
-        runs[open_] = k
-        recon[open_] = out
-        l1[open_] = err
-        hit = err <= eps
-        kc[open_[hit]] = t
-        done[open_[hit]] = True
-    return SearchResult(kc, recon, l1, done, runs, runs.clone())
-
-
-def _search(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchResult:
-    # A model with its own search (ALIT: incremental rollout) uses it; KARL re-encodes per budget.
-    if hasattr(model, "search"):
-        return model.search(x, eps)
-    return karl_search(model, x, eps)
-
-
 def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float) -> SearchResult:
     """One method on a batch of model inputs (float (B,3,R,R) in [0,1] on the model's device)."""
     if method == SINGLE:
@@ -143,7 +109,7 @@ def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float)
             raise UsageError(f"{type(model).__name__} has no single-pass token count; use the search")
         return _single_pass(model, x, eps)
     if method == SEARCH:
-        return _search(model, x, eps)
+        return model.search(x, eps)
     raise UsageError(f"unknown method {method!r}; choose {SINGLE!r} or {SEARCH!r}")
 
 

@@ -18,20 +18,23 @@ Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=T
   error rows, never exceptions.
 - ``encoder_runs``, ``decoder_runs``: model passes needed for this (image, ε): single 1/1;
   search k/k and prefix 1/k, where k = budgets tried (kc / step, or every budget when ε is never met).
-  With several ε, search/prefix share one sweep over the budgets and report, per ε, the runs a
-  search for that ε alone would need.
+  With several ε, search/prefix share one sweep over the budgets (``search.sweep``) and report, per
+  ε, the runs a search for that ε alone would need. For ALIT (``model.single_pass`` False: no
+  halting head) only ``search`` exists; it continues one rollout, so an encoder run is one iteration.
 - ``jpeg_bpp``, ``png_bpp``: codec bytes per pixel of the same model-resolution image (``baselines.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import json
 import math
 import os
+import shutil
 import sys
-import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,10 +42,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import WriteError, atomic_path, temp_beside, write_error
 from .baselines import jpeg_bpp, png_bpp
 from .errors import UsageError
 from .images import Found, ImageLoadError, discover_images, load_for_model
 from .runtime import inference, prepare_model, resolve_device, to_model_input
+from .search import sweep
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs"]
 BASELINE_FIELDS = ["jpeg_bpp", "png_bpp"]
@@ -104,7 +109,7 @@ def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLik
 
     A missing path or no images at all raise UsageError.
     """
-    if isinstance(paths_or_found, (str, os.PathLike, Found)):
+    if isinstance(paths_or_found, (str, bytes, os.PathLike, Found)):
         paths_or_found = [paths_or_found]
     given = list(paths_or_found)
     found = [p for p in given if isinstance(p, Found)]
@@ -182,59 +187,38 @@ def image_batches(items: Sequence[Found], resolution: int, batch_size: int = 64,
 
 
 # --- the model loop ------------------------------------------------------------------------------
-def _single(model: torch.nn.Module, x: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
+def _single(model: torch.nn.Module, x: torch.Tensor, eps: float, l1: bool = True) -> dict[str, torch.Tensor]:
+    """One encoder pass (KC), plus one decoder pass for the l1 check unless ``l1`` is False (NaN then)."""
     enc = model.encode(x, eps)
-    rec = model.decode(enc)
-    l1 = (rec - x).abs().mean(dim=(1, 2, 3))
-    return {"kc": enc.kc.cpu(), "kc_soft": enc.kc_soft.float().cpu(), "l1": l1.float().cpu()}
+    if l1:
+        err = (model.decode(enc) - x).abs().mean(dim=(1, 2, 3)).float().cpu()
+    else:
+        err = torch.full((x.shape[0],), float("nan"))
+    return {"kc": enc.kc.cpu(), "kc_soft": enc.kc_soft.float().cpu(), "l1": err}
 
 
-def _budget_sweep(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, need: torch.Tensor,
-                  reencode: bool) -> dict[str, torch.Tensor]:
-    """Search the smallest budget meeting each ε, for a batch at once (CPU bookkeeping, no per-image loop).
+def _budget_sweep(model: torch.nn.Module, x: torch.Tensor, eps: list[float], need: torch.Tensor,
+                  method: str) -> dict[str, torch.Tensor]:
+    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (search.py)."""
+    r = sweep(model, x, eps, method, need=need)
+    return {"kc": r.kc.cpu(), "kc_soft": r.kc.float().cpu(), "l1": r.l1.cpu(),
+            "encoder_runs": r.encoder_runs.cpu(), "decoder_runs": r.decoder_runs.cpu()}
 
-    ``need`` (n, E) marks the (image, ε) pairs wanted. ``reencode`` (ALIT-style search) runs the encoder
-    at every budget; otherwise (One-D-Piece prefixes) it runs once at T_max and decodes prefixes.
-    Images drop out of the batch once all their ε are met.
-    """
-    cfg = model.config
-    budgets = cfg.budgets
-    n, n_eps = need.shape
-    kc = torch.full((n, n_eps), cfg.max_tokens, dtype=torch.long)
-    l1_at = torch.full((n, n_eps), float("nan"))
-    runs = torch.zeros((n, n_eps), dtype=torch.long)
-    last_l1 = torch.full((n,), float("nan"))
-    need = need.clone()
-    idx0 = torch.zeros(n, dtype=torch.long, device=x.device)   # the smallest ε bin, as in phase 1
-    lat_full = None if reencode else model.encode_tokens(x, idx0, cfg.max_tokens)[0]
-    active = need.any(1).nonzero().squeeze(1)
-    for step, t in enumerate(budgets, start=1):
-        if active.numel() == 0:
-            break
-        a_dev = active.to(x.device)
-        xa = x.index_select(0, a_dev)
-        if reencode:
-            lat = model.encode_tokens(xa, idx0[: len(active)], t)[0]
-        else:
-            lat = lat_full.index_select(0, a_dev)[:, :t]
-        rec = model.decode_tokens(lat).float().clamp_(0.0, 1.0)
-        l1 = (rec - xa).abs().mean(dim=(1, 2, 3)).float().cpu()
-        last_l1[active] = l1
-        sub_need = need[active]
-        sub_runs = runs[active]
-        sub_runs[sub_need] = step
-        runs[active] = sub_runs
-        met = sub_need & (l1.unsqueeze(1) <= eps.unsqueeze(0))
-        sub_kc, sub_l1 = kc[active], l1_at[active]
-        sub_kc[met] = t
-        sub_l1[met] = l1.unsqueeze(1).expand_as(sub_l1)[met]
-        kc[active], l1_at[active] = sub_kc, sub_l1
-        need[active] = sub_need & ~met
-        active = need.any(1).nonzero().squeeze(1)
-    # Never met: kc stays T_max, l1 is the error at T_max.
-    l1_at = torch.where(need, last_l1.unsqueeze(1).expand_as(l1_at), l1_at)
-    enc_runs = runs if reencode else (runs > 0).long()
-    return {"kc": kc, "kc_soft": kc.float(), "l1": l1_at, "encoder_runs": enc_runs, "decoder_runs": runs}
+
+def check_method(model: torch.nn.Module, method: str) -> str:
+    """``method`` if the model supports it; UsageError otherwise (ALIT has no single-pass count and
+    no prefix tokens)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method != "search" and not getattr(model, "single_pass", True):
+        raise UsageError(f"{type(model).__name__} has no halting head; use --method search "
+                         f"(method {method!r} needs a single-pass model such as KARL)")
+    return method
+
+
+def default_method(model: torch.nn.Module) -> str:
+    """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
+    return "single" if getattr(model, "single_pass", True) else "search"
 
 
 def _fmt(v: float, digits: int) -> float | None:
@@ -246,36 +230,38 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
           eps_list: float | Iterable[float], method: str = "single", baselines: bool = False,
           batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
           shard: str | Sequence[int] | None = None, skip: Iterable[tuple[str, float]] | None = None,
-          progress: Progress | None = None) -> Iterator[dict[str, Any]]:
+          progress: Progress | None = None, l1: bool = True) -> Iterator[dict[str, Any]]:
     """Yield one row per (image, ε), image by image in sorted path order (see the module docstring).
 
     Arguments are checked before the first row (a bad ε, method, shard or device raises UsageError
     at the call, not at iteration). ``device=None`` keeps the model where it is, ``"auto"`` picks CUDA
     when available; the model is moved in place. ``skip`` holds (path, ε) pairs already done: they
     yield no row, and images with every ε done are not even read. ``progress(done, total)`` is called
-    with image counts after every batch.
+    with image counts after every batch. ``l1=False`` (method ``single`` only) skips the decoder pass
+    that checks the reconstruction: KC from the encoder alone, about 3x faster on CPU; ``l1`` is
+    None and ``decoder_runs`` 0 in the rows.
     """
     eps_list = validate_eps(eps_list)
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    check_method(model, method)
     dev = resolve_device(device, model)
     shard = parse_shard(shard)
     items = apply_shard(collect_inputs(paths_or_found), shard)
     done = {row_key(p, e) for p, e in (skip or ())}
     if done:
         items = [f for f in items if not all(row_key(f.path, e) in done for e in eps_list)]
+    if not l1 and method != "single":
+        raise UsageError(f"skipping the l1 check works only with method 'single' ({method!r} needs the decoder)")
     prepare_model(model, dev)
-    return _score_rows(items, model, eps_list, method, baselines, batch_size, workers, dev, done, progress)
+    return _score_rows(items, model, eps_list, method, baselines, batch_size, workers, dev, done, progress, l1)
 
 
 def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: bool,
                 batch_size: int, workers: int, dev: torch.device, done: set[tuple[str, float]],
-                progress: Progress | None) -> Iterator[dict[str, Any]]:
+                progress: Progress | None, l1: bool = True) -> Iterator[dict[str, Any]]:
     cfg = model.config
     total, n_done = len(items), 0
     if progress:
         progress(0, total)
-    eps_t = torch.tensor(eps_list, dtype=torch.float32)
     batches = image_batches(items, cfg.resolution, batch_size, workers, baselines, pin_memory=dev.type == "cuda")
     for batch in batches:
         paths, errors = batch["paths"], batch["errors"]
@@ -293,13 +279,14 @@ def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float
                         if sel.numel() == 0:
                             continue
                         xs = x if sel.numel() == len(ok_pos) else x.index_select(0, sel.to(dev))
-                        out = {k: v.tolist() for k, v in _single(model, xs, e).items()}
+                        out = {k: v.tolist() for k, v in _single(model, xs, e, l1).items()}
                         for j, s in enumerate(sel.tolist()):
                             for k in out:
                                 res[k][s][ei] = out[k][j]
-                    res["encoder_runs"] = res["decoder_runs"] = [[1] * len(eps_list) for _ in ok_pos]
+                    res["encoder_runs"] = [[1] * len(eps_list) for _ in ok_pos]
+                    res["decoder_runs"] = [[int(l1)] * len(eps_list) for _ in ok_pos]
                 else:
-                    out = _budget_sweep(model, x, eps_t, need, reencode=method == "search")
+                    out = _budget_sweep(model, x, eps_list, need, method)
                     res = {k: v.tolist() for k, v in out.items()}
         slot = {k: j for j, k in enumerate(ok_pos)}
         for k, path in enumerate(paths):
@@ -359,50 +346,92 @@ def coerce_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# File names that are not valid UTF-8 (e.g. b"caf\xe9.png") reach Python as ``str`` with lone
+# surrogates ("caf\udce9.png", PEP 383). CSV files are written and read as UTF-8 with
+# errors="surrogateescape": such a name is stored as its original bytes and reads back as the very
+# same ``str``, so ``--resume`` matches it. JSON escapes it as "\udce9", which also reads back unchanged.
+CSV_ENCODING = "utf-8"
+CSV_ERRORS = "surrogateescape"
+CHECKPOINT_SECONDS = 5.0
+
+
+def checkpoint_seconds() -> float:
+    """Seconds between checkpoints of a streamed output: ``$KARL_CHECKPOINT_SECONDS``, else 5."""
+    try:
+        v = float(os.environ.get("KARL_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
+    except ValueError:
+        return CHECKPOINT_SECONDS
+    return v if math.isfinite(v) and v >= 0 else CHECKPOINT_SECONDS
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a CSV (``.csv``) or JSON-records (``.json``) file written by ``RowWriter``, typed."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise UsageError(f"{path} must hold a JSON list of records")
         return [coerce_row(r) for r in data]
-    with open(path, newline="", encoding="utf-8") as f:
-        return [coerce_row(r) for r in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as f:
+            return [coerce_row(r) for r in csv.DictReader(f)]
+    except csv.Error as e:
+        raise UsageError(f"{path} is not a readable CSV: {e}") from None
 
 
-def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), [])
+def csv_header(path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV file (its first row)."""
+    try:
+        with open(path, newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as f:
+            return next(csv.reader(f), [])
+    except csv.Error as e:
+        raise UsageError(f"{path} is not a readable CSV: {e}") from None
+
+
+def _stdout_text() -> Any:
+    """stdout as UTF-8 text that passes surrogate-escaped names through (detached, never closed, by close())."""
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        return sys.stdout
+    sys.stdout.flush()
+    return io.TextIOWrapper(buf, encoding=CSV_ENCODING, errors=CSV_ERRORS, newline="", write_through=True)
 
 
 class RowWriter:
     """Streams rows to a CSV or JSON-records file atomically: rows go to a temp file beside the
     target, renamed over it by ``close()``. Leaving the ``with`` block by an exception (Ctrl-C
-    included) also renames, so the rows done so far are kept and ``resume`` continues from them;
-    only a hard kill leaves the old file untouched.
+    included) also renames (unless ``keep_partial=False``), so the rows done so far are kept and
+    ``resume`` continues from them. A failed write (disk full, ...) discards the temp file, leaves
+    the target as it was and raises ``WriteError``.
+
+    ``checkpoint_s``: while rows stream, publish the rows so far to the target at most every
+    ``checkpoint_s`` seconds (a copy of the temp file, renamed over the target: the target is always a
+    complete, parsable file), so a hard kill (SIGKILL, power loss) loses at most those seconds of work.
+    ``None`` (the default): only on close.
 
     ``resume=True`` reads an existing output first: its rows are kept (``existing``) and copied to
     the new file, and ``done`` holds their (path, ε) keys for ``score(skip=...)``. ``path="-"``
-    writes to stdout (no atomicity, no resume).
+    writes to stdout (no atomicity, no resume). CSV is UTF-8 with surrogate escapes (see ``CSV_ERRORS``).
     """
 
     def __init__(self, path: str | os.PathLike, fields: Sequence[str] = ROW_FIELDS, fmt: str | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, checkpoint_s: float | None = None, keep_partial: bool = True) -> None:
         self.path = Path(path) if os.fspath(path) != "-" else None
         self.fields = list(fields)
         suffix = self.path.suffix.lower() if self.path else ""
         self.fmt = fmt or ("json" if suffix == ".json" else "csv")
         if self.fmt not in ("csv", "json"):
             raise UsageError(f"unknown output format {self.fmt!r} (csv or json)")
+        self.checkpoint_s = checkpoint_s
+        self.keep_partial = keep_partial
         self.existing: list[dict[str, Any]] = []
         self.done: set[tuple[str, float]] = set()
         if resume and self.path is not None and self.path.exists():
             if self.fmt == "csv":
-                header = _csv_header(self.path)
+                header = csv_header(self.path)
                 if header and header != self.fields:
                     raise UsageError(f"cannot resume {self.path}: its columns ({', '.join(header)}) differ from "
                                      f"this run's ({', '.join(self.fields)}); use the same options or a new file")
@@ -410,64 +439,114 @@ class RowWriter:
             self.done = {row_key(r["path"], r["eps"]) for r in self.existing
                          if r.get("path") is not None and r.get("eps") is not None}
         self.count = 0
+        self.checkpoints = 0
         self._tmp: Path | None = None
         self._f: Any = None
         self._csv: Any = None
         self._first = True
+        self._broken = False
         self._open()
+        self._last_checkpoint = time.monotonic()
+
+    def _fail(self, e: OSError) -> WriteError:
+        self._broken = True
+        return write_error(self.path or "<stdout>", e)
 
     def _open(self) -> None:
         if self.path is None:
-            self._f = sys.stdout
+            self._f = _stdout_text()
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._tmp = Path(tmp)
-            self._f = io.open(fd, "w", newline="", encoding="utf-8")
-        if self.fmt == "csv":
-            self._csv = csv.writer(self._f, lineterminator="\n")
-            self._csv.writerow(self.fields)
-        else:
-            self._f.write("[")
+            try:
+                self._tmp = temp_beside(self.path)
+                self._f = open(self._tmp, "w", newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS)
+            except OSError as e:
+                raise self._fail(e) from e
+        try:
+            if self.fmt == "csv":
+                self._csv = csv.writer(self._f, lineterminator="\n")
+                self._csv.writerow(self.fields)
+            else:
+                self._f.write("[")
+        except OSError as e:
+            raise self._fail(e) from e
         for row in self.existing:
-            self.write(row)
+            self._write(row)
 
-    def write(self, row: dict[str, Any]) -> None:
+    def _write(self, row: dict[str, Any]) -> None:
         if self._f is None:
             raise ValueError("RowWriter is closed")
-        if self.fmt == "csv":
-            self._csv.writerow([_cell(row.get(k)) for k in self.fields])
-        else:
-            rec = {k: _json_value(row.get(k)) for k in self.fields}
-            self._f.write(("\n" if self._first else ",\n") + json.dumps(rec))
+        try:
+            if self.fmt == "csv":
+                self._csv.writerow([_cell(row.get(k)) for k in self.fields])
+            else:
+                rec = {k: _json_value(row.get(k)) for k in self.fields}
+                self._f.write(("\n" if self._first else ",\n") + json.dumps(rec))
+        except OSError as e:
+            raise self._fail(e) from e
         self._first = False
         self.count += 1
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._write(row)
+        if (self.checkpoint_s is not None and self.path is not None
+                and time.monotonic() - self._last_checkpoint >= self.checkpoint_s):
+            self.checkpoint()
+
+    def _json_tail(self) -> str:
+        return "\n]\n" if not self._first else "]\n"
+
+    def checkpoint(self) -> None:
+        """Publish the rows written so far to the target, atomically; streaming goes on."""
+        if self._f is None or self.path is None or self._broken:
+            return
+        try:
+            self._f.flush()
+            with atomic_path(self.path) as tmp:
+                shutil.copyfile(self._tmp, tmp)
+                if self.fmt == "json":
+                    with open(tmp, "a", encoding="utf-8") as f:
+                        f.write(self._json_tail())
+        except OSError as e:
+            raise self._fail(e) from e
+        self.checkpoints += 1
+        self._last_checkpoint = time.monotonic()
 
     def close(self, commit: bool = True) -> None:
         """Finish the file and rename it over the target (``commit=False`` discards it)."""
         if self._f is None:
             return
         f, self._f = self._f, None
-        if self.fmt == "json":
-            f.write("\n]\n" if not self._first else "]\n")
-        if self.path is None:
-            f.flush()
-            return
+        to_file = self.path is not None
+        commit = (commit and not self._broken) or not to_file
         try:
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                if commit:
+                    if self.fmt == "json":
+                        f.write(self._json_tail())
+                    f.flush()
+                    if to_file:
+                        os.fsync(f.fileno())
+            finally:
+                if not to_file:
+                    if f is not sys.stdout:
+                        f.detach()          # leave stdout itself open
+                else:
+                    with contextlib.suppress(OSError):
+                        f.close()
+            if to_file and commit:
+                os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise self._fail(e) from e
         finally:
-            f.close()
-        if commit:
-            os.replace(self._tmp, self.path)
-        elif self._tmp.exists():
-            self._tmp.unlink()
+            if self._tmp is not None:
+                with contextlib.suppress(OSError):
+                    self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "RowWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close(commit=True)
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(commit=exc_type is None or self.keep_partial)
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] | None = None,
@@ -500,7 +579,7 @@ def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> di
         p = Path(p)
         if not p.is_file():
             raise UsageError(f"no such file: {p}")
-        header = _csv_header(p) if p.suffix.lower() != ".json" else []
+        header = csv_header(p) if p.suffix.lower() != ".json" else []
         rows = read_rows(p)
         for k in header or (list(rows[0]) if rows else []):
             if k not in fields:

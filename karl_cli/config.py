@@ -64,6 +64,17 @@ class KARLConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for f in dataclasses.fields(self):   # a config.json from a user's path may hold anything
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                problems.append(f"{f.name} must be a whole number >= 1, not {v!r}")
+            elif f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                problems.append(f"{f.name} must be a finite number, not {v!r}")
+        if not isinstance(self.eps_bins, (list, tuple)) or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.eps_bins):
+            problems.append("eps_bins must be a list of numbers")
+        if problems:
+            raise ValueError("invalid KARLConfig: " + "; ".join(problems))
         if self.arch not in ("karl", "alit"):
             problems.append(f"arch must be 'karl' or 'alit', not {self.arch!r}")
         if self.base not in ("patch", "conv"):

@@ -11,9 +11,9 @@ does not run the model again. Results: one row per (category | ``all``, method, 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .complexity import METHODS
 from .errors import UsageError
 from .savoias import RatedSet, load_ratings
 from .stats import correlation
+from .weights import model_id
 
 RESULT_COLUMNS = ["category", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason"]
@@ -33,31 +35,17 @@ PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc
 SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "jpeg_bpp", "png_bpp", "encoder_runs", "decoder_runs"]
 CACHE_COLUMNS = ["sha256", "model_id", "eps", "method"] + SCORE_FIELDS
 CACHE_VERSION = 1
-METHODS = ("single", "search", "prefix")
 BASELINES = ("jpeg_bpp", "png_bpp")
 ALL = "all"
 
 
 # --- identities ------------------------------------------------------------------------------------
-def model_id(model) -> str:
-    """A content hash of a model: its config and every tensor of its state dict (float32 bytes).
-
-    The same weights give the same id however they were loaded (file, in memory, another device).
-    """
-    h = hashlib.sha256()
-    cfg = getattr(model, "config", None)
-    h.update(json.dumps(cfg.to_dict() if cfg is not None else {}, sort_keys=True).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
 def file_sha256(path: str | os.PathLike) -> str | None:
     """sha256 of a file's bytes; None if it cannot be read (it is then scored but not cached)."""
     h = hashlib.sha256()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):   # a pipe would block: not cached, and scored as an error
+            return None
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
@@ -172,13 +160,14 @@ class CorrelationResult:
         return self.per_image[self.per_image["status"] != "ok"]
 
     def save(self, out: str | os.PathLike | None = None, per_image: str | os.PathLike | None = None) -> None:
-        """Write the results and/or per-image tables as CSV, atomically."""
+        """Write the results and/or per-image tables as CSV, atomically (UTF-8; a non-UTF-8 file name is
+        written as its original bytes, as ``complexity.RowWriter`` does)."""
         if out is not None:
             with atomic_path(out) as tmp:
-                self.results.to_csv(tmp, index=False)
+                self.results.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
         if per_image is not None:
             with atomic_path(per_image) as tmp:
-                self.per_image.to_csv(tmp, index=False)
+                self.per_image.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
 
 
 def _load_model(model, weights, device):
@@ -186,13 +175,9 @@ def _load_model(model, weights, device):
         return model
     if weights is None:
         raise UsageError("no model: pass weights (a directory with config.json + model.safetensors) or a model")
-    from .weights import WeightsError, load_pretrained
+    from .weights import load_pretrained
     from .runtime import resolve_device
-    try:
-        return load_pretrained(weights, device=resolve_device(device or "auto"))
-    except WeightsError as e:
-        from .errors import KarlError
-        raise KarlError(str(e)) from None
+    return load_pretrained(weights, device=resolve_device(device or "auto"))   # WeightsError is a KarlError
 
 
 def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: str | os.PathLike | None = None,

@@ -6,6 +6,7 @@ float, CMYK, greyscale), EXIF rotation and animations (first frame) are handled 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ def discover_images(paths: Iterable[str | os.PathLike]) -> list[Found]:
     """
     found: dict[str, Found] = {}
     for top in paths:
-        top = os.fspath(top)
+        top = os.fsdecode(top)   # bytes paths (non-UTF-8 names) become surrogate-escaped str, like scandir's
         if not os.path.lexists(top):
             raise FileNotFoundError(f"no such file or folder: {top}")
         if os.path.isdir(top):
@@ -109,14 +110,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signature(path: str) -> str | None:
+    """The image format a file's first bytes claim (to tell a corrupt image from a non-image), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
+
+
 def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
     """Read an image as an upright RGB PIL image, or raise ImageLoadError with the reason.
 
     ``draft_size`` lets JPEG decoding skip resolution it does not need (much faster for big photos).
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     try:
-        if os.path.getsize(path) == 0:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
+            raise ImageLoadError("not a regular file (a pipe, device or socket)")
+        if st.st_size == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -136,7 +156,9 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError("not an image (unrecognised format)") from None
+        kind = _signature(path)
+        raise ImageLoadError(f"corrupt {kind} file (its header cannot be read)" if kind
+                             else "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(f"decompression bomb refused: {e}") from None
     except PermissionError:
@@ -145,7 +167,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
         raise ImageLoadError("file not found (broken link or removed)") from None
     except OSError as e:
         raise ImageLoadError(f"corrupt or truncated image: {e}") from None
-    except (ValueError, TypeError, SyntaxError, IndexError, EOFError, MemoryError) as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many types (struct.error, zlib.error, KeyError, ...)
         raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 

@@ -115,7 +115,8 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
     ncols = max(len(budgets) + 1, len(eps_list) + 1)
     fig = plt.figure(figsize=(2.1 * ncols, 7.4))
     gs = GridSpec(3, ncols, figure=fig, height_ratios=[1, 1, 1.05], hspace=0.45, wspace=0.12)
-    name = Path(image_path).name
+    # A non-UTF-8 file name (surrogate-escaped str) cannot be drawn: show its bad bytes as \xNN.
+    name = os.fsencode(Path(image_path).name).decode("utf-8", "backslashreplace").replace("$", r"\$")
 
     def panel(r: int, c: int, img: np.ndarray, title: str) -> None:
         ax = fig.add_subplot(gs[r, c])

@@ -255,7 +255,8 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     if not csv_path.is_file():
         raise UsageError(f"no such ratings file: {csv_path}")
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                         encoding="utf-8", encoding_errors="surrogateescape")  # non-UTF-8 names as bytes
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UsageError(f"{csv_path} is not a readable CSV: {e}") from None
     cols = {str(c).strip().lower(): c for c in df.columns}

@@ -20,7 +20,6 @@ Every file is written atomically.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,34 +35,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path, atomic_write_text
-from .complexity import (Progress, RowWriter, apply_shard, collect_inputs, image_batches, parse_shard, read_rows,
-                         validate_eps)
+from .complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
+                         read_rows, validate_eps)
 from .errors import UsageError
 from .images import Found
 from .runtime import inference, model_device, prepare_model, resolve_device, to_model_input
 from .tokenizer import Encoding
+from .weights import model_id
 
 FORMAT = "karl-tokens/1"
 INDEX_FIELDS = ["path", "kc", "shard", "offset", "eps", "model_id", "status", "error", "name"]
 DECODE_CHUNK = 64
 IMAGES_PER_SHARD = 4096
-
-
-def model_id(model: torch.nn.Module) -> str:
-    """A short, stable hash of a model's config and weights (12 hex digits).
-
-    Computed from the tensors (as float32 on the CPU), not the file, so a model in memory and the
-    same model loaded from disk share an id.
-    """
-    h = hashlib.sha256()
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "to_dict"):
-        h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def recon_names(paths: Sequence[str]) -> dict[str, str]:
@@ -218,7 +201,8 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
     total, done = len(items), 0
     if progress:
         progress(0, total)
-    with RowWriter(index_path, INDEX_FIELDS) as index:
+    # The index is valid only with every token file it names: a failed or interrupted run keeps the old one.
+    with RowWriter(index_path, INDEX_FIELDS, keep_partial=False) as index:
         for batch in image_batches(items, cfg.resolution, batch_size, workers, pin_memory=dev.type == "cuda"):
             paths_b, errors = batch["paths"], batch["errors"]
             enc = None
@@ -299,7 +283,15 @@ def decode_folder(token_dir: str | os.PathLike, model: torch.nn.Module, out_dir:
     mid = model_id(model)
     per_index = []
     for ip in indexes:
+        lacking = [k for k in INDEX_FIELDS if k not in csv_header(ip)]
+        if lacking:
+            raise UsageError(f"{ip} is not an index written by `karl encode` (no {', '.join(lacking)} column)")
         rows = [r for r in read_rows(ip) if r.get("status") == "ok"]
+        for r in rows:
+            if not (isinstance(r.get("shard"), str) and isinstance(r.get("offset"), int) and r["offset"] >= 0
+                    and isinstance(r.get("kc"), int) and r["kc"] >= 0 and r.get("name")):
+                raise UsageError(f"{ip} is damaged: the row for {r.get('path')!r} lacks a valid shard, offset, "
+                                 "kc or name; encode the images again")
         ids = sorted({str(r.get("model_id")) for r in rows})
         if any(i != mid for i in ids):
             raise UsageError(f"{ip.name} was encoded by model {', '.join(ids)}, but the weights given are model "

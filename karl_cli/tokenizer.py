@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import KARLConfig, eps_to_bin
+from .search import SearchResult, TokenSource, sweep
 
 
 class Block(nn.Module):
@@ -149,6 +150,9 @@ class Encoding:
 class KARL(nn.Module):
     """Single-pass adaptive image tokenizer (arXiv 2507.07995)."""
 
+    # One encoder pass predicts the token count (halting head); ALIT has single_pass = False.
+    single_pass = True
+
     def __init__(self, config: KARLConfig) -> None:
         super().__init__()
         if config.arch != "karl":
@@ -258,6 +262,29 @@ class KARL(nn.Module):
     def complexity(self, images: torch.Tensor, eps: float) -> torch.Tensor:
         """Approximate Kolmogorov complexity at ε: the number of kept tokens per image."""
         return self.encode(images, eps).kc
+
+    # --- the search baselines on the same model (search.py) -----------------------------------------
+    def search_tokens(self, images: torch.Tensor, method: str = "search") -> TokenSource:
+        """Tokens at growing budgets, conditioned on the smallest ε bin (phase 1 trains every budget
+        under it), all kept: ``search`` re-encodes at every budget, ``prefix`` encodes once at T_max
+        and slices (the encoder is causal in its latents, so both give the same tokens)."""
+        idx0 = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        if method == "search":
+            def reencode(rows: torch.Tensor, t: int) -> torch.Tensor:
+                return self.encode_tokens(images.index_select(0, rows), idx0[: len(rows)], t)[0]
+
+            return TokenSource(reencode, encoder_run_per_budget=True)
+        if method == "prefix":
+            full = self.encode_tokens(images, idx0, self.config.max_tokens)[0]
+            return TokenSource(lambda rows, t: full.index_select(0, rows)[:, :t], encoder_run_per_budget=False)
+        raise ValueError(f"unknown search method {method!r}; choose 'search' or 'prefix'")
+
+    @torch.inference_mode()
+    def search(self, images: torch.Tensor, eps: float, method: str = "search") -> SearchResult:
+        """The search baseline on this model: the smallest budget whose reconstruction (all tokens,
+        smallest ε bin) reaches pixel L1 <= ε, per image; ``search`` re-encodes at every budget (k
+        encoder + k decoder runs), ``prefix`` decodes prefixes of one T_max encoding (1 + k)."""
+        return sweep(self, images, eps, method, keep_recon=True).result(0)
 
     @property
     def device(self) -> torch.device:

@@ -66,6 +66,35 @@ class TrainConfig:
     cache: bool = True
     crop_scale: tuple[float, float] = (0.25, 1.0)
 
+    def __post_init__(self) -> None:
+        """Out-of-range settings are usage errors, found before any work (not a crash at step N)."""
+        def bad(name: str, v, need: str) -> UsageError:
+            return UsageError(f"{name} must be {need}, got {v!r}")
+
+        def finite(v) -> bool:
+            return isinstance(v, (int, float)) and math.isfinite(v)
+
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise bad("--steps", self.steps, "a whole number >= 1")
+        if self.epochs is not None and not (finite(self.epochs) and self.epochs > 0):
+            raise bad("--epochs", self.epochs, "a positive number")
+        for name, v in (("--batch-size", self.batch_size), ("--checkpoint-every", self.checkpoint_every)):
+            if not isinstance(v, int) or v < 1:
+                raise bad(name, v, "a whole number >= 1")
+        for name, v in (("--warmup", self.warmup_steps), ("--workers", self.workers)):
+            if not isinstance(v, int) or v < 0:
+                raise bad(name, v, "a whole number >= 0")
+        if not (finite(self.lr) and self.lr > 0):
+            raise bad("--lr", self.lr, "a positive finite number")
+        for name, v in (("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip),
+                        ("halt_weight", self.halt_weight)):
+            if not (finite(v) and v >= 0):
+                raise bad(name, v, "a finite number >= 0")
+        if not (finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            raise bad("min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        if not (finite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise bad("ema_decay", self.ema_decay, "in [0, 1)")
+
 
 # --- the step ------------------------------------------------------------------------------------
 def halting_targets(budget: int, max_tokens: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -203,13 +232,19 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     if resume:
         if not ckpt_path.is_file():
             raise UsageError(f"nothing to resume: {ckpt_path} does not exist")
-        # Our own checkpoint; weights_only keeps it from executing anything.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model_config = KARLConfig.from_dict(state["model_config"])
-        saved_tc = dict(state["train_config"])
-        saved_tc["betas"] = tuple(saved_tc["betas"])
-        saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
-        tc = TrainConfig(**saved_tc)
+        # Our own checkpoint; weights_only keeps it from executing anything (a foreign pickle is refused).
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            model_config = KARLConfig.from_dict(state["model_config"])
+            saved_tc = dict(state["train_config"])
+            saved_tc["betas"] = tuple(saved_tc["betas"])
+            saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
+            tc = TrainConfig(**saved_tc)
+        except KarlError:
+            raise
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...: all mean "not ours"
+            raise KarlError(f"cannot resume from {ckpt_path}: not a readable karl checkpoint "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
         if train_config is not None:
             # A resumed run keeps its recipe; only the length and the worker count may change.
             tc = dataclasses.replace(tc, workers=train_config.workers, steps=train_config.steps or tc.steps)

@@ -4,6 +4,7 @@ Only safetensors is ever read from a user's path: nothing is unpickled, nothing 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path, atomic_write_text
 from .config import KARLConfig
+from .errors import EXIT_FAILED, KarlError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -20,8 +22,10 @@ CARD_NAME = "model_card.md"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
 
 
-class WeightsError(ValueError):
-    """A weights directory that cannot be loaded, with the reason in words."""
+class WeightsError(KarlError, ValueError):
+    """A weights directory that cannot be loaded, with the reason in words (exit code 3 in the CLI)."""
+
+    exit_code = EXIT_FAILED
 
 
 def build_model(config: KARLConfig) -> torch.nn.Module:
@@ -31,6 +35,24 @@ def build_model(config: KARLConfig) -> torch.nn.Module:
         return ALIT(config)
     from .tokenizer import KARL
     return KARL(config)
+
+
+def model_id(model: torch.nn.Module) -> str:
+    """A short, stable hash of a model's config and weights (12 hex digits).
+
+    Computed from the tensors (as float32 on the CPU), not the file, so a model in memory and the
+    same model loaded from disk (or on another device) share an id. Token folders (``karl encode``)
+    and the ``karl correlate`` score cache are keyed by it.
+    """
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | Path, card: str | None = None) -> None:

@@ -8,13 +8,23 @@ from PIL import Image
 
 from karl_cli import KARL, preset
 
-torch.set_num_threads(2)
+# One thread: on this busy 2-core machine two threads run these tiny models many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
 def tiny_model() -> KARL:
     torch.manual_seed(0)
     return KARL(preset("tiny")).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A saved tiny KARL (seed 0): config.json + model.safetensors. Shared: copy it before changing it."""
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("weights") / "tiny"
+    KARL(preset("tiny")).save_pretrained(d)
+    return d
 
 
 def make_images(folder, n: int, size: int = 40, seed: int = 0) -> list:

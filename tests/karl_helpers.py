@@ -3,19 +3,9 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from karl_cli import KARL
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine two threads run these tiny models ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def spread_halting(model: KARL) -> KARL:

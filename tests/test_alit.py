@@ -153,3 +153,43 @@ def test_train_alit_writes_loadable_weights(tmp_path):
     assert "alit" in (out / "model_card.md").read_text()
     x = torch.rand(2, 3, 32, 32)
     assert model.decode(model.encode(x, 0.05)).shape == x.shape
+
+
+def test_score_refuses_single_and_prefix_and_counts_iterations(alit, image_folder):
+    """ALIT has no halting head: score() refuses single/prefix; its search continues one rollout,
+    so encoder runs are iterations (k for kc = k * token_step), not from-scratch re-encodings."""
+    from karl_cli.complexity import default_method, score
+    from karl_cli.errors import UsageError
+    from karl_cli.images import load_for_model
+
+    for method in ("single", "prefix"):
+        with pytest.raises(UsageError, match="no halting head; use --method search"):
+            score([image_folder], alit, [0.1], method=method)
+    assert default_method(alit) == "search" and default_method(KARL(preset("tiny"))) == "single"
+    rows = list(score([image_folder], alit, [0.1, 0.3], method="search", batch_size=8))
+    step = alit.config.token_step
+    for r in rows:
+        assert r["encoder_runs"] == r["decoder_runs"] == r["kc"] // step    # T_max when never met: every iteration
+    x = torch.stack([torch.from_numpy(load_for_model(r["path"], 32)).permute(2, 0, 1) for r in rows[::2]]).float() / 255
+    s = alit.search(x, 0.1)
+    assert s.kc.tolist() == [r["kc"] for r in rows[::2]]
+    assert s.encoder_runs.tolist() == [r["encoder_runs"] for r in rows[::2]]
+
+
+def test_cli_complexity_defaults_to_search_for_alit(alit, image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from karl_cli.cli import app
+    from karl_cli.complexity import read_rows
+    from karl_cli.errors import EXIT_USAGE
+
+    alit.save_pretrained(str(tmp_path / "w"))
+    out = tmp_path / "o.csv"
+    base = ["complexity", str(image_folder), "--weights", str(tmp_path / "w"), "--workers", "0", "--eps", "0.2"]
+    res = CliRunner().invoke(app, base + ["--csv", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "method: search" in res.output
+    rows = read_rows(out)
+    assert len(rows) == 24 and all(r["encoder_runs"] >= 1 for r in rows)
+    res = CliRunner().invoke(app, base + ["--csv", str(out), "--method", "single"])
+    assert res.exit_code == EXIT_USAGE and "no halting head" in res.output

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from karl_cli import KARL, preset
 from karl_cli.alit import ALIT
-from karl_cli.compare import COLUMNS, SEARCH, SINGLE, compare, karl_search, psnr, ssim
+from karl_cli.compare import COLUMNS, SEARCH, SINGLE, compare, psnr, ssim
 
 
 @pytest.fixture
@@ -46,11 +46,16 @@ def test_karl_search_matches_score_search(models, image_folder):
     karl = models["karl"]
     rows = list(score([image_folder], karl, [0.25], method="search", batch_size=8))
     x = torch.stack([torch.from_numpy(load_for_model(r["path"], 32)).permute(2, 0, 1) for r in rows]).float() / 255
-    with torch.inference_mode():
-        r = karl_search(karl, x, 0.25)
+    assert KARL.single_pass is True
+    r = karl.search(x, 0.25)
     assert r.kc.tolist() == [row["kc"] for row in rows]
     assert r.encoder_runs.tolist() == [row["encoder_runs"] for row in rows]
     assert np.allclose(r.l1.numpy(), [row["l1"] for row in rows], atol=1e-5)
+    assert np.allclose(r.l1.numpy(), (r.recon - x).abs().mean(dim=(1, 2, 3)).numpy(), atol=1e-6)
+    # Prefix decoding finds the same budgets with one encoder run.
+    p = karl.search(x, 0.25, method="prefix")
+    assert p.kc.tolist() == r.kc.tolist() and set(p.encoder_runs.tolist()) == {1}
+    assert p.decoder_runs.tolist() == r.decoder_runs.tolist()
 
 
 def test_compare_table(models, image_folder):

@@ -18,7 +18,7 @@ from karl_cli.images import load_for_model
 from karl_cli.runtime import resolve_device, to_model_input
 
 from conftest import make_images
-from karl_helpers import one_thread, spread_halting  # noqa: F401 (autouse fixture)
+from karl_helpers import spread_halting
 
 
 @pytest.fixture

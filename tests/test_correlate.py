@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import karl_cli.complexity as complexity
 from karl_cli import KARL, preset
 from karl_cli.cli import app
-from karl_cli.correlate import RESULT_COLUMNS, correlate, model_id
+from karl_cli.correlate import RESULT_COLUMNS, correlate
+from karl_cli.weights import model_id
 from karl_cli.errors import UsageError
 from karl_cli.weights import load_pretrained
 from savoias_fixture import LAYOUT, make_savoias
@@ -26,11 +27,8 @@ def savoias(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("w") / "tiny"
-    KARL(preset("tiny")).save_pretrained(str(d))
-    return d
+def weights(tiny_weights):
+    return tiny_weights
 
 
 @pytest.fixture

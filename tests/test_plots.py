@@ -13,7 +13,7 @@ from karl_cli.images import load_for_model
 from karl_cli.plots import kc_histogram, show_figure
 from karl_cli.runtime import to_model_input
 
-from karl_helpers import one_thread, spread_halting  # noqa: F401 (autouse fixture)
+from karl_helpers import spread_halting
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

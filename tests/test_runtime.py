@@ -7,8 +7,6 @@ import torch
 from karl_cli.errors import UsageError
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 
-from karl_helpers import one_thread  # noqa: F401 (autouse fixture)
-
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")

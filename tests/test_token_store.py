@@ -17,10 +17,11 @@ from karl_cli.complexity import read_rows
 from karl_cli.errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from karl_cli.images import load_for_model
 from karl_cli.runtime import to_model_input
-from karl_cli.token_store import decode_folder, encode_folder, model_id, recon_names
+from karl_cli.token_store import decode_folder, encode_folder, recon_names
+from karl_cli.weights import model_id
 
 from conftest import make_images
-from karl_helpers import one_thread, spread_halting  # noqa: F401 (autouse fixture)
+from karl_helpers import spread_halting
 
 
 @pytest.fixture

@@ -1,0 +1,564 @@
+#!/usr/bin/env python
+"""How fast is ``karl complexity``? Images per second of the three methods against the decode-only limit.
+
+    python benchmarks/throughput.py FOLDER [--weights DIR] [--repeats 3] [--batch-size 64] [--workers N]
+                                    [--eps 0.05] [--limit N] [--device auto] [--threads N] [--json OUT]
+    python benchmarks/throughput.py --synthetic 10000 --tiny      # memory stays flat over a long stream
+
+One run prints, as medians over ``--repeats`` runs on the same images:
+
+- images/s of ``score(method="single")`` (what ``karl complexity`` runs: KC plus the l1 check, one
+  encoder and one decoder pass), of ``kc_only`` (the same with ``l1=False``, ``karl complexity --no-l1``:
+  the encoder pass alone), of the ``search`` (ALIT-style re-encoding) and ``prefix`` (One-D-Piece-style
+  prefix decoding) baselines through the same ``karl_cli.complexity.score``, and of a decode-only loop
+  (the same DataLoader, workers and batch size: open + convert + resize, no model; the practical limit);
+  also the CPU time per image (this process + loader workers), steadier than images/s under other load;
+- the ratios single / decode-only, kc_only / decode-only (target >= 0.5 on CPU) and single vs search
+  (target >= 4x faster at the same ε and model);
+- per-stage time per image, measured in one extra serial pass (``workers=0``, so nothing overlaps):
+  decode images (open + convert + resize), encoder (``KARL.encode_tokens``), decoder
+  (``KARL.decode_tokens``) and the rest (batching, rows); plus, in the timed single runs, how long the
+  main process waited on the loader (a model starved of images shows up here);
+- peak memory: RSS of this process and of the loader workers (``getrusage``), the Python heap peak
+  (``tracemalloc``, one extra single pass), and ``torch.cuda.max_memory_allocated`` per method on CUDA;
+- the machine (CPU model, cores, torch threads, device) and the exact command.
+
+``--synthetic N`` writes N small images into a temporary folder (a few hundred distinct ones, the rest
+symlinks to them) and streams ``score`` into a CSV as ``karl complexity --csv`` does, sampling RSS and
+Python's allocated blocks as it goes: start, after the first batch, middle, end. ``--tiny`` benchmarks a tiny
+random model saved to a temporary folder (seconds per thousand images) instead of ``--weights``.
+
+Run it under ``nice -n 19`` on a shared machine, and quote ratios: absolute numbers move with the load.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+import karl_cli
+from karl_cli import complexity as cx
+from karl_cli.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, image_batches, score
+from karl_cli.images import Found
+from karl_cli.runtime import prepare_model, resolve_device
+from karl_cli.weights import load_pretrained
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
+METHODS = ("single", "kc_only", "search", "prefix")   # kc_only: single with l1=False (`--no-l1`)
+TARGET_SPEEDUP = 4.0          # single-pass vs search at the same ε and model
+TARGET_DECODE_SHARE = 0.5     # single-pass vs the decode-only limit, on CPU
+
+
+# --- the machine ---------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "torch": torch.__version__,
+        "karl": getattr(karl_cli, "__version__", "?"),
+        "python": platform.python_version(),
+        "nice": os.nice(0) if hasattr(os, "nice") else 0,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# --- memory --------------------------------------------------------------------------------------------
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_of(pid: int | str) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (MiB)."""
+    return _rss_of("self") / 2**20
+
+
+def workers_rss_mb() -> float:
+    """Resident memory of this process's children now (DataLoader workers), summed (MiB)."""
+    return sum(_rss_of(c) for c in _children(os.getpid())) / 2**20
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """Peak RSS (MiB) of this process, and the largest of its finished children (Linux: KiB units)."""
+    unit = 1 if sys.platform == "darwin" else 1024
+    return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20,
+            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2**20}
+
+
+# --- timing helpers ------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def loader_timer(acc: dict[str, float]) -> Iterator[None]:
+    """Time every wait of ``score`` on its DataLoader: wraps ``complexity.image_batches`` for the block."""
+    original = cx.image_batches
+
+    def timed(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        it = original(*args, **kwargs)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                acc["loader"] = acc.get("loader", 0.0) + time.perf_counter() - t0
+                return
+            acc["loader"] = acc.get("loader", 0.0) + time.perf_counter() - t0
+            yield batch
+
+    cx.image_batches = timed
+    try:
+        yield
+    finally:
+        cx.image_batches = original
+
+
+@contextlib.contextmanager
+def model_timer(model: torch.nn.Module, acc: dict[str, float], device: torch.device) -> Iterator[None]:
+    """Time ``encode_tokens`` / ``decode_tokens`` of ``model`` (instance attributes shadow the methods)."""
+
+    def wrap(name: str, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            _sync(device)
+            acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return timed
+
+    model.encode_tokens = wrap("encoder", model.encode_tokens)
+    model.decode_tokens = wrap("decoder", model.decode_tokens)
+    try:
+        yield
+    finally:
+        del model.encode_tokens, model.decode_tokens
+
+
+# --- the runs ------------------------------------------------------------------------------------------
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (the loader workers)."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def run_decode_only(items: Sequence[Found], resolution: int, batch_size: int, workers: int) -> dict[str, Any]:
+    """The DataLoader of ``score`` on its own: open + convert + resize, batched, no model."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    n = 0
+    for batch in image_batches(items, resolution, batch_size, workers):
+        if batch["images"] is not None:
+            n += batch["images"].shape[0]
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0, "images": n}
+
+
+def run_method(items: Sequence[Found], model: torch.nn.Module, eps: float, method: str, batch_size: int,
+               workers: int, device: torch.device, timers: dict[str, float] | None = None) -> dict[str, Any]:
+    """One ``score`` pass, rows consumed as the CLI does (summary, no file): seconds, images, runs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    summary = Summary()
+    enc_runs = dec_runs = n_rows = 0
+    l1 = method != "kc_only"
+    method = "single" if method == "kc_only" else method
+    _sync(device)
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    with loader_timer(timers if timers is not None else {}):
+        for row in score(items, model, [eps], method=method, batch_size=batch_size, workers=workers, device=device,
+                         l1=l1):
+            summary.add(row)
+            n_rows += 1
+            enc_runs += row["encoder_runs"]
+            dec_runs += row["decoder_runs"]
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    stats = summary.table()[0] if n_rows else {}
+    out = {"seconds": seconds, "cpu_seconds": _cpu_seconds() - c0, "images": n_rows - summary.errors,
+           "errors": summary.errors,
+           "encoder_runs": enc_runs / max(n_rows, 1), "decoder_runs": dec_runs / max(n_rows, 1),
+           "kc_mean": stats.get("kc_mean"), "l1_mean": stats.get("l1_mean"), "miss": stats.get("miss")}
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run_stages(items: Sequence[Found], model: torch.nn.Module, eps: float, batch_size: int,
+               device: torch.device) -> dict[str, float]:
+    """One serial single-pass run (``workers=0``): seconds in decode images, encoder, decoder, rest."""
+    acc: dict[str, float] = {}
+    with model_timer(model, acc, device):
+        res = run_method(items, model, eps, "single", batch_size, 0, device, timers=acc)
+    total = res["seconds"]
+    stages = {"decode_images": acc.get("loader", 0.0), "encoder": acc.get("encoder", 0.0),
+              "decoder": acc.get("decoder", 0.0)}
+    stages["rest"] = max(0.0, total - sum(stages.values()))
+    stages["total"] = total
+    return {k: 1000.0 * v / max(res["images"], 1) for k, v in stages.items()}   # ms per image
+
+
+def python_heap_peak(items: Sequence[Found], model: torch.nn.Module, eps: float, batch_size: int,
+                     workers: int, device: torch.device) -> float:
+    """Peak of the Python heap (tracemalloc, MiB) over one single-pass run."""
+    tracemalloc.start()
+    try:
+        run_method(items, model, eps, "single", batch_size, workers, device)
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def throughput(items: Sequence[Found], model: torch.nn.Module, eps: float, repeats: int, batch_size: int,
+               workers: int, device: torch.device, methods: Sequence[str] = METHODS,
+               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """The throughput figures (see the module docstring) as a dict."""
+    res_ = model.config.resolution
+    prepare_model(model, device)
+    # Warm-up: first-call costs (kernel selection, page faults, the loader's fork) stay out of the medians.
+    run_method(items[: min(len(items), batch_size)], model, eps, "single", batch_size, 0, device)
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in ("decode_only", *methods)}
+    stages: list[dict[str, float]] = []
+    for r in range(repeats):
+        # Interleaved, so a change in the machine's load hits every method alike.
+        runs["decode_only"].append(run_decode_only(items, res_, batch_size, workers))
+        for m in methods:
+            timers: dict[str, float] = {}
+            runs[m].append(run_method(items, model, eps, m, batch_size, workers, device, timers))
+            runs[m][-1]["loader_wait"] = timers.get("loader", 0.0)
+        stages.append(run_stages(items, model, eps, batch_size, device))
+        log(f"repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{k} {v[-1]['images'] / v[-1]['seconds']:.1f} img/s" for k, v in runs.items()))
+    out: dict[str, Any] = {"images": len(items), "methods": {}}
+    for m, rs in runs.items():
+        ips = [x["images"] / x["seconds"] for x in rs if x["seconds"] > 0]
+        entry: dict[str, Any] = {"images_per_s": _median(ips), "images_per_s_runs": ips,
+                                 "seconds": _median([x["seconds"] for x in rs]),
+                                 "cpu_ms_per_image": _median([1000 * x["cpu_seconds"] / max(x["images"], 1)
+                                                              for x in rs])}
+        if m != "decode_only":
+            last = rs[-1]
+            for k in ("encoder_runs", "decoder_runs", "kc_mean", "l1_mean", "miss", "errors"):
+                entry[k] = last[k]
+            entry["loader_wait_s"] = _median([x["loader_wait"] for x in rs])
+            if "cuda_peak_mb" in last:
+                entry["cuda_peak_mb"] = max(x["cuda_peak_mb"] for x in rs)
+        out["methods"][m] = entry
+    out["stages_ms_per_image"] = {k: _median([s[k] for s in stages]) for k in stages[0]}
+    ips = {m: out["methods"][m]["images_per_s"] for m in out["methods"]}
+    ratios: dict[str, float] = {"single_vs_decode_only": ips["single"] / ips["decode_only"]}
+    if "kc_only" in ips:
+        ratios["kc_only_vs_decode_only"] = ips["kc_only"] / ips["decode_only"]
+    for m in ("search", "prefix"):
+        if m in ips:
+            ratios[f"single_speedup_vs_{m}"] = ips["single"] / ips[m]
+    out["ratios"] = ratios
+    targets: dict[str, Any] = {}
+    if "search" in ips:
+        targets["single_4x_faster_than_search"] = ratios["single_speedup_vs_search"] >= TARGET_SPEEDUP
+    if device.type == "cpu":
+        targets["single_half_of_decode_only"] = ratios["single_vs_decode_only"] >= TARGET_DECODE_SHARE
+        if "kc_only" in ips:
+            targets["kc_only_half_of_decode_only"] = ratios["kc_only_vs_decode_only"] >= TARGET_DECODE_SHARE
+    out["targets"] = targets
+    out["memory"] = {"python_heap_peak_mb": python_heap_peak(items, model, eps, batch_size, workers, device),
+                     "rss_peak_mb": peak_rss_mb()["self"], "workers_rss_peak_mb": peak_rss_mb()["children"],
+                     "rss_now_mb": rss_mb()}
+    if device.type == "cuda":
+        out["memory"]["cuda_peak_mb"] = max(out["methods"][m].get("cuda_peak_mb", 0.0) for m in methods)
+    return out
+
+
+# --- memory over a long stream -------------------------------------------------------------------------
+def make_synthetic(folder: Path, n: int, distinct: int = 256, size: int = 96, seed: int = 0) -> Path:
+    """``n`` images under ``folder`` (1,000 per subfolder): ``distinct`` generated ones (JPEG and PNG,
+    flat colour + rectangles + noise), the rest symlinks to them, cyclically."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    src = folder / "distinct"
+    src.mkdir(parents=True, exist_ok=True)
+    originals = []
+    for i in range(min(distinct, n)):
+        a = np.zeros((size, size, 3), np.int16) + rng.integers(0, 256, 3)
+        for _ in range(i % 8):
+            x, y = rng.integers(0, size - 16, 2)
+            w, h = rng.integers(4, 16, 2)
+            a[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+        a += rng.integers(-(i % 5) * 8, (i % 5) * 8 + 1, a.shape)
+        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+        p = src / (f"s{i:05d}.jpg" if i % 2 else f"s{i:05d}.png")
+        img.save(p, quality=90) if i % 2 else img.save(p)
+        originals.append(p)
+    for i in range(len(originals), n):
+        sub = folder / f"part{i // 1000:03d}"
+        sub.mkdir(exist_ok=True)
+        target = originals[i % len(originals)]
+        os.symlink(target, sub / f"l{i:06d}{target.suffix}")
+    return folder
+
+
+def memory_stream(folder: Path, model: torch.nn.Module, eps: float, batch_size: int, workers: int,
+                  device: torch.device, csv_path: Path, log: Callable[[str], None] = lambda s: None
+                  ) -> dict[str, Any]:
+    """Stream ``score`` rows into a CSV (as ``karl complexity --csv``), sampling memory: RSS of this
+    process and its workers, and the Python heap (tracemalloc), at start, first batch, middle, end."""
+    found = collect_inputs([folder])
+    total = len(found)
+    samples: list[dict[str, Any]] = []
+    every = max(1, -(-total // batch_size) // 20) * batch_size     # about 20 samples over the stream
+
+    def sample(label: str, done: int) -> None:
+        samples.append({"label": label, "images": done, "rss_mb": rss_mb(), "workers_rss_mb": workers_rss_mb(),
+                        "py_blocks": sys.getallocatedblocks()})
+
+    def progress(done: int, _total: int) -> None:
+        if done == 0:
+            return
+        labels = {s["label"] for s in samples}
+        if "first_batch" not in labels:
+            sample("first_batch", done)
+        elif "middle" not in labels and done >= total // 2:
+            sample("middle", done)
+        elif done % every == 0:
+            sample("", done)
+
+    # No tracemalloc here: its own bookkeeping grows the RSS it would be measuring. Python objects are
+    # counted with sys.getallocatedblocks() instead (free to read).
+    prepare_model(model, device)
+    sample("start", 0)
+    t0 = time.perf_counter()
+    summary = Summary()   # as the CLI: it keeps kc and l1 per row for the medians (~2 floats a row)
+    with RowWriter(csv_path, ROW_FIELDS, checkpoint_s=checkpoint_seconds()) as w:   # as the CLI
+        for row in score(found, model, [eps], batch_size=batch_size, workers=workers, device=device,
+                         progress=progress):
+            w.write(row)
+            summary.add(row)
+    seconds = time.perf_counter() - t0
+    sample("end", total)
+    named = {s["label"]: s for s in samples if s["label"]}
+    first, end = named.get("first_batch", named["start"]), named["end"]
+    out = {
+        "images": total, "rows": w.count, "errors": summary.errors, "seconds": seconds,
+        "images_per_s": total / seconds if seconds else 0.0, "csv_bytes": csv_path.stat().st_size,
+        "rss_mb": {k: round(named[k]["rss_mb"], 1) for k in ("start", "first_batch", "middle", "end") if k in named},
+        "workers_rss_mb": {k: round(named[k]["workers_rss_mb"], 1)
+                           for k in ("first_batch", "middle") if k in named},
+        "py_blocks": {k: named[k]["py_blocks"] for k in ("start", "first_batch", "middle", "end") if k in named},
+        "rss_growth_mb": end["rss_mb"] - first["rss_mb"],
+        "py_blocks_per_image": (end["py_blocks"] - first["py_blocks"]) / max(total - first["images"], 1),
+        "rss_series_mb": [(s["images"], round(s["rss_mb"], 1)) for s in samples],
+        "rss_peak_mb": peak_rss_mb()["self"],
+    }
+    log(f"streamed {total} images in {seconds:.1f} s ({out['images_per_s']:.0f} img/s)")
+    return out
+
+
+# --- command line --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/throughput.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", help="Images to benchmark on (recursive).")
+    p.add_argument("--weights", type=Path, default=None, help=f"Model folder (default: {DEFAULT_WEIGHTS}).")
+    p.add_argument("--tiny", action="store_true", help="Use a tiny random model (saved to a temp folder).")
+    p.add_argument("--repeats", type=int, default=3, help="Runs per method; medians are reported.")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="Loader processes (default: as `karl complexity`).")
+    p.add_argument("--eps", type=float, default=0.05)
+    p.add_argument("--limit", type=int, default=None, help="Only the first N images (sorted).")
+    p.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS) + ".")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
+    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+                   help="Memory run: stream score over N generated images into a CSV.")
+    p.add_argument("--json", dest="json_out", default=None, help="Also write the results as JSON ('-' = stdout).")
+    return p
+
+
+def _default_workers(device: torch.device) -> int:
+    from karl_cli.cli import _default_workers as cli_default
+    return cli_default(device)
+
+
+def _fmt_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"command: {result['command']}",
+             f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch {m['torch']} with "
+             f"{m['torch_threads']} threads, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+             + (f", nice {m['nice']}" if m.get("nice") else ""),
+             f"model: {result['weights']} ({result['params'] / 1e6:.2f}M params, {result['resolution']} px, "
+             f"T_max {result['max_tokens']}); batch {result['batch_size']}, workers {result['workers']}, "
+             f"ε {result['eps']:g}"]
+    if "throughput" in result:
+        t = result["throughput"]
+        lines.append(f"{t['images']} images, median of {result['repeats']} runs")
+        rows = [["method", "img/s", "runs (img/s)", "CPU ms/img", "enc/dec runs", "KC mean", "L1 mean",
+                 "loader wait s"]]
+        for name, e in t["methods"].items():
+            rows.append([name, f"{e['images_per_s']:.1f}", " ".join(f"{v:.1f}" for v in e["images_per_s_runs"]),
+                         f"{e['cpu_ms_per_image']:.2f}",
+                         f"{e['encoder_runs']:.1f}/{e['decoder_runs']:.1f}" if "encoder_runs" in e else "–",
+                         f"{e['kc_mean']:.1f}" if e.get("kc_mean") is not None else "–",
+                         f"{e['l1_mean']:.4f}" if e.get("l1_mean") is not None else "–",
+                         f"{e['loader_wait_s']:.2f}" if "loader_wait_s" in e else "–"])
+        lines += ["", _fmt_table(rows),
+                  "(single: KC + l1 check, 1 encoder + 1 decoder pass; kc_only: `--no-l1`, the encoder pass alone; "
+                  "CPU ms/img: CPU time of this process and its loader workers per image, steadier than img/s on "
+                  "a loaded machine)", ""]
+        r = t["ratios"]
+        lines.append(f"single / decode-only: {r['single_vs_decode_only']:.2f}"
+                     + (f"   kc_only / decode-only: {r['kc_only_vs_decode_only']:.2f}"
+                        if "kc_only_vs_decode_only" in r else "")
+                     + (f"   single vs search: {r['single_speedup_vs_search']:.1f}x faster"
+                        if "single_speedup_vs_search" in r else "")
+                     + (f"   single vs prefix: {r['single_speedup_vs_prefix']:.1f}x faster"
+                        if "single_speedup_vs_prefix" in r else ""))
+        s = t["stages_ms_per_image"]
+        lines.append("stages, ms/image (serial, workers=0): " + ", ".join(
+            f"{k.replace('_', ' ')} {s[k]:.2f}" for k in ("decode_images", "encoder", "decoder", "rest", "total")))
+        mem = t["memory"]
+        lines.append(f"memory: peak RSS {mem['rss_peak_mb']:.0f} MiB (workers {mem['workers_rss_peak_mb']:.0f} MiB), "
+                     f"Python heap peak {mem['python_heap_peak_mb']:.1f} MiB"
+                     + (f", CUDA peak {mem['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in mem else ""))
+        for name, ok in t["targets"].items():
+            lines.append(f"target {name.replace('_', ' ')}: {'PASS' if ok else 'FAIL'}")
+    if "synthetic" in result:
+        s = result["synthetic"]
+        lines += ["", f"memory stream: {s['images']} images -> CSV ({s['csv_bytes'] / 1e6:.1f} MB) in "
+                      f"{s['seconds']:.1f} s ({s['images_per_s']:.0f} img/s), {s['errors']} errors",
+                  "RSS MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in s["rss_mb"].items())
+                  + f"; growth first batch -> end {s['rss_growth_mb']:+.1f} MiB",
+                  "workers RSS MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in s["workers_rss_mb"].items()),
+                  "Python objects (allocated blocks): " + ", ".join(f"{k} {v:,}" for k, v in s["py_blocks"].items())
+                  + f"; growth {s['py_blocks_per_image']:+.2f} per image (the summary keeps kc and l1 per row)",
+                  "RSS series (images, MiB): " + " ".join(f"{n}:{v:.0f}" for n, v in s["rss_series_mb"])]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    command = shlex.join([sys.executable, str(Path(__file__).resolve().relative_to(REPO))
+                          if Path(__file__).resolve().is_relative_to(REPO) else __file__, *map(str, argv_list)])
+    to_stdout = args.json_out == "-"
+    out_stream = sys.stderr if to_stdout else sys.stdout
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
+    if args.folder is None and args.synthetic is None:
+        build_parser().error("give a FOLDER, or --synthetic N")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods) or "single" not in methods:
+        build_parser().error(f"--methods: a subset of {','.join(METHODS)} that includes single")
+    if args.repeats < 1 or args.batch_size < 1:
+        build_parser().error("--repeats and --batch-size must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    workers = _default_workers(device) if args.workers is None else args.workers
+
+    with tempfile.TemporaryDirectory(prefix="karl-bench-") as tmp:
+        tmp_p = Path(tmp)
+        if args.tiny:
+            from karl_cli import KARL, preset
+            torch.manual_seed(0)
+            weights = tmp_p / "tiny-model"
+            KARL(preset("tiny")).save_pretrained(str(weights))
+        else:
+            weights = args.weights or DEFAULT_WEIGHTS
+            if not Path(weights).exists():
+                build_parser().error(f"no weights at {weights}: pass --weights DIR (config.json + model.safetensors) "
+                                     "or --tiny")
+        model = load_pretrained(weights)
+        cfg = model.config
+        result: dict[str, Any] = {
+            "command": command, "machine": machine_info(device), "weights": "tiny (random)" if args.tiny else str(weights),
+            "params": sum(p.numel() for p in model.parameters()), "resolution": cfg.resolution,
+            "max_tokens": cfg.max_tokens, "batch_size": args.batch_size, "workers": workers, "eps": args.eps,
+            "repeats": args.repeats,
+        }
+        if args.folder is not None:
+            items = collect_inputs([args.folder])
+            if args.limit:
+                items = items[: args.limit]
+            result["throughput"] = throughput(items, model, args.eps, args.repeats, args.batch_size, workers, device,
+                                              methods, log=log)
+        if args.synthetic is not None:
+            if args.synthetic < 1:
+                build_parser().error("--synthetic N needs N >= 1")
+            log(f"generating {args.synthetic} images ...")
+            folder = make_synthetic(tmp_p / "images", args.synthetic)
+            result["synthetic"] = memory_stream(folder, model, args.eps, args.batch_size, workers, device,
+                                                tmp_p / "rows.csv", log=log)
+    result["machine"]["torch_threads"] = torch.get_num_threads()
+    print(render(result), file=out_stream, flush=True)
+    if args.json_out:
+        text = json.dumps(result, indent=2, default=float)
+        if to_stdout:
+            print(text)
+        else:
+            Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

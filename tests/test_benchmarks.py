@@ -1,0 +1,141 @@
+"""benchmarks/throughput.py: one quick run on a few generated images with a tiny model, every field there."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import make_images
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("karl_bench_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    make_images(folder, 8)
+    out = tmp_path / "bench.json"
+    res = throughput.main([str(folder), "--tiny", "--repeats", "1", "--batch-size", "4", "--workers", "0",
+                           "--threads", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res, default=float))
+    for key in ("command", "machine", "throughput"):
+        assert key in res
+    m = res["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and m["torch_threads"] == 1 and m["device"] == "cpu"
+    t = res["throughput"]
+    assert t["images"] == 8
+    assert set(t["methods"]) == {"decode_only", "single", "kc_only", "search", "prefix"}
+    for name, e in t["methods"].items():
+        assert _positive(e["images_per_s"]) and _positive(e["cpu_ms_per_image"]), name
+        assert len(e["images_per_s_runs"]) == 1
+    assert t["methods"]["single"]["encoder_runs"] == t["methods"]["single"]["decoder_runs"] == 1
+    assert t["methods"]["kc_only"]["decoder_runs"] == 0 and t["methods"]["kc_only"]["l1_mean"] is None
+    assert t["methods"]["search"]["encoder_runs"] >= 1 and t["methods"]["prefix"]["encoder_runs"] == 1
+    for k in ("single_vs_decode_only", "kc_only_vs_decode_only", "single_speedup_vs_search",
+              "single_speedup_vs_prefix"):
+        assert _positive(t["ratios"][k]), k
+    for k in ("decode_images", "encoder", "decoder", "total"):
+        assert _positive(t["stages_ms_per_image"][k]), k
+    for k in ("rss_peak_mb", "python_heap_peak_mb", "rss_now_mb"):
+        assert _positive(t["memory"][k]), k
+    assert set(t["targets"]) == {"single_4x_faster_than_search", "single_half_of_decode_only",
+                                 "kc_only_half_of_decode_only"}
+    # The human-readable report names the machine, the command and each method.
+    for text in ("command:", "machine:", "decode_only", "single", "search", "prefix", "stages", "memory:"):
+        assert text in printed
+
+
+def test_synthetic_memory_stream(throughput, tmp_path, capsys):
+    res = throughput.main(["--synthetic", "40", "--tiny", "--batch-size", "8", "--workers", "0", "--threads", "1",
+                           "--json", "-"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["synthetic"]["images"] == 40     # JSON alone on stdout
+    s = res["synthetic"]
+    assert s["rows"] == 40 and s["errors"] == 0 and _positive(s["images_per_s"]) and _positive(s["csv_bytes"])
+    assert set(s["rss_mb"]) == {"start", "first_batch", "middle", "end"}
+    assert all(_positive(v) for v in s["rss_mb"].values())
+    assert "memory stream" in captured.err
+
+
+def test_bad_arguments_exit(throughput, tmp_path):
+    with pytest.raises(SystemExit):
+        throughput.main([])                                    # neither a folder nor --synthetic
+    with pytest.raises(SystemExit):
+        throughput.main([str(tmp_path), "--tiny", "--methods", "search"])   # single is the reference
+
+
+# --- the perf options the benchmark measures -------------------------------------------------------------
+def test_kc_only_skips_the_decoder_and_keeps_kc(tiny_model, tmp_path):
+    from karl_cli.complexity import score
+    from karl_cli.errors import UsageError
+
+    folder = tmp_path / "imgs"
+    make_images(folder, 6)
+    full = list(score([folder], tiny_model, [0.05, 0.2], batch_size=4))
+    fast = list(score([folder], tiny_model, [0.05, 0.2], batch_size=4, l1=False))
+    assert [(r["path"], r["eps"], r["kc"], r["kc_soft"]) for r in fast] == \
+        [(r["path"], r["eps"], r["kc"], r["kc_soft"]) for r in full]
+    assert all(r["l1"] is None and r["decoder_runs"] == 0 and r["encoder_runs"] == 1 for r in fast)
+    assert all(r["l1"] is not None and r["decoder_runs"] == 1 for r in full)
+    with pytest.raises(UsageError, match="single"):
+        score([folder], tiny_model, [0.05], method="search", l1=False)
+
+
+def test_cli_no_l1(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from karl_cli.cli import app
+    from karl_cli.complexity import read_rows
+    from karl_cli.errors import EXIT_USAGE
+
+    folder, weights = tmp_path / "imgs", tmp_path / "w"
+    make_images(folder, 4)
+    tiny_model.save_pretrained(str(weights))
+    base = ["complexity", str(folder), "--weights", str(weights), "--workers", "0", "--device", "cpu"]
+    res = CliRunner().invoke(app, base + ["--no-l1", "--csv", str(tmp_path / "a.csv")])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "a.csv")
+    assert len(rows) == 4 and all(r["l1"] is None and r["decoder_runs"] == 0 for r in rows)
+    res = CliRunner().invoke(app, base + ["--no-l1", "--method", "search", "--csv", str(tmp_path / "b.csv")])
+    assert res.exit_code == EXIT_USAGE and not (tmp_path / "b.csv").exists()
+
+
+def test_conv_models_run_channels_last_on_cpu(tiny_model):
+    import torch
+
+    from karl_cli.runtime import prepare_model, to_model_input
+
+    x = to_model_input(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), "cpu")
+    ref = tiny_model.encode(x.contiguous(), 0.05)
+    prepare_model(tiny_model, "cpu")
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert tiny_model.base.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    enc = tiny_model.encode(x, 0.05)
+    assert torch.allclose(enc.latents, ref.latents, atol=1e-5) and torch.allclose(enc.p_halt, ref.p_halt, atol=1e-5)
+
+
+def test_default_workers_per_device(monkeypatch):
+    import torch
+
+    from karl_cli import cli
+
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 32)
+    assert cli._default_workers(torch.device("cpu")) == cli._default_workers(None) == 4
+    assert cli._default_workers(torch.device("cuda", 1)) == cli._default_workers("cuda") == 16
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    assert cli._default_workers(torch.device("cuda")) == cli._default_workers(torch.device("cpu")) == 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How fast is ``karl complexity``? Images per second of the three methods against the decode-only limit.
+"""How fast is ``karl complexity``? Images per second of the single pass and the searches against decode-only.
 
     python benchmarks/throughput.py FOLDER [--weights DIR] [--repeats 3] [--batch-size 64] [--workers N]
                                     [--eps 0.05] [--limit N] [--device auto] [--threads N] [--json OUT]
@@ -192,11 +192,12 @@ def _cpu_seconds() -> float:
     return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
-def run_decode_only(items: Sequence[Found], resolution: int, batch_size: int, workers: int) -> dict[str, Any]:
+def run_decode_only(items: Sequence[Found], resolution: int, batch_size: int, workers: int,
+                    device: torch.device) -> dict[str, Any]:
     """The DataLoader of ``score`` on its own: open + convert + resize, batched, no model."""
     c0, t0 = _cpu_seconds(), time.perf_counter()
     n = 0
-    for batch in image_batches(items, resolution, batch_size, workers):
+    for batch in image_batches(items, resolution, batch_size, workers, pin_memory=device.type == "cuda"):
         if batch["images"] is not None:
             n += batch["images"].shape[0]
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0, "images": n}
@@ -273,7 +274,7 @@ def throughput(items: Sequence[Found], model: torch.nn.Module, eps: float, repea
     stages: list[dict[str, float]] = []
     for r in range(repeats):
         # Interleaved, so a change in the machine's load hits every method alike.
-        runs["decode_only"].append(run_decode_only(items, res_, batch_size, workers))
+        runs["decode_only"].append(run_decode_only(items, res_, batch_size, workers, device))
         for m in methods:
             timers: dict[str, float] = {}
             runs[m].append(run_method(items, model, eps, m, batch_size, workers, device, timers))
@@ -475,7 +476,9 @@ def render(result: dict[str, Any]) -> str:
         lines.append("stages, ms/image (serial, workers=0): " + ", ".join(
             f"{k.replace('_', ' ')} {s[k]:.2f}" for k in ("decode_images", "encoder", "decoder", "rest", "total")))
         mem = t["memory"]
-        lines.append(f"memory: peak RSS {mem['rss_peak_mb']:.0f} MiB (workers {mem['workers_rss_peak_mb']:.0f} MiB), "
+        lines.append(f"memory: peak RSS {mem['rss_peak_mb']:.0f} MiB"
+                     + (f" (largest loader worker {mem['workers_rss_peak_mb']:.0f} MiB)" if result["workers"] else "")
+                     + ", "
                      f"Python heap peak {mem['python_heap_peak_mb']:.1f} MiB"
                      + (f", CUDA peak {mem['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in mem else ""))
         for name, ok in t["targets"].items():
@@ -486,7 +489,8 @@ def render(result: dict[str, Any]) -> str:
                       f"{s['seconds']:.1f} s ({s['images_per_s']:.0f} img/s), {s['errors']} errors",
                   "RSS MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in s["rss_mb"].items())
                   + f"; growth first batch -> end {s['rss_growth_mb']:+.1f} MiB",
-                  "workers RSS MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in s["workers_rss_mb"].items()),
+                  *(["loader workers RSS MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in s["workers_rss_mb"].items())]
+                    if result["workers"] else []),
                   "Python objects (allocated blocks): " + ", ".join(f"{k} {v:,}" for k, v in s["py_blocks"].items())
                   + f"; growth {s['py_blocks_per_image']:+.2f} per image (the summary keeps kc and l1 per row)",
                   "RSS series (images, MiB): " + " ".join(f"{n}:{v:.0f}" for n, v in s["rss_series_mb"])]
@@ -531,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model = load_pretrained(weights)
         cfg = model.config
         result: dict[str, Any] = {
-            "command": command, "machine": machine_info(device), "weights": "tiny (random)" if args.tiny else str(weights),
+            "command": command, "machine": machine_info(device),
+            "weights": "tiny (random)" if args.tiny else str(weights),
             "params": sum(p.numel() for p in model.parameters()), "resolution": cfg.resolution,
             "max_tokens": cfg.max_tokens, "batch_size": args.batch_size, "workers": workers, "eps": args.eps,
             "repeats": args.repeats,

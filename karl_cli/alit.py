@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from .config import KARLConfig
 from .search import SearchResult, TokenSource, sweep
-from .tokenizer import KARL, Block, Encoding, ForwardOutput, make_base
+from .tokenizer import DirectPaths, KARL, Block, Encoding, ForwardOutput, make_base
 
 __all__ = ["ALIT", "ALITLoss", "ALITState", "SearchResult"]
 
@@ -83,6 +83,8 @@ class ALIT(nn.Module):
         self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
         self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
         self.dec_norm = nn.LayerNorm(dw)
+        # KARL's linear grid<->token shortcuts: new tokens start from a read-out of the current 2D tokens.
+        self.direct = DirectPaths(cfg) if cfg.direct_dim else None
 
     # KARL's decoder pass, shared (not copied): mask tokens + latents -> pixels via the base head.
     decode_tokens = KARL.decode_tokens
@@ -113,6 +115,8 @@ class ALIT(nn.Module):
             raise ValueError(f"the rollout is complete after {self.iterations} iterations")
         b, n = state.x2d.shape[:2]
         new = self.latent_tokens[:, k * s:(k + 1) * s].expand(b, -1, -1).to(state.x2d.dtype)
+        if self.direct is not None:
+            new = new + self.direct.read(state.x2d)[:, k * s:(k + 1) * s]
         x = torch.cat([state.x2d, state.latents, new], dim=1)
         for blk in self.encoder:
             x = blk(x)

@@ -66,11 +66,17 @@ def _error_text(e: BaseException) -> str:
 
 
 def _default_workers(device=None) -> int:
-    """Image-decoding processes when --workers is not given: cores - 1, at most 4 on CPU (the model needs
-    the cores; decoding is a few times cheaper than the model there) and at most 16 on CUDA (where
-    decoding is the limit)."""
-    cap = 16 if str(getattr(device, "type", device)).split(":")[0] == "cuda" else 4
-    return max(0, min(cap, (os.cpu_count() or 1) - 1))
+    """Image-decoding processes when --workers is not given.
+
+    CUDA: cores - 1, at most 16 (decoding is the limit there). CPU: a quarter of the cores, at most 4:
+    the model needs the cores (decoding a photo costs ~2 ms of CPU, the small model's single pass
+    ~15 ms), and a worker that preempts torch's threads slows every parallel op. Measured on 2 cores
+    (benchmarks/throughput.py): 0 workers beat 1 by 12-25%, idle or loaded.
+    """
+    cores = os.cpu_count() or 1
+    if str(getattr(device, "type", device)).split(":")[0] == "cuda":
+        return max(0, min(16, cores - 1))
+    return min(4, cores // 4)
 
 
 def _load_model(weights: Optional[Path]):
@@ -136,7 +142,8 @@ def complexity(
                                          "single, or search for models without a halting head (ALIT)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores-1, max 4; max 16 on CUDA)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 "
+                                          "up to 4 on CPU; cores-1 up to 16 on CUDA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them."),
@@ -370,7 +377,8 @@ def correlate(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Model folder (default: weights/karl-small)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per model run."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
-                                          help="Image-decoding processes (default: cores-1, max 4)."),
+                                          help="Image-decoding processes (default: cores/4 up to 4 on CPU; "
+                                          "cores-1 up to 16 on CUDA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Score cache folder (default ~/.cache/karl)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),

@@ -58,6 +58,7 @@ class KARLConfig:
     token_step: int = 4             # budgets are multiples of this
     latent_dim: int = 12            # continuous bottleneck per 1D token
     halt_hidden: int = 64
+    direct_dim: int = 32            # width of the linear grid<->token shortcuts (0: attention only)
     halt_threshold: float = 0.75
     halt_grad_scale: float = 0.1    # share of the halting loss's gradient that reaches the encoder
     eps_bins: list[float] = field(default_factory=lambda: list(EPS_BINS))
@@ -122,7 +123,7 @@ PRESETS: dict[str, KARLConfig] = {
     # Seconds on a CPU: for tests.
     "tiny": KARLConfig(resolution=32, patch_size=8, base="conv", base_channels=16, width=32, enc_depth=1,
                        enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4,
-                       halt_hidden=16),
+                       halt_hidden=16, direct_dim=8),
     # The CPU default model.
     "small": KARLConfig(),
 }

@@ -139,6 +139,9 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
         if st.st_size == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with warnings.catch_warnings():
+            # Decoders warn about damaged metadata they skip; the pixels are still good, and a
+            # folder of scraped images must not flood the terminal. Bombs stay errors.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size

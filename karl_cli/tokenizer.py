@@ -111,6 +111,39 @@ class HaltingHead(nn.Module):
         return torch.sigmoid(self.net(h).squeeze(-1).float())
 
 
+class DirectPaths(nn.Module):
+    """Linear shortcuts between the 2D grid and the 1D tokens, beside attention.
+
+    read: each latent token starts from its own linear read-out of the (channel-reduced) 2D grid;
+    spread: each 2D position starts from a linear map of the kept 12-d tokens (halted ones are zero,
+    so they still cannot affect the output). Attention must otherwise learn from scratch which
+    token talks to which position, which is what kept pure-attention models at the mean image for
+    thousands of CPU steps (DESIGN.md §5); with these paths the model learns like a conv autoencoder
+    from the first steps, and causality holds (token t still depends on the image and tokens <= t).
+    """
+
+    def __init__(self, cfg: KARLConfig) -> None:
+        super().__init__()
+        n, d, t = cfg.num_2d_tokens, cfg.direct_dim, cfg.max_tokens
+        self.t, self.d, self.n = t, d, n
+        self.reduce = nn.Linear(cfg.width, 8)
+        self.read_map = nn.Linear(n * 8, t * d)
+        self.read_up = nn.Linear(d, cfg.width)
+        self.spread_map = nn.Linear(t * cfg.latent_dim, n * d)
+        self.spread_up = nn.Linear(d, cfg.dec_width)
+
+    def read(self, x2d: torch.Tensor) -> torch.Tensor:
+        b = x2d.shape[0]
+        return self.read_up(self.read_map(self.reduce(x2d).flatten(1)).view(b, self.t, self.d))
+
+    def spread(self, latents: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        b, t, c = latents.shape
+        z = latents if keep is None else latents * keep.unsqueeze(-1).to(latents.dtype)
+        if t < self.t:
+            z = torch.cat([z, z.new_zeros(b, self.t - t, c)], dim=1)
+        return self.spread_up(self.spread_map(z.flatten(1)).view(b, self.n, self.d))
+
+
 @dataclass
 class ForwardOutput:
     recon: torch.Tensor      # (B, 3, R, R), unclamped
@@ -173,6 +206,7 @@ class KARL(nn.Module):
         self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
         self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
         self.dec_norm = nn.LayerNorm(dw)
+        self.direct = DirectPaths(cfg) if cfg.direct_dim else None
         self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
 
     # --- encoder -------------------------------------------------------------------------------
@@ -196,6 +230,8 @@ class KARL(nn.Module):
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
         eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
         lat = self.latent_tokens[:, :num_tokens].expand(b, -1, -1)
+        if self.direct is not None:
+            lat = lat + self.direct.read(x2d)[:, :num_tokens]
         x = torch.cat([eps_tok, x2d, lat], dim=1)
         mask = self._encoder_mask(num_tokens, images.device)
         for blk in self.encoder:
@@ -215,6 +251,9 @@ class KARL(nn.Module):
         b, t, _ = latents.shape
         n = cfg.num_2d_tokens
         z = self.unbottleneck(latents) + self.dec_latent_pos[:, :t]
+        queries = self.mask_token.expand(b, n, -1) + self.dec_pos_2d
+        if self.direct is not None:
+            queries = queries + self.direct.spread(latents, keep)
         attn_mask = None
         if keep is not None and not bool(keep.all()):
             counts = keep.sum(1)
@@ -226,7 +265,7 @@ class KARL(nn.Module):
             if not bool(real.all()):
                 key_ok = torch.cat([torch.ones(b, n, dtype=torch.bool, device=z.device), real], dim=1)
                 attn_mask = key_ok[:, None, None, :]
-        x = torch.cat([self.mask_token.expand(b, n, -1) + self.dec_pos_2d, z], dim=1)
+        x = torch.cat([queries, z], dim=1)
         for blk in self.decoder:
             x = blk(x, attn_mask)
         h = self.dec_norm(x[:, :n])

@@ -137,5 +137,7 @@ def test_default_workers_per_device(monkeypatch):
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 32)
     assert cli._default_workers(torch.device("cpu")) == cli._default_workers(None) == 4
     assert cli._default_workers(torch.device("cuda", 1)) == cli._default_workers("cuda") == 16
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
-    assert cli._default_workers(torch.device("cuda")) == cli._default_workers(torch.device("cpu")) == 1
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
+    assert cli._default_workers(torch.device("cpu")) == 2 and cli._default_workers("cuda:0") == 7
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)    # this machine: decode in the main process
+    assert cli._default_workers(torch.device("cpu")) == 0 and cli._default_workers(torch.device("cuda")) == 1

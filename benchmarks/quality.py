@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -55,11 +54,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-import karl_cli
 from karl_cli.compare import psnr, ssim
 from karl_cli.complexity import collect_inputs, image_batches, score, validate_eps
 from karl_cli.errors import KarlError, UsageError
-from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
 from karl_cli.stats import spearman
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,26 +73,6 @@ BYTES_PER_VALUE = 2   # 16 bits per latent value
 
 
 # --- the machine -----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "torch": torch.__version__, "karl": karl_cli.__version__,
-            "python": platform.python_version()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def machine_line(m: dict[str, Any]) -> str:
     s = f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), device {m['device']}"
     if m.get("gpu"):

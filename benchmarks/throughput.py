@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -50,11 +49,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-import karl_cli
 from karl_cli import complexity as cx
 from karl_cli.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, image_batches, score
 from karl_cli.images import Found
-from karl_cli.runtime import prepare_model, resolve_device
+from karl_cli.runtime import machine_info, prepare_model, resolve_device
 from karl_cli.weights import load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,35 +60,6 @@ DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
 METHODS = ("single", "kc_only", "search", "prefix")   # kc_only: single with l1=False (`--no-l1`)
 TARGET_SPEEDUP = 4.0          # single-pass vs search at the same ε and model
 TARGET_DECODE_SHARE = 0.5     # single-pass vs the decode-only limit, on CPU
-
-
-# --- the machine ---------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "torch": torch.__version__,
-        "karl": getattr(karl_cli, "__version__", "?"),
-        "python": platform.python_version(),
-        "nice": os.nice(0) if hasattr(os, "nice") else 0,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 # --- memory --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from .config import KARLConfig
 from .search import SearchResult, TokenSource, sweep
-from .tokenizer import DirectPaths, KARL, Block, Encoding, ForwardOutput, make_base
+from .tokenizer import DirectPaths, KARL, Tokenizer, Block, Encoding, ForwardOutput, make_base
 
 __all__ = ["ALIT", "ALITLoss", "ALITState", "SearchResult"]
 
@@ -58,7 +58,7 @@ class ALITState:
         return self.latents.shape[1]
 
 
-class ALIT(nn.Module):
+class ALIT(Tokenizer):
     """Adaptive-length tokenizer by recurrent allocation (arXiv 2411.02393). See the module docstring."""
 
     # KC needs a search (encoder + decoder per iteration); there is no single-pass estimate.
@@ -212,26 +212,6 @@ class ALIT(nn.Module):
         (T_max for images no iteration reconstructs that well). Costs up to T_max/token_step
         encoder iterations and as many decoder passes."""
         return self.search(images, eps).kc
-
-    @property
-    def device(self) -> torch.device:
-        return self.pos_2d.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pos_2d.dtype
-
-    def save_pretrained(self, directory: str, card: str | None = None) -> None:
-        from .weights import save_pretrained
-        save_pretrained(self, directory, card=card)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "ALIT":
-        from .weights import load_pretrained
-        model = load_pretrained(directory, device=device)
-        if not isinstance(model, cls):
-            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
 
 class ALITLoss(nn.Module):

@@ -343,6 +343,7 @@ def train(
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images in memory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
 ) -> None:
     """Train a tokenizer with two-phase loss-conditioned training."""
     from .config import preset
@@ -355,7 +356,7 @@ def train(
                      seed=seed, checkpoint_every=checkpoint_every, cache=cache)
     with training_progress(console) as on_step:
         run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
-                     on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"))
+                     on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"), init_from=init_from)
     console.print(f"[green]done:[/] weights in {escape(str(out))}")
 
 

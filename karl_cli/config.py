@@ -60,7 +60,7 @@ class KARLConfig:
     halt_hidden: int = 64
     direct_dim: int = 32            # width of the linear grid<->token shortcuts (0: attention only)
     halt_threshold: float = 0.75
-    halt_grad_scale: float = 0.1    # share of the halting loss's gradient that reaches the encoder
+    halt_grad_scale: float = 0.0    # share of the halting loss's gradient that reaches the encoder
     eps_bins: list[float] = field(default_factory=lambda: list(EPS_BINS))
 
     def __post_init__(self) -> None:

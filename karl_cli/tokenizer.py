@@ -101,14 +101,24 @@ def make_base(cfg: KARLConfig) -> nn.Module:
 
 
 class HaltingHead(nn.Module):
-    """LN -> Linear -> Tanh -> Linear -> sigmoid: p_halt for each 1D token."""
+    """LN -> Linear (+ ε-bin bias) -> Tanh -> Linear -> sigmoid: p_halt for each 1D token.
 
-    def __init__(self, width: int, hidden: int) -> None:
+    The per-bin bias hands the head ε directly. Through the encoder alone ε reaches the latents only
+    as fast as the (deliberately weak) halting gradient teaches attention to read the ε token, and
+    p_halt stayed the same for every ε for hundreds of CPU steps.
+    """
+
+    def __init__(self, width: int, hidden: int, num_bins: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.eps_bias = nn.Embedding(num_bins, hidden)
+        nn.init.zeros_(self.eps_bias.weight)
+        self.fc2 = nn.Linear(hidden, 1)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(h).squeeze(-1).float())
+    def forward(self, h: torch.Tensor, eps_idx: torch.Tensor) -> torch.Tensor:
+        z = torch.tanh(self.fc1(self.norm(h)) + self.eps_bias(eps_idx).unsqueeze(1).to(h.dtype))
+        return torch.sigmoid(self.fc2(z).squeeze(-1).float())
 
 
 class DirectPaths(nn.Module):
@@ -180,7 +190,33 @@ class Encoding:
         return self.latents[i, pos], pos
 
 
-class KARL(nn.Module):
+class Tokenizer(nn.Module):
+    """What every architecture shares: where it lives, and its weights directory on disk."""
+
+    config: KARLConfig
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def save_pretrained(self, directory: str, card: str | None = None) -> None:
+        from .weights import save_pretrained
+        save_pretrained(self, directory, card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "Tokenizer":
+        from .weights import load_pretrained
+        model = load_pretrained(directory, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+class KARL(Tokenizer):
     """Single-pass adaptive image tokenizer (arXiv 2507.07995)."""
 
     # One encoder pass predicts the token count (halting head); ALIT has single_pass = False.
@@ -198,7 +234,7 @@ class KARL(nn.Module):
         self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
         self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
         self.enc_norm = nn.LayerNorm(w)
-        self.halting_head = HaltingHead(w, cfg.halt_hidden)
+        self.halting_head = HaltingHead(w, cfg.halt_hidden, len(cfg.eps_bins))
         self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
         self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
         self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
@@ -228,7 +264,8 @@ class KARL(nn.Module):
             raise ValueError(f"num_tokens must lie in 1..{cfg.max_tokens}, got {num_tokens}")
         b = images.shape[0]
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
-        eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
+        eps_idx = eps_idx.to(images.device)
+        eps_tok = self.eps_embed(eps_idx).unsqueeze(1)
         lat = self.latent_tokens[:, :num_tokens].expand(b, -1, -1)
         if self.direct is not None:
             lat = lat + self.direct.read(x2d)[:, :num_tokens]
@@ -237,11 +274,12 @@ class KARL(nn.Module):
         for blk in self.encoder:
             x = blk(x, mask)
         h = self.enc_norm(x[:, 1 + cfg.num_2d_tokens:])
-        # The halting loss reaches the shared encoder only scaled down: at full strength its easy
-        # early target (p_halt -> 0 everywhere) collapses the latents before they learn the image.
+        # By default the halting loss does not reach the shared encoder (halt_grad_scale 0): its easy
+        # early target (p_halt -> 0 everywhere) otherwise steers the trunk and the latents stall at the
+        # mean image; even 2 % of it did so in small models. The head sees ε through its own bias.
         g = cfg.halt_grad_scale
         h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
-        return self.bottleneck(h), self.halting_head(h_halt)
+        return self.bottleneck(h), self.halting_head(h_halt, eps_idx)
 
     # --- decoder -------------------------------------------------------------------------------
     def decode_tokens(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -324,23 +362,3 @@ class KARL(nn.Module):
         smallest ε bin) reaches pixel L1 <= ε, per image; ``search`` re-encodes at every budget (k
         encoder + k decoder runs), ``prefix`` decodes prefixes of one T_max encoding (1 + k)."""
         return sweep(self, images, eps, method, keep_recon=True).result(0)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pos_2d.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pos_2d.dtype
-
-    def save_pretrained(self, directory: str, card: str | None = None) -> None:
-        from .weights import save_pretrained
-        save_pretrained(self, directory, card=card)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "KARL":
-        from .weights import load_pretrained
-        model = load_pretrained(directory, device=device)
-        if not isinstance(model, cls):
-            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model

@@ -218,12 +218,13 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
 
 def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | None = None,
           train_config: TrainConfig | None = None, device: str = "auto", resume: bool = False,
-          on_step: Callable[[StepReport], None] | None = None, on_log: Callable[[str], None] | None = None
-          ) -> TrainResult:
+          on_step: Callable[[StepReport], None] | None = None, on_log: Callable[[str], None] | None = None,
+          init_from: str | os.PathLike | None = None) -> TrainResult:
     """Train a tokenizer on the image folders in ``data``; weights and checkpoints go to ``out``.
 
     ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
-    checkpoint.pt (for ``resume``) and metrics.jsonl.
+    checkpoint.pt (for ``resume``) and metrics.jsonl. ``init_from`` starts a new run from the tensors of
+    a weights directory (fine-tuning); tensors the architecture has and the file lacks keep their init.
     """
     out = Path(out)
     log = on_log or (lambda s: None)
@@ -285,6 +286,9 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.min_lr_ratio))
+    if init_from is not None and state is None:
+        fresh = init_weights(model, init_from)
+        log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
     ema = EMA(model, tc.ema_decay)
     step = 0
     if state is not None:
@@ -358,6 +362,22 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return TrainResult(out, model, step)
+
+
+def init_weights(model: nn.Module, directory: str | os.PathLike) -> list[str]:
+    """Load a weights directory's tensors into ``model``; returns the names the file did not have."""
+    from .weights import WeightsError, read_state
+
+    state = read_state(directory)
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if unexpected or wrong:
+        raise WeightsError(f"cannot start from {directory}: " + "; ".join(
+            ([f"unknown tensors {', '.join(unexpected[:3])}"] if unexpected else []) +
+            ([f"shape mismatch for {', '.join(wrong[:3])}"] if wrong else [])))
+    model.load_state_dict(state, strict=False)
+    return sorted(set(expected) - set(state))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -91,10 +91,11 @@ def read_config(directory: str | Path) -> KARLConfig:
         raise WeightsError(f"{cfg_path}: {e}") from None
 
 
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model a weights directory describes and load its tensors, checking every name and shape."""
+def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights directory's safetensors file (never a pickle)."""
     directory = Path(directory)
-    config = read_config(directory)
+    if directory.is_file() or not directory.exists():
+        read_config(directory)  # raises the clear error for files, pickles and missing paths
     w_path = directory / WEIGHTS_NAME
     if not w_path.is_file():
         pickles = [p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
@@ -104,6 +105,15 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         state = load_file(str(w_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{w_path} is not a valid safetensors file: {e}") from None
+    return state
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model a weights directory describes and load its tensors, checking every name and shape."""
+    directory = Path(directory)
+    config = read_config(directory)
+    state = read_state(directory)
+    w_path = directory / WEIGHTS_NAME
     model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -13,7 +13,7 @@ def spread_halting(model: KARL) -> KARL:
     torch.manual_seed(1)
     x = torch.rand(8, 3, model.config.resolution, model.config.resolution)
     with torch.no_grad():
-        last = model.halting_head.net[-1]
+        last = model.halting_head.fc2
         last.weight.mul_(40.0)
         p = model.encode(x, 0.05).p_halt
         last.bias.add_(math.log(0.75 / 0.25) - torch.logit(p.clamp(1e-6, 1 - 1e-6)).median())

@@ -94,3 +94,12 @@ def test_num_tokens_out_of_range(tiny_model):
     x = torch.rand(1, 3, 32, 32)
     with pytest.raises(ValueError, match="num_tokens"):
         tiny_model.encode_tokens(x, torch.zeros(1, dtype=torch.long), 17)
+
+
+def test_halting_head_reads_eps_directly(tiny_model):
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        tiny_model.halting_head.eps_bias.weight[3].fill_(5.0)
+        _, p_a = tiny_model.encode_tokens(x, torch.full((2,), 0), 16)
+        _, p_b = tiny_model.encode_tokens(x, torch.full((2,), 3), 16)
+    assert not torch.allclose(p_a, p_b)

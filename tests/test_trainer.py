@@ -70,15 +70,15 @@ def _tc(**kw):
 
 
 def test_loss_decreases(image_folder, tmp_path):
-    train([str(image_folder)], tmp_path / "run", preset("tiny"), _tc(steps=50), device="cpu")
+    train([str(image_folder)], tmp_path / "run", preset("tiny"), _tc(steps=60, lr=5e-3), device="cpu")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 50
-    first = sum(r["rec2"] for r in rows[:5]) / 5
-    last = sum(r["rec2"] for r in rows[-5:]) / 5
-    assert last < 0.8 * first
+    assert len(rows) == 60
+    first = sum(r["rec2"] for r in rows[:10]) / 10
+    last = sum(r["rec2"] for r in rows[-10:]) / 10
+    assert last < 0.85 * first
     model = KARL.from_pretrained(tmp_path / "run")
     assert model.config == preset("tiny")
-    assert "step 50 of 50" in (tmp_path / "run" / "model_card.md").read_text()
+    assert "step 60 of 60" in (tmp_path / "run" / "model_card.md").read_text()
 
 
 def test_interrupt_and_resume_continue_the_same_run(image_folder, tmp_path):
@@ -134,3 +134,14 @@ def test_bad_data_and_devices(tmp_path):
         train([str(tmp_path / "missing")], tmp_path / "o", preset("tiny"), _tc(), device="cpu")
     with pytest.raises(UsageError, match="device"):
         train([str(tmp_path / "empty")], tmp_path / "o", preset("tiny"), _tc(), device="tpu")
+
+
+def test_init_from_weights_starts_a_new_run_from_them(image_folder, tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "base")
+    res = train([str(image_folder)], tmp_path / "ft", preset("tiny"), _tc(steps=1, lr=1e-9, warmup_steps=1),
+                device="cpu", init_from=tmp_path / "base")
+    base = tiny_model.state_dict()
+    assert all(torch.allclose(base[k], v, atol=1e-5) for k, v in res.model.state_dict().items())
+    with pytest.raises(Exception, match="shape mismatch"):
+        train([str(image_folder)], tmp_path / "ft2", preset("tiny", width=64), _tc(steps=1), device="cpu",
+              init_from=tmp_path / "base")

@@ -434,6 +434,41 @@ def correlate(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+@app.command()
+@_handle_errors
+def calibrate(
+    data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
+    weights: Path = typer.Option(..., "--weights", "-w", help="Trained weights to calibrate."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
+    samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
+    steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Retrain the halting head on oracle budgets (smallest prefix meeting each ε); tokens unchanged."""
+    from .halting_calibration import calibrate_halting
+    from .runtime import prepare_model
+
+    if samples < 10 or steps < 1:
+        raise UsageError("--samples must be >= 10 and --steps >= 1")
+    model = prepare_model(_load_model(weights), device)
+    if not getattr(model, "single_pass", False):
+        raise UsageError("only KARL weights have a halting head to calibrate")
+    with _progress("calibrate") as update:
+        report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
+                                   progress=lambda stage, done, total: update(done, total))
+    card_path = Path(weights) / "model_card.md"
+    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
+    card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} crops of "
+             f"{', '.join(Path(d).name for d in data)}, {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
+             f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
+             f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}.\n")
+    model.save_pretrained(str(out), card=card)
+    console.print(f"held-out |KC - oracle|: {report.error_before:.1f} -> {report.error_after:.1f} tokens; "
+                  f"KC/oracle {report.ratio_before:.2f} -> {report.ratio_after:.2f}")
+    console.print(f"[green]done:[/] calibrated weights in {escape(str(out))}")
+
+
 def _checked(make):
     """Config errors are usage errors."""
     from .errors import UsageError

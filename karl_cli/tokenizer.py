@@ -259,13 +259,24 @@ class KARL(Tokenizer):
     def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder pass at budget ``num_tokens``: (latents (B,T,latent_dim), p_halt (B,T))."""
+        eps_idx = eps_idx.to(images.device)
+        h = self.latent_features(images, eps_idx, num_tokens)
+        # By default the halting loss does not reach the shared encoder (halt_grad_scale 0): its easy
+        # early target (p_halt -> 0 everywhere) otherwise steers the trunk and the latents stall at the
+        # mean image; even 2 % of it did so in small models. The head sees ε through its own bias.
+        g = self.config.halt_grad_scale
+        h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
+        return self.bottleneck(h), self.halting_head(h_halt, eps_idx)
+
+    def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
+        and the halting head read."""
         cfg = self.config
         if not 1 <= num_tokens <= cfg.max_tokens:
             raise ValueError(f"num_tokens must lie in 1..{cfg.max_tokens}, got {num_tokens}")
         b = images.shape[0]
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
-        eps_idx = eps_idx.to(images.device)
-        eps_tok = self.eps_embed(eps_idx).unsqueeze(1)
+        eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
         lat = self.latent_tokens[:, :num_tokens].expand(b, -1, -1)
         if self.direct is not None:
             lat = lat + self.direct.read(x2d)[:, :num_tokens]
@@ -273,13 +284,7 @@ class KARL(Tokenizer):
         mask = self._encoder_mask(num_tokens, images.device)
         for blk in self.encoder:
             x = blk(x, mask)
-        h = self.enc_norm(x[:, 1 + cfg.num_2d_tokens:])
-        # By default the halting loss does not reach the shared encoder (halt_grad_scale 0): its easy
-        # early target (p_halt -> 0 everywhere) otherwise steers the trunk and the latents stall at the
-        # mean image; even 2 % of it did so in small models. The head sees ε through its own bias.
-        g = cfg.halt_grad_scale
-        h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
-        return self.bottleneck(h), self.halting_head(h_halt, eps_idx)
+        return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:])
 
     # --- decoder -------------------------------------------------------------------------------
     def decode_tokens(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""Calibrating the halting head against the search oracle, after two-phase training.
+
+Two-phase training labels halting with a *random* budget T and the error ε₀ it reached. When a
+model's error falls slowly with T (a small model trained briefly on a CPU), many budgets land in the
+same ε bin, the labels for that bin contradict each other, and the head learns their spread instead
+of the image: single-pass KC then hardly depends on the image or on ε.
+
+Calibration gives the head the labels the two phases approximate: for an image and an ε bin, the
+*smallest* budget whose prefix reconstruction meets the bin (the oracle KC that ``--method prefix``
+finds); tokens before it are targets 0, the rest 1. The encoder and decoder are frozen, so
+reconstructions and tokens do not change; only ``halting_head`` is trained, on encoder features
+computed once. The result is a single pass that predicts the oracle's budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import EPS_BINS
+from .data import CropDataset, training_files
+from .tokenizer import KARL
+
+
+@dataclass
+class CalibrationReport:
+    samples: int             # (image, ε-bin) pairs used for training
+    held_out: int            # pairs used only for measuring
+    error_before: float      # mean |single-pass KC - oracle KC| on the held-out pairs, before
+    error_after: float       # ... and after calibration
+    ratio_before: float      # mean single-pass KC / mean oracle KC, before
+    ratio_after: float
+
+
+@torch.no_grad()
+def oracle_budgets(model: KARL, images: torch.Tensor) -> torch.Tensor:
+    """Smallest budget meeting each ε bin, per image: (B, n_bins) long; T_max where none does.
+
+    Uses prefix decodes of one T_max encoding under the smallest ε bin, like ``--method prefix``.
+    """
+    cfg = model.config
+    idx = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+    latents, _ = model.encode_tokens(images, idx, cfg.max_tokens)
+    budgets = cfg.budgets
+    l1 = torch.stack([(model.decode_tokens(latents[:, :t]).clamp(0, 1) - images).abs().mean(dim=(1, 2, 3))
+                      for t in budgets], dim=1)                                   # (B, K)
+    bins = torch.tensor(EPS_BINS, device=images.device)
+    meets = l1.unsqueeze(1) <= bins.view(1, -1, 1) + 1e-9                         # (B, n_bins, K)
+    first = torch.where(meets.any(-1), meets.float().argmax(-1), torch.full_like(meets[..., 0], len(budgets) - 1,
+                                                                                   dtype=torch.long))
+    return torch.tensor(budgets, device=images.device)[first]
+
+
+def _kc_from_head(model: KARL, h: torch.Tensor, eps_idx: torch.Tensor) -> torch.Tensor:
+    return (model.halting_head(h.float(), eps_idx) <= model.config.halt_threshold).sum(1)
+
+
+def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
+                      steps: int = 1500, lr: float = 2e-3, batch_size: int = 256, seed: int = 0,
+                      held_out: float = 0.1, progress: Callable[[str, int, int], None] | None = None
+                      ) -> CalibrationReport:
+    """Retrain ``model.halting_head`` in place on oracle budgets of ``samples`` crops from ``data``."""
+    cfg = model.config
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    files = training_files(data)
+    dataset = CropDataset(files, cfg.resolution, seed=seed, scale=(0.5, 1.0))
+    g = torch.Generator().manual_seed(seed)
+    feats, eps_ids, targets = [], [], []
+    chunk = 32
+    with torch.no_grad():
+        for start in range(0, samples, chunk):
+            ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
+            dataset.set_epoch((start + chunk) // len(dataset))
+            x = torch.stack([dataset[i] for i in ids]).to(model.device)
+            oracle = oracle_budgets(model, x)                                       # (B, n_bins)
+            for _ in range(bins_per_image):
+                b = torch.randint(0, len(EPS_BINS), (x.shape[0],), generator=g).to(x.device)
+                feats.append(model.latent_features(x, b, cfg.max_tokens).half().cpu())
+                eps_ids.append(b.cpu())
+                budget = oracle.gather(1, b.unsqueeze(1)).squeeze(1).cpu()
+                targets.append((torch.arange(cfg.max_tokens).unsqueeze(0) >= budget.unsqueeze(1)).float())
+            if progress:
+                progress("oracle", min(start + chunk, samples), samples)
+    h, e, y = torch.cat(feats), torch.cat(eps_ids), torch.cat(targets)
+    n = h.shape[0]
+    perm = torch.randperm(n, generator=g)
+    n_test = max(1, int(n * held_out))
+    test, train = perm[:n_test], perm[n_test:]
+    oracle_test = cfg.max_tokens - y[test].sum(1)
+
+    def measure() -> tuple[float, float]:
+        with torch.no_grad():
+            kc = torch.cat([_kc_from_head(model, h[test[i:i + 1024]].to(model.device), e[test[i:i + 1024]].to(model.device)
+                                          ).cpu() for i in range(0, n_test, 1024)]).float()
+        return float((kc - oracle_test).abs().mean()), float(kc.mean() / oracle_test.mean().clamp(min=1e-9))
+
+    err_before, ratio_before = measure()
+    head = model.halting_head
+    for p in head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    head.train()
+    for step in range(steps):
+        pick = train[torch.randint(0, len(train), (batch_size,), generator=g)]
+        p_halt = head(h[pick].to(model.device).float(), e[pick].to(model.device))
+        loss = F.binary_cross_entropy(p_halt, y[pick].to(model.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and (step + 1) % 50 == 0:
+            progress("head", step + 1, steps)
+    head.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    err_after, ratio_after = measure()
+    return CalibrationReport(len(train), n_test, err_before, err_after, ratio_before, ratio_after)

@@ -1,0 +1,44 @@
+import torch
+from typer.testing import CliRunner
+
+from karl_cli import EPS_BINS, KARL
+from karl_cli.cli import app
+from karl_cli.halting_calibration import calibrate_halting, oracle_budgets
+
+
+def test_oracle_budgets_are_the_prefix_search(tiny_model):
+    x = torch.rand(4, 3, 32, 32)
+    x[0] = 0.5  # a flat image meets loose bins early
+    oracle = oracle_budgets(tiny_model, x)
+    assert oracle.shape == (4, len(EPS_BINS))
+    for b in (3, 10, 18):
+        res = tiny_model.search(x, EPS_BINS[b], method="prefix")
+        assert oracle[:, b].tolist() == res.kc.tolist()
+    # Looser ε never needs more tokens.
+    assert bool((oracle[:, 1:] <= oracle[:, :-1]).all())
+
+
+def test_calibration_trains_only_the_head_and_tracks_the_oracle(tiny_model, image_folder):
+    with torch.no_grad():
+        tiny_model.halting_head.fc2.bias.fill_(5.0)  # a head that halts everything: kc 0, far from the oracle
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    report = calibrate_halting(tiny_model, [str(image_folder)], samples=48, bins_per_image=6, steps=150, seed=0)
+    after = tiny_model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("halting_head.") for k in changed)
+    assert report.error_before > 8
+    assert report.error_after < 0.5 * report.error_before
+    assert report.samples + report.held_out == 48 * 6
+
+
+def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "w", card="# tiny\n")
+    res = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
+                                   "--out", str(tmp_path / "cal"), "--samples", "16", "--steps", "20"])
+    assert res.exit_code == 0, res.output
+    model = KARL.from_pretrained(tmp_path / "cal")
+    assert model.config == tiny_model.config
+    assert "Halting calibration" in (tmp_path / "cal" / "model_card.md").read_text()
+    bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
+                                   "--out", str(tmp_path / "x"), "--samples", "2"])
+    assert bad.exit_code == 2

@@ -65,26 +65,9 @@ class ALIT(Tokenizer):
     single_pass = False
 
     def __init__(self, config: KARLConfig) -> None:
-        super().__init__()
-        if config.arch != "alit":
-            raise ValueError(f"ALIT needs arch='alit', the config says {config.arch!r}")
-        self.config = cfg = config
-        n, w, dw = cfg.num_2d_tokens, cfg.width, cfg.dec_width
-        self.base = make_base(cfg)
-        self.pos_2d = nn.Parameter(torch.randn(1, n, w) * 0.02)
-        self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
-        self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
-        self.enc_norm = nn.LayerNorm(w)
-        self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
-        # The decoder: the same modules (and names) as KARL's, so KARL.decode_tokens runs on them.
-        self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
-        self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
-        self.mask_token = nn.Parameter(torch.randn(1, 1, dw) * 0.02)
-        self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
-        self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
-        self.dec_norm = nn.LayerNorm(dw)
-        # KARL's linear grid<->token shortcuts: new tokens start from a read-out of the current 2D tokens.
-        self.direct = DirectPaths(cfg) if cfg.direct_dim else None
+        # Everything is shared with KARL; ALIT has no ε token and no halting head. New tokens start
+        # from DirectPaths' read-out of the current 2D tokens.
+        super().__init__(config, "alit")
 
     # KARL's decoder pass, shared (not copied): mask tokens + latents -> pixels via the base head.
     decode_tokens = KARL.decode_tokens

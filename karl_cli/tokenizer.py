@@ -191,9 +191,29 @@ class Encoding:
 
 
 class Tokenizer(nn.Module):
-    """What every architecture shares: where it lives, and its weights directory on disk."""
+    """What every architecture shares: the 2D base, the latent table, encoder blocks, the 12-d
+    bottleneck and the decoder (same names, so ``KARL.decode_tokens`` runs on any of them), where the
+    model lives, and its weights directory on disk."""
 
-    config: KARLConfig
+    def __init__(self, config: KARLConfig, arch: str) -> None:
+        super().__init__()
+        if config.arch != arch:
+            raise ValueError(f"{type(self).__name__} needs arch={arch!r}, the config says {config.arch!r}")
+        self.config = cfg = config
+        n, w, dw = cfg.num_2d_tokens, cfg.width, cfg.dec_width
+        self.base = make_base(cfg)
+        self.pos_2d = nn.Parameter(torch.randn(1, n, w) * 0.02)
+        self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
+        self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
+        self.enc_norm = nn.LayerNorm(w)
+        self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
+        self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
+        self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, dw) * 0.02)
+        self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
+        self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
+        self.dec_norm = nn.LayerNorm(dw)
+        self.direct = DirectPaths(cfg) if cfg.direct_dim else None
 
     @property
     def device(self) -> torch.device:
@@ -223,26 +243,10 @@ class KARL(Tokenizer):
     single_pass = True
 
     def __init__(self, config: KARLConfig) -> None:
-        super().__init__()
-        if config.arch != "karl":
-            raise ValueError(f"KARL needs arch='karl', the config says {config.arch!r}")
-        self.config = cfg = config
-        n, w, dw = cfg.num_2d_tokens, cfg.width, cfg.dec_width
-        self.base = make_base(cfg)
-        self.pos_2d = nn.Parameter(torch.randn(1, n, w) * 0.02)
-        self.eps_embed = nn.Embedding(len(cfg.eps_bins), w)
-        self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
-        self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
-        self.enc_norm = nn.LayerNorm(w)
-        self.halting_head = HaltingHead(w, cfg.halt_hidden, len(cfg.eps_bins))
-        self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
-        self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
-        self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
-        self.mask_token = nn.Parameter(torch.randn(1, 1, dw) * 0.02)
-        self.dec_pos_2d = nn.Parameter(torch.randn(1, n, dw) * 0.02)
-        self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
-        self.dec_norm = nn.LayerNorm(dw)
-        self.direct = DirectPaths(cfg) if cfg.direct_dim else None
+        super().__init__(config, "karl")
+        w = config.width
+        self.eps_embed = nn.Embedding(len(config.eps_bins), w)
+        self.halting_head = HaltingHead(w, config.halt_hidden, len(config.eps_bins))
         self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
 
     # --- encoder -------------------------------------------------------------------------------

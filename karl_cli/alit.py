@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from .config import KARLConfig
 from .search import SearchResult, TokenSource, sweep
-from .tokenizer import DirectPaths, KARL, Tokenizer, Block, Encoding, ForwardOutput, make_base
+from .tokenizer import KARL, Encoding, ForwardOutput, Tokenizer
 
 __all__ = ["ALIT", "ALITLoss", "ALITState", "SearchResult"]
 

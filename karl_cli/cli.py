@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, KarlError, UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")

@@ -9,7 +9,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np

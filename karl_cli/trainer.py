@@ -16,6 +16,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +324,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         f"{tc.batch_size * world} images")
     model.train()
     t_last = time.perf_counter()
+    previous_term = _stop_on_sigterm()
     try:
         while step < total:
             epoch, start = divmod(step, per_epoch)
@@ -359,9 +362,24 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         save()
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, continue with --resume") from None
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return TrainResult(out, model, step)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm():
+    """SIGTERM (kill, SLURM time limits; background jobs ignore Ctrl-C's SIGINT) saves like Ctrl-C.
+
+    Returns the previous handler, or None where handlers cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def init_weights(model: nn.Module, directory: str | os.PathLike) -> list[str]:

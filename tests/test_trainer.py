@@ -145,3 +145,17 @@ def test_init_from_weights_starts_a_new_run_from_them(image_folder, tmp_path, ti
     with pytest.raises(Exception, match="shape mismatch"):
         train([str(image_folder)], tmp_path / "ft2", preset("tiny", width=64), _tc(steps=1), device="cpu",
               init_from=tmp_path / "base")
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(image_folder, tmp_path):
+    import os
+    import signal
+
+    def term_at_4(report):
+        if report.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="step 4"):
+        train([str(image_folder)], tmp_path / "t", preset("tiny"), _tc(), device="cpu", on_step=term_at_4)
+    assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

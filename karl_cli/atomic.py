@@ -42,8 +42,18 @@ def temp_beside(target: Path) -> Path:
     """A new, empty temp file in ``target``'s folder (hidden, ``.tmp`` suffix), created safely."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, default_mode())
+    finally:
+        os.close(fd)
     return Path(tmp)
+
+
+def default_mode() -> int:
+    """The permissions a plain ``open()`` would give a new file (mkstemp's are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -65,6 +75,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         fsync_path(tmp_path)
+        os.chmod(tmp_path, default_mode())  # writers that recreate the file (safetensors) reset it
         os.replace(tmp_path, target)
     except OSError as e:
         raise write_error(target, e) from e

@@ -430,7 +430,7 @@ def model_card(cfg: KARLConfig, tc: TrainConfig, data: list[str], n_images: int,
     kept = _recent(metrics_path, "kept2")
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
-        f"# karl {cfg.arch} tokenizer", "",
+        f"# {cfg.arch.upper()} tokenizer (karl)", "",
         f"Status: {'finished' if final else 'checkpoint'} at step {step} of {total} "
         f"({step * tc.batch_size * world:,} training crops).", "",
         "## Data", "",

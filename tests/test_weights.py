@@ -70,3 +70,16 @@ def test_corrupt_safetensors_and_extra_tensors(tiny_model, tmp_path):
     save_file(state, str(tmp_path / "w" / "model.safetensors"))
     with pytest.raises(WeightsError, match="unexpected"):
         load_pretrained(tmp_path / "w")
+
+
+def test_saved_files_get_ordinary_permissions(tiny_model, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        tiny_model.save_pretrained(tmp_path / "w", card="# card\n")
+    finally:
+        os.umask(umask)
+    for name in ("config.json", "model.safetensors", "model_card.md"):
+        assert stat.S_IMODE((tmp_path / "w" / name).stat().st_mode) == 0o644, name

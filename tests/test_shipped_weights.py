@@ -1,0 +1,17 @@
+"""The weights `make demo` uses load, score the examples, and use fewer tokens for a looser ε."""
+from pathlib import Path
+
+from karl_cli import KARL, preset
+from karl_cli.complexity import score
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_weights_score_the_examples():
+    model = KARL.from_pretrained(ROOT / "weights" / "karl-small")
+    assert model.config == preset("small")
+    rows = list(score([ROOT / "examples"], model, [0.05, 0.12]))
+    assert rows and all(r["status"] == "ok" for r in rows)
+    mean = {e: sum(r["kc"] for r in rows if r["eps"] == e) / (len(rows) / 2) for e in (0.05, 0.12)}
+    assert mean[0.12] < 0.5 * mean[0.05]
+    assert all(0 <= r["kc"] <= 64 and 0 <= r["l1"] < 0.5 for r in rows)

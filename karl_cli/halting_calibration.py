@@ -75,7 +75,7 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     with torch.no_grad():
         for start in range(0, samples, chunk):
             ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
-            dataset.set_epoch((start + chunk) // len(dataset))
+            dataset.set_epoch(start // len(dataset))  # a new crop of each image on every pass
             x = torch.stack([dataset[i] for i in ids]).to(model.device)
             oracle = oracle_budgets(model, x)                                       # (B, n_bins)
             for _ in range(bins_per_image):

@@ -198,6 +198,12 @@ def complexity(
                 if plot:
                     plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
     console.print(_summary_table(summary.table(), method))
+    unreachable = [f"{st['eps']:g}" for st in summary.table() if st["miss"] is not None and st["miss"] > 0.5]
+    if unreachable:
+        # Most images missing ε means the model cannot reconstruct that well: KC then sits at T_max.
+        console.print(f"[yellow]note:[/] most images miss ε = {', '.join(unreachable)} even with the kept tokens; "
+                      "this model cannot reconstruct that closely, so KC saturates there. A larger ε (or a "
+                      "better model) gives KC that separates images.")
     outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
     if outs:
         kept = len(primary.existing)

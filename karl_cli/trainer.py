@@ -413,21 +413,24 @@ def _truncate_metrics(path: Path, step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
-def _recent(metrics_path: Path, key: str, n: int = 100) -> float | None:
+def _recent(metrics_path: Path, keys: tuple[str, ...], n: int = 100) -> dict[str, float | None]:
+    """Mean of each key over the last ``n`` logged steps (None where unknown); reads the log once."""
     try:
-        lines = metrics_path.read_text(encoding="utf-8").splitlines()[-n:]
-        vals = [json.loads(line)[key] for line in lines]
-        return sum(vals) / len(vals) if vals else None
-    except (OSError, ValueError, KeyError):
-        return None
+        rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()[-n:]]
+    except (OSError, ValueError):
+        rows = []
+    means: dict[str, float | None] = {}
+    for key in keys:
+        vals = [r[key] for r in rows if key in r]
+        means[key] = sum(vals) / len(vals) if vals else None
+    return means
 
 
 def model_card(cfg: KARLConfig, tc: TrainConfig, data: list[str], n_images: int, step: int, total: int,
                world: int, metrics_path: Path, final: bool) -> str:
     """A model card: data, recipe, steps and the training figures at the time of writing."""
-    rec2 = _recent(metrics_path, "rec2")
-    halt = _recent(metrics_path, "halt")
-    kept = _recent(metrics_path, "kept2")
+    recent = _recent(metrics_path, ("rec2", "halt", "kept2"))
+    rec2, halt, kept = recent["rec2"], recent["halt"], recent["kept2"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
         f"# {cfg.arch.upper()} tokenizer (karl)", "",

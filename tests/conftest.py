@@ -1,6 +1,10 @@
 """Shared fixtures: tiny models and generated images, so the suite runs in minutes on 2 CPU cores."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import pytest
 import torch
@@ -47,3 +51,11 @@ def make_images(folder, n: int, size: int = 40, seed: int = 0) -> list:
 def image_folder(tmp_path):
     make_images(tmp_path / "imgs", 24)
     return tmp_path / "imgs"
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not part of the package (benchmarks/, examples/) by its path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,24 +1,20 @@
 """benchmarks/throughput.py: one quick run on a few generated images with a tiny model, every field there."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from conftest import make_images
+from conftest import load_script, make_images
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    spec = importlib.util.spec_from_file_location("karl_bench_throughput", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "karl_bench_throughput")
 
 
 def _positive(v) -> bool:

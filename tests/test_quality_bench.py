@@ -1,5 +1,4 @@
 """benchmarks/quality.py (issue #5's measurement tool) on a tiny model and 8 generated images."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from karl_cli import KARL, preset
 from karl_cli.alit import ALIT
 from karl_cli.complexity import score
 
-from conftest import make_images
+from conftest import load_script, make_images
 from karl_helpers import spread_halting
 from savoias_fixture import make_savoias
 
@@ -20,10 +19,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("karl_quality_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "karl_quality_bench")
 
 
 @pytest.fixture

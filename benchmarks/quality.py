@@ -52,13 +52,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from karl_cli.compare import psnr, ssim
 from karl_cli.complexity import collect_inputs, image_batches, score, validate_eps
 from karl_cli.errors import KarlError, UsageError
 from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
 from karl_cli.stats import spearman
+from karl_cli.synthetic import FAMILIES, make_family_image
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
@@ -67,7 +68,6 @@ DEFAULT_EPS = (0.03, 0.05, 0.09)
 PAPER_MISS = {0.03: 0.01, 0.05: 0.10, 0.07: 0.25, 0.09: 0.18, 0.11: 0.36}
 PAPER_TOKENS = {0.03: 253 / 256, 0.05: 230 / 256, 0.09: 153 / 256}
 TARGET_RATIO = 1.05
-FAMILIES = ("constant", "gradient", "few shapes", "many shapes", "texture", "noise")
 JPEG_QUALITIES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60, 70, 75, 80, 85, 90, 95)
 BYTES_PER_VALUE = 2   # 16 bits per latent value
 
@@ -236,41 +236,6 @@ def rate_distortion(curves: dict[str, Any], latent_dim: int) -> list[dict]:
 
 
 # --- 3. synthetic families ---------------------------------------------------------------------------
-def make_family_image(family: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One image of a family, uint8 (size, size, 3)."""
-    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
-    if family == "constant":
-        return np.broadcast_to(np.array(colour(), np.uint8), (size, size, 3)).copy()
-    if family == "gradient":
-        c0, c1 = np.array(colour(), float), np.array(colour(), float)
-        th = rng.uniform(0, 2 * np.pi)
-        yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-        t = xx * np.cos(th) + yy * np.sin(th)
-        t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
-        return np.clip(c0 + t[..., None] * (c1 - c0), 0, 255).round().astype(np.uint8)
-    if family in ("few shapes", "many shapes"):
-        n, lo, hi = (3, size // 4, size // 2) if family == "few shapes" else (30, max(2, size // 16), max(3, size // 5))
-        img = Image.new("RGB", (size, size), colour())
-        draw = ImageDraw.Draw(img)
-        for _ in range(n):
-            w, h = rng.integers(lo, hi + 1, 2)
-            x0, y0 = rng.integers(-w // 2, size - w // 2, 2) if size > w else (0, 0)
-            box = [int(x0), int(y0), int(x0 + w), int(y0 + h)]
-            (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour())
-        return np.asarray(img)
-    if family == "texture":
-        yy, xx = np.mgrid[0:size, 0:size].astype(float)
-        out = np.zeros((size, size, 3))
-        for c in range(3):
-            for _ in range(3):
-                th, period, phase = rng.uniform(0, np.pi), rng.uniform(3, 8), rng.uniform(0, 2 * np.pi)
-                out[..., c] += np.sin(2 * np.pi * (xx * np.cos(th) + yy * np.sin(th)) / period + phase)
-        return np.clip(127.5 + 127.5 * out / 3, 0, 255).round().astype(np.uint8)
-    if family == "noise":
-        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    raise ValueError(f"unknown family {family!r}")
-
-
 def families(model, eps_list, per_family: int, seed: int, batch_size: int, dev: torch.device) -> dict[str, Any]:
     cfg = model.config
     rng = np.random.default_rng(seed)

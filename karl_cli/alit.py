@@ -52,6 +52,7 @@ class ALITState:
     x2d: torch.Tensor        # (B, N_2d, width)
     latents: torch.Tensor    # (B, k*s, width)
     iterations: int
+    code: torch.Tensor | None = None   # the spectral code (B, T_max, latent_dim) of a spectral model
 
     @property
     def num_tokens(self) -> int:
@@ -89,7 +90,7 @@ class ALIT(Tokenizer):
     def start(self, images: torch.Tensor) -> ALITState:
         """The state before iteration 1: 2D tokens (+pos), no latents."""
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
-        return ALITState(x2d, x2d.new_zeros(x2d.shape[0], 0, x2d.shape[2]), 0)
+        return ALITState(x2d, x2d.new_zeros(x2d.shape[0], 0, x2d.shape[2]), 0, self.spectral_code(images))
 
     def step(self, state: ALITState) -> ALITState:
         """One recurrent iteration: add token_step new latents, run the encoder over everything."""
@@ -97,17 +98,17 @@ class ALIT(Tokenizer):
         if k >= self.iterations:
             raise ValueError(f"the rollout is complete after {self.iterations} iterations")
         b, n = state.x2d.shape[:2]
-        new = self.latent_tokens[:, k * s:(k + 1) * s].expand(b, -1, -1).to(state.x2d.dtype)
+        new = self.latent_inputs(state.code, k * s, (k + 1) * s, b).to(state.x2d.dtype)
         if self.direct is not None:
             new = new + self.direct.read(state.x2d)[:, k * s:(k + 1) * s]
         x = torch.cat([state.x2d, state.latents, new], dim=1)
         for blk in self.encoder:
             x = blk(x)
-        return ALITState(x[:, :n], x[:, n:], k + 1)
+        return ALITState(x[:, :n], x[:, n:], k + 1, state.code)
 
     def tokens(self, state: ALITState) -> torch.Tensor:
         """The state's latents through the continuous bottleneck: (B, k*s, latent_dim)."""
-        return self.bottleneck(self.enc_norm(state.latents))
+        return self.to_tokens(self.enc_norm(state.latents), state.code)
 
     def rollout(self, images: torch.Tensor, iterations: int | None = None) -> Iterator[torch.Tensor]:
         """Bottlenecked tokens after each iteration 1..``iterations`` (default all): one encoder
@@ -174,7 +175,7 @@ class ALIT(Tokenizer):
             if rows.numel() != rows_now.numel():     # images done drop out of the rollout
                 keep = torch.searchsorted(rows_now, rows)
                 state = ALITState(state.x2d.index_select(0, keep), state.latents.index_select(0, keep),
-                                  state.iterations)
+                                  state.iterations, None if state.code is None else state.code.index_select(0, keep))
                 rows_now = rows
             state = self.step(state)
             if state.num_tokens != t:

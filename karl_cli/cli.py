@@ -338,6 +338,10 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
     preset_name: str = typer.Option("small", "--preset", help="Model size preset: tiny or small."),
     arch: str = typer.Option("karl", "--arch", help="Architecture: karl or alit."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="T_max (default: the preset's)."),
+    token_step: Optional[int] = typer.Option(None, "--token-step",
+                                             help="Budgets are multiples of this; ALIT adds this many tokens "
+                                                  "per iteration (default: the preset's)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
@@ -357,7 +361,10 @@ def train(
     from .trainer import train as run_training
     from .progress import training_progress
 
-    model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch))
+    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step)) if v is not None}
+    if resume and sizes:
+        raise UsageError("--max-tokens and --token-step cannot change a run being resumed")
+    model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch, **sizes))
     tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
                      seed=seed, checkpoint_every=checkpoint_every, cache=cache)
     with training_progress(console) as on_step:
@@ -448,6 +455,8 @@ def calibrate(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
+    synthetic: float = typer.Option(0.125, "--synthetic",
+                                    help="Share of samples that are procedural images (flat colours to noise)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -457,16 +466,18 @@ def calibrate(
 
     if samples < 10 or steps < 1:
         raise UsageError("--samples must be >= 10 and --steps >= 1")
+    if not 0.0 <= synthetic < 1.0:
+        raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
     model = prepare_model(_load_model(weights), device)
     if not getattr(model, "single_pass", False):
         raise UsageError("only KARL weights have a halting head to calibrate")
     with _progress("calibrate") as update:
         report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
-                                   progress=lambda stage, done, total: update(done, total))
+                                   synthetic=synthetic, progress=lambda stage, done, total: update(done, total))
     card_path = Path(weights) / "model_card.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
-    card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} crops of "
-             f"{', '.join(Path(d).name for d in data)}, {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
+    card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "
+             f"images, the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
              f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
              f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}.\n")
     model.save_pretrained(str(out), card=card)

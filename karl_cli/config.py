@@ -61,6 +61,7 @@ class KARLConfig:
     direct_dim: int = 32            # width of the linear grid<->token shortcuts (0: attention only)
     halt_threshold: float = 0.75
     halt_grad_scale: float = 0.0    # share of the halting loss's gradient that reaches the encoder
+    spectral: bool = False          # tokens start as ordered DCT codes and the networks refine them (spectral.py)
     eps_bins: list[float] = field(default_factory=lambda: list(EPS_BINS))
 
     def __post_init__(self) -> None:
@@ -74,6 +75,8 @@ class KARLConfig:
         if not isinstance(self.eps_bins, (list, tuple)) or not all(
                 isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.eps_bins):
             problems.append("eps_bins must be a list of numbers")
+        if not isinstance(self.spectral, bool):
+            problems.append(f"spectral must be true or false, not {self.spectral!r}")
         if problems:
             raise ValueError("invalid KARLConfig: " + "; ".join(problems))
         if self.arch not in ("karl", "alit"):
@@ -86,6 +89,8 @@ class KARLConfig:
             problems.append("patch_size must be a power of two")
         if self.max_tokens % self.token_step:
             problems.append("max_tokens must be a multiple of token_step")
+        if self.spectral and self.max_tokens * self.latent_dim > 3 * self.resolution ** 2:
+            problems.append("a spectral model needs max_tokens x latent_dim <= 3 x resolution^2")
         if self.width % self.enc_heads or self.dec_width % self.dec_heads:
             problems.append("widths must be divisible by their head counts")
         if not 0.0 < self.halt_threshold < 1.0:
@@ -123,9 +128,9 @@ PRESETS: dict[str, KARLConfig] = {
     # Seconds on a CPU: for tests.
     "tiny": KARLConfig(resolution=32, patch_size=8, base="conv", base_channels=16, width=32, enc_depth=1,
                        enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4,
-                       halt_hidden=16, direct_dim=8),
-    # The CPU default model.
-    "small": KARLConfig(),
+                       halt_hidden=16, direct_dim=8, spectral=True),
+    # The CPU default model: a spectral code refined by small transformers, 128 tokens at 64 px.
+    "small": KARLConfig(max_tokens=128, spectral=True),
 }
 
 

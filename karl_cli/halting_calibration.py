@@ -17,11 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import EPS_BINS
 from .data import CropDataset, training_files
+from .synthetic import random_family_images
 from .tokenizer import KARL
 
 
@@ -60,9 +62,15 @@ def _kc_from_head(model: KARL, h: torch.Tensor, eps_idx: torch.Tensor) -> torch.
 
 def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
                       steps: int = 1500, lr: float = 2e-3, batch_size: int = 256, seed: int = 0,
-                      held_out: float = 0.1, progress: Callable[[str, int, int], None] | None = None
-                      ) -> CalibrationReport:
-    """Retrain ``model.halting_head`` in place on oracle budgets of ``samples`` crops from ``data``."""
+                      held_out: float = 0.1, synthetic: float = 0.125,
+                      progress: Callable[[str, int, int], None] | None = None) -> CalibrationReport:
+    """Retrain ``model.halting_head`` in place on oracle budgets of ``samples`` crops from ``data``.
+
+    A ``synthetic`` share of the samples are procedural images (``synthetic.py``): flat colours to
+    noise, the extremes of complexity that crops of photos rarely show.
+    """
+    if not 0.0 <= synthetic < 1.0:
+        raise ValueError(f"synthetic must be a share in [0, 1), got {synthetic!r}")
     cfg = model.config
     model.eval()
     for p in model.parameters():
@@ -70,6 +78,7 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     files = training_files(data)
     dataset = CropDataset(files, cfg.resolution, seed=seed, scale=(0.5, 1.0))
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     feats, eps_ids, targets = [], [], []
     chunk = 32
     with torch.no_grad():
@@ -77,6 +86,10 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
             ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
             dataset.set_epoch(start // len(dataset))  # a new crop of each image on every pass
             x = torch.stack([dataset[i] for i in ids]).to(model.device)
+            n_syn = int(round(x.shape[0] * synthetic))
+            if n_syn:
+                syn = random_family_images(n_syn, cfg.resolution, rng)
+                x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
             oracle = oracle_budgets(model, x)                                       # (B, n_bins)
             for _ in range(bins_per_image):
                 b = torch.randint(0, len(EPS_BINS), (x.shape[0],), generator=g).to(x.device)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .config import KARLConfig, eps_to_bin
 from .search import SearchResult, TokenSource, sweep
+from .spectral import SpectralPath
 
 
 class Block(nn.Module):
@@ -54,49 +55,71 @@ class PatchBase(nn.Module):
         self.patch = p
         self.embed = nn.Conv2d(3, cfg.width, p, stride=p)
         self.head = nn.Linear(cfg.dec_width, 3 * p * p)
+        if cfg.spectral:   # a correction of the linear reconstruction: starts at zero
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x).flatten(2).transpose(1, 2)
 
-    def pixels(self, h: torch.Tensor, grid: int) -> torch.Tensor:
+    def pixels(self, h: torch.Tensor, grid: int, skip: torch.Tensor | None = None) -> torch.Tensor:
         b, p = h.shape[0], self.patch
         y = self.head(h).view(b, grid, grid, 3, p, p)
         return y.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, grid * p, grid * p)
 
 
+def conv_stem(cfg: KARLConfig, out_channels: int) -> nn.Sequential:
+    """Pixels (B, 3, R, R) in [-1, 1] -> a (B, out_channels, grid, grid) feature map: strided convs."""
+    stages = int(math.log2(cfg.patch_size))
+    chans = [cfg.base_channels * 2**i for i in range(stages)]
+    down: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1), nn.GELU()]
+    for i in range(stages):
+        out = chans[i + 1] if i + 1 < stages else out_channels
+        down.append(nn.Conv2d(chans[i], out, 4, stride=2, padding=1))
+        if i + 1 < stages:
+            down.append(nn.GELU())
+    return nn.Sequential(*down)
+
+
 class ConvBase(nn.Module):
     """A small conv stem/head around the transformer: it does the local pixel work, which a CPU
-    learns far faster with convolutions than with a linear patch map (DESIGN.md §5)."""
+    learns far faster with convolutions than with a linear patch map (DESIGN.md §5).
+
+    In a spectral model the head also sees the linear reconstruction at full resolution (``skip``)
+    and its last layer starts at zero, so the decoder starts as the spectral code and learns a
+    correction."""
 
     def __init__(self, cfg: KARLConfig) -> None:
         super().__init__()
         stages = int(math.log2(cfg.patch_size))
         chans = [cfg.base_channels * 2**i for i in range(stages)]
-        down: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1), nn.GELU()]
-        for i in range(stages):
-            out = chans[i + 1] if i + 1 < stages else cfg.width
-            down.append(nn.Conv2d(chans[i], out, 4, stride=2, padding=1))
-            if i + 1 < stages:
-                down.append(nn.GELU())
-        self.stem = nn.Sequential(*down)
+        self.stem = conv_stem(cfg, cfg.width)
         up: list[nn.Module] = [nn.Conv2d(cfg.dec_width, chans[-1], 3, padding=1), nn.GELU()]
         prev = chans[-1]
         for c in reversed(chans):
             up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, c, 3, padding=1), nn.GELU()]
             prev = c
-        up.append(nn.Conv2d(prev, 3, 3, padding=1))
-        self.head = nn.Sequential(*up)
+        # The last conv also reads the linear reconstruction in a spectral model, and starts at zero.
+        final = nn.Conv2d(prev + (3 if cfg.spectral else 0), 3, 3, padding=1)
+        if cfg.spectral:
+            nn.init.zeros_(final.weight)
+            nn.init.zeros_(final.bias)
+        self.head = nn.Sequential(*up, final)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x).flatten(2).transpose(1, 2)
 
-    def pixels(self, h: torch.Tensor, grid: int) -> torch.Tensor:
+    def pixels(self, h: torch.Tensor, grid: int, skip: torch.Tensor | None = None) -> torch.Tensor:
         b, _, c = h.shape
-        return self.head(h.transpose(1, 2).reshape(b, c, grid, grid))
+        x = h.transpose(1, 2).reshape(b, c, grid, grid)
+        if skip is None:
+            return self.head(x)
+        y = self.head[:-1](x)
+        return self.head[-1](torch.cat([y, skip.to(y.dtype)], dim=1))
 
 
 def make_base(cfg: KARLConfig) -> nn.Module:
-    """The pluggable 2D tokenizer: anything with ``tokens(x)`` and ``pixels(h, grid)``."""
+    """The pluggable 2D tokenizer: anything with ``tokens(x)`` and ``pixels(h, grid, skip=None)``."""
     return {"patch": PatchBase, "conv": ConvBase}[cfg.base](cfg)
 
 
@@ -214,6 +237,28 @@ class Tokenizer(nn.Module):
         self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
         self.dec_norm = nn.LayerNorm(dw)
         self.direct = DirectPaths(cfg) if cfg.direct_dim else None
+        if cfg.spectral:
+            self.spectral = SpectralPath(cfg)
+            self.code_embed = nn.Linear(cfg.latent_dim, w)        # each latent starts from its own code
+            self.recon_embed = conv_stem(cfg, dw)                  # the decoder sees the linear reconstruction
+            nn.init.zeros_(self.bottleneck[-1].weight)             # tokens start as the spectral code
+            nn.init.zeros_(self.bottleneck[-1].bias)
+        else:
+            self.spectral = None
+
+    def spectral_code(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The images' spectral code (B, T_max, latent_dim), or None for a model without one."""
+        return None if self.spectral is None else self.spectral.analyse(images)
+
+    def latent_inputs(self, code: torch.Tensor | None, first: int, last: int, batch: int) -> torch.Tensor:
+        """The encoder's inputs for latent tokens first..last-1: learned tokens (+ their codes)."""
+        lat = self.latent_tokens[:, first:last].expand(batch, -1, -1)
+        return lat if code is None else lat + self.code_embed(code[:, first:last].to(lat.dtype))
+
+    def to_tokens(self, h: torch.Tensor, code: torch.Tensor | None) -> torch.Tensor:
+        """Encoder outputs (B, T, width) -> 12-d tokens; a spectral model adds the correction to its code."""
+        z = self.bottleneck(h)
+        return z if code is None else code[:, : z.shape[1]].to(z.dtype) + z
 
     @property
     def device(self) -> torch.device:
@@ -264,31 +309,36 @@ class KARL(Tokenizer):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder pass at budget ``num_tokens``: (latents (B,T,latent_dim), p_halt (B,T))."""
         eps_idx = eps_idx.to(images.device)
-        h = self.latent_features(images, eps_idx, num_tokens)
+        h, code = self._encode(images, eps_idx, num_tokens)
         # By default the halting loss does not reach the shared encoder (halt_grad_scale 0): its easy
         # early target (p_halt -> 0 everywhere) otherwise steers the trunk and the latents stall at the
         # mean image; even 2 % of it did so in small models. The head sees ε through its own bias.
         g = self.config.halt_grad_scale
         h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
-        return self.bottleneck(h), self.halting_head(h_halt, eps_idx)
+        return self.to_tokens(h, code), self.halting_head(h_halt, eps_idx)
 
     def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
         and the halting head read."""
+        return self._encode(images, eps_idx, num_tokens)[0]
+
+    def _encode(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         if not 1 <= num_tokens <= cfg.max_tokens:
             raise ValueError(f"num_tokens must lie in 1..{cfg.max_tokens}, got {num_tokens}")
         b = images.shape[0]
+        code = self.spectral_code(images)
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
         eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
-        lat = self.latent_tokens[:, :num_tokens].expand(b, -1, -1)
+        lat = self.latent_inputs(code, 0, num_tokens, b)
         if self.direct is not None:
             lat = lat + self.direct.read(x2d)[:, :num_tokens]
         x = torch.cat([eps_tok, x2d, lat], dim=1)
         mask = self._encoder_mask(num_tokens, images.device)
         for blk in self.encoder:
             x = blk(x, mask)
-        return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:])
+        return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:]), code
 
     # --- decoder -------------------------------------------------------------------------------
     def decode_tokens(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -301,6 +351,12 @@ class KARL(Tokenizer):
         queries = self.mask_token.expand(b, n, -1) + self.dec_pos_2d
         if self.direct is not None:
             queries = queries + self.direct.spread(latents, keep)
+        linear = None
+        if self.spectral is not None:
+            # The linear reconstruction of the kept tokens, refined by everything below.
+            kept = latents if keep is None else torch.where(keep.unsqueeze(-1), latents, torch.zeros_like(latents))
+            linear = self.spectral.synthesise(kept)
+            queries = queries + self.recon_embed(linear.to(queries.dtype) * 2.0 - 1.0).flatten(2).transpose(1, 2)
         attn_mask = None
         if keep is not None and not bool(keep.all()):
             counts = keep.sum(1)
@@ -316,7 +372,9 @@ class KARL(Tokenizer):
         for blk in self.decoder:
             x = blk(x, attn_mask)
         h = self.dec_norm(x[:, :n])
-        return self.base.pixels(h, cfg.grid) + 0.5
+        if linear is None:
+            return self.base.pixels(h, cfg.grid) + 0.5
+        return self.base.pixels(h, cfg.grid, skip=linear * 2.0 - 1.0) + linear
 
     def forward(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int | None = None,
                 halting: bool = False) -> ForwardOutput:

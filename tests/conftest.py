@@ -16,10 +16,21 @@ from karl_cli import KARL, preset
 torch.set_num_threads(1)
 
 
+def as_if_trained(model):
+    """Give a spectral model's zero-initialised corrections (token correction, last decoder conv)
+    small random values, as training does, so tests see tokens and images that are not the bare code."""
+    head = model.base.head
+    last = head[-1] if isinstance(head, torch.nn.Sequential) else head
+    with torch.no_grad():
+        for p in (*model.bottleneck[-1].parameters(), *last.parameters()):
+            p.normal_(0.0, 0.05)
+    return model
+
+
 @pytest.fixture
 def tiny_model() -> KARL:
     torch.manual_seed(0)
-    return KARL(preset("tiny")).eval()
+    return as_if_trained(KARL(preset("tiny"))).eval()
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +38,7 @@ def tiny_weights(tmp_path_factory):
     """A saved tiny KARL (seed 0): config.json + model.safetensors. Shared: copy it before changing it."""
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("weights") / "tiny"
-    KARL(preset("tiny")).save_pretrained(d)
+    as_if_trained(KARL(preset("tiny"))).save_pretrained(d)
     return d
 
 

@@ -9,13 +9,13 @@ from karl_cli import KARL, build_model, load_pretrained, preset
 from karl_cli.alit import ALIT, ALITLoss
 from karl_cli.trainer import TrainConfig, train
 
-from conftest import make_images
+from conftest import as_if_trained, make_images
 
 
 @pytest.fixture
 def alit() -> ALIT:
     torch.manual_seed(0)
-    return ALIT(preset("tiny", arch="alit")).eval()
+    return as_if_trained(ALIT(preset("tiny", arch="alit"))).eval()
 
 
 def test_build_model_dispatches_and_arch_is_checked():
@@ -193,3 +193,20 @@ def test_cli_complexity_defaults_to_search_for_alit(alit, image_folder, tmp_path
     assert len(rows) == 24 and all(r["encoder_runs"] >= 1 for r in rows)
     res = CliRunner().invoke(app, base + ["--csv", str(out), "--method", "single"])
     assert res.exit_code == EXIT_USAGE and "no halting head" in res.output
+
+
+def test_cli_train_sets_sizes_beyond_the_preset(tmp_path):
+    from typer.testing import CliRunner
+
+    from karl_cli.cli import app
+
+    make_images(tmp_path / "data", 16, size=40)
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                                   "--arch", "alit", "--token-step", "8", "--steps", "2", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["arch"], cfg["token_step"], cfg["max_tokens"]) == ("alit", 8, 16)
+    assert load_pretrained(tmp_path / "run").iterations == 2
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--resume",
+                                   "--token-step", "4"])
+    assert res.exit_code == 2 and "cannot change a run being resumed" in res.output

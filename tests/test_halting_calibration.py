@@ -1,9 +1,11 @@
+import numpy as np
 import torch
 from typer.testing import CliRunner
 
 from karl_cli import EPS_BINS, KARL
 from karl_cli.cli import app
 from karl_cli.halting_calibration import calibrate_halting, oracle_budgets
+from karl_cli.synthetic import FAMILIES, make_family_image, random_family_images
 
 
 def test_oracle_budgets_are_the_prefix_search(tiny_model):
@@ -42,3 +44,15 @@ def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_pat
     bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
                                    "--out", str(tmp_path / "x"), "--samples", "2"])
     assert bad.exit_code == 2
+    bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
+                                   "--out", str(tmp_path / "x"), "--synthetic", "1.5"])
+    assert bad.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_procedural_images_span_flat_to_noise():
+    imgs = random_family_images(60, 16, np.random.default_rng(0))
+    assert imgs.shape == (60, 16, 16, 3) and imgs.dtype == np.uint8
+    distinct = [len(np.unique(a.reshape(-1, 3), axis=0)) for a in imgs]
+    assert min(distinct) == 1 and max(distinct) > 200   # a flat colour and noise are both drawn
+    assert [len(np.unique(make_family_image(f, 16, np.random.default_rng(1)).reshape(-1, 3), axis=0)) > 1
+            for f in FAMILIES] == [False, True, True, True, True, True]

@@ -435,6 +435,10 @@ def test_usage_errors_are_one_clear_line(job, weights):
         (["train", imgs, "--out", job / "r", "--preset", "tiny", "--steps", "2", "--warmup", "-1"], "--warmup"),
         (["train", imgs, "--out", job / "r", "--preset", "tiny", "--steps", "2", "--batch-size", "64"],
          "fewer than one batch"),
+        (["train", imgs, "--out", job / "r", "--preset", "tiny", "--steps", "2", "--token-step", "5"],
+         "multiple of token_step"),
+        (["train", imgs, "--out", job / "r", "--preset", "tiny", "--steps", "2", "--max-tokens", "400"],
+         "spectral model needs"),
     ]
     for bad_eps in ("0", "-0.1", "nan", "inf", "-inf"):
         cases += [(["complexity", imgs, *w, *csv_out, "--eps", bad_eps], "ε must be"),

@@ -1,7 +1,9 @@
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from karl_cli import KARL, preset
 from karl_cli.config import SMALL_EPS_BINS, eps_to_bin
@@ -70,15 +72,33 @@ def _tc(**kw):
 
 
 def test_loss_decreases(image_folder, tmp_path):
-    train([str(image_folder)], tmp_path / "run", preset("tiny"), _tc(steps=100), device="cpu")
+    # From scratch (no spectral code), so the loss has far to fall.
+    cfg = preset("tiny", spectral=False)
+    train([str(image_folder)], tmp_path / "run", cfg, _tc(steps=100), device="cpu")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 100
     first = sum(r["rec2"] for r in rows[:10]) / 10
     last = sum(r["rec2"] for r in rows[-10:]) / 10
     assert last < 0.85 * first
     model = KARL.from_pretrained(tmp_path / "run")
-    assert model.config == preset("tiny")
+    assert model.config == cfg
     assert "step 100 of 100" in (tmp_path / "run" / "model_card.md").read_text()
+
+
+def test_spectral_model_is_fitted_then_refines_its_code(image_folder, tmp_path):
+    train([str(image_folder)], tmp_path / "run", preset("tiny"), _tc(steps=100), device="cpu")
+    model = KARL.from_pretrained(tmp_path / "run").eval()
+    # The fit found the data's colour axes (not the identity it starts from) and kept them on disk.
+    assert not torch.allclose(model.spectral.colour_basis, torch.eye(3))
+    assert model.spectral.scale[0] > model.spectral.scale[-1]
+    x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((32, 32)))).permute(2, 0, 1)
+                     for p in sorted(image_folder.iterdir())]).float() / 255
+    with torch.no_grad():
+        tokens, _ = model.encode_tokens(x, torch.zeros(len(x), dtype=torch.long), model.config.max_tokens)
+        code_l1 = (model.spectral.synthesise(model.spectral.analyse(x)).clamp(0, 1) - x).abs().mean()
+        model_l1 = (model.decode_tokens(tokens).clamp(0, 1) - x).abs().mean()
+    # Training taught the networks a correction that beats the bare linear code.
+    assert model_l1 < code_l1
 
 
 def test_interrupt_and_resume_continue_the_same_run(image_folder, tmp_path):

@@ -1,0 +1,92 @@
+"""The spectral spine: a fixed linear code between pixels and 1D tokens, which the networks refine.
+
+Token t of a spectral model starts as 12 coefficients of the whole image's 2D DCT, taken in a
+decorrelated colour space, in order of their variance on the training images: token 0 holds the
+largest-variance (lowest-frequency, brightness) coefficients, later tokens finer detail. Every prefix
+of that code is the best linear reconstruction of its size for stationary images (the DCT is close to
+the images' principal components), so a KARL model starts from a coarse-to-fine tokenizer before it
+has seen a single training step, and its networks only learn a correction on top:
+
+    token_t   = spectral code_t  + bottleneck(encoder output_t)       (the correction starts at zero)
+    image     = synthesise(kept tokens) + decoder refinement          (the refinement starts at zero)
+
+Why: a transformer tokenizer trained on a CPU for an hour stayed far from even this linear code
+(pixel L1 0.087 with 64 tokens where the spectral code alone reaches 0.048 on Savoias images). The
+colour basis, coefficient order and scales are fitted once on training crops (``fit``) and stored
+with the weights as buffers; the DCT matrix is recomputed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import KARLConfig
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix: ``dct_matrix(n) @ x`` transforms a length-n signal."""
+    k = torch.arange(n, dtype=torch.float64)
+    m = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2.0 / n)
+    m[0] /= math.sqrt(2.0)
+    return m.float()
+
+
+class SpectralPath(nn.Module):
+    """Analyse images into ordered, unit-variance DCT codes (B, T, latent_dim), and synthesise back.
+
+    Halted or missing tokens are zeros, which synthesise to nothing: the code is linear.
+    """
+
+    def __init__(self, cfg: KARLConfig) -> None:
+        super().__init__()
+        r = cfg.resolution
+        self.resolution = r
+        self.latent_dim = cfg.latent_dim
+        self.size = cfg.max_tokens * cfg.latent_dim
+        if self.size > 3 * r * r:
+            raise ValueError(f"max_tokens x latent_dim = {self.size} exceeds the {3 * r * r} values of an image")
+        self.register_buffer("dct", dct_matrix(r), persistent=False)
+        # Fitted statistics (``fit``); these defaults are a usable code before fitting.
+        self.register_buffer("colour_mean", torch.full((3,), 0.5))
+        self.register_buffer("colour_basis", torch.eye(3))          # columns: colour axes
+        self.register_buffer("order", torch.arange(self.size))      # coefficient index per code slot
+        self.register_buffer("scale", torch.ones(self.size))        # std of each coded coefficient
+
+    def _coefficients(self, images: torch.Tensor) -> torch.Tensor:
+        """All 3·R² DCT coefficients of the images in the colour basis, flattened (B, 3·R²)."""
+        x = images.float() - self.colour_mean.view(1, 3, 1, 1)
+        x = torch.einsum("bchw,cd->bdhw", x, self.colour_basis)
+        return (self.dct @ x @ self.dct.T).flatten(1)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Fit the colour basis, coefficient order and scales to a batch of training images in [0, 1]."""
+        pixels = images.float().permute(0, 2, 3, 1).reshape(-1, 3)
+        mean = pixels.mean(0)
+        cov = torch.cov((pixels - mean).T)
+        _, vecs = torch.linalg.eigh(cov)
+        self.colour_mean.copy_(mean)
+        self.colour_basis.copy_(vecs.flip(1))                        # largest variance first
+        var = self._coefficients(images).var(0)
+        top = torch.argsort(var, descending=True)[: self.size]
+        self.order.copy_(top)
+        self.scale.copy_(var[top].sqrt().clamp_min(1e-4))
+
+    def analyse(self, images: torch.Tensor) -> torch.Tensor:
+        """Ordered, scaled codes of the images: (B, max_tokens, latent_dim), in float32."""
+        with torch.autocast(images.device.type, enabled=False):   # a linear code needs full precision
+            c = self._coefficients(images).index_select(1, self.order) / self.scale
+        return c.view(images.shape[0], -1, self.latent_dim)
+
+    def synthesise(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens count as 0."""
+        b = codes.shape[0]
+        r = self.resolution
+        with torch.autocast(codes.device.type, enabled=False):
+            flat = codes.float().flatten(1)
+            k = flat.shape[1]
+            full = flat.new_zeros(b, 3 * r * r).index_copy(1, self.order[:k], flat * self.scale[:k])
+            x = self.dct.T @ full.view(b, 3, r, r) @ self.dct
+            return torch.einsum("bdhw,cd->bchw", x, self.colour_basis) + self.colour_mean.view(1, 3, 1, 1)

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/karl complexity examples/ --eps 0.05 --eps 0.09 --eps 0.12 --baselines \
+	$(VENV)/bin/karl complexity examples/ --eps 0.03 --eps 0.05 --eps 0.09 --baselines \
 		--csv demo-out/complexity.csv --plot demo-out/kc_hist.png
 
 test: setup

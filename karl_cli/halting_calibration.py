@@ -56,8 +56,8 @@ def oracle_budgets(model: KARL, images: torch.Tensor) -> torch.Tensor:
     return torch.tensor(budgets, device=images.device)[first]
 
 
-def _kc_from_head(model: KARL, h: torch.Tensor, eps_idx: torch.Tensor) -> torch.Tensor:
-    return (model.halting_head(h.float(), eps_idx) <= model.config.halt_threshold).sum(1)
+def _kc_from_head(model: KARL, h: torch.Tensor, eps_idx: torch.Tensor, detail: torch.Tensor | None) -> torch.Tensor:
+    return model.kept(model.halting_head(h.float(), eps_idx, detail)).sum(1)
 
 
 def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
@@ -79,7 +79,7 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     dataset = CropDataset(files, cfg.resolution, seed=seed, scale=(0.5, 1.0))
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    feats, eps_ids, targets = [], [], []
+    feats, details, eps_ids, targets = [], [], [], []
     chunk = 32
     with torch.no_grad():
         for start in range(0, samples, chunk):
@@ -91,15 +91,23 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
                 syn = random_family_images(n_syn, cfg.resolution, rng)
                 x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
             oracle = oracle_budgets(model, x)                                       # (B, n_bins)
+            detail = model.halting_detail(x, cfg.max_tokens)
             for _ in range(bins_per_image):
                 b = torch.randint(0, len(EPS_BINS), (x.shape[0],), generator=g).to(x.device)
                 feats.append(model.latent_features(x, b, cfg.max_tokens).half().cpu())
+                if detail is not None:
+                    details.append(detail.cpu())
                 eps_ids.append(b.cpu())
                 budget = oracle.gather(1, b.unsqueeze(1)).squeeze(1).cpu()
                 targets.append((torch.arange(cfg.max_tokens).unsqueeze(0) >= budget.unsqueeze(1)).float())
             if progress:
                 progress("oracle", min(start + chunk, samples), samples)
     h, e, y = torch.cat(feats), torch.cat(eps_ids), torch.cat(targets)
+    d = torch.cat(details) if details else None
+
+    def detail_at(rows: torch.Tensor) -> torch.Tensor | None:
+        return None if d is None else d[rows].to(model.device)
+
     n = h.shape[0]
     perm = torch.randperm(n, generator=g)
     n_test = max(1, int(n * held_out))
@@ -108,8 +116,8 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
 
     def measure() -> tuple[float, float]:
         with torch.no_grad():
-            kc = torch.cat([_kc_from_head(model, h[test[i:i + 1024]].to(model.device), e[test[i:i + 1024]].to(model.device)
-                                          ).cpu() for i in range(0, n_test, 1024)]).float()
+            kc = torch.cat([_kc_from_head(model, h[rows].to(model.device), e[rows].to(model.device), detail_at(rows)).cpu()
+                            for rows in test.split(1024)]).float()
         return float((kc - oracle_test).abs().mean()), float(kc.mean() / oracle_test.mean().clamp(min=1e-9))
 
     err_before, ratio_before = measure()
@@ -121,7 +129,7 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     head.train()
     for step in range(steps):
         pick = train[torch.randint(0, len(train), (batch_size,), generator=g)]
-        p_halt = head(h[pick].to(model.device).float(), e[pick].to(model.device))
+        p_halt = head(h[pick].to(model.device).float(), e[pick].to(model.device), detail_at(pick))
         loss = F.binary_cross_entropy(p_halt, y[pick].to(model.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

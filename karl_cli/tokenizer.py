@@ -124,24 +124,31 @@ def make_base(cfg: KARLConfig) -> nn.Module:
 
 
 class HaltingHead(nn.Module):
-    """LN -> Linear (+ ε-bin bias) -> Tanh -> Linear -> sigmoid: p_halt for each 1D token.
+    """LN -> Linear (+ ε-bin bias, + detail) -> Tanh -> Linear -> sigmoid: p_halt for each 1D token.
 
     The per-bin bias hands the head ε directly. Through the encoder alone ε reaches the latents only
     as fast as the (deliberately weak) halting gradient teaches attention to read the ε token, and
-    p_halt stayed the same for every ε for hundreds of CPU steps.
+    p_halt stayed the same for every ε for hundreds of CPU steps. A spectral model also hands it,
+    per token, the log RMS error its linear code leaves after that token (``detail``): from encoder
+    features alone a calibrated head predicted nearly the same KC for a flat image as for noise.
     """
 
-    def __init__(self, width: int, hidden: int, num_bins: int) -> None:
+    def __init__(self, width: int, hidden: int, num_bins: int, detail: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, hidden)
         self.eps_bias = nn.Embedding(num_bins, hidden)
         nn.init.zeros_(self.eps_bias.weight)
+        self.detail_in = nn.Linear(1, hidden) if detail else None
         self.fc2 = nn.Linear(hidden, 1)
 
-    def forward(self, h: torch.Tensor, eps_idx: torch.Tensor) -> torch.Tensor:
-        z = torch.tanh(self.fc1(self.norm(h)) + self.eps_bias(eps_idx).unsqueeze(1).to(h.dtype))
-        return torch.sigmoid(self.fc2(z).squeeze(-1).float())
+    def forward(self, h: torch.Tensor, eps_idx: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.fc1(self.norm(h)) + self.eps_bias(eps_idx).unsqueeze(1).to(h.dtype)
+        if self.detail_in is not None:
+            if detail is None:
+                raise ValueError("this halting head needs the per-token detail of a spectral model")
+            z = z + self.detail_in(detail.unsqueeze(-1).to(z.dtype))
+        return torch.sigmoid(self.fc2(torch.tanh(z)).squeeze(-1).float())
 
 
 class DirectPaths(nn.Module):
@@ -291,7 +298,7 @@ class KARL(Tokenizer):
         super().__init__(config, "karl")
         w = config.width
         self.eps_embed = nn.Embedding(len(config.eps_bins), w)
-        self.halting_head = HaltingHead(w, config.halt_hidden, len(config.eps_bins))
+        self.halting_head = HaltingHead(w, config.halt_hidden, len(config.eps_bins), detail=config.spectral)
         self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
 
     # --- encoder -------------------------------------------------------------------------------
@@ -315,7 +322,11 @@ class KARL(Tokenizer):
         # mean image; even 2 % of it did so in small models. The head sees ε through its own bias.
         g = self.config.halt_grad_scale
         h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
-        return self.to_tokens(h, code), self.halting_head(h_halt, eps_idx)
+        return self.to_tokens(h, code), self.halting_head(h_halt, eps_idx, self.halting_detail(images, num_tokens))
+
+    def halting_detail(self, images: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+        """The halting head's per-token detail input (B, num_tokens), or None without a spectral code."""
+        return None if self.spectral is None else self.spectral.detail_left(images)[:, :num_tokens]
 
     def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
@@ -382,10 +393,17 @@ class KARL(Tokenizer):
         t = num_tokens or self.config.max_tokens
         latents, p_halt = self.encode_tokens(images, eps_idx, t)
         if halting:
-            keep = p_halt.detach() <= self.config.halt_threshold
+            keep = self.kept(p_halt.detach())
         else:
             keep = torch.ones_like(p_halt, dtype=torch.bool)
         return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
+
+    def kept(self, p_halt: torch.Tensor) -> torch.Tensor:
+        """Tokens kept: p_halt <= threshold, and always the first ``token_step`` (the smallest budget
+        the search baselines can pick; without them a flat image could halt every token)."""
+        keep = p_halt <= self.config.halt_threshold
+        keep[:, : self.config.token_step] = True
+        return keep
 
     # --- inference API -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -394,7 +412,7 @@ class KARL(Tokenizer):
         images = images.to(self.device, self.dtype)
         idx = torch.full((images.shape[0],), eps_to_bin(eps), dtype=torch.long, device=images.device)
         latents, p_halt = self.encode_tokens(images, idx, num_tokens or self.config.max_tokens)
-        return Encoding(latents.float(), p_halt, p_halt <= self.config.halt_threshold, float(eps))
+        return Encoding(latents.float(), p_halt, self.kept(p_halt), float(eps))
 
     @torch.inference_mode()
     def decode(self, encoding: Encoding) -> torch.Tensor:

@@ -13,6 +13,9 @@ def spread_halting(model: KARL) -> KARL:
     torch.manual_seed(1)
     x = torch.rand(8, 3, model.config.resolution, model.config.resolution)
     with torch.no_grad():
+        if model.halting_head.detail_in is not None:   # spread by the encoder features alone
+            model.halting_head.detail_in.weight.zero_()
+            model.halting_head.detail_in.bias.zero_()
         last = model.halting_head.fc2
         last.weight.mul_(40.0)
         p = model.encode(x, 0.05).p_halt

@@ -22,7 +22,7 @@ def test_oracle_budgets_are_the_prefix_search(tiny_model):
 
 def test_calibration_trains_only_the_head_and_tracks_the_oracle(tiny_model, image_folder):
     with torch.no_grad():
-        tiny_model.halting_head.fc2.bias.fill_(5.0)  # a head that halts everything: kc 0, far from the oracle
+        tiny_model.halting_head.fc2.bias.fill_(5.0)  # a head that halts all it may: kc = token_step, far from the oracle
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     report = calibrate_halting(tiny_model, [str(image_folder)], samples=48, bins_per_image=6, steps=150, seed=0)
     after = tiny_model.state_dict()

@@ -543,7 +543,7 @@ SLOW_KARL = textwrap.dedent("""
     real = c.image_batches
     def slow(*a, **k):                      # a slow model, so that a kill lands mid-run
         for batch in real(*a, **k):
-            time.sleep(0.15)
+            time.sleep(0.3)
             yield batch
     c.image_batches = slow
     from karl_cli.cli import main

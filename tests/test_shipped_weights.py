@@ -25,3 +25,14 @@ def test_default_weights_order_the_examples_by_structure():
     photos = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble", "gravel")
     assert all(kc["gradient"] < kc[p] < kc["noise"] for p in photos)
     assert kc["noise"] >= 0.95 * model.config.max_tokens
+
+
+def test_shipped_alit_weights_score_by_search():
+    from karl_cli import load_pretrained
+    from karl_cli.alit import ALIT
+
+    alit = load_pretrained(ROOT / "weights" / "alit-small")
+    assert isinstance(alit, ALIT) and alit.config.max_tokens == preset("small").max_tokens
+    rows = list(score([ROOT / "examples"], alit, [0.05], method="search"))
+    kc = {Path(r["path"]).stem: r["kc"] for r in rows}
+    assert kc["constant"] < kc["shapes_many"] and all(r["encoder_runs"] >= 1 for r in rows)

@@ -80,15 +80,17 @@ class SpectralPath(nn.Module):
             c = self._coefficients(images).index_select(1, self.order) / self.scale
         return c.view(images.shape[0], -1, self.latent_dim)
 
-    def detail_left(self, images: torch.Tensor) -> torch.Tensor:
+    def detail_left(self, images: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """log RMS pixel error of the linear code's prefix reconstructions (B, max_tokens): entry t is
-        what tokens 0..t leave out (Parseval: the energy of every coefficient not in them). A cheap,
-        exact hint for the halting head of how much detail remains after each token."""
+        what tokens 0..t leave out. A cheap, exact hint for the halting head of how much detail
+        remains after each token. ``code`` is ``analyse(images)``; the transforms are orthonormal, so
+        (Parseval) the images' total energy about the colour mean is that of all their coefficients,
+        and no second transform is needed."""
         with torch.autocast(images.device.type, enabled=False):
-            c = self._coefficients(images)
-            total = c.square().sum(1, keepdim=True)
-            kept = c.index_select(1, self.order).square().cumsum(1)[:, self.latent_dim - 1::self.latent_dim]
-            return 0.5 * torch.log((total - kept).clamp_min(0.0) / c.shape[1] + 1e-6)
+            x = images.float() - self.colour_mean.view(1, 3, 1, 1)
+            total = x.square().flatten(1).sum(1, keepdim=True)
+            coded = (code.float().flatten(1) * self.scale).square().cumsum(1)[:, self.latent_dim - 1::self.latent_dim]
+            return 0.5 * torch.log((total - coded).clamp_min(0.0) / x[0].numel() + 1e-6)
 
     def synthesise(self, codes: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens count as 0."""

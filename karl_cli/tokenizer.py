@@ -176,12 +176,12 @@ class DirectPaths(nn.Module):
         b = x2d.shape[0]
         return self.read_up(self.read_map(self.reduce(x2d).flatten(1)).view(b, self.t, self.d))
 
-    def spread(self, latents: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def spread(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, T <= T_max, latent_dim), halted ones already zero -> 2D-position features."""
         b, t, c = latents.shape
-        z = latents if keep is None else latents * keep.unsqueeze(-1).to(latents.dtype)
         if t < self.t:
-            z = torch.cat([z, z.new_zeros(b, self.t - t, c)], dim=1)
-        return self.spread_up(self.spread_map(z.flatten(1)).view(b, self.n, self.d))
+            latents = torch.cat([latents, latents.new_zeros(b, self.t - t, c)], dim=1)
+        return self.spread_up(self.spread_map(latents.flatten(1)).view(b, self.n, self.d))
 
 
 @dataclass
@@ -322,11 +322,17 @@ class KARL(Tokenizer):
         # mean image; even 2 % of it did so in small models. The head sees ε through its own bias.
         g = self.config.halt_grad_scale
         h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
-        return self.to_tokens(h, code), self.halting_head(h_halt, eps_idx, self.halting_detail(images, num_tokens))
+        detail = self.halting_detail(images, num_tokens, code)
+        return self.to_tokens(h, code), self.halting_head(h_halt, eps_idx, detail)
 
-    def halting_detail(self, images: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
-        """The halting head's per-token detail input (B, num_tokens), or None without a spectral code."""
-        return None if self.spectral is None else self.spectral.detail_left(images)[:, :num_tokens]
+    def halting_detail(self, images: torch.Tensor, num_tokens: int, code: torch.Tensor | None = None
+                       ) -> torch.Tensor | None:
+        """The halting head's per-token detail input (B, num_tokens), or None without a spectral code.
+        ``code``: the images' spectral code when the caller has it already."""
+        if self.spectral is None:
+            return None
+        code = self.spectral.analyse(images) if code is None else code
+        return self.spectral.detail_left(images, code)[:, :num_tokens]
 
     def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
@@ -360,12 +366,13 @@ class KARL(Tokenizer):
         n = cfg.num_2d_tokens
         z = self.unbottleneck(latents) + self.dec_latent_pos[:, :t]
         queries = self.mask_token.expand(b, n, -1) + self.dec_pos_2d
+        # Halted tokens are zeros for the linear paths below (the attention path drops them instead).
+        kept = latents if keep is None else torch.where(keep.unsqueeze(-1), latents, torch.zeros_like(latents))
         if self.direct is not None:
-            queries = queries + self.direct.spread(latents, keep)
+            queries = queries + self.direct.spread(kept)
         linear = None
         if self.spectral is not None:
             # The linear reconstruction of the kept tokens, refined by everything below.
-            kept = latents if keep is None else torch.where(keep.unsqueeze(-1), latents, torch.zeros_like(latents))
             linear = self.spectral.synthesise(kept)
             queries = queries + self.recon_embed(linear.to(queries.dtype) * 2.0 - 1.0).flatten(2).transpose(1, 2)
         attn_mask = None

@@ -292,8 +292,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         fresh = init_weights(model, init_from)
         log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
     elif state is None and model.spectral is not None:
-        fit_spectral(model, dataset)
-        log(f"fitted the spectral code on {min(len(dataset) * 2, SPECTRAL_FIT_CROPS)} training crops")
+        log(f"fitted the spectral code on {fit_spectral(model, dataset)} training crops")
     ema = EMA(model, tc.ema_decay)
     step = 0
     if state is not None:
@@ -375,15 +374,16 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
 SPECTRAL_FIT_CROPS = 4096
 
 
-def fit_spectral(model: nn.Module, dataset: CropDataset, crops: int = SPECTRAL_FIT_CROPS) -> None:
+def fit_spectral(model: nn.Module, dataset: CropDataset, crops: int = SPECTRAL_FIT_CROPS) -> int:
     """Fit a spectral model's colour basis and coefficient order on training crops (deterministic:
-    the crops of the first epochs, at most ``crops`` of them and two per image)."""
+    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number."""
     n = min(len(dataset) * 2, crops)
     images = []
     for i in range(n):
         dataset.set_epoch(i // len(dataset))
         images.append(dataset[i % len(dataset)])
     model.spectral.fit(torch.stack(images).to(model.spectral.scale.device))
+    return n
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -12,9 +12,9 @@
 #       --csv benchmarks/compare.csv
 #
 # This is the recipe of the shipped weights/alit-small. Cost: ALIT runs its (2-block) encoder once
-# per iteration, 8 iterations of 16 tokens to T_max = 128, over a growing sequence, then decodes
-# twice: about 14 img/s on 2 idle cores vs 18 for KARL's two-phase step. Do not start it while
-# another training run has the CPU.
+# per iteration, 8 iterations of 32 tokens to T_max = 256 (the ALIT paper's 32 tokens per
+# iteration), over a growing sequence, then decodes twice. Do not start it while another training
+# run has the CPU.
 # Data: the 1,000 ImageNet images + 70 Debian photos of DESIGN.md §4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +22,5 @@ RUN="${1:-/work/runs/alit-small}"
 shift || true
 DATA="${KARL_DATA:-/work/shared/data}"
 exec .venv/bin/karl train "$DATA/imagenet-sample" "$DATA/debian-photos" \
-    --out "$RUN" --preset small --arch alit --token-step 16 \
-    --steps 1000 --batch-size 32 --lr 1.5e-3 --warmup 100 --checkpoint-every 200 "$@"
+    --out "$RUN" --preset small --arch alit --token-step 32 \
+    --steps 800 --batch-size 32 --lr 1.5e-3 --warmup 100 --checkpoint-every 200 "$@"

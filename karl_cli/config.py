@@ -62,21 +62,24 @@ class KARLConfig:
     halt_threshold: float = 0.75
     halt_grad_scale: float = 0.0    # share of the halting loss's gradient that reaches the encoder
     spectral: bool = False          # tokens start as ordered DCT codes and the networks refine them (spectral.py)
+    halt_l1: bool = False           # a spectral model's halting head also reads its code's pixel L1 per budget
     eps_bins: list[float] = field(default_factory=lambda: list(EPS_BINS))
 
     def __post_init__(self) -> None:
         problems = []
         for f in dataclasses.fields(self):   # a config.json from a user's path may hold anything
             v = getattr(self, f.name)
-            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                problems.append(f"{f.name} must be a whole number >= 1, not {v!r}")
+            least = 0 if f.name == "direct_dim" else 1
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                problems.append(f"{f.name} must be a whole number >= {least}, not {v!r}")
             elif f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
                 problems.append(f"{f.name} must be a finite number, not {v!r}")
         if not isinstance(self.eps_bins, (list, tuple)) or not all(
                 isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.eps_bins):
             problems.append("eps_bins must be a list of numbers")
-        if not isinstance(self.spectral, bool):
-            problems.append(f"spectral must be true or false, not {self.spectral!r}")
+        for name in ("spectral", "halt_l1"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
         if problems:
             raise ValueError("invalid KARLConfig: " + "; ".join(problems))
         if self.arch not in ("karl", "alit"):
@@ -91,6 +94,8 @@ class KARLConfig:
             problems.append("max_tokens must be a multiple of token_step")
         if self.spectral and self.max_tokens * self.latent_dim > 3 * self.resolution ** 2:
             problems.append("a spectral model needs max_tokens x latent_dim <= 3 x resolution^2")
+        if self.halt_l1 and not self.spectral:
+            problems.append("halt_l1 needs a spectral model")
         if self.width % self.enc_heads or self.dec_width % self.dec_heads:
             problems.append("widths must be divisible by their head counts")
         if not 0.0 < self.halt_threshold < 1.0:
@@ -128,9 +133,10 @@ PRESETS: dict[str, KARLConfig] = {
     # Seconds on a CPU: for tests.
     "tiny": KARLConfig(resolution=32, patch_size=8, base="conv", base_channels=16, width=32, enc_depth=1,
                        enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4,
-                       halt_hidden=16, direct_dim=8, spectral=True),
-    # The CPU default model: a spectral code refined by small transformers, 128 tokens at 64 px.
-    "small": KARLConfig(max_tokens=128, spectral=True),
+                       halt_hidden=16, direct_dim=8, spectral=True, halt_l1=True),
+    # The CPU default model: a spectral code refined by small transformers, 256 tokens at 64 px. The
+    # linear grid<->token shortcuts are left out: the spectral code already links tokens and pixels.
+    "small": KARLConfig(max_tokens=256, direct_dim=0, spectral=True, halt_l1=True),
 }
 
 

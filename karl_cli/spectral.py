@@ -92,6 +92,34 @@ class SpectralPath(nn.Module):
             coded = (code.float().flatten(1) * self.scale).square().cumsum(1)[:, self.latent_dim - 1::self.latent_dim]
             return 0.5 * torch.log((total - coded).clamp_min(0.0) / x[0].numel() + 1e-6)
 
+    def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
+        """Pixel L1 of the clamped linear reconstruction after every ``step`` tokens of codes (B, T, 12):
+        (B, T / step), entry s the error of tokens 0..(s+1)·step-1, the quantity ε bounds. The RMS of
+        ``detail_left`` tells it only loosely (edges and texture share an RMS but not an L1).
+
+        Each step adds a sum of separable basis images, one per coefficient: colour axis x row cosine
+        x column cosine; adding them step by step into one running image costs about as much as a
+        small conv layer, and no (coefficients x pixels) basis matrix is stored."""
+        r = self.resolution
+        b = images.shape[0]
+        k = step * self.latent_dim
+        n = code.shape[1] // step
+        with torch.autocast(images.device.type, enabled=False):
+            order = self.order[: n * k]
+            colour = self.colour_basis.T[order // (r * r)].view(n, k, 3)     # per slot: colour axis,
+            rows = self.dct[(order // r) % r].view(n, k, r)                  # row cosine,
+            cols = self.dct[order % r].view(n, k, r)                         # column cosine
+            a = (code[:, : n * step].float().flatten(1) * self.scale[: n * k]).view(b, n, k)
+            x = images.float()
+            recon = self.colour_mean.view(1, 3, 1, 1).expand(b, 3, r, r).reshape(b * 3 * r, r).clone()
+            out = x.new_empty(b, n)
+            for s in range(n):
+                # (b, 3, R, K): coefficient x colour x row cosine, then one matmul with the column cosines
+                w = a[:, s, None, None, :] * colour[s].T[None, :, None, :] * rows[s].T[None, None, :, :]
+                recon.addmm_(w.reshape(b * 3 * r, k), cols[s])
+                out[:, s] = (recon.view(b, 3, r, r).clamp(0.0, 1.0) - x).abs().mean(dim=(1, 2, 3))
+            return out
+
     def synthesise(self, codes: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens count as 0."""
         b = codes.shape[0]

@@ -1,0 +1,101 @@
+"""The spectral spine's linear code and the exact error hints it gives the halting head."""
+import pytest
+import torch
+
+from karl_cli import EPS_BINS, KARL, preset
+from karl_cli.spectral import SpectralPath
+
+
+def _fitted(cfg, seed: int = 0) -> SpectralPath:
+    torch.manual_seed(seed)
+    sp = SpectralPath(cfg)
+    # Smooth images so the coefficient order is not arbitrary.
+    crops = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8), size=cfg.resolution, mode="bilinear")
+    sp.fit(crops)
+    return sp
+
+
+def test_full_code_reconstructs_exactly():
+    cfg = preset("tiny", max_tokens=256)        # 256 x 12 = 3 x 32 x 32: every coefficient
+    sp = _fitted(cfg)
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(sp.synthesise(sp.analyse(x)), x, atol=1e-4)
+
+
+def test_detail_left_is_the_log_rms_error_of_each_prefix():
+    cfg = preset("tiny", max_tokens=64)
+    sp = _fitted(cfg)
+    x = torch.rand(2, 3, 32, 32)
+    code = sp.analyse(x)
+    got = sp.detail_left(x, code)
+    for t in (1, 7, 32, 64):
+        rms = (sp.synthesise(code[:, :t]) - x).square().mean(dim=(1, 2, 3)).sqrt()
+        assert torch.allclose(got[:, t - 1], torch.log(rms + 1e-12), atol=1e-3)
+
+
+@pytest.mark.parametrize("tokens", [16, 64])
+def test_prefix_l1_is_the_clamped_l1_after_each_step(tokens):
+    cfg = preset("tiny", max_tokens=64)
+    sp = _fitted(cfg)
+    x = torch.rand(3, 3, 32, 32)
+    x[0] = 0.5                                   # flat: met by the first step
+    code = sp.analyse(x)[:, :tokens]
+    got = sp.prefix_l1(x, code, step=4)
+    want = torch.stack([(sp.synthesise(code[:, :t]).clamp(0, 1) - x).abs().mean(dim=(1, 2, 3))
+                        for t in range(4, tokens + 1, 4)], dim=1)
+    assert got.shape == (3, tokens // 4)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert float(got[0].max()) < 1e-3 < float(got[1].min())
+    assert bool((got[1:, 1:] <= got[1:, :-1] + 1e-3).all())   # more tokens, less error (noise: nearly flat)
+
+
+def test_halting_head_reads_rms_and_l1_per_token():
+    torch.manual_seed(0)
+    model = KARL(preset("tiny")).eval()
+    assert model.config.halt_l1
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        d = model.halting_detail(x, 10)
+        code = model.spectral.analyse(x)
+        l1 = model.spectral.prefix_l1(x, code[:, :12], 4)
+    assert d.shape == (2, 10, 3)
+    # Tokens 0-3 share the first step: before it only the colour mean, after it the first step's L1.
+    flat = (model.spectral.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - x).abs().mean(dim=(1, 2, 3))
+    assert torch.allclose(d[:, 0:4, 1], torch.log(flat[:, None] + 1e-4).expand(-1, 4))
+    assert torch.allclose(d[:, 0:4, 2], torch.log(l1[:, :1] + 1e-4).expand(-1, 4))
+    # Tokens 8-9 lie in the third step: between the second and third steps' L1.
+    assert torch.allclose(d[:, 8:10, 1], torch.log(l1[:, 1:2] + 1e-4).expand(-1, 2))
+    assert torch.allclose(d[:, 8:10, 2], torch.log(l1[:, 2:3] + 1e-4).expand(-1, 2))
+    old = KARL(preset("tiny", halt_l1=False)).eval()
+    assert old.halting_detail(x, 10).shape == (2, 10, 1)
+    assert old.halting_head.detail_in.in_features == 1 and model.halting_head.detail_in.in_features == 3
+
+
+def test_config_accepts_no_direct_paths_and_needs_spectral_for_l1():
+    model = KARL(preset("tiny", direct_dim=0))
+    assert model.direct is None
+    x = torch.rand(2, 3, 32, 32)
+    assert model.decode(model.encode(x, 0.05)).shape == x.shape
+    with pytest.raises(ValueError, match="halt_l1 needs a spectral model"):
+        preset("tiny", spectral=False)
+    with pytest.raises(ValueError, match="direct_dim must be a whole number >= 0"):
+        preset("tiny", direct_dim=-1)
+
+
+def test_halting_head_reads_errors_relative_to_eps():
+    # Same error-to-ε ratio under two bins, no per-bin bias: the same p_halt.
+    torch.manual_seed(0)
+    head = KARL(preset("tiny")).halting_head.eval()
+    h = torch.randn(2, 8, 32)
+    detail = torch.randn(2, 8, 3)
+    lo, hi = EPS_BINS.index(0.03), EPS_BINS.index(0.09)
+    shift = torch.log(torch.tensor(0.09 / 0.03))
+    with torch.no_grad():
+        p_lo = head(h, torch.full((2,), lo), detail)
+        p_hi = head(h, torch.full((2,), hi), detail + shift)
+        p_hi_same_error = head(h, torch.full((2,), hi), detail)
+    assert torch.allclose(p_lo, p_hi, atol=1e-5)
+    assert not torch.allclose(p_lo, p_hi_same_error, atol=1e-3)
+    old = KARL(preset("tiny", halt_l1=False)).halting_head.eval()
+    with torch.no_grad():   # absolute log RMS: the bin alone (bias zero) changes nothing
+        assert torch.allclose(old(h, torch.full((2,), lo), detail[..., :1]), old(h, torch.full((2,), hi), detail[..., :1]))

@@ -46,10 +46,11 @@ def test_shipped_alit_weights_score_by_search():
     from karl_cli.alit import ALIT
 
     alit = load_pretrained(ROOT / "weights" / "alit-small")
-    # The peer shares the default model's input size, token size and spectral code (its T_max is 128).
+    # The peer shares the default model's sizes and spectral code; only the architecture and step differ.
     small = preset("small")
     assert isinstance(alit, ALIT) and alit.config.spectral
-    assert (alit.config.resolution, alit.config.latent_dim) == (small.resolution, small.latent_dim)
+    assert (alit.config.resolution, alit.config.latent_dim, alit.config.max_tokens, alit.config.width) == (
+        small.resolution, small.latent_dim, small.max_tokens, small.width)
     rows = list(score([ROOT / "examples"], alit, [0.05], method="search"))
     kc = {Path(r["path"]).stem: r["kc"] for r in rows}
     assert kc["constant"] < kc["shapes_many"] and all(r["encoder_runs"] >= 1 for r in rows)

@@ -45,7 +45,7 @@ def oracle_budgets(model: KARL, images: torch.Tensor) -> torch.Tensor:
     """
     cfg = model.config
     idx = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
-    latents, _ = model.encode_tokens(images, idx, cfg.max_tokens)
+    latents = model.encode_latents(images, idx, cfg.max_tokens)
     budgets = cfg.budgets
     l1 = torch.stack([(model.decode_tokens(latents[:, :t]).clamp(0, 1) - images).abs().mean(dim=(1, 2, 3))
                       for t in budgets], dim=1)                                   # (B, K)

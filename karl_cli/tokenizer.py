@@ -164,8 +164,6 @@ class HaltingHead(nn.Module):
         if self.detail_in is not None:
             if detail is None:
                 raise ValueError("this halting head needs the per-token detail of a spectral model")
-            if detail.dim() == 2:
-                detail = detail.unsqueeze(-1)
             if self.log_eps is not None:
                 detail = (detail - self.log_eps[eps_idx].view(-1, 1, 1)) * self.RELATIVE_GAIN
             z = z + self.detail_in(detail.to(z.dtype))
@@ -348,6 +346,11 @@ class KARL(Tokenizer):
         detail = self.halting_detail(images, num_tokens, code)
         return self.to_tokens(h, code), self.halting_head(h_halt, eps_idx, detail)
 
+    def encode_latents(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """``encode_tokens`` without the halting head and its detail input: latents (B,T,latent_dim)
+        for the searches, which keep every token."""
+        return self.to_tokens(*self._encode(images, eps_idx.to(images.device), num_tokens))
+
     def halting_detail(self, images: torch.Tensor, num_tokens: int, code: torch.Tensor | None = None
                        ) -> torch.Tensor | None:
         """The halting head's per-token detail input (B, num_tokens, 1 or 3), or None without a spectral
@@ -474,11 +477,11 @@ class KARL(Tokenizer):
         idx0 = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         if method == "search":
             def reencode(rows: torch.Tensor, t: int) -> torch.Tensor:
-                return self.encode_tokens(images.index_select(0, rows), idx0[: len(rows)], t)[0]
+                return self.encode_latents(images.index_select(0, rows), idx0[: len(rows)], t)
 
             return TokenSource(reencode, encoder_run_per_budget=True)
         if method == "prefix":
-            full = self.encode_tokens(images, idx0, self.config.max_tokens)[0]
+            full = self.encode_latents(images, idx0, self.config.max_tokens)
             return TokenSource(lambda rows, t: full.index_select(0, rows)[:, :t], encoder_run_per_budget=False)
         raise ValueError(f"unknown search method {method!r}; choose 'search' or 'prefix'")
 

@@ -63,6 +63,7 @@ class KARLConfig:
     halt_grad_scale: float = 0.0    # share of the halting loss's gradient that reaches the encoder
     spectral: bool = False          # tokens start as ordered DCT codes and the networks refine them (spectral.py)
     halt_l1: bool = False           # a spectral model's halting head also reads its code's pixel L1 per budget
+    code: str = "dct"               # a spectral model's linear code: "dct" (spectral.py) or "wavelet" (wavelet.py)
     eps_bins: list[float] = field(default_factory=lambda: list(EPS_BINS))
 
     def __post_init__(self) -> None:
@@ -84,6 +85,12 @@ class KARLConfig:
             raise ValueError("invalid KARLConfig: " + "; ".join(problems))
         if self.arch not in ("karl", "alit"):
             problems.append(f"arch must be 'karl' or 'alit', not {self.arch!r}")
+        if self.code not in ("dct", "wavelet"):
+            problems.append(f"code must be 'dct' or 'wavelet', not {self.code!r}")
+        elif self.code == "wavelet" and self.resolution & (self.resolution - 1):
+            problems.append("a wavelet code needs a power-of-two resolution")
+        elif self.code == "wavelet" and not (self.spectral and self.arch == "karl"):
+            problems.append("a wavelet code needs spectral: true and arch 'karl' (ALIT corrects its tokens)")
         if self.base not in ("patch", "conv"):
             problems.append(f"base must be 'patch' or 'conv', not {self.base!r}")
         if self.resolution % self.patch_size:
@@ -134,14 +141,20 @@ PRESETS: dict[str, KARLConfig] = {
     "tiny": KARLConfig(resolution=32, patch_size=8, base="conv", base_channels=16, width=32, enc_depth=1,
                        enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4,
                        halt_hidden=16, direct_dim=8, spectral=True, halt_l1=True),
-    # The CPU default model: a spectral code refined by small transformers, 256 tokens at 64 px. The
-    # linear grid<->token shortcuts are left out: the spectral code already links tokens and pixels.
-    "small": KARLConfig(max_tokens=256, direct_dim=0, spectral=True, halt_l1=True),
+    # The CPU default model: 256 tokens at 64 px of a Haar wavelet code in an image-adaptive order
+    # (wavelet.py), which the decoder refines; the encoder only serves the halting head, so the
+    # halting loss may train it. The linear grid<->token shortcuts are left out: the code already
+    # links tokens and pixels.
+    "small": KARLConfig(max_tokens=256, direct_dim=0, spectral=True, halt_l1=True, code="wavelet",
+                        halt_grad_scale=1.0),
 }
 
 
 def preset(name: str, **overrides: Any) -> KARLConfig:
-    """A copy of a named preset, with fields overridden."""
+    """A copy of a named preset, with fields overridden. ALIT keeps the DCT code unless told otherwise
+    (it corrects its tokens, which an ordered wavelet code does not allow)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if overrides.get("arch") == "alit":
+        overrides.setdefault("code", "dct")
     return dataclasses.replace(PRESETS[name], **overrides)

@@ -39,6 +39,8 @@ class SpectralPath(nn.Module):
     Halted or missing tokens are zeros, which synthesise to nothing: the code is linear.
     """
 
+    ordered = False   # token positions are fixed (wavelet.py's are not)
+
     def __init__(self, cfg: KARLConfig) -> None:
         super().__init__()
         r = cfg.resolution

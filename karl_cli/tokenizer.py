@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .config import KARLConfig, eps_to_bin
 from .search import SearchResult, TokenSource, sweep
 from .spectral import SpectralPath
+from .wavelet import WaveletPath
 
 
 class Block(nn.Module):
@@ -255,7 +256,6 @@ class Tokenizer(nn.Module):
         self.latent_tokens = nn.Parameter(torch.randn(1, cfg.max_tokens, w) * 0.02)
         self.encoder = nn.ModuleList(Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
         self.enc_norm = nn.LayerNorm(w)
-        self.bottleneck = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
         self.unbottleneck = nn.Linear(cfg.latent_dim, dw)
         self.dec_latent_pos = nn.Parameter(torch.randn(1, cfg.max_tokens, dw) * 0.02)
         self.mask_token = nn.Parameter(torch.randn(1, 1, dw) * 0.02)
@@ -263,14 +263,16 @@ class Tokenizer(nn.Module):
         self.decoder = nn.ModuleList(Block(dw, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
         self.dec_norm = nn.LayerNorm(dw)
         self.direct = DirectPaths(cfg) if cfg.direct_dim else None
+        self.spectral = (WaveletPath if cfg.code == "wavelet" else SpectralPath)(cfg) if cfg.spectral else None
+        # An ordered code's tokens are the code itself (``to_tokens``): no correction to learn.
+        ordered = self.spectral is not None and self.spectral.ordered
+        self.bottleneck = None if ordered else nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
         if cfg.spectral:
-            self.spectral = SpectralPath(cfg)
             self.code_embed = nn.Linear(cfg.latent_dim, w)        # each latent starts from its own code
             self.recon_embed = conv_stem(cfg, dw)                  # the decoder sees the linear reconstruction
+        if self.bottleneck is not None and cfg.spectral:
             nn.init.zeros_(self.bottleneck[-1].weight)             # tokens start as the spectral code
             nn.init.zeros_(self.bottleneck[-1].bias)
-        else:
-            self.spectral = None
 
     def spectral_code(self, images: torch.Tensor) -> torch.Tensor | None:
         """The images' spectral code (B, T_max, latent_dim), or None for a model without one."""
@@ -282,7 +284,11 @@ class Tokenizer(nn.Module):
         return lat if code is None else lat + self.code_embed(code[:, first:last].to(lat.dtype))
 
     def to_tokens(self, h: torch.Tensor, code: torch.Tensor | None) -> torch.Tensor:
-        """Encoder outputs (B, T, width) -> 12-d tokens; a spectral model adds the correction to its code."""
+        """Encoder outputs (B, T, width) -> 12-d tokens; a spectral model adds the correction to its
+        code, except an ``ordered`` code (wavelet.py), whose tokens are the code itself: the decoder
+        replays its positions from the exact values."""
+        if self.bottleneck is None:
+            return code[:, : h.shape[1]]
         z = self.bottleneck(h)
         return z if code is None else code[:, : z.shape[1]].to(z.dtype) + z
 
@@ -447,6 +453,8 @@ class KARL(Tokenizer):
         the search baselines can pick; without them a flat image could halt every token)."""
         keep = p_halt <= self.config.halt_threshold
         keep[:, : self.config.token_step] = True
+        if self.spectral is not None and self.spectral.ordered:   # positions follow earlier tokens
+            keep = keep.cumprod(dim=1).bool()
         return keep
 
     # --- inference API -------------------------------------------------------------------------

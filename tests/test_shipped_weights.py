@@ -22,7 +22,10 @@ def test_default_weights_order_the_examples_by_structure():
     model = KARL.from_pretrained(ROOT / "weights" / "karl-small")
     rows = list(score([ROOT / "examples"], model, [0.03, 0.05]))
     kc = {(Path(r["path"]).stem, r["eps"]): r["kc"] for r in rows}
-    assert kc["constant", 0.05] < kc["gradient", 0.05] < kc["shapes_few", 0.05] < kc["shapes_many", 0.05]
+    assert kc["constant", 0.03] < kc["gradient", 0.03] < kc["shapes_few", 0.03] < kc["shapes_many", 0.03]
+    # The wavelet code's first token (the tree roots) carries a smooth gradient to L1 0.04, so at
+    # ε 0.05 it fits in the smallest budget, like a flat image; shapes still need more.
+    assert kc["constant", 0.05] <= kc["gradient", 0.05] < kc["shapes_few", 0.05] < kc["shapes_many", 0.05]
     photos = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble", "gravel")
     # At ε 0.05 a dark or smooth photo may need no more than a gradient (hubble, rocket: one step);
     # at 0.03 every photo needs more, and at 0.05 all need fewer than noise, which needs every token.
@@ -46,9 +49,10 @@ def test_shipped_alit_weights_score_by_search():
     from karl_cli.alit import ALIT
 
     alit = load_pretrained(ROOT / "weights" / "alit-small")
-    # The peer shares the default model's sizes and spectral code; only the architecture and step differ.
+    # The peer shares the default model's sizes; it keeps the DCT code (ALIT corrects its tokens,
+    # which the default's ordered wavelet code does not allow), and its architecture and step differ.
     small = preset("small")
-    assert isinstance(alit, ALIT) and alit.config.spectral
+    assert isinstance(alit, ALIT) and alit.config.spectral and alit.config.code == "dct" != small.code
     assert (alit.config.resolution, alit.config.latent_dim, alit.config.max_tokens, alit.config.width) == (
         small.resolution, small.latent_dim, small.max_tokens, small.width)
     rows = list(score([ROOT / "examples"], alit, [0.05], method="search"))

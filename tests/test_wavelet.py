@@ -1,0 +1,115 @@
+"""The wavelet spine: an orthonormal Haar code in an order each image chooses and the decoder replays."""
+import pytest
+import torch
+
+from karl_cli import KARL, preset
+from karl_cli.wavelet import WaveletPath, haar_forward, haar_inverse, haar_tree
+
+
+def _fitted(cfg, seed: int = 0) -> WaveletPath:
+    torch.manual_seed(seed)
+    wp = WaveletPath(cfg)
+    crops = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8), size=cfg.resolution, mode="bilinear")
+    wp.fit(crops)
+    return wp
+
+
+def _corner_detail(n: int = 2, r: int = 32) -> torch.Tensor:
+    """Flat images with noise in one quarter: detail in one place only."""
+    torch.manual_seed(1)
+    x = torch.full((n, 3, r, r), 0.4)
+    x[:, :, : r // 2, : r // 2] = torch.rand(n, 3, r // 2, r // 2)
+    return x
+
+
+def test_haar_transform_is_orthonormal_and_inverts():
+    x = torch.rand(3, 3, 16, 16)
+    c = haar_forward(x)
+    assert c.shape == (3, 3 * 16 * 16)
+    assert torch.allclose(c.square().sum(1), x.square().flatten(1).sum(1), rtol=1e-5)    # Parseval
+    assert torch.allclose(haar_inverse(c, 3, 16), x, atol=1e-5)
+    flat = haar_forward(torch.full((1, 3, 16, 16), 0.25))
+    assert torch.allclose(flat[0, :3], torch.full((3,), 0.25 * 16)) and float(flat[0, 3:].abs().max()) < 1e-5
+
+
+def test_tree_links_each_detail_to_the_same_place_one_scale_coarser():
+    parent, children = haar_tree(3, 8)
+    n = 3 * 64
+    assert bool((parent[:12] == -1).all()) and bool((parent[12:] >= 3).all())
+    # Every non-root has exactly one parent, which lists it among its children.
+    for i in range(12, n):
+        assert i in children[parent[i]].tolist()
+    assert int((children < n).sum()) == n - 12
+    # A finest-scale detail: channel 2, orientation 1, row 3, column 2 of the 4 x 4 details.
+    start = 3 + 3 * 3 * (1 + 4)
+    i = start + ((2 * 3 + 1) * 4 + 3) * 4 + 2
+    assert int(parent[i]) == 3 + 9 + ((2 * 3 + 1) * 2 + 1) * 2 + 1
+
+
+def test_full_code_reconstructs_exactly_and_the_decoder_replays_positions():
+    cfg = preset("tiny", max_tokens=256, code="wavelet", direct_dim=0)   # 256 x 12 = 3 x 32 x 32
+    wp = _fitted(cfg)
+    x = torch.rand(3, 3, 32, 32)
+    code = wp.analyse(x)
+    assert torch.allclose(wp.synthesise(code), x, atol=1e-4)
+    pos = wp.positions(code.clone())                                        # replayed from the values
+    assert all(len(set(p.flatten().tolist())) == 3 * 32 * 32 for p in pos)   # every coefficient once
+    assert torch.equal(wp.positions(code), pos)                             # remembered from analyse
+    # A prefix decodes to what the first tokens hold: positions depend only on earlier tokens.
+    assert torch.equal(wp.positions(code[:, :40].clone()), pos[:, :40])
+
+
+def test_order_follows_where_the_detail_is():
+    cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
+    wp = _fitted(cfg)
+    x = _corner_detail()
+    code = wp.analyse(x)
+    l1 = wp.prefix_l1(x, code, 4)
+    # Energy left after 64 tokens: the adaptive order spends them in the noisy quarter, so it leaves
+    # much less than a fixed coarse-to-fine order of the same coefficients would.
+    c = haar_forward(x - 0.5)
+    fixed = c[:, : 64 * 12].square().sum(1)
+    adaptive = (code * wp.scale[wp.positions(code)]).square().flatten(1).sum(1)
+    assert bool((adaptive > fixed * 1.1).all())
+    assert bool((l1[:, 1:] <= l1[:, :-1] + 1e-3).all())
+
+
+def test_detail_and_l1_hints_are_exact():
+    cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
+    wp = _fitted(cfg)
+    x = torch.rand(2, 3, 32, 32)
+    x[0] = 0.5
+    code = wp.analyse(x)
+    rms = wp.detail_left(x, code)
+    l1 = wp.prefix_l1(x, code, 4)
+    for t in (4, 16, 64):
+        recon = wp.synthesise(code[:, :t])
+        assert torch.allclose(rms[:, t - 1], 0.5 * torch.log((recon - x).square().mean(dim=(1, 2, 3)) + 1e-6),
+                              atol=1e-3)
+        assert torch.allclose(l1[:, t // 4 - 1], (recon.clamp(0, 1) - x).abs().mean(dim=(1, 2, 3)), atol=1e-5)
+    assert float(l1[0].max()) < 1e-3 < float(l1[1].min())
+
+
+def test_a_wavelet_model_keeps_its_code_as_tokens_and_a_prefix():
+    torch.manual_seed(0)
+    model = KARL(preset("tiny", code="wavelet", direct_dim=0)).eval()
+    assert model.bottleneck is None
+    x = _corner_detail(2)
+    enc = model.encode(x, 0.05)
+    assert torch.equal(enc.latents, model.spectral.analyse(x)[:, : enc.latents.shape[1]])
+    p = torch.rand(4, 16)
+    keep = model.kept(p)
+    # Kept tokens form a prefix: a halted token stops everything after it.
+    assert bool((keep[:, 1:] <= keep[:, :-1]).all())
+    assert bool(keep[:, : model.config.token_step].all())
+    assert model.decode(enc).shape == x.shape
+
+
+def test_wavelet_config_is_checked():
+    with pytest.raises(ValueError, match="code must be 'dct' or 'wavelet'"):
+        preset("tiny", code="jpeg")
+    with pytest.raises(ValueError, match="power-of-two"):
+        preset("tiny", code="wavelet", resolution=48, patch_size=8)
+    with pytest.raises(ValueError, match="arch 'karl'"):
+        preset("tiny", code="wavelet", arch="alit")
+    assert preset("small", arch="alit").code == "dct" and preset("small").code == "wavelet"

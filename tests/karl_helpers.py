@@ -1,4 +1,4 @@
-"""Helpers for the complexity / token-store / plot tests."""
+"""Helpers for the complexity / token-store / plot / linear-code tests."""
 from __future__ import annotations
 
 import math
@@ -21,3 +21,12 @@ def spread_halting(model: KARL) -> KARL:
         p = model.encode(x, 0.05).p_halt
         last.bias.add_(math.log(0.75 / 0.25) - torch.logit(p.clamp(1e-6, 1 - 1e-6)).median())
     return model
+
+
+def fitted_code(path_class, cfg, seed: int = 0):
+    """A linear code (``SpectralPath`` or ``WaveletPath``) fitted to smooth random images, so its
+    statistics (order, scales) are not arbitrary."""
+    torch.manual_seed(seed)
+    path = path_class(cfg)
+    path.fit(torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8), size=cfg.resolution, mode="bilinear"))
+    return path

@@ -1,30 +1,22 @@
 """The spectral spine's linear code and the exact error hints it gives the halting head."""
 import pytest
 import torch
+from karl_helpers import fitted_code
 
 from karl_cli import EPS_BINS, KARL, preset
 from karl_cli.spectral import SpectralPath
 
 
-def _fitted(cfg, seed: int = 0) -> SpectralPath:
-    torch.manual_seed(seed)
-    sp = SpectralPath(cfg)
-    # Smooth images so the coefficient order is not arbitrary.
-    crops = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8), size=cfg.resolution, mode="bilinear")
-    sp.fit(crops)
-    return sp
-
-
 def test_full_code_reconstructs_exactly():
     cfg = preset("tiny", max_tokens=256)        # 256 x 12 = 3 x 32 x 32: every coefficient
-    sp = _fitted(cfg)
+    sp = fitted_code(SpectralPath, cfg)
     x = torch.rand(3, 3, 32, 32)
     assert torch.allclose(sp.synthesise(sp.analyse(x)), x, atol=1e-4)
 
 
 def test_detail_left_is_the_log_rms_error_of_each_prefix():
     cfg = preset("tiny", max_tokens=64)
-    sp = _fitted(cfg)
+    sp = fitted_code(SpectralPath, cfg)
     x = torch.rand(2, 3, 32, 32)
     code = sp.analyse(x)
     got = sp.detail_left(x, code)
@@ -36,7 +28,7 @@ def test_detail_left_is_the_log_rms_error_of_each_prefix():
 @pytest.mark.parametrize("tokens", [16, 64])
 def test_prefix_l1_is_the_clamped_l1_after_each_step(tokens):
     cfg = preset("tiny", max_tokens=64)
-    sp = _fitted(cfg)
+    sp = fitted_code(SpectralPath, cfg)
     x = torch.rand(3, 3, 32, 32)
     x[0] = 0.5                                   # flat: met by the first step
     code = sp.analyse(x)[:, :tokens]

@@ -1,17 +1,10 @@
 """The wavelet spine: an orthonormal Haar code in an order each image chooses and the decoder replays."""
 import pytest
 import torch
+from karl_helpers import fitted_code
 
 from karl_cli import KARL, preset
 from karl_cli.wavelet import WaveletPath, haar_forward, haar_inverse, haar_tree
-
-
-def _fitted(cfg, seed: int = 0) -> WaveletPath:
-    torch.manual_seed(seed)
-    wp = WaveletPath(cfg)
-    crops = torch.nn.functional.interpolate(torch.rand(64, 3, 8, 8), size=cfg.resolution, mode="bilinear")
-    wp.fit(crops)
-    return wp
 
 
 def _corner_detail(n: int = 2, r: int = 32) -> torch.Tensor:
@@ -48,7 +41,7 @@ def test_tree_links_each_detail_to_the_same_place_one_scale_coarser():
 
 def test_full_code_reconstructs_exactly_and_the_decoder_replays_positions():
     cfg = preset("tiny", max_tokens=256, code="wavelet", direct_dim=0)   # 256 x 12 = 3 x 32 x 32
-    wp = _fitted(cfg)
+    wp = fitted_code(WaveletPath, cfg)
     x = torch.rand(3, 3, 32, 32)
     code = wp.analyse(x)
     assert torch.allclose(wp.synthesise(code), x, atol=1e-4)
@@ -61,7 +54,7 @@ def test_full_code_reconstructs_exactly_and_the_decoder_replays_positions():
 
 def test_order_follows_where_the_detail_is():
     cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
-    wp = _fitted(cfg)
+    wp = fitted_code(WaveletPath, cfg)
     x = _corner_detail()
     code = wp.analyse(x)
     l1 = wp.prefix_l1(x, code, 4)
@@ -76,7 +69,7 @@ def test_order_follows_where_the_detail_is():
 
 def test_detail_and_l1_hints_are_exact():
     cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
-    wp = _fitted(cfg)
+    wp = fitted_code(WaveletPath, cfg)
     x = torch.rand(2, 3, 32, 32)
     x[0] = 0.5
     code = wp.analyse(x)

@@ -22,7 +22,8 @@ def as_if_trained(model):
     head = model.base.head
     last = head[-1] if isinstance(head, torch.nn.Sequential) else head
     with torch.no_grad():
-        for p in (*model.bottleneck[-1].parameters(), *last.parameters()):
+        corrections = [] if model.bottleneck is None else [*model.bottleneck[-1].parameters()]
+        for p in (*corrections, *last.parameters()):
             p.normal_(0.0, 0.05)
     return model
 

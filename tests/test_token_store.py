@@ -20,7 +20,7 @@ from karl_cli.runtime import to_model_input
 from karl_cli.token_store import decode_folder, encode_folder, recon_names
 from karl_cli.weights import model_id
 
-from conftest import make_images
+from conftest import as_if_trained, make_images
 from karl_helpers import spread_halting
 
 
@@ -68,7 +68,11 @@ def test_encode_writes_tokens_and_index(model, folder, tmp_path, monkeypatch):
     assert torch.allclose(t["tokens"][a:b], tok, atol=1e-6)
 
 
-def test_encode_decode_reproduces_recon_exactly(model, folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", ["dct", "wavelet"])
+def test_encode_decode_reproduces_recon_exactly(code, folder, tmp_path, monkeypatch):
+    # A wavelet model's decoder replays token positions from the stored values: they must come back exact.
+    torch.manual_seed(0)
+    model = spread_halting(as_if_trained(KARL(preset("tiny", code=code))).eval())
     monkeypatch.setattr(token_store, "DECODE_CHUNK", 4)   # several decode chunks across token files
     out, recon, dec = tmp_path / "tok", tmp_path / "recon", tmp_path / "dec"
     res = encode_folder([folder], model, 0.05, out, recon_dir=recon, batch_size=5, images_per_shard=3)

@@ -383,7 +383,8 @@ def correlate(
                                           help="Savoias folder (Images/<Category>/, 'Ground truth/xlsx/')."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="CSV of any rated set: path, rating[, category]; "
                                            "relative paths resolve against the CSV's folder."),
-    eps: List[float] = typer.Option([0.05], "--eps", help="Target error ε (repeat for several)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target error ε (repeat for several; default "
+                                              "0.03, the ε that ranks most like people on Savoias)."),
     method: Optional[str] = typer.Option(None, "--method", help="single (one pass: KC, soft KC), search or prefix; "
                                          "default: single, or search for models without a halting head (ALIT)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI of ρ (0: none)."),
@@ -403,8 +404,8 @@ def correlate(
     """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .correlate import CORRELATE_EPS, rich_table
     from .correlate import correlate as run_correlate
-    from .correlate import rich_table
     from .runtime import resolve_device
     from .savoias import load_ratings
 
@@ -425,7 +426,7 @@ def correlate(
         bar.update(task, completed=done, total=total)
 
     with bar:
-        result = run_correlate(rated, model=model, eps=eps, method=method, bootstrap=bootstrap,
+        result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
                                cache=False if no_cache else cache, progress=on_progress)

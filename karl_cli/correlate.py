@@ -40,6 +40,11 @@ ALL = "all"
 
 
 # --- identities ------------------------------------------------------------------------------------
+# Default ε for correlating with ratings: on the Savoias dev half the finest ε that 256 tokens reach
+# for most photos ranks them most like people do (pooled ρ 0.59 at 0.03 vs 0.55 at 0.05 for the
+# wavelet default; 0.51 vs 0.50 for the old DCT one).
+CORRELATE_EPS = 0.03
+
 def file_sha256(path: str | os.PathLike) -> str | None:
     """sha256 of a file's bytes; None if it cannot be read (it is then scored but not cached)."""
     h = hashlib.sha256()
@@ -181,7 +186,7 @@ def _load_model(model, weights, device):
 
 
 def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: str | os.PathLike | None = None,
-              model=None, weights: str | os.PathLike | None = None, eps: float | Sequence[float] = (0.05,),
+              model=None, weights: str | os.PathLike | None = None, eps: float | Sequence[float] = (CORRELATE_EPS,),
               method: str = "single", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
               batch_size: int = 64, workers: int = 0, device: str | None = None,
               cache: str | os.PathLike | bool | None = None, progress: Callable | None = None

@@ -153,6 +153,16 @@ def test_cli_writes_results_and_plots(savoias, weights, tmp_path):
         assert im.size[0] > 300 and im.size[1] > 200
 
 
+def test_cli_and_library_score_at_eps_003_by_default(savoias, weights, tmp_path):
+    out = tmp_path / "results.csv"
+    res = CliRunner().invoke(app, ["correlate", str(savoias), "--weights", str(weights), "--bootstrap", "0",
+                                   "--out", str(out), "--no-cache", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(out).eps.dropna()) == {0.03}
+    results, _ = correlate(savoias, weights=weights, bootstrap=0, cache=False)
+    assert set(results.eps.dropna()) == {0.03}
+
+
 def test_cli_usage_errors(savoias, weights, tmp_path):
     runner = CliRunner()
     (tmp_path / "flat").mkdir()

@@ -122,10 +122,13 @@ class SpectralPath(nn.Module):
                 out[:, s] = (recon.view(b, 3, r, r).clamp(0.0, 1.0) - x).abs().mean(dim=(1, 2, 3))
             return out
 
-    def synthesise(self, codes: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens count as 0."""
+    def synthesise(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens, and those
+        where ``keep`` (B, T) is False, count as 0."""
         b = codes.shape[0]
         r = self.resolution
+        if keep is not None:
+            codes = torch.where(keep.unsqueeze(-1), codes, torch.zeros_like(codes))
         with torch.autocast(codes.device.type, enabled=False):
             flat = codes.float().flatten(1)
             k = flat.shape[1]

@@ -403,20 +403,21 @@ class KARL(Tokenizer):
     # --- decoder -------------------------------------------------------------------------------
     def decode_tokens(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruct from latents (B,T,latent_dim); tokens where ``keep`` is False are dropped
-        from the computation entirely, so their values cannot affect the output."""
+        from the computation entirely, so their values cannot affect the output (for an ordered code,
+        whose positions follow earlier values, when ``keep`` is a prefix, as ``kept`` makes it)."""
         cfg = self.config
         b, t, _ = latents.shape
         n = cfg.num_2d_tokens
         z = self.unbottleneck(latents) + self.dec_latent_pos[:, :t]
         queries = self.mask_token.expand(b, n, -1) + self.dec_pos_2d
         # Halted tokens are zeros for the linear paths below (the attention path drops them instead).
-        kept = latents if keep is None else torch.where(keep.unsqueeze(-1), latents, torch.zeros_like(latents))
         if self.direct is not None:
+            kept = latents if keep is None else torch.where(keep.unsqueeze(-1), latents, torch.zeros_like(latents))
             queries = queries + self.direct.spread(kept)
         linear = None
         if self.spectral is not None:
             # The linear reconstruction of the kept tokens, refined by everything below.
-            linear = self.spectral.synthesise(kept)
+            linear = self.spectral.synthesise(latents, keep)
             queries = queries + self.recon_embed(linear.to(queries.dtype) * 2.0 - 1.0).flatten(2).transpose(1, 2)
         attn_mask = None
         if keep is not None and not bool(keep.all()):

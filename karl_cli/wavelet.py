@@ -94,6 +94,13 @@ def haar_tree(channels: int, resolution: int) -> tuple[torch.Tensor, torch.Tenso
     return parent, children
 
 
+def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (3, 3) applied to the colour of every pixel of x (B, 3, H, W): one batched matmul,
+    an order of magnitude faster on CPU than the equivalent einsum (``prefix_l1`` runs it per step)."""
+    b, c, h, w = x.shape
+    return (matrix @ x.reshape(b, c, h * w)).view(b, c, h, w)
+
+
 def _version(t: torch.Tensor) -> int | None:
     """In-place writes to a tensor bump its version; inference tensors have none (and are not
     written to outside inference mode)."""
@@ -131,11 +138,11 @@ class WaveletPath(nn.Module):
 
     def _coefficients(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() - self.colour_mean.view(1, 3, 1, 1)
-        return haar_forward(torch.einsum("bchw,cd->bdhw", x, self.colour_basis))
+        return haar_forward(_mix(self.colour_basis.T, x))
 
     def _pixels(self, coefficients: torch.Tensor) -> torch.Tensor:
         x = haar_inverse(coefficients, 3, self.resolution)
-        return torch.einsum("bdhw,cd->bchw", x, self.colour_basis) + self.colour_mean.view(1, 3, 1, 1)
+        return _mix(self.colour_basis, x) + self.colour_mean.view(1, 3, 1, 1)
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
@@ -225,12 +232,16 @@ class WaveletPath(nn.Module):
                 out[:, s] = (self._pixels(acc).clamp(0.0, 1.0) - x).abs().mean(dim=(1, 2, 3))
             return out
 
-    def synthesise(self, codes: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens count as 0
-        (and since positions follow values, only a prefix of the tokens decodes faithfully)."""
+    def synthesise(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens, and those
+        where ``keep`` (B, T) is False, count as 0. Positions are replayed from all the codes given,
+        so with ``keep`` a prefix the result is that of the kept tokens alone, and the codes
+        ``analyse`` just made need no replay."""
         with torch.autocast(codes.device.type, enabled=False):
             codes = codes.float()
             pos = self.positions(codes)
-            coef = codes.new_zeros(codes.shape[0], self.size).scatter_(
-                1, pos.flatten(1), (codes * self.scale[pos]).flatten(1))
+            values = codes * self.scale[pos]
+            if keep is not None:
+                values = torch.where(keep.unsqueeze(-1), values, torch.zeros_like(values))
+            coef = codes.new_zeros(codes.shape[0], self.size).scatter_(1, pos.flatten(1), values.flatten(1))
             return self._pixels(coef)

@@ -106,3 +106,19 @@ def test_wavelet_config_is_checked():
     with pytest.raises(ValueError, match="arch 'karl'"):
         preset("tiny", code="wavelet", arch="alit")
     assert preset("small", arch="alit").code == "dct" and preset("small").code == "wavelet"
+
+
+def test_decoding_a_kept_prefix_ignores_the_dropped_tokens():
+    torch.manual_seed(0)
+    model = KARL(preset("tiny", code="wavelet", direct_dim=0)).eval()
+    x = _corner_detail(2)
+    with torch.no_grad():
+        enc = model.encode(x, 0.05)
+        keep = torch.zeros_like(enc.keep)
+        keep[:, :8] = True
+        garbage = enc.latents.clone()
+        garbage[:, 8:] = torch.randn_like(garbage[:, 8:])
+        a = model.decode_tokens(enc.latents, keep)            # positions remembered from analyse
+        b = model.decode_tokens(garbage, keep)                # positions replayed, other values after the prefix
+        c = model.decode_tokens(enc.latents[:, :8].clone())   # the prefix alone
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)

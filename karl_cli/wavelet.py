@@ -101,12 +101,6 @@ def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (matrix @ x.reshape(b, c, h * w)).view(b, c, h, w)
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """In-place writes to a tensor bump its version; inference tensors have none (and are not
-    written to outside inference mode)."""
-    return None if t.is_inference() else t._version
-
-
 class WaveletPath(nn.Module):
     """Analyse images into adaptively ordered, unit-variance Haar codes (B, T, latent_dim), and
     synthesise back. Same interface as ``SpectralPath``; ``ordered``: token positions depend on
@@ -132,9 +126,10 @@ class WaveletPath(nn.Module):
         self.register_buffer("colour_mean", torch.full((3,), 0.5))
         self.register_buffer("colour_basis", torch.eye(3))          # columns: colour axes
         self.register_buffer("scale", torch.ones(self.size))        # std of each coefficient
-        # The last codes ``analyse`` made and their positions: the halting hints read them again
-        # straight away, and replaying the order costs as much as making it.
-        self._memo: tuple[torch.Tensor, torch.Tensor, int | None] | None = None
+        # The last codes ``analyse`` made (a private copy) and their positions. The halting hints, the
+        # decoder and the searches ask for the order of those codes again, or of some of their rows
+        # or prefixes, and replaying it costs as much as making it: ``_recall`` finds them by content.
+        self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _coefficients(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() - self.colour_mean.view(1, 3, 1, 1)
@@ -184,24 +179,41 @@ class WaveletPath(nn.Module):
         """Adaptively ordered, scaled codes of the images: (B, max_tokens, latent_dim), float32."""
         with torch.autocast(images.device.type, enabled=False):
             z = self._coefficients(images) / self.scale
+            if self._memo is not None:
+                made, pos = self._memo
+                rows = self._recall(z.gather(1, pos[:1, 0].expand(z.shape[0], -1)))
+                # Same values at the remembered positions means the same choices at every step.
+                if rows is not None and torch.equal(z.gather(1, pos[rows].flatten(1)).view_as(made[rows]), made[rows]):
+                    return made[rows]
             out = z.new_empty(z.shape[0], self.max_tokens, self.latent_dim)
             pos = torch.empty(out.shape, dtype=torch.long, device=z.device)
             for t, p, vals in self._replay(lambda t, pos: z.gather(1, pos), self.max_tokens, z.shape[0], z.device):
                 out[:, t] = vals
                 pos[:, t] = p
-            self._memo = (out, pos, _version(out))
+            self._memo = (out.clone(), pos)
             return out
 
+    def _recall(self, first: torch.Tensor) -> torch.Tensor | None:
+        """For first tokens (B, latent_dim), the rows of the remembered codes that start alike, or
+        None if some row has no such match (the caller checks the rest of each row)."""
+        made = self._memo[0]
+        if first.device != made.device:
+            return None
+        same = (first[:, None, :] == made[None, :, 0, :]).all(-1)
+        if not bool(same.any(1).all()):
+            return None
+        return same.to(torch.int8).argmax(1)
+
     def positions(self, codes: torch.Tensor) -> torch.Tensor:
-        """The coefficient index of every code value (B, T, latent_dim), replayed from the codes."""
+        """The coefficient index of every code value (B, T, latent_dim), replayed from the codes (or
+        recalled, for codes ``analyse`` just made)."""
         b, t, _ = codes.shape
         codes = codes.float()
-        if self._memo is not None:
-            made, pos, version = self._memo
-            # The same storage, layout and contents as ``analyse``'s output (or a prefix of it).
-            if (codes.data_ptr() == made.data_ptr() and codes.stride() == made.stride() and b == made.shape[0]
-                    and t <= made.shape[1] and _version(made) == version):
-                return pos[:, :t]
+        if self._memo is not None and 0 < t <= self._memo[0].shape[1]:
+            made, pos = self._memo
+            rows = self._recall(codes[:, 0])
+            if rows is not None and torch.equal(made[rows, :t], codes):
+                return pos[rows, :t]
         out = torch.empty(b, t, self.latent_dim, dtype=torch.long, device=codes.device)
         for i, pos, _ in self._replay(lambda i, pos: codes[:, i], t, b, codes.device):
             out[:, i] = pos

@@ -45,11 +45,12 @@ def test_full_code_reconstructs_exactly_and_the_decoder_replays_positions():
     x = torch.rand(3, 3, 32, 32)
     code = wp.analyse(x)
     assert torch.allclose(wp.synthesise(code), x, atol=1e-4)
-    pos = wp.positions(code.clone())                                        # replayed from the values
+    pos = wp.positions(code)                                                # recalled from analyse
     assert all(len(set(p.flatten().tolist())) == 3 * 32 * 32 for p in pos)   # every coefficient once
-    assert torch.equal(wp.positions(code), pos)                             # remembered from analyse
+    wp._memo = None
+    assert torch.equal(wp.positions(code), pos)                             # replayed from the values
     # A prefix decodes to what the first tokens hold: positions depend only on earlier tokens.
-    assert torch.equal(wp.positions(code[:, :40].clone()), pos[:, :40])
+    assert torch.equal(wp.positions(code[:, :40]), pos[:, :40])
 
 
 def test_order_follows_where_the_detail_is():
@@ -122,3 +123,25 @@ def test_decoding_a_kept_prefix_ignores_the_dropped_tokens():
         b = model.decode_tokens(garbage, keep)                # positions replayed, other values after the prefix
         c = model.decode_tokens(enc.latents[:, :8].clone())   # the prefix alone
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+
+
+def test_recalled_orders_match_replayed_ones():
+    cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
+    wp = fitted_code(WaveletPath, cfg)
+    x = torch.rand(4, 3, 32, 32)
+    x[2] = 0.5
+    code = wp.analyse(x)
+    rows = torch.tensor([3, 1])
+    again = wp.analyse(x[rows])                    # recalled: same values at the remembered positions
+    pos = wp.positions(code[rows][:, :20])         # recalled for some rows and a prefix
+    wp._memo = None
+    assert torch.equal(again, wp.analyse(x[rows]))
+    wp._memo = None
+    assert torch.equal(pos, wp.positions(code[rows][:, :20]))
+    # Codes that differ from the remembered ones after the first token are replayed, not recalled.
+    wp.analyse(x)
+    changed = code.clone()
+    changed[:, 5] += 1.0
+    wp_fresh = fitted_code(WaveletPath, cfg)
+    assert torch.equal(wp.positions(changed), wp_fresh.positions(changed))
+    assert not torch.equal(wp.positions(changed), wp.positions(code))

@@ -7,6 +7,10 @@ from karl_cli import KARL, preset
 from karl_cli.wavelet import WaveletPath, haar_forward, haar_inverse, haar_tree
 
 
+def _wavelet_path(max_tokens: int = 64) -> WaveletPath:
+    return fitted_code(WaveletPath, preset("tiny", max_tokens=max_tokens, code="wavelet", direct_dim=0))
+
+
 def _corner_detail(n: int = 2, r: int = 32) -> torch.Tensor:
     """Flat images with noise in one quarter: detail in one place only."""
     torch.manual_seed(1)
@@ -40,8 +44,7 @@ def test_tree_links_each_detail_to_the_same_place_one_scale_coarser():
 
 
 def test_full_code_reconstructs_exactly_and_the_decoder_replays_positions():
-    cfg = preset("tiny", max_tokens=256, code="wavelet", direct_dim=0)   # 256 x 12 = 3 x 32 x 32
-    wp = fitted_code(WaveletPath, cfg)
+    wp = _wavelet_path(max_tokens=256)            # 256 x 12 = 3 x 32 x 32: every coefficient
     x = torch.rand(3, 3, 32, 32)
     code = wp.analyse(x)
     assert torch.allclose(wp.synthesise(code), x, atol=1e-4)
@@ -54,8 +57,7 @@ def test_full_code_reconstructs_exactly_and_the_decoder_replays_positions():
 
 
 def test_order_follows_where_the_detail_is():
-    cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
-    wp = fitted_code(WaveletPath, cfg)
+    wp = _wavelet_path()
     x = _corner_detail()
     code = wp.analyse(x)
     l1 = wp.prefix_l1(x, code, 4)
@@ -69,8 +71,7 @@ def test_order_follows_where_the_detail_is():
 
 
 def test_detail_and_l1_hints_are_exact():
-    cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
-    wp = fitted_code(WaveletPath, cfg)
+    wp = _wavelet_path()
     x = torch.rand(2, 3, 32, 32)
     x[0] = 0.5
     code = wp.analyse(x)
@@ -126,8 +127,7 @@ def test_decoding_a_kept_prefix_ignores_the_dropped_tokens():
 
 
 def test_recalled_orders_match_replayed_ones():
-    cfg = preset("tiny", max_tokens=64, code="wavelet", direct_dim=0)
-    wp = fitted_code(WaveletPath, cfg)
+    wp = _wavelet_path()
     x = torch.rand(4, 3, 32, 32)
     x[2] = 0.5
     code = wp.analyse(x)
@@ -142,6 +142,6 @@ def test_recalled_orders_match_replayed_ones():
     wp.analyse(x)
     changed = code.clone()
     changed[:, 5] += 1.0
-    wp_fresh = fitted_code(WaveletPath, cfg)
+    wp_fresh = _wavelet_path()
     assert torch.equal(wp.positions(changed), wp_fresh.positions(changed))
     assert not torch.equal(wp.positions(changed), wp.positions(code))

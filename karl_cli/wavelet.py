@@ -27,6 +27,7 @@ KARL adds no learned correction to this code (``ordered``), and a model keeps to
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -119,9 +120,7 @@ class WaveletPath(nn.Module):
         self.size = 3 * r * r
         if cfg.max_tokens * cfg.latent_dim > self.size:
             raise ValueError(f"max_tokens x latent_dim exceeds the {self.size} values of an image")
-        parent, children = haar_tree(3, r)
-        self.register_buffer("parent", parent, persistent=False)
-        self.register_buffer("kids", children, persistent=False)
+        self.register_buffer("kids", haar_tree(3, r)[1], persistent=False)   # children of each coefficient
         # Fitted statistics (``fit``); these defaults are a usable code before fitting.
         self.register_buffer("colour_mean", torch.full((3,), 0.5))
         self.register_buffer("colour_basis", torch.eye(3))          # columns: colour axes
@@ -149,7 +148,8 @@ class WaveletPath(nn.Module):
         self.colour_basis.copy_(vecs.flip(1))                        # largest variance first
         self.scale.copy_(self._coefficients(images).var(0).sqrt().clamp_min(1e-4))
 
-    def _replay(self, values, tokens: int, batch: int, device: torch.device):
+    def _replay(self, values: Callable[[int, torch.Tensor], torch.Tensor], tokens: int, batch: int,
+                device: torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Choose the coefficients of tokens 0..tokens-1. ``values(t, positions)`` gives token t's
         normalised values at its chosen positions (B, latent_dim): read from the image when encoding,
         from the tokens when decoding; both see the same numbers, so they choose alike.
@@ -160,7 +160,7 @@ class WaveletPath(nn.Module):
         # Not yet available: below every available coefficient, in a fixed order (the prior's).
         waiting = -1.0 - torch.argsort(torch.argsort(var, descending=True)).float()
         pri = torch.cat([waiting, waiting.new_tensor([-math.inf])]).expand(batch, -1).clone()
-        roots = torch.arange(12, device=device)                      # colour means + coarsest details
+        roots = torch.arange(3 * (1 + 3), device=device)             # colour means + coarsest details
         pri[:, roots] = var[roots]
         done = torch.zeros(batch, n + 1, dtype=torch.bool, device=device)
         done[:, n] = True

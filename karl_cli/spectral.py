@@ -33,6 +33,26 @@ def dct_matrix(n: int) -> torch.Tensor:
     return m.float()
 
 
+@torch.no_grad()
+def fit_colour(path: nn.Module, images: torch.Tensor) -> None:
+    """Set a linear code's ``colour_mean`` and ``colour_basis`` (columns: principal colour axes,
+    largest variance first) from training images in [0, 1]."""
+    pixels = images.float().permute(0, 2, 3, 1).reshape(-1, 3)
+    mean = pixels.mean(0)
+    _, vecs = torch.linalg.eigh(torch.cov((pixels - mean).T))
+    path.colour_mean.copy_(mean)
+    path.colour_basis.copy_(vecs.flip(1))
+
+
+def log_rms_left(images: torch.Tensor, colour_mean: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+    """log RMS pixel error left after each token (B, T), given the energy (B, T) of the coefficients
+    sent up to each token of an orthonormal code about ``colour_mean``: by Parseval, the images'
+    energy about that mean less what was sent."""
+    x = images.float() - colour_mean.view(1, 3, 1, 1)
+    total = x.square().flatten(1).sum(1, keepdim=True)
+    return 0.5 * torch.log((total - sent).clamp_min(0.0) / x[0].numel() + 1e-6)
+
+
 class SpectralPath(nn.Module):
     """Analyse images into ordered, unit-variance DCT codes (B, T, latent_dim), and synthesise back.
 
@@ -65,12 +85,7 @@ class SpectralPath(nn.Module):
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
         """Fit the colour basis, coefficient order and scales to a batch of training images in [0, 1]."""
-        pixels = images.float().permute(0, 2, 3, 1).reshape(-1, 3)
-        mean = pixels.mean(0)
-        cov = torch.cov((pixels - mean).T)
-        _, vecs = torch.linalg.eigh(cov)
-        self.colour_mean.copy_(mean)
-        self.colour_basis.copy_(vecs.flip(1))                        # largest variance first
+        fit_colour(self, images)
         var = self._coefficients(images).var(0)
         top = torch.argsort(var, descending=True)[: self.size]
         self.order.copy_(top)
@@ -89,10 +104,8 @@ class SpectralPath(nn.Module):
         (Parseval) the images' total energy about the colour mean is that of all their coefficients,
         and no second transform is needed."""
         with torch.autocast(images.device.type, enabled=False):
-            x = images.float() - self.colour_mean.view(1, 3, 1, 1)
-            total = x.square().flatten(1).sum(1, keepdim=True)
             coded = (code.float().flatten(1) * self.scale).square().cumsum(1)[:, self.latent_dim - 1::self.latent_dim]
-            return 0.5 * torch.log((total - coded).clamp_min(0.0) / x[0].numel() + 1e-6)
+            return log_rms_left(images, self.colour_mean, coded)
 
     def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
         """Pixel L1 of the clamped linear reconstruction after every ``step`` tokens of codes (B, T, 12):

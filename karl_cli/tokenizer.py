@@ -270,9 +270,9 @@ class Tokenizer(nn.Module):
         if cfg.spectral:
             self.code_embed = nn.Linear(cfg.latent_dim, w)        # each latent starts from its own code
             self.recon_embed = conv_stem(cfg, dw)                  # the decoder sees the linear reconstruction
-        if self.bottleneck is not None and cfg.spectral:
-            nn.init.zeros_(self.bottleneck[-1].weight)             # tokens start as the spectral code
-            nn.init.zeros_(self.bottleneck[-1].bias)
+            if self.bottleneck is not None:
+                nn.init.zeros_(self.bottleneck[-1].weight)         # tokens start as the spectral code
+                nn.init.zeros_(self.bottleneck[-1].bias)
 
     def spectral_code(self, images: torch.Tensor) -> torch.Tensor | None:
         """The images' spectral code (B, T_max, latent_dim), or None for a model without one."""

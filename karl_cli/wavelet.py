@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from .config import KARLConfig
+from .spectral import fit_colour, log_rms_left
 
 # Weight of the training prior against the parent's observed strength in a child's priority.
 KAPPA = 0.3
@@ -77,7 +78,7 @@ def haar_tree(channels: int, resolution: int) -> tuple[torch.Tensor, torch.Tenso
     n = channels * resolution * resolution
     parent = torch.full((n,), -1, dtype=torch.long)
     children = torch.full((n, 4), n, dtype=torch.long)
-    start = {1: channels}                      # first index of the details at each side length
+    start = {}                                 # first index of the details at each side length
     s, i = 1, channels
     while s < resolution:
         start[s] = i
@@ -141,11 +142,7 @@ class WaveletPath(nn.Module):
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
         """Fit the colour basis and coefficient scales to a batch of training images in [0, 1]."""
-        pixels = images.float().permute(0, 2, 3, 1).reshape(-1, 3)
-        mean = pixels.mean(0)
-        _, vecs = torch.linalg.eigh(torch.cov((pixels - mean).T))
-        self.colour_mean.copy_(mean)
-        self.colour_basis.copy_(vecs.flip(1))                        # largest variance first
+        fit_colour(self, images)
         self.scale.copy_(self._coefficients(images).var(0).sqrt().clamp_min(1e-4))
 
     def _replay(self, values: Callable[[int, torch.Tensor], torch.Tensor], tokens: int, batch: int,
@@ -223,10 +220,8 @@ class WaveletPath(nn.Module):
         """log RMS pixel error left after each token (B, T): by Parseval, the images' energy about
         the colour mean less that of the coefficients sent so far."""
         with torch.autocast(images.device.type, enabled=False):
-            x = images.float() - self.colour_mean.view(1, 3, 1, 1)
-            total = x.square().flatten(1).sum(1, keepdim=True)
             sent = (code.float() * self.scale[self.positions(code)]).square().sum(2).cumsum(1)
-            return 0.5 * torch.log((total - sent).clamp_min(0.0) / x[0].numel() + 1e-6)
+            return log_rms_left(images, self.colour_mean, sent)
 
     def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
         """Pixel L1 of the clamped reconstruction after every ``step`` tokens (B, T / step)."""

@@ -356,8 +356,19 @@ def savoias_table(result) -> dict[str, Any]:
             ci = f" [{r['spearman_lo']:.2f}, {r['spearman_hi']:.2f}]" if math.isfinite(r["spearman_lo"]) else ""
             cells.append(f"{r['spearman']:.2f}{ci}")
             raw[name] = {"spearman": _f(r["spearman"]), "lo": _f(r["spearman_lo"]), "hi": _f(r["spearman_hi"])}
+        for e in result.eps:   # KC − JPEG on the same images, paired bootstrap CI
+            name = f"KC − JPEG ε={e:g}"
+            m = sub[(sub["method"] == "karl_kc") & np.isclose(sub["eps"].astype(float), e)]
+            r = m.iloc[0] if len(m) else None
+            if r is None or not math.isfinite(r["vs_jpeg"]):
+                cells.append("—")
+                raw[name] = None
+                continue
+            ci = f" [{r['vs_jpeg_lo']:+.2f}, {r['vs_jpeg_hi']:+.2f}]" if math.isfinite(r["vs_jpeg_lo"]) else ""
+            cells.append(f"{r['vs_jpeg']:+.2f}{ci}")
+            raw[name] = {"delta": _f(r["vs_jpeg"]), "lo": _f(r["vs_jpeg_lo"]), "hi": _f(r["vs_jpeg_hi"])}
         rows.append({"category": str(cat), "n": int(sub["n"].max()) if len(sub) else 0, "cells": cells, "rho": raw})
-    return {"columns": [c[0] for c in cols], "rows": rows, "bootstrap": result.n_boot,
+    return {"columns": [c[0] for c in cols] + [f"KC − JPEG ε={e:g}" for e in result.eps], "rows": rows, "bootstrap": result.n_boot,
             "summary": result.rated.summary(), "notes": list(result.rated.notes) + list(result.notes)}
 
 

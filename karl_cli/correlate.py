@@ -6,7 +6,9 @@
 Scores come from ``complexity.score`` (one scoring loop in the project) and are cached per
 (image content hash, model id, ε, method), so a re-run with another ``--bootstrap`` or ``--plot``
 does not run the model again. Results: one row per (category | ``all``, method, ε) with n, Spearman
-ρ and its seeded percentile-bootstrap 95% CI, Pearson r and Kendall τ-b.
+ρ and its seeded percentile-bootstrap 95% CI, Pearson r and Kendall τ-b; KARL's rows add
+``vs_jpeg``, ρ − ρ(JPEG bpp) on the same images, with a paired bootstrap CI (``stats.spearman_difference``):
+an interval above 0 says KC ranks those images better than JPEG's bytes do.
 """
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ from .atomic import atomic_path
 from .complexity import METHODS
 from .errors import UsageError
 from .savoias import RatedSet, load_ratings
-from .stats import correlation
+from .stats import correlation, spearman_difference
 from .weights import model_id
 
 RESULT_COLUMNS = ["category", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
-                  "kendall", "reason"]
+                  "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi"]
 PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc", "kc_soft", "max_tokens", "l1",
                      "jpeg_bpp", "png_bpp", "status", "error", "sha256"]
 SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "jpeg_bpp", "png_bpp", "encoder_runs", "decoder_runs"]
@@ -299,7 +301,10 @@ def _results_frame(per_image: pd.DataFrame, categories: list[str], eps_list, met
             ge = g[g["eps"] == e]
             for label, col in method_names(method):
                 if method != "single" or col == "kc" or ge[col].notna().any():
-                    rows.append(_row(name, label, e, ge[col], ge["rating"], n_boot, seed, level))
+                    row = _row(name, label, e, ge[col], ge["rating"], n_boot, seed, level)
+                    d = spearman_difference(_floats(ge[col]), _floats(ge["jpeg_bpp"]), _floats(ge["rating"]),
+                                            n_boot=n_boot, seed=seed, level=level)
+                    rows.append({**row, "vs_jpeg": d.delta, "vs_jpeg_lo": d.lo, "vs_jpeg_hi": d.hi})
         first = g[g["eps"] == eps_list[0]]
         for b in BASELINES:
             rows.append(_row(name, b, math.nan, first[b], first["rating"], n_boot, seed, level))
@@ -314,7 +319,8 @@ def _row(category, method, eps, x, y, n_boot, seed, level) -> dict:
     c = correlation(_floats(x), _floats(y), n_boot=n_boot, seed=seed, level=level)
     return {"category": category, "method": method, "eps": eps, "n": c.n, "spearman": c.spearman,
             "spearman_lo": c.spearman_lo, "spearman_hi": c.spearman_hi, "pearson": c.pearson,
-            "kendall": c.kendall, "reason": c.reason}
+            "kendall": c.kendall, "reason": c.reason, "vs_jpeg": math.nan, "vs_jpeg_lo": math.nan,
+            "vs_jpeg_hi": math.nan}
 
 
 # --- terminal rendering ------------------------------------------------------------------------------
@@ -328,6 +334,17 @@ def _fmt_rho(row) -> str:
         return f"n/a\n[dim]{why}[/]"
     ci = f"\n[dim][{row['spearman_lo']:.2f}, {row['spearman_hi']:.2f}][/]" if math.isfinite(row["spearman_lo"]) else ""
     return f"{row['spearman']:.2f}{ci}"
+
+
+def _fmt_gap(row) -> str:
+    """ρ − ρ(JPEG) signed, green where its CI lies above 0, red where below; the CI dimmed beneath."""
+    if row is None or not math.isfinite(row["vs_jpeg"]):
+        return "—"
+    lo, hi = row["vs_jpeg_lo"], row["vs_jpeg_hi"]
+    colour = "green" if lo > 0 else "red" if hi < 0 else ""
+    head = f"{row['vs_jpeg']:+.2f}"
+    head = f"[{colour}]{head}[/]" if colour else head
+    return head + (f"\n[dim][{lo:+.2f}, {hi:+.2f}][/]" if math.isfinite(lo) else "")
 
 
 def _bold(cell: str) -> str:
@@ -350,12 +367,14 @@ def rich_table(result: CorrelationResult, title: str | None = None):
                     "_kc", " KC"))
                 cols.append((f"{name} ε={e:g}", label, e))
     cols += [("JPEG bpp", "jpeg_bpp", None), ("PNG bpp", "png_bpp", None)]
+    # KC − JPEG per ε (the first KARL measure): the paired test of "KC beats JPEG".
+    gaps = [(f"{h.split(' ε=')[0]} − JPEG ε={e:g}", m, e) for h, m, e in cols[:-2] if m == cols[0][1]]
     table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, title=title or f"Spearman ρ with human ratings [{100 * result.level:g}% bootstrap CI, "
                                  f"{result.n_boot} resamples, seed {result.seed}]", title_justify="left")
     cats = list(dict.fromkeys(res["category"]))
     table.add_column("category", no_wrap=True, min_width=max([len(str(c)) for c in cats] + [8]))
     table.add_column("n", justify="right", no_wrap=True)
-    for header, _, _ in cols:
+    for header, _, _ in cols + gaps:
         table.add_column(header, justify="right")
     for cat in cats:
         sub = res[res["category"] == cat]
@@ -368,6 +387,9 @@ def rich_table(result: CorrelationResult, title: str | None = None):
         best = max(rhos) if rhos else -math.inf
         if math.isfinite(best):
             cells = [_bold(c) if r == best else c for c, r in zip(cells, rhos)]
+        for _, method, e in gaps:
+            m = sub[(sub["method"] == method) & np.isclose(sub["eps"].astype(float), e)]
+            cells.append(_fmt_gap(m.iloc[0] if len(m) else None))
         n = int(sub["n"].max()) if len(sub) else 0
         table.add_row("[bold]all[/]" if cat == ALL else cat, str(n), *cells)
     return table

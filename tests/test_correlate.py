@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import karl_cli.complexity as complexity
 from karl_cli import KARL, preset
 from karl_cli.cli import app
-from karl_cli.correlate import RESULT_COLUMNS, correlate
+from karl_cli.correlate import RESULT_COLUMNS, _results_frame, correlate
 from karl_cli.weights import model_id
 from karl_cli.errors import UsageError
 from karl_cli.weights import load_pretrained
@@ -72,9 +72,30 @@ def test_results_table(savoias, weights, tmp_path):
     assert jpeg_all.spearman > 0.8 and jpeg_all.spearman_lo <= jpeg_all.spearman <= jpeg_all.spearman_hi
     assert len(per_image) == 2 * N_IMAGES and (per_image.status == "ok").all()
     assert set(per_image.kc.dropna()) <= set(range(0, 17))
+    assert results[~results.method.str.startswith("karl_")].vs_jpeg.isna().all()
     # Undefined coefficients (a random model may give every image the same KC) come with a reason.
     nan_rows = results[results.spearman.isna()]
     assert (nan_rows.reason != "").all()
+
+
+def test_karl_rows_carry_their_paired_gap_to_jpeg():
+    # Scores where KC tracks the ratings better than JPEG does in one category and worse in the other.
+    rng = np.random.default_rng(0)
+    rows = []
+    for cat, kc_noise, jpeg_noise in (("Scenes", 0.2, 2.0), ("Art", 2.0, 0.2)):
+        rating = rng.uniform(0, 100, 80)
+        for r in rating:
+            rows.append({"category": cat, "rating": r, "eps": 0.03, "status": "ok",
+                         "kc": r + 30 * kc_noise * rng.normal(), "kc_soft": r + 30 * rng.normal(),
+                         "jpeg_bpp": r + 30 * jpeg_noise * rng.normal(), "png_bpp": r + 30 * rng.normal()})
+    res = _results_frame(pd.DataFrame(rows), ["Scenes", "Art"], [0.03], "single", 300, 0, 0.95)
+    ix = res.set_index(["category", "method"])
+    for cat in ("Scenes", "Art", "all"):
+        kc = ix.loc[(cat, "karl_kc")]
+        assert kc.vs_jpeg == pytest.approx(kc.spearman - ix.loc[(cat, "jpeg_bpp")].spearman)
+        assert kc.vs_jpeg_lo < kc.vs_jpeg < kc.vs_jpeg_hi
+        assert math.isnan(ix.loc[(cat, "png_bpp")].vs_jpeg)
+    assert ix.loc[("Scenes", "karl_kc")].vs_jpeg_lo > 0 and ix.loc[("Art", "karl_kc")].vs_jpeg_hi < 0
 
 
 def test_cache_avoids_recomputation(savoias, weights, tmp_path, counted):

@@ -81,6 +81,8 @@ def test_report_fields(quality, setup, capsys):
     cats = [row["category"] for row in r["savoias"]["rows"]]
     assert cats[-1] == "all" and "Art" in cats
     assert "JPEG bpp" in r["savoias"]["columns"]
+    assert r["savoias"]["columns"][-2:] == ["KC − JPEG ε=0.1", "KC − JPEG ε=0.3"]
+    assert all(len(row["cells"]) == len(r["savoias"]["columns"]) for row in r["savoias"]["rows"])
 
     text = md.read_text()
     assert text.startswith("### ") and r["machine"]["cpu"] in text and "Command: `python benchmarks/quality.py" in text

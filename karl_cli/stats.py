@@ -151,9 +151,6 @@ class Difference:
     hi: float
     reason: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def spearman_difference(a, b, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Difference:
     """How much better measure ``a`` ranks ``y`` than measure ``b`` does: ρ(a, y) − ρ(b, y).

@@ -140,10 +140,11 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
     ax = fig.add_subplot(gs[2, :])
     colors = _colors(len(adaptive))
     idx = np.arange(cfg.max_tokens)
-    w = 0.8 / len(adaptive)
-    for k, (a, color) in enumerate(zip(adaptive, colors)):
-        ax.bar(idx + (k - (len(adaptive) - 1) / 2) * w, a["p_halt"], width=w, color=color,
-               label=f"ε={a['eps']:g}: KC {a['kc']} (soft {a['kc_soft']:.1f})")
+    # Step lines, not bars: side-by-side bars for several ε blur together at hundreds of tokens.
+    for a, color in zip(adaptive, colors):
+        ax.step(idx, a["p_halt"], where="mid", color=color, linewidth=1.4,
+                label=f"ε={a['eps']:g}: KC {a['kc']} (soft {a['kc_soft']:.1f})")
+        ax.axvline(a["kc"] - 0.5, color=color, linestyle=":", linewidth=1)   # first dropped token
     ax.axhline(cfg.halt_threshold, color="crimson", linestyle="--", linewidth=1,
                label=f"halt threshold {cfg.halt_threshold:g}")
     ax.set_xlim(-0.6, cfg.max_tokens - 0.4)

@@ -49,14 +49,12 @@ def test_shipped_alit_weights_score_by_search():
     from karl_cli.alit import ALIT
 
     alit = load_pretrained(ROOT / "weights" / "alit-small")
-    # The peer shares the default model's resolution, latents and width; it keeps the DCT code (ALIT
-    # corrects its tokens, which the default's ordered wavelet code does not allow), and its
-    # architecture, step and T_max (256, trained for the previous default) differ.
+    # The peer shares the default model's sizes; it keeps the DCT code (ALIT corrects its tokens,
+    # which the default's ordered wavelet code does not allow), and its architecture and step differ.
     small = preset("small")
     assert isinstance(alit, ALIT) and alit.config.spectral and alit.config.code == "dct" != small.code
-    assert (alit.config.resolution, alit.config.latent_dim, alit.config.width) == (
-        small.resolution, small.latent_dim, small.width)
-    assert alit.config.max_tokens == 256 < small.max_tokens
+    assert (alit.config.resolution, alit.config.latent_dim, alit.config.max_tokens, alit.config.width) == (
+        small.resolution, small.latent_dim, small.max_tokens, small.width)
     rows = list(score([ROOT / "examples"], alit, [0.05], method="search"))
     kc = {Path(r["path"]).stem: r["kc"] for r in rows}
     assert kc["constant"] < kc["shapes_many"] and all(r["encoder_runs"] >= 1 for r in rows)

@@ -144,8 +144,8 @@ PRESETS: dict[str, KARLConfig] = {
     # The CPU default model: 384 tokens at 64 px of a Haar wavelet code in an image-adaptive order
     # (wavelet.py), which the decoder refines; the encoder only serves the halting head, so the
     # halting loss may train it. 384, not 256: ε 0.03 takes more than 256 tokens of this code for
-    # a fifth of photos, more than 384 for 3 %. The linear grid<->token shortcuts are left out: the code already
-    # links tokens and pixels.
+    # a fifth of photos, more than 384 for 3 %. The linear grid<->token shortcuts are left out: the
+    # code already links tokens and pixels.
     "small": KARLConfig(max_tokens=384, direct_dim=0, spectral=True, halt_l1=True, code="wavelet",
                         halt_grad_scale=1.0),
 }

@@ -94,6 +94,37 @@ def kendall(x, y) -> float:
     return float(_st.kendalltau(x, y, variant="b").statistic)
 
 
+def _check_bootstrap(n_boot: int, level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+
+
+def _bootstrap(columns: tuple[np.ndarray, ...], n_boot: int, seed: int, stat) -> np.ndarray:
+    """``stat`` of the re-ranked columns (average ranks for ties) on ``n_boot`` resamples of the
+    items, drawn with replacement from a Generator seeded with ``seed``; in chunks, to bound memory."""
+    n = columns[0].size
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_VALUES // n)
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(n_boot, start + chunk) - start, n))
+        out[start:start + len(idx)] = stat(*(_st.rankdata(c[idx], axis=1) for c in columns))
+    return out
+
+
+def _percentile_ci(out: np.ndarray, n_boot: int, level: float) -> tuple[float, float]:
+    """The percentile interval of the defined resampled values; NaNs if too few are defined (tiny n
+    with many ties): no honest interval."""
+    good = out[np.isfinite(out)]
+    if good.size < max(10, n_boot // 2):
+        return math.nan, math.nan
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(good, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def spearman_bootstrap(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95
                        ) -> tuple[float, float, np.ndarray]:
     """Percentile bootstrap CI of Spearman ρ: (lo, hi, the resampled ρ values).
@@ -102,28 +133,12 @@ def spearman_bootstrap(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0
     the same call gives the same interval); each resample is re-ranked (average ranks for ties).
     Resamples that happen to be constant in x or y have no ρ and are left out of the percentiles.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    _check_bootstrap(n_boot, level)
     x, y = _pairs(x, y)
-    n = x.size
     if n_boot == 0 or undefined_reason(x, y):
         return math.nan, math.nan, np.empty(0)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_VALUES // n)
-    out = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = _pearson_rows(_st.rankdata(x[idx], axis=1), _st.rankdata(y[idx], axis=1))
-    good = out[np.isfinite(out)]
-    # Too few defined resamples (tiny n with many ties): no honest interval.
-    if good.size < max(10, n_boot // 2):
-        return math.nan, math.nan, out
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(good, [alpha, 1.0 - alpha])
-    return float(lo), float(hi), out
+    out = _bootstrap((x, y), n_boot, seed, _pearson_rows)
+    return (*_percentile_ci(out, n_boot, level), out)
 
 
 def correlation(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Correlation:
@@ -160,10 +175,7 @@ def spearman_difference(a, b, y, n_boot: int = 1000, seed: int = 0, level: float
     narrower than comparing their separate CIs, and it is the honest test of "a beats b".
     Items where any of the three values is NaN/inf are dropped first.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    _check_bootstrap(n_boot, level)
     a, b, y = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b, y))
     if not a.shape == b.shape == y.shape:
         raise ValueError(f"a, b and y differ in length: {a.size}, {b.size}, {y.size}")
@@ -176,17 +188,6 @@ def spearman_difference(a, b, y, n_boot: int = 1000, seed: int = 0, level: float
     delta = spearman(a, y) - spearman(b, y)
     if n_boot == 0:
         return Difference(n, delta, math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_VALUES // (2 * n))
-    out = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(n_boot, start + chunk) - start, n))
-        ry = _st.rankdata(y[idx], axis=1)
-        out[start:start + len(idx)] = (_pearson_rows(_st.rankdata(a[idx], axis=1), ry)
-                                       - _pearson_rows(_st.rankdata(b[idx], axis=1), ry))
-    good = out[np.isfinite(out)]
-    if good.size < max(10, n_boot // 2):
-        return Difference(n, delta, math.nan, math.nan, "too few bootstrap resamples with a defined ρ")
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(good, [alpha, 1.0 - alpha])
-    return Difference(n, delta, float(lo), float(hi))
+    out = _bootstrap((a, b, y), n_boot, seed, lambda ra, rb, ry: _pearson_rows(ra, ry) - _pearson_rows(rb, ry))
+    lo, hi = _percentile_ci(out, n_boot, level)
+    return Difference(n, delta, lo, hi, "" if math.isfinite(lo) else "too few bootstrap resamples with a defined ρ")

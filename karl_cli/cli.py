@@ -344,6 +344,10 @@ def train(
                                                   "per iteration (default: the preset's)."),
     code: Optional[str] = typer.Option(None, "--code", help="Linear token code: wavelet (adaptive order) or dct "
                                        "(fixed order); default: the preset's (ALIT: dct)."),
+    one_token_budget: Optional[bool] = typer.Option(None, "--one-token-budget/--no-one-token-budget",
+                                                    help="Also offer a budget of 1 token, so a flat image can "
+                                                         "need less than a gradient (default: the preset's; "
+                                                         "KARL only)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
@@ -363,10 +367,10 @@ def train(
     from .trainer import train as run_training
     from .progress import training_progress
 
-    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step), ("code", code))
-             if v is not None}
+    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step), ("code", code),
+                               ("one_token_budget", one_token_budget)) if v is not None}
     if resume and sizes:
-        raise UsageError("--max-tokens, --token-step and --code cannot change a run being resumed")
+        raise UsageError("--max-tokens, --token-step, --code and --one-token-budget cannot change a run being resumed")
     model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch, **sizes))
     tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
                      seed=seed, checkpoint_every=checkpoint_every, cache=cache)
@@ -461,10 +465,14 @@ def calibrate(
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
     synthetic: float = typer.Option(0.125, "--synthetic",
                                     help="Share of samples that are procedural images (flat colours to noise)."),
+    max_undercut: float = typer.Option(0.01, "--max-undercut",
+                                       help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
+                                            "share of held-out crops keep fewer tokens than the oracle (1: keep 0.75)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Retrain the halting head on oracle budgets (smallest prefix meeting each ε); tokens unchanged."""
+    """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
+    threshold; tokens unchanged."""
     from .halting_calibration import calibrate_halting
     from .runtime import prepare_model
 
@@ -472,21 +480,25 @@ def calibrate(
         raise UsageError("--samples must be >= 10 and --steps >= 1")
     if not 0.0 <= synthetic < 1.0:
         raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
+    if not 0.0 <= max_undercut <= 1.0:
+        raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
     model = prepare_model(_load_model(weights), device)
     if not getattr(model, "single_pass", False):
         raise UsageError("only KARL weights have a halting head to calibrate")
     with _progress("calibrate") as update:
         report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
-                                   synthetic=synthetic, progress=lambda stage, done, total: update(done, total))
+                                   synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total))
     card_path = Path(weights) / "model_card.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
     card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "
              f"images, the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
              f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
-             f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}.\n")
+             f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold {report.threshold:g} "
+             f"(held-out pairs below the oracle: {report.undercut:.1%}).\n")
     model.save_pretrained(str(out), card=card)
     console.print(f"held-out |KC - oracle|: {report.error_before:.1f} -> {report.error_after:.1f} tokens; "
-                  f"KC/oracle {report.ratio_before:.2f} -> {report.ratio_after:.2f}")
+                  f"KC/oracle {report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold "
+                  f"{report.threshold:g} ({report.undercut:.1%} of held-out crops below the oracle)")
     console.print(f"[green]done:[/] calibrated weights in {escape(str(out))}")
 
 

@@ -8,7 +8,7 @@ Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=T
 
 - ``path``, ``eps``: the image and the requested ε (the model conditions on the ε bin it rounds up to).
 - ``kc``: token count at ε. ``single`` = KARL's one-pass estimate (T_max - halted tokens);
-  ``search`` / ``prefix`` = the smallest budget (multiple of the token step) whose reconstruction
+  ``search`` / ``prefix`` = the smallest budget (of the model's ``config.budgets``) whose reconstruction
   reaches l1 <= ε, or T_max when none does.
 - ``kc_soft``: Σ(1 - p_halt) for ``single``; for ``search`` / ``prefix`` it equals ``kc``.
 - ``max_tokens``: T_max of the model.

@@ -56,6 +56,7 @@ class KARLConfig:
     mlp_ratio: float = 4.0
     max_tokens: int = 64            # T_max, the number of 1D latent tokens
     token_step: int = 4             # budgets are multiples of this
+    one_token_budget: bool = False  # a KARL model also offers a budget of 1 token (see ``budgets``)
     latent_dim: int = 12            # continuous bottleneck per 1D token
     halt_hidden: int = 64
     direct_dim: int = 32            # width of the linear grid<->token shortcuts (0: attention only)
@@ -78,7 +79,7 @@ class KARLConfig:
         if not isinstance(self.eps_bins, (list, tuple)) or not all(
                 isinstance(e, (int, float)) and not isinstance(e, bool) for e in self.eps_bins):
             problems.append("eps_bins must be a list of numbers")
-        for name in ("spectral", "halt_l1"):
+        for name in ("spectral", "halt_l1", "one_token_budget"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, not {getattr(self, name)!r}")
         if problems:
@@ -101,6 +102,8 @@ class KARLConfig:
             problems.append("max_tokens must be a multiple of token_step")
         if self.spectral and self.max_tokens * self.latent_dim > 3 * self.resolution ** 2:
             problems.append("a spectral model needs max_tokens x latent_dim <= 3 x resolution^2")
+        if self.one_token_budget and self.arch != "karl":
+            problems.append("one_token_budget needs arch 'karl' (ALIT adds token_step tokens per iteration)")
         if self.halt_l1 and not self.spectral:
             problems.append("halt_l1 needs a spectral model")
         if self.width % self.enc_heads or self.dec_width % self.dec_heads:
@@ -122,7 +125,12 @@ class KARLConfig:
 
     @property
     def budgets(self) -> list[int]:
-        return list(range(self.token_step, self.max_tokens + 1, self.token_step))
+        """Token counts a model is trained at and searched over, smallest first: the multiples of
+        ``token_step``, and with ``one_token_budget`` also 1. A code's first token holds the colour
+        means, all a flat image needs: without that budget a flat image and a gradient both take
+        the smallest step and tie."""
+        steps = list(range(self.token_step, self.max_tokens + 1, self.token_step))
+        return [1] + steps if self.one_token_budget and self.token_step > 1 else steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,22 +148,24 @@ PRESETS: dict[str, KARLConfig] = {
     # Seconds on a CPU: for tests.
     "tiny": KARLConfig(resolution=32, patch_size=8, base="conv", base_channels=16, width=32, enc_depth=1,
                        enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4,
-                       halt_hidden=16, direct_dim=8, spectral=True, halt_l1=True),
+                       halt_hidden=16, direct_dim=8, spectral=True, halt_l1=True, one_token_budget=True),
     # The CPU default model: 384 tokens at 64 px of a Haar wavelet code in an image-adaptive order
     # (wavelet.py), which the decoder refines; the encoder only serves the halting head, so the
     # halting loss may train it. 384, not 256: ε 0.03 takes more than 256 tokens of this code for
     # a fifth of photos, more than 384 for 3 %. The linear grid<->token shortcuts are left out: the
-    # code already links tokens and pixels.
+    # code already links tokens and pixels. A 1-token budget lets a flat image need less than a gradient.
     "small": KARLConfig(max_tokens=384, direct_dim=0, spectral=True, halt_l1=True, code="wavelet",
-                        halt_grad_scale=1.0),
+                        halt_grad_scale=1.0, one_token_budget=True),
 }
 
 
 def preset(name: str, **overrides: Any) -> KARLConfig:
-    """A copy of a named preset, with fields overridden. ALIT keeps the DCT code unless told otherwise
-    (it corrects its tokens, which an ordered wavelet code does not allow)."""
+    """A copy of a named preset, with fields overridden. ALIT keeps the DCT code (it corrects its
+    tokens, which an ordered wavelet code does not allow) and whole iterations as budgets unless told
+    otherwise."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     if overrides.get("arch") == "alit":
         overrides.setdefault("code", "dct")
+        overrides.setdefault("one_token_budget", False)
     return dataclasses.replace(PRESETS[name], **overrides)

@@ -70,8 +70,7 @@ def kc_histogram(rows: Iterable[dict[str, Any]], out_png: str | os.PathLike, tit
     return _save(fig, out_png)
 
 
-def _show_budgets(max_tokens: int, step: int, n: int = 5) -> list[int]:
-    budgets = list(range(step, max_tokens + 1, step))
+def _show_budgets(budgets: list[int], n: int = 5) -> list[int]:
     if len(budgets) <= n:
         return budgets
     picks = np.unique(np.round(np.geomspace(1, len(budgets), n)).astype(int)) - 1
@@ -96,7 +95,7 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
         arr = load_for_model(image_path, cfg.resolution)
     except ImageLoadError as e:
         raise UsageError(f"cannot read {image_path}: {e}") from None
-    budgets = list(budgets) if budgets else _show_budgets(cfg.max_tokens, cfg.token_step)
+    budgets = list(budgets) if budgets else _show_budgets(cfg.budgets)
     with inference(dev):
         x = to_model_input(torch.from_numpy(arr.transpose(2, 0, 1).copy()).unsqueeze(0), dev)
         lat = model.encode_tokens(x, torch.zeros(1, dtype=torch.long, device=dev), cfg.max_tokens)[0]

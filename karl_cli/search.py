@@ -1,5 +1,5 @@
 """The search baselines' loop, one for every model and method: try budgets T_1 < T_2 < … (the
-multiples of the token step), decode after each, and stop each (image, ε) at the first budget whose
+model's ``config.budgets``), decode after each, and stop each (image, ε) at the first budget whose
 reconstruction reaches pixel L1 <= ε. The minimal budget is the oracle KC the single pass is
 measured against (T_max when no budget reaches ε).
 

@@ -18,6 +18,7 @@ with the weights as buffers; the DCT matrix is recomputed.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -107,32 +108,36 @@ class SpectralPath(nn.Module):
             coded = (code.float().flatten(1) * self.scale).square().cumsum(1)[:, self.latent_dim - 1::self.latent_dim]
             return log_rms_left(images, self.colour_mean, coded)
 
-    def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
-        """Pixel L1 of the clamped linear reconstruction after every ``step`` tokens of codes (B, T, 12):
-        (B, T / step), entry s the error of tokens 0..(s+1)·step-1, the quantity ε bounds. The RMS of
-        ``detail_left`` tells it only loosely (edges and texture share an RMS but not an L1).
+    def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, ends: Sequence[int]) -> torch.Tensor:
+        """Pixel L1 of the clamped linear reconstruction from the first ``ends[s]`` tokens of codes
+        (B, T, 12), for each s (B, len(ends)); ``ends`` ascending, at most T. That is the quantity ε
+        bounds; the RMS of ``detail_left`` tells it only loosely (edges and texture share an RMS but
+        not an L1).
 
-        Each step adds a sum of separable basis images, one per coefficient: colour axis x row cosine
-        x column cosine; adding them step by step into one running image costs about as much as a
-        small conv layer, and no (coefficients x pixels) basis matrix is stored."""
+        Each segment adds a sum of separable basis images, one per coefficient: colour axis x row
+        cosine x column cosine; adding them segment by segment into one running image costs about as
+        much as a small conv layer, and no (coefficients x pixels) basis matrix is stored."""
         r = self.resolution
         b = images.shape[0]
-        k = step * self.latent_dim
-        n = code.shape[1] // step
+        d = self.latent_dim
         with torch.autocast(images.device.type, enabled=False):
-            order = self.order[: n * k]
-            colour = self.colour_basis.T[order // (r * r)].view(n, k, 3)     # per slot: colour axis,
-            rows = self.dct[(order // r) % r].view(n, k, r)                  # row cosine,
-            cols = self.dct[order % r].view(n, k, r)                         # column cosine
-            a = (code[:, : n * step].float().flatten(1) * self.scale[: n * k]).view(b, n, k)
+            slots = ends[-1] * d
+            order = self.order[:slots]
+            colour = self.colour_basis.T[order // (r * r)]                   # per slot: colour axis,
+            rows = self.dct[(order // r) % r]                                # row cosine,
+            cols = self.dct[order % r]                                       # column cosine
+            a = code[:, : ends[-1]].float().flatten(1) * self.scale[:slots]
             x = images.float()
             recon = self.colour_mean.view(1, 3, 1, 1).expand(b, 3, r, r).reshape(b * 3 * r, r).clone()
-            out = x.new_empty(b, n)
-            for s in range(n):
+            out = x.new_empty(b, len(ends))
+            start = 0
+            for s, end in enumerate(ends):
+                seg = slice(start * d, end * d)
                 # (b, 3, R, K): coefficient x colour x row cosine, then one matmul with the column cosines
-                w = a[:, s, None, None, :] * colour[s].T[None, :, None, :] * rows[s].T[None, None, :, :]
-                recon.addmm_(w.reshape(b * 3 * r, k), cols[s])
+                w = a[:, None, None, seg] * colour[seg].T[None, :, None, :] * rows[seg].T[None, None, :, :]
+                recon.addmm_(w.reshape(b * 3 * r, -1), cols[seg])
                 out[:, s] = (recon.view(b, 3, r, r).clamp(0.0, 1.0) - x).abs().mean(dim=(1, 2, 3))
+                start = end
             return out
 
     def synthesise(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

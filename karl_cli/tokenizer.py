@@ -13,6 +13,7 @@ T_max: every prefix is a valid encoding, and the search baselines can run on the
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -133,7 +134,7 @@ class HaltingHead(nn.Module):
     p_halt stayed the same for every ε for hundreds of CPU steps. A spectral model also hands it,
     per token, the log RMS error its linear code leaves after that token (``detail``): from encoder
     features alone a calibrated head predicted nearly the same KC for a flat image as for noise. With
-    ``halt_l1`` it also reads the log pixel L1 of that code before and after each budget step, the
+    ``halt_l1`` it also reads the log pixel L1 of that code at the budgets below and above each token, the
     very quantity ε bounds, so the head only learns how far the decoder's refinement improves on it.
     Those features are then taken relative to ε, as log(error / ε) x ``RELATIVE_GAIN`` (``eps_bins``
     given; the weights start divided by the gain, which thus only multiplies their learning rate): a
@@ -274,6 +275,23 @@ class Tokenizer(nn.Module):
                 nn.init.zeros_(self.bottleneck[-1].weight)         # tokens start as the spectral code
                 nn.init.zeros_(self.bottleneck[-1].bias)
 
+    def _fill_first_step(self, latents: torch.Tensor, keep: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents and keep with the first ``token_step`` tokens always present: missing or halted
+        ones become zero codes (coefficients 0, which carry nothing of the image)."""
+        step, (b, t, d) = self.config.token_step, latents.shape
+        if self.config.budgets[0] >= step:
+            return latents, keep
+        if t < step:
+            latents = torch.cat([latents, latents.new_zeros(b, step - t, d)], dim=1)
+            keep = torch.ones(b, t, dtype=torch.bool, device=latents.device) if keep is None else keep
+            keep = torch.cat([keep, keep.new_zeros(b, step - t)], dim=1)
+        if keep is None:
+            return latents, keep
+        first = torch.arange(latents.shape[1], device=latents.device) < step
+        latents = torch.where((first & ~keep).unsqueeze(-1), torch.zeros_like(latents), latents)
+        return latents, keep | first
+
     def spectral_code(self, images: torch.Tensor) -> torch.Tensor | None:
         """The images' spectral code (B, T_max, latent_dim), or None for a model without one."""
         return None if self.spectral is None else self.spectral.analyse(images)
@@ -360,22 +378,29 @@ class KARL(Tokenizer):
     def halting_detail(self, images: torch.Tensor, num_tokens: int, code: torch.Tensor | None = None
                        ) -> torch.Tensor | None:
         """The halting head's per-token detail input (B, num_tokens, 1 or 3), or None without a spectral
-        code: log RMS left after each token, and with ``halt_l1`` the log pixel L1 of the code before
-        and after the token's budget step. ``code``: the images' spectral code when the caller has it already."""
+        code: log RMS left after each token, and with ``halt_l1`` the log pixel L1 of the code at the
+        budget below the token and at the smallest that includes it. ``code``: the images' spectral
+        code (all T_max tokens) when the caller has it already."""
         if self.spectral is None:
             return None
         code = self.spectral.analyse(images) if code is None else code
         rms = self.spectral.detail_left(images, code)[:, :num_tokens, None]
         if not self.config.halt_l1:
             return rms
-        # A token halts when the budgets before its step already meet ε: the head reads the L1 before
-        # and after the token's step (before the first step: the colour mean alone).
-        step = self.config.token_step
-        after = self.spectral.prefix_l1(images, code[:, : -(-num_tokens // step) * step], step)
+        # A token halts when the budgets below it already meet ε: the head reads the L1 of the budget
+        # below the token and of the one that includes it (below the first: the colour mean alone).
+        budgets = self.config.budgets
+        ends = budgets[: bisect.bisect_left(budgets, num_tokens) + 1]
+        after = self.spectral.prefix_l1(images, code, ends)
         none = (self.spectral.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - images.float()).abs().mean(dim=(1, 2, 3))
         before = torch.cat([none[:, None], after[:, :-1]], dim=1)
-        l1 = torch.log(torch.stack([before, after], dim=-1) + 1e-4).repeat_interleave(step, dim=1)
-        return torch.cat([rms, l1[:, :num_tokens]], dim=-1)
+        l1 = torch.log(torch.stack([before, after], dim=-1) + 1e-4)
+        return torch.cat([rms, l1[:, self._budget_of_token(num_tokens, images.device)]], dim=-1)
+
+    def _budget_of_token(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """Index into ``config.budgets`` of the smallest budget that includes each token (num_tokens,)."""
+        budgets = torch.tensor(self.config.budgets, device=device)
+        return torch.searchsorted(budgets, torch.arange(1, num_tokens + 1, device=device))
 
     def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
@@ -404,7 +429,11 @@ class KARL(Tokenizer):
     def decode_tokens(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruct from latents (B,T,latent_dim); tokens where ``keep`` is False are dropped
         from the computation entirely, so their values cannot affect the output (for an ordered code,
-        whose positions follow earlier values, when ``keep`` is a prefix, as ``kept`` makes it)."""
+        whose positions follow earlier values, when ``keep`` is a prefix, as ``kept`` makes it).
+        Below ``token_step`` tokens (a 1-token budget) the rest of the first step enters as zero
+        codes: a decoder trained on budgets of at least ``token_step`` tokens, given the first token
+        alone, threw some flat colours off by 0.2 in L1."""
+        latents, keep = self._fill_first_step(latents, keep)
         cfg = self.config
         b, t, _ = latents.shape
         n = cfg.num_2d_tokens
@@ -450,10 +479,10 @@ class KARL(Tokenizer):
         return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
 
     def kept(self, p_halt: torch.Tensor) -> torch.Tensor:
-        """Tokens kept: p_halt <= threshold, and always the first ``token_step`` (the smallest budget
-        the search baselines can pick; without them a flat image could halt every token)."""
+        """Tokens kept: p_halt <= threshold, and always those of the smallest budget (the least the
+        search baselines can pick; without them a flat image could halt every token)."""
         keep = p_halt <= self.config.halt_threshold
-        keep[:, : self.config.token_step] = True
+        keep[:, : self.config.budgets[0]] = True
         if self.spectral is not None and self.spectral.ordered:   # positions follow earlier tokens
             keep = keep.cumprod(dim=1).bool()
         return keep

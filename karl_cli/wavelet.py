@@ -27,7 +27,7 @@ KARL adds no learned correction to this code (``ordered``), and a model keeps to
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -223,20 +223,22 @@ class WaveletPath(nn.Module):
             sent = (code.float() * self.scale[self.positions(code)]).square().sum(2).cumsum(1)
             return log_rms_left(images, self.colour_mean, sent)
 
-    def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
-        """Pixel L1 of the clamped reconstruction after every ``step`` tokens (B, T / step)."""
+    def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, ends: Sequence[int]) -> torch.Tensor:
+        """Pixel L1 of the clamped reconstruction from the first ``ends[s]`` tokens, for each s
+        (B, len(ends)); ``ends`` ascending, at most the tokens in ``code``."""
         b = images.shape[0]
-        n = code.shape[1] // step
         with torch.autocast(images.device.type, enabled=False):
-            code = code[:, : n * step].float()
+            code = code[:, : ends[-1]].float()
             pos = self.positions(code)
             coef = code * self.scale[pos]
             acc = code.new_zeros(b, self.size)
             x = images.float()
-            out = x.new_empty(b, n)
-            for s in range(n):
-                acc.scatter_(1, pos[:, s * step:(s + 1) * step].flatten(1), coef[:, s * step:(s + 1) * step].flatten(1))
+            out = x.new_empty(b, len(ends))
+            start = 0
+            for s, end in enumerate(ends):
+                acc.scatter_(1, pos[:, start:end].flatten(1), coef[:, start:end].flatten(1))
                 out[:, s] = (self._pixels(acc).clamp(0.0, 1.0) - x).abs().mean(dim=(1, 2, 3))
+                start = end
             return out
 
     def synthesise(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,10 +1,13 @@
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from karl_cli import EPS_BINS, KARL
 from karl_cli.cli import app
-from karl_cli.halting_calibration import calibrate_halting, oracle_budgets
+from karl_cli.halting_calibration import THRESHOLDS, calibrate_halting, oracle_budgets
 from karl_cli.synthetic import FAMILIES, make_family_image, random_family_images
 
 
@@ -31,6 +34,24 @@ def test_calibration_trains_only_the_head_and_tracks_the_oracle(tiny_model, imag
     assert report.error_before > 8
     assert report.error_after < 0.5 * report.error_before
     assert report.samples + report.held_out == 48 * 6
+    assert tiny_model.config.halt_threshold == report.threshold in THRESHOLDS
+    assert report.undercut <= 0.01 or report.threshold == THRESHOLDS[-1]
+
+
+def test_calibration_picks_the_smallest_threshold_that_rarely_undercuts_the_oracle(tiny_model, image_folder):
+    with torch.no_grad():   # p_halt 0.83 for every token: halted at thresholds 0.75 and 0.8, kept from 0.85
+        tiny_model.halting_head.fc2.weight.zero_()
+        tiny_model.halting_head.fc2.bias.fill_(1.6)
+    start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    kw = dict(samples=48, bins_per_image=6, steps=1, lr=1e-7, seed=0)   # the head stays as set
+    lax = calibrate_halting(tiny_model, [str(image_folder)], max_undercut=1.0, **kw)
+    assert lax.threshold == 0.75 and lax.undercut > 0.2     # KC 1 (all halted) undercuts most oracles
+    tiny_model.load_state_dict(start)
+    strict = calibrate_halting(tiny_model, [str(image_folder)], max_undercut=0.0, **kw)
+    assert strict.threshold == 0.85 == tiny_model.config.halt_threshold
+    assert strict.undercut == 0.0 and strict.ratio_after > lax.ratio_after
+    with pytest.raises(ValueError, match="max_undercut"):
+        calibrate_halting(tiny_model, [str(image_folder)], max_undercut=1.5, **kw)
 
 
 def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_path):
@@ -39,14 +60,19 @@ def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_pat
                                    "--out", str(tmp_path / "cal"), "--samples", "16", "--steps", "20"])
     assert res.exit_code == 0, res.output
     model = KARL.from_pretrained(tmp_path / "cal")
-    assert model.config == tiny_model.config
-    assert "Halting calibration" in (tmp_path / "cal" / "model_card.md").read_text()
+    assert model.config.halt_threshold in THRESHOLDS
+    assert dataclasses.replace(model.config, halt_threshold=tiny_model.config.halt_threshold) == tiny_model.config
+    card = (tmp_path / "cal" / "model_card.md").read_text()
+    assert "Halting calibration" in card and f"halting threshold {model.config.halt_threshold:g}" in card
     bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
                                    "--out", str(tmp_path / "x"), "--samples", "2"])
     assert bad.exit_code == 2
     bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
                                    "--out", str(tmp_path / "x"), "--synthetic", "1.5"])
     assert bad.exit_code == 2 and not (tmp_path / "x").exists()
+    bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
+                                   "--out", str(tmp_path / "x"), "--max-undercut", "-0.1"])
+    assert bad.exit_code == 2 and "--max-undercut" in bad.output and not (tmp_path / "x").exists()
 
 
 def test_procedural_images_span_flat_to_noise():

@@ -32,7 +32,7 @@ def test_show_figure(model, image_folder, tmp_path):
     assert w > 600 and h > 500
     x = to_model_input(torch.from_numpy(load_for_model(img, 32).transpose(2, 0, 1).copy())[None], "cpu")
     assert [e["kc"] for e in info["eps"]] == [int(model.encode(x, e).kc[0]) for e in (0.03, 0.2)]
-    assert [b["tokens"] for b in info["budgets"]] == [4, 8, 12, 16]
+    assert [b["tokens"] for b in info["budgets"]] == [1, 4, 8, 12, 16]
     with pytest.raises(UsageError, match="cannot read"):
         bad = tmp_path / "bad.png"
         bad.write_text("nope")

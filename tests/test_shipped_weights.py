@@ -1,15 +1,19 @@
 """The weights `make demo` uses load, score the examples, and use fewer tokens for a looser ε."""
+import dataclasses
 from pathlib import Path
 
 from karl_cli import KARL, preset
 from karl_cli.complexity import score
+from karl_cli.halting_calibration import THRESHOLDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_default_weights_score_the_examples():
     model = KARL.from_pretrained(ROOT / "weights" / "karl-small")
-    assert model.config == preset("small")
+    # The preset, but for the halting threshold that calibration chose.
+    assert model.config.halt_threshold in THRESHOLDS
+    assert dataclasses.replace(model.config, halt_threshold=preset("small").halt_threshold) == preset("small")
     rows = list(score([ROOT / "examples"], model, [0.05, 0.12]))
     assert rows and all(r["status"] == "ok" for r in rows)
     mean = {e: sum(r["kc"] for r in rows if r["eps"] == e) / (len(rows) / 2) for e in (0.05, 0.12)}
@@ -23,6 +27,8 @@ def test_default_weights_order_the_examples_by_structure():
     rows = list(score([ROOT / "examples"], model, [0.03, 0.05]))
     kc = {(Path(r["path"]).stem, r["eps"]): r["kc"] for r in rows}
     assert kc["constant", 0.03] < kc["gradient", 0.03] < kc["shapes_few", 0.03] < kc["shapes_many", 0.03]
+    # The 1-token budget (the colour means) is all a flat image needs.
+    assert kc["constant", 0.03] == kc["constant", 0.05] == 1
     # The wavelet code's first token (the tree roots) carries a smooth gradient to L1 0.04, so at
     # ε 0.05 it fits in the smallest budget, like a flat image; shapes still need more.
     assert kc["constant", 0.05] <= kc["gradient", 0.05] < kc["shapes_few", 0.05] < kc["shapes_many", 0.05]

@@ -32,10 +32,11 @@ def test_prefix_l1_is_the_clamped_l1_after_each_step(tokens):
     x = torch.rand(3, 3, 32, 32)
     x[0] = 0.5                                   # flat: met by the first step
     code = sp.analyse(x)[:, :tokens]
-    got = sp.prefix_l1(x, code, step=4)
+    ends = [1] + list(range(4, tokens + 1, 4))   # a 1-token budget, then steps of 4
+    got = sp.prefix_l1(x, code, ends)
     want = torch.stack([(sp.synthesise(code[:, :t]).clamp(0, 1) - x).abs().mean(dim=(1, 2, 3))
-                        for t in range(4, tokens + 1, 4)], dim=1)
-    assert got.shape == (3, tokens // 4)
+                        for t in ends], dim=1)
+    assert got.shape == (3, len(ends))
     assert torch.allclose(got, want, atol=1e-5)
     assert float(got[0].max()) < 1e-3 < float(got[1].min())
     assert bool((got[1:, 1:] <= got[1:, :-1] + 1e-3).all())   # more tokens, less error (noise: nearly flat)
@@ -43,24 +44,31 @@ def test_prefix_l1_is_the_clamped_l1_after_each_step(tokens):
 
 def test_halting_head_reads_rms_and_l1_per_token():
     torch.manual_seed(0)
-    model = KARL(preset("tiny")).eval()
-    assert model.config.halt_l1
+    model = KARL(preset("tiny", code="dct")).eval()
+    assert model.config.halt_l1 and model.config.budgets[:3] == [1, 4, 8]
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         d = model.halting_detail(x, 10)
         code = model.spectral.analyse(x)
-        l1 = model.spectral.prefix_l1(x, code[:, :12], 4)
+        l1 = model.spectral.prefix_l1(x, code, [1, 4, 8, 12])
     assert d.shape == (2, 10, 3)
-    # Tokens 0-3 share the first step: before it only the colour mean, after it the first step's L1.
+    log = lambda v: torch.log(v + 1e-4)  # noqa: E731
+    # Token 0 is the 1-token budget: before it only the colour mean, after it that budget's L1.
     flat = (model.spectral.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - x).abs().mean(dim=(1, 2, 3))
-    assert torch.allclose(d[:, 0:4, 1], torch.log(flat[:, None] + 1e-4).expand(-1, 4))
-    assert torch.allclose(d[:, 0:4, 2], torch.log(l1[:, :1] + 1e-4).expand(-1, 4))
-    # Tokens 8-9 lie in the third step: between the second and third steps' L1.
-    assert torch.allclose(d[:, 8:10, 1], torch.log(l1[:, 1:2] + 1e-4).expand(-1, 2))
-    assert torch.allclose(d[:, 8:10, 2], torch.log(l1[:, 2:3] + 1e-4).expand(-1, 2))
-    old = KARL(preset("tiny", halt_l1=False)).eval()
-    assert old.halting_detail(x, 10).shape == (2, 10, 1)
-    assert old.halting_head.detail_in.in_features == 1 and model.halting_head.detail_in.in_features == 3
+    assert torch.allclose(d[:, 0, 1], log(flat)) and torch.allclose(d[:, 0, 2], log(l1[:, 0]))
+    # Tokens 1-3 complete the 4-token budget: between the 1- and 4-token L1.
+    assert torch.allclose(d[:, 1:4, 1], log(l1[:, :1]).expand(-1, 3))
+    assert torch.allclose(d[:, 1:4, 2], log(l1[:, 1:2]).expand(-1, 3))
+    # Tokens 8-9 lie in the 12-token budget: between the 8- and 12-token L1.
+    assert torch.allclose(d[:, 8:10, 1], log(l1[:, 2:3]).expand(-1, 2))
+    assert torch.allclose(d[:, 8:10, 2], log(l1[:, 3:4]).expand(-1, 2))
+    # Without the 1-token budget, tokens 0-3 share the first step, as before.
+    plain = KARL(preset("tiny", code="dct", one_token_budget=False)).eval()
+    plain.spectral.load_state_dict(model.spectral.state_dict())
+    with torch.no_grad():
+        d0 = plain.halting_detail(x, 10)
+    assert torch.allclose(d0[:, 0:4, 1], log(flat)[:, None].expand(-1, 4))
+    assert torch.allclose(d0[:, 0:4, 2], log(l1[:, 1:2]).expand(-1, 4))
 
 
 def test_config_accepts_no_direct_paths_and_needs_spectral_for_l1():

@@ -90,6 +90,26 @@ def test_dropping_equals_decoding_only_the_kept_tokens(tiny_model):
     assert torch.allclose(masked, prefix, atol=1e-5)
 
 
+def test_one_token_budget_decodes_the_rest_of_the_first_step_as_zeros(tiny_model):
+    # The decoder was trained on whole steps: one token enters with three zero codes beside it.
+    assert tiny_model.config.budgets[:2] == [1, 4]
+    x = torch.rand(2, 3, 32, 32)
+    lat = tiny_model.encode(x, 0.05).latents
+    zero_filled = torch.cat([lat[:, :1], torch.zeros_like(lat[:, 1:4])], dim=1)
+    keep = torch.zeros(lat.shape[:2], dtype=torch.bool)
+    keep[:, 0] = True
+    with torch.no_grad():
+        want = tiny_model.decode_tokens(zero_filled)
+        assert torch.allclose(tiny_model.decode_tokens(lat[:, :1]), want, atol=1e-5)
+        assert torch.allclose(tiny_model.decode_tokens(lat, keep), want, atol=1e-5)
+        assert not torch.allclose(tiny_model.decode_tokens(lat[:, :4]), want, atol=1e-3)
+    # Without the 1-token budget nothing is filled: one token is decoded alone.
+    plain = KARL(dataclasses.replace(tiny_model.config, one_token_budget=False)).eval()
+    plain.load_state_dict(tiny_model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain.decode_tokens(lat[:, :1]), want, atol=1e-3)
+
+
 def test_num_tokens_out_of_range(tiny_model):
     x = torch.rand(1, 3, 32, 32)
     with pytest.raises(ValueError, match="num_tokens"):

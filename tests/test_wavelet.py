@@ -60,7 +60,7 @@ def test_order_follows_where_the_detail_is():
     wp = _wavelet_path()
     x = _corner_detail()
     code = wp.analyse(x)
-    l1 = wp.prefix_l1(x, code, 4)
+    l1 = wp.prefix_l1(x, code, range(4, code.shape[1] + 1, 4))
     # Energy left after 64 tokens: the adaptive order spends them in the noisy quarter, so it leaves
     # much less than a fixed coarse-to-fine order of the same coefficients would.
     c = haar_forward(x - 0.5)
@@ -76,12 +76,13 @@ def test_detail_and_l1_hints_are_exact():
     x[0] = 0.5
     code = wp.analyse(x)
     rms = wp.detail_left(x, code)
-    l1 = wp.prefix_l1(x, code, 4)
-    for t in (4, 16, 64):
+    ends = [1, 4, 16, 64]                         # uneven segments, as a 1-token budget makes them
+    l1 = wp.prefix_l1(x, code, ends)
+    for i, t in enumerate(ends):
         recon = wp.synthesise(code[:, :t])
         assert torch.allclose(rms[:, t - 1], 0.5 * torch.log((recon - x).square().mean(dim=(1, 2, 3)) + 1e-6),
                               atol=1e-3)
-        assert torch.allclose(l1[:, t // 4 - 1], (recon.clamp(0, 1) - x).abs().mean(dim=(1, 2, 3)), atol=1e-5)
+        assert torch.allclose(l1[:, i], (recon.clamp(0, 1) - x).abs().mean(dim=(1, 2, 3)), atol=1e-5)
     assert float(l1[0].max()) < 1e-3 < float(l1[1].min())
 
 
@@ -96,7 +97,8 @@ def test_a_wavelet_model_keeps_its_code_as_tokens_and_a_prefix():
     keep = model.kept(p)
     # Kept tokens form a prefix: a halted token stops everything after it.
     assert bool((keep[:, 1:] <= keep[:, :-1]).all())
-    assert bool(keep[:, : model.config.token_step].all())
+    assert model.config.budgets[:3] == [1, 4, 8]
+    assert bool(keep[:, :1].all()) and not bool(keep[:, 1:].all())   # only the 1-token budget is forced
     assert model.decode(enc).shape == x.shape
 
 

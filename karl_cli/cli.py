@@ -5,6 +5,7 @@ import contextlib
 import functools
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
@@ -100,14 +101,25 @@ class _RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+def _progress(label: str) -> Iterator[Callable[..., None]]:
+    """A progress bar on a terminal. Elsewhere (a log file, a background job) rich would print only the
+    finished bar, so a plain line marks every tenth of the work instead. ``update(done, total, stage)``."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    plain = not console.is_terminal
+    started = time.monotonic()
+    shown: dict[str, int] = {}
+    with Progress(*columns, console=console, transient=False, disable=plain) as bar:
         task = bar.add_task(label, total=None)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: int, total: int, stage: str | None = None) -> None:
+            name = f"{label} {stage}" if stage else label
+            bar.update(task, completed=done, total=total, description=name)
+            tenth = done * 10 // total if total else -1
+            if plain and tenth > shown.get(name, -1):
+                shown[name] = tenth
+                console.print(f"{name}: {done}/{total} ({tenth * 10} %), {time.monotonic() - started:.0f} s elapsed",
+                              highlight=False)
 
         yield update
 
@@ -487,7 +499,7 @@ def calibrate(
         raise UsageError("only KARL weights have a halting head to calibrate")
     with _progress("calibrate") as update:
         report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
-                                   synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total))
+                                   synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total, stage))
     card_path = Path(weights) / "model_card.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
     card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "

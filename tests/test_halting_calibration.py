@@ -59,6 +59,8 @@ def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_pat
     res = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
                                    "--out", str(tmp_path / "cal"), "--samples", "16", "--steps", "20"])
     assert res.exit_code == 0, res.output
+    # Not a terminal: plain progress lines per stage instead of a bar (background runs log progress).
+    assert "calibrate oracle: 16/16 (100 %)" in res.output and "━" not in res.output
     model = KARL.from_pretrained(tmp_path / "cal")
     assert model.config.halt_threshold in THRESHOLDS
     assert dataclasses.replace(model.config, halt_threshold=tiny_model.config.halt_threshold) == tiny_model.config

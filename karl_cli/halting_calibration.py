@@ -66,10 +66,6 @@ def oracle_budgets(model: KARL, images: torch.Tensor) -> torch.Tensor:
     return torch.tensor(budgets, device=images.device)[first]
 
 
-def _kc_from_head(model: KARL, h: torch.Tensor, eps_idx: torch.Tensor, detail: torch.Tensor | None) -> torch.Tensor:
-    return model.kept(model.halting_head(h.float(), eps_idx, detail)).sum(1)
-
-
 def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
                       steps: int = 1500, lr: float = 2e-3, batch_size: int = 256, seed: int = 0,
                       held_out: float = 0.1, synthetic: float = 0.125, max_undercut: float = 0.01,
@@ -128,15 +124,19 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     test, train = perm[:n_test], perm[n_test:]
     oracle_test = cfg.max_tokens - y[test].sum(1)
 
-    def measure() -> tuple[float, float, float]:
-        """|KC - oracle|, KC / oracle and the undercut share on the held-out pairs."""
+    def held_out_p_halt() -> torch.Tensor:
+        """The head's p_halt on the held-out pairs (n_test, T_max)."""
         with torch.no_grad():
-            kc = torch.cat([_kc_from_head(model, h[rows].to(model.device), e[rows].to(model.device), detail_at(rows)).cpu()
-                            for rows in test.split(1024)]).float()
+            return torch.cat([model.halting_head(h[rows].to(model.device).float(), e[rows].to(model.device),
+                                                 detail_at(rows)).cpu() for rows in test.split(1024)])
+
+    def measure(p_halt: torch.Tensor) -> tuple[float, float, float]:
+        """|KC - oracle|, KC / oracle and the undercut share at the config's threshold."""
+        kc = model.kept(p_halt).sum(1).float()
         return (float((kc - oracle_test).abs().mean()), float(kc.mean() / oracle_test.mean().clamp(min=1e-9)),
                 float((kc < oracle_test).float().mean()))
 
-    err_before, ratio_before, _ = measure()
+    err_before, ratio_before, _ = measure(held_out_p_halt())
     head = model.halting_head
     for p in head.parameters():
         p.requires_grad_(True)
@@ -156,9 +156,10 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     head.eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    p_halt = held_out_p_halt()   # a threshold only changes which tokens are kept
     for threshold in THRESHOLDS:
         cfg.halt_threshold = threshold
-        err_after, ratio_after, undercut = measure()
+        err_after, ratio_after, undercut = measure(p_halt)
         if undercut <= max_undercut:
             break
     return CalibrationReport(len(train), n_test, err_before, err_after, ratio_before, ratio_after,

@@ -29,7 +29,7 @@ For each ε it prints (all at the model resolution, pixels in [0, 1], pixel L1 a
    KC (and oracle KC, JPEG bytes/pixel) per family at each ε, and whether the order holds (strictly;
    Spearman ρ of family rank vs KC over all images as a graded measure).
 4. With ``--savoias ROOT``: the Savoias correlation table (Spearman ρ of KC and of the JPEG/PNG
-   baselines with human ratings per category) through ``karl_cli.correlate.correlate`` (scores cached).
+   baselines with human ratings per category) through ``karl_cli.analysis.correlate.correlate`` (scores cached).
 
 Terminal: rich tables. ``--json``: every number. ``--markdown``: a README-ready block naming the
 machine (CPU model, cores, device) and the command. ``--limit N`` takes N images spread evenly over
@@ -54,12 +54,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from karl_cli.compare import psnr, ssim
-from karl_cli.complexity import collect_inputs, image_batches, score, validate_eps
+from karl_cli.scoring.compare import psnr, ssim
+from karl_cli.scoring.complexity import collect_inputs, image_batches, score, validate_eps
 from karl_cli.errors import KarlError, UsageError
 from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
-from karl_cli.stats import spearman
-from karl_cli.synthetic import FAMILIES, make_family_image
+from karl_cli.analysis.stats import spearman
+from karl_cli.io.synthetic import FAMILIES, make_family_image
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
@@ -279,7 +279,7 @@ def families(model, eps_list, per_family: int, seed: int, batch_size: int, dev: 
 # --- 4. Savoias ----------------------------------------------------------------------------------------
 def savoias(root: str, model, eps_list, batch_size: int, workers: int, dev: torch.device, bootstrap: int,
             cache: str | None, no_cache: bool):
-    from karl_cli.correlate import correlate
+    from karl_cli.analysis.correlate import correlate
 
     return correlate(root, model=model, eps=eps_list, method="single", bootstrap=bootstrap, batch_size=batch_size,
                      workers=workers, device=dev, cache=False if no_cache else cache)
@@ -421,7 +421,7 @@ def print_report(report: dict[str, Any], savoias_result=None) -> None:
             t.add_row(*row)
         con.print(t)
     if savoias_result is not None:
-        from karl_cli.correlate import rich_table
+        from karl_cli.analysis.correlate import rich_table
 
         con.print(rich_table(savoias_result))
         con.print(f"[dim]Savoias: {report['savoias']['summary']}[/]", highlight=False)
@@ -458,7 +458,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Any]:
     """The report (JSON-ready but for float keys) and the Savoias CorrelationResult (None without --savoias)."""
-    from karl_cli.weights import WeightsError, load_pretrained
+    from karl_cli.models.pretrained import WeightsError, load_pretrained
 
     t_start = time.perf_counter()
     if args.threads:

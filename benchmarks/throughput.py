@@ -10,7 +10,7 @@ One run prints, as medians over ``--repeats`` runs on the same images:
 - images/s of ``score(method="single")`` (what ``karl complexity`` runs: KC plus the l1 check, one
   encoder and one decoder pass), of ``kc_only`` (the same with ``l1=False``, ``karl complexity --no-l1``:
   the encoder pass alone), of the ``search`` (ALIT-style re-encoding) and ``prefix`` (One-D-Piece-style
-  prefix decoding) baselines through the same ``karl_cli.complexity.score``, and of a decode-only loop
+  prefix decoding) baselines through the same ``karl_cli.scoring.complexity.score``, and of a decode-only loop
   (the same DataLoader, workers and batch size: open + convert + resize, no model; the practical limit);
   also the CPU time per image (this process + loader workers), steadier than images/s under other load;
 - the ratios single / decode-only, kc_only / decode-only (target >= 0.5 on CPU) and single vs search
@@ -49,11 +49,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from karl_cli import complexity as cx
-from karl_cli.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, image_batches, score
-from karl_cli.images import Found
+from karl_cli.scoring import complexity as cx
+from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, image_batches, score
+from karl_cli.io.images import Found
 from karl_cli.runtime import machine_info, prepare_model, resolve_device
-from karl_cli.weights import load_pretrained
+from karl_cli.models.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"

@@ -1,7 +1,7 @@
 """karl: image complexity from a single-pass adaptive image tokenizer (KARL, arXiv 2507.07995)."""
-from .config import EPS_BINS, KARLConfig, eps_to_bin, preset
-from .tokenizer import KARL, Encoding
-from .weights import WeightsError, build_model, load_pretrained
+from karl_cli.models.config import EPS_BINS, KARLConfig, eps_to_bin, preset
+from karl_cli.models.tokenizer import KARL, Encoding
+from karl_cli.models.pretrained import WeightsError, build_model, load_pretrained
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
+from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
@@ -82,7 +82,7 @@ def _default_workers(device=None) -> int:
 
 def _load_model(weights: Optional[Path]):
     """The model in ``weights`` (a missing path is a usage error; an unloadable one a WeightsError, exit 3)."""
-    from .weights import load_pretrained
+    from karl_cli.models.pretrained import load_pretrained
 
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if weights is None and not path.exists():
@@ -164,9 +164,9 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
-    from .complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
+    from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
                              checkpoint_seconds, collect_inputs, default_method, parse_shard, score, validate_eps)
-    from .runtime import resolve_device
+    from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
     if method is not None and method not in METHODS:
@@ -221,7 +221,7 @@ def complexity(
         kept = len(primary.existing)
         console.print(f"wrote {primary.count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
     if plot:
-        from .plots import kc_histogram
+        from karl_cli.analysis.plots import kc_histogram
         kc_histogram(plot_rows, plot)
         console.print(f"KC histogram: {escape(str(plot))}")
     if summary.errors:
@@ -237,7 +237,7 @@ def merge(
     inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
 ) -> None:
     """Join shard CSVs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
-    from .complexity import merge_csv
+    from karl_cli.scoring.complexity import merge_csv
 
     counts = merge_csv(out, inputs)
     console.print(f"merged {counts['files']} files: {counts['rows']} rows "
@@ -258,9 +258,9 @@ def encode(
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
-    from .complexity import collect_inputs, parse_shard, validate_eps
-    from .runtime import resolve_device
-    from .token_store import encode_folder
+    from karl_cli.scoring.complexity import collect_inputs, parse_shard, validate_eps
+    from karl_cli.runtime import resolve_device
+    from karl_cli.scoring.token_store import encode_folder
 
     eps_v = validate_eps(eps)[0]
     shard_t = parse_shard(shard)
@@ -287,8 +287,8 @@ def decode(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Rebuild images from stored tokens (bit-identical to `karl encode --recon` on the same device)."""
-    from .runtime import resolve_device
-    from .token_store import decode_folder
+    from karl_cli.runtime import resolve_device
+    from karl_cli.scoring.token_store import decode_folder
 
     dev = resolve_device(device)
     if not token_dir.is_dir():
@@ -309,9 +309,9 @@ def show(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Draw one image, its reconstructions at growing budgets, p_halt per token and KC per ε."""
-    from .complexity import validate_eps
-    from .plots import DEFAULT_SHOW_EPS, show_figure
-    from .runtime import resolve_device
+    from karl_cli.scoring.complexity import validate_eps
+    from karl_cli.analysis.plots import DEFAULT_SHOW_EPS, show_figure
+    from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
     dev = resolve_device(device)
@@ -374,10 +374,10 @@ def train(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
 ) -> None:
     """Train a tokenizer with two-phase loss-conditioned training."""
-    from .config import preset
-    from .trainer import TrainConfig
-    from .trainer import train as run_training
-    from .progress import training_progress
+    from karl_cli.models.config import preset
+    from karl_cli.training.trainer import TrainConfig
+    from karl_cli.training.trainer import train as run_training
+    from karl_cli.progress import training_progress
 
     sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step), ("code", code),
                                ("one_token_budget", one_token_budget)) if v is not None}
@@ -420,12 +420,12 @@ def correlate(
     """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .correlate import CORRELATE_EPS, rich_table
-    from .correlate import correlate as run_correlate
-    from .runtime import resolve_device
-    from .savoias import load_ratings
+    from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
+    from karl_cli.analysis.correlate import correlate as run_correlate
+    from karl_cli.runtime import resolve_device
+    from karl_cli.io.savoias import load_ratings
 
-    from .complexity import check_method, default_method
+    from karl_cli.scoring.complexity import check_method, default_method
 
     rated = load_ratings(root, ratings)      # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
@@ -454,7 +454,7 @@ def correlate(
     console.print(f"[dim]scores: {result.computed} computed, {result.cached} from cache"
                   + (f" ({escape(result.cache_path)})" if result.cache_path else "") + "[/]")
     if plot is not None:
-        from .correlate_plots import write_plots
+        from karl_cli.analysis.correlate_plots import write_plots
         files = write_plots(result, plot)
         console.print(f"[green]wrote[/] {len(files)} figures to {escape(str(plot))}")
     for path, what in ((out, "results"), (per_image, "per-image scores")):
@@ -485,8 +485,8 @@ def calibrate(
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
-    from .halting_calibration import calibrate_halting
-    from .runtime import prepare_model
+    from karl_cli.training.calibration import calibrate_halting
+    from karl_cli.runtime import prepare_model
 
     if samples < 10 or steps < 1:
         raise UsageError("--samples must be >= 10 and --steps >= 1")
@@ -516,7 +516,7 @@ def calibrate(
 
 def _checked(make):
     """Config errors are usage errors."""
-    from .errors import UsageError
+    from karl_cli.errors import UsageError
 
     try:
         return make()
@@ -535,10 +535,10 @@ def compare(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """KARL single pass vs. searches (KARL, ALIT) side by side: tokens, misses, L1/PSNR/SSIM, runs, time."""
-    from .atomic import atomic_write_text
-    from .compare import compare as run_compare
-    from .compare import load_models, render_table
-    from .errors import EXIT_SOME_FAILED
+    from karl_cli.io.atomic import atomic_write_text
+    from karl_cli.scoring.compare import compare as run_compare
+    from karl_cli.scoring.compare import load_models, render_table
+    from karl_cli.errors import EXIT_SOME_FAILED
 
     models = load_models(weights)
     with console.status("comparing") as status:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import UsageError
+from karl_cli.errors import UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -119,7 +119,7 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
     import os
     import platform
 
-    from . import __version__
+    from karl_cli import __version__
 
     cpu = platform.processor() or platform.machine() or "unknown"
     try:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from karl_cli import KARL, build_model, load_pretrained, preset
-from karl_cli.alit import ALIT, ALITLoss
-from karl_cli.trainer import TrainConfig, train
+from karl_cli.models.alit import ALIT, ALITLoss
+from karl_cli.training.trainer import TrainConfig, train
 
 from conftest import as_if_trained, make_images
 
@@ -83,8 +83,8 @@ def test_search_finds_first_iteration_meeting_eps(alit):
 
 def test_score_search_runs_unchanged_on_alit(alit, image_folder):
     """complexity.score(method='search') uses the KARL signatures; on ALIT it must give ALIT's search KC."""
-    from karl_cli.complexity import score
-    from karl_cli.images import load_for_model
+    from karl_cli.scoring.complexity import score
+    from karl_cli.io.images import load_for_model
 
     rows = list(score([image_folder], alit, [0.2], method="search", batch_size=8))
     assert len(rows) == 24 and all(r["status"] == "ok" for r in rows)
@@ -120,7 +120,7 @@ def test_loss_stats_and_gradients(alit):
 
 
 def test_loss_decreases_over_40_steps(tmp_path):
-    from karl_cli.data import CropDataset
+    from karl_cli.training.data import CropDataset
 
     torch.manual_seed(0)
     model = ALIT(preset("tiny", arch="alit", resolution=16))   # 2x2 2D tokens: fast
@@ -158,9 +158,9 @@ def test_train_alit_writes_loadable_weights(tmp_path):
 def test_score_refuses_single_and_prefix_and_counts_iterations(alit, image_folder):
     """ALIT has no halting head: score() refuses single/prefix; its search continues one rollout,
     so encoder runs are iterations (k for kc = k * token_step), not from-scratch re-encodings."""
-    from karl_cli.complexity import default_method, score
+    from karl_cli.scoring.complexity import default_method, score
     from karl_cli.errors import UsageError
-    from karl_cli.images import load_for_model
+    from karl_cli.io.images import load_for_model
 
     for method in ("single", "prefix"):
         with pytest.raises(UsageError, match="no halting head; use --method search"):
@@ -180,7 +180,7 @@ def test_cli_complexity_defaults_to_search_for_alit(alit, image_folder, tmp_path
     from typer.testing import CliRunner
 
     from karl_cli.cli import app
-    from karl_cli.complexity import read_rows
+    from karl_cli.scoring.complexity import read_rows
     from karl_cli.errors import EXIT_USAGE
 
     alit.save_pretrained(str(tmp_path / "w"))

@@ -77,7 +77,7 @@ def test_bad_arguments_exit(throughput, tmp_path):
 
 # --- the perf options the benchmark measures -------------------------------------------------------------
 def test_kc_only_skips_the_decoder_and_keeps_kc(tiny_model, tmp_path):
-    from karl_cli.complexity import score
+    from karl_cli.scoring.complexity import score
     from karl_cli.errors import UsageError
 
     folder = tmp_path / "imgs"
@@ -96,7 +96,7 @@ def test_cli_no_l1(tiny_model, tmp_path):
     from typer.testing import CliRunner
 
     from karl_cli.cli import app
-    from karl_cli.complexity import read_rows
+    from karl_cli.scoring.complexity import read_rows
     from karl_cli.errors import EXIT_USAGE
 
     folder, weights = tmp_path / "imgs", tmp_path / "w"

@@ -6,8 +6,8 @@ import torch
 from typer.testing import CliRunner
 
 from karl_cli import KARL, preset
-from karl_cli.alit import ALIT
-from karl_cli.compare import COLUMNS, SEARCH, SINGLE, compare, psnr, ssim
+from karl_cli.models.alit import ALIT
+from karl_cli.scoring.compare import COLUMNS, SEARCH, SINGLE, compare, psnr, ssim
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def test_psnr():
 
 
 def test_karl_search_matches_score_search(models, image_folder):
-    from karl_cli.complexity import score
-    from karl_cli.images import load_for_model
+    from karl_cli.scoring.complexity import score
+    from karl_cli.io.images import load_for_model
 
     karl = models["karl"]
     rows = list(score([image_folder], karl, [0.25], method="search", batch_size=8))
@@ -80,8 +80,8 @@ def test_compare_table(models, image_folder):
         assert s.loc[0.3, "tokens"] <= s.loc[0.1, "tokens"]
         assert s.loc[0.3, "over_target"] <= s.loc[0.1, "over_target"]
     # ALIT's search KC is its own complexity().
-    from karl_cli.images import load_for_model
-    from karl_cli.complexity import collect_inputs
+    from karl_cli.io.images import load_for_model
+    from karl_cli.scoring.complexity import collect_inputs
     x = torch.stack([torch.from_numpy(load_for_model(f.path, 32)).permute(2, 0, 1)
                      for f in collect_inputs([image_folder])]).float() / 255
     alit_row = df[(df.model == "alit") & (df.eps == 0.3)].iloc[0]

@@ -1,4 +1,4 @@
-"""karl_cli.complexity: rows, error rows, the three methods, resume, shards, writers, and `karl complexity`."""
+"""karl_cli.scoring.complexity: rows, error rows, the three methods, resume, shards, writers, and `karl complexity`."""
 from __future__ import annotations
 
 import csv
@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from karl_cli.baselines import jpeg_bpp, png_bpp
+from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
 from karl_cli.cli import app
-from karl_cli.complexity import (BASELINE_FIELDS, ROW_FIELDS, RowWriter, apply_shard, collect_inputs, merge_csv,
+from karl_cli.scoring.complexity import (BASELINE_FIELDS, ROW_FIELDS, RowWriter, apply_shard, collect_inputs, merge_csv,
                                  parse_shard, read_rows, row_key, score, summarize, validate_eps, write_csv)
 from karl_cli.errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError
-from karl_cli.images import load_for_model
+from karl_cli.io.images import load_for_model
 from karl_cli.runtime import resolve_device, to_model_input
 
 from conftest import make_images

@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import karl_cli.complexity as complexity
+import karl_cli.scoring.complexity as complexity
 from karl_cli import KARL, preset
 from karl_cli.cli import app
-from karl_cli.correlate import RESULT_COLUMNS, _results_frame, correlate
-from karl_cli.weights import model_id
+from karl_cli.analysis.correlate import RESULT_COLUMNS, _results_frame, correlate
+from karl_cli.models.pretrained import model_id
 from karl_cli.errors import UsageError
-from karl_cli.weights import load_pretrained
+from karl_cli.models.pretrained import load_pretrained
 from savoias_fixture import LAYOUT, make_savoias
 
 N_IMAGES = sum(len(present) for _, _, present in LAYOUT.values())   # 18 rated images on disk

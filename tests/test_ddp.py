@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from safetensors.torch import save_file
     from karl_cli import preset
-    from karl_cli.trainer import TrainConfig, train
+    from karl_cli.training.trainer import TrainConfig, train
     torch.set_num_threads(1)
     data, out = sys.argv[1], sys.argv[2]
     res = train([data], out, preset("tiny"), TrainConfig(steps=6, batch_size=4, warmup_steps=2,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from karl_cli.images import discover_images, open_rgb
+from karl_cli.io.images import discover_images, open_rgb
 
 from conftest import load_script
 

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from karl_cli import EPS_BINS, KARL
 from karl_cli.cli import app
-from karl_cli.halting_calibration import THRESHOLDS, calibrate_halting, oracle_budgets
-from karl_cli.synthetic import FAMILIES, make_family_image, random_family_images
+from karl_cli.training.calibration import THRESHOLDS, calibrate_halting, oracle_budgets
+from karl_cli.io.synthetic import FAMILIES, make_family_image, random_family_images
 
 
 def test_oracle_budgets_are_the_prefix_search(tiny_model):

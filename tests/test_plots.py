@@ -1,4 +1,4 @@
-"""karl_cli.plots and `karl show`."""
+"""karl_cli.analysis.plots and `karl show`."""
 from __future__ import annotations
 
 import pytest
@@ -7,10 +7,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from karl_cli.cli import app
-from karl_cli.complexity import read_rows, score, write_csv
+from karl_cli.scoring.complexity import read_rows, score, write_csv
 from karl_cli.errors import UsageError
-from karl_cli.images import load_for_model
-from karl_cli.plots import kc_histogram, show_figure
+from karl_cli.io.images import load_for_model
+from karl_cli.analysis.plots import kc_histogram, show_figure
 from karl_cli.runtime import to_model_input
 
 from karl_helpers import spread_halting

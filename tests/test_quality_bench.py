@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from karl_cli import KARL, preset
-from karl_cli.alit import ALIT
-from karl_cli.complexity import score
+from karl_cli.models.alit import ALIT
+from karl_cli.scoring.complexity import score
 
 from conftest import load_script, make_images
 from karl_helpers import spread_halting

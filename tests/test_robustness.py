@@ -29,9 +29,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from karl_cli.cli import app
-from karl_cli.complexity import RowWriter, read_rows, score
+from karl_cli.scoring.complexity import RowWriter, read_rows, score
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
-from karl_cli.images import ImageLoadError, discover_images, load_for_model, open_rgb
+from karl_cli.io.images import ImageLoadError, discover_images, load_for_model, open_rgb
 
 from conftest import make_images
 from zoo import NON_UTF8_NAME, _pattern, make_zoo
@@ -539,7 +539,7 @@ SLOW_KARL = textwrap.dedent("""
     import sys, time
     import torch
     torch.set_num_threads(1)
-    import karl_cli.complexity as c
+    import karl_cli.scoring.complexity as c
     real = c.image_batches
     def slow(*a, **k):                      # a slow model, so that a kill lands mid-run
         for batch in real(*a, **k):

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from karl_cli.errors import UsageError
-from karl_cli.savoias import load_ratings, read_ratings_xlsx
+from karl_cli.io.savoias import load_ratings, read_ratings_xlsx
 from savoias_fixture import LAYOUT, make_savoias, write_xlsx
 
 

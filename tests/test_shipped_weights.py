@@ -3,8 +3,8 @@ import dataclasses
 from pathlib import Path
 
 from karl_cli import KARL, preset
-from karl_cli.complexity import score
-from karl_cli.halting_calibration import THRESHOLDS
+from karl_cli.scoring.complexity import score
+from karl_cli.training.calibration import THRESHOLDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def test_default_weights_single_pass_matches_the_search_oracle():
 
 def test_shipped_alit_weights_score_by_search():
     from karl_cli import load_pretrained
-    from karl_cli.alit import ALIT
+    from karl_cli.models.alit import ALIT
 
     alit = load_pretrained(ROOT / "weights" / "alit-small")
     # The peer shares the default model's sizes; it keeps the DCT code (ALIT corrects its tokens,

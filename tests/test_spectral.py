@@ -4,7 +4,7 @@ import torch
 from karl_helpers import fitted_code
 
 from karl_cli import EPS_BINS, KARL, preset
-from karl_cli.spectral import SpectralPath
+from karl_cli.models.dct import SpectralPath
 
 
 def test_full_code_reconstructs_exactly():

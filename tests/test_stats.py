@@ -1,4 +1,4 @@
-"""karl_cli.stats against scipy, with ties, constant inputs and tiny n."""
+"""karl_cli.analysis.stats against scipy, with ties, constant inputs and tiny n."""
 import math
 import warnings
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from karl_cli.stats import (correlation, kendall, pearson, spearman, spearman_bootstrap, spearman_difference,
+from karl_cli.analysis.stats import (correlation, kendall, pearson, spearman, spearman_bootstrap, spearman_difference,
                              undefined_reason)
 
 
@@ -87,7 +87,7 @@ def test_bootstrap_agrees_with_scipy_bootstrap(data):
 
 
 def test_bootstrap_chunks_give_the_same_answer(data, monkeypatch):
-    import karl_cli.stats as s
+    import karl_cli.analysis.stats as s
     x, y = data
     full = s.spearman_bootstrap(x, y, n_boot=300, seed=3)[2]
     monkeypatch.setattr(s, "_CHUNK_VALUES", 1000)  # 5 resamples per chunk

@@ -1,4 +1,4 @@
-"""karl_cli.token_store: `karl encode` / `karl decode` and their files."""
+"""karl_cli.scoring.token_store: `karl encode` / `karl decode` and their files."""
 from __future__ import annotations
 
 import json
@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from karl_cli import KARL, load_pretrained, preset
-from karl_cli import token_store
+from karl_cli.scoring import token_store
 from karl_cli.cli import app
-from karl_cli.complexity import read_rows
+from karl_cli.scoring.complexity import read_rows
 from karl_cli.errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError
-from karl_cli.images import load_for_model
+from karl_cli.io.images import load_for_model
 from karl_cli.runtime import to_model_input
-from karl_cli.token_store import decode_folder, encode_folder, recon_names
-from karl_cli.weights import model_id
+from karl_cli.scoring.token_store import decode_folder, encode_folder, recon_names
+from karl_cli.models.pretrained import model_id
 
 from conftest import as_if_trained, make_images
 from karl_helpers import spread_halting

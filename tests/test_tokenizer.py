@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from karl_cli import EPS_BINS, KARL, KARLConfig, eps_to_bin, preset
-from karl_cli.tokenizer import Encoding
+from karl_cli.models.tokenizer import Encoding
 
 
 def test_eps_rounds_up_to_bins():

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from karl_cli import KARL, preset
-from karl_cli.config import SMALL_EPS_BINS, eps_to_bin
-from karl_cli.data import epoch_indices
+from karl_cli.models.config import SMALL_EPS_BINS, eps_to_bin
+from karl_cli.training.data import epoch_indices
 from karl_cli.errors import UsageError
-from karl_cli.trainer import (TrainConfig, TrainingError, TrainingInterrupted, TwoPhaseLoss, halting_targets,
+from karl_cli.training.trainer import (TrainConfig, TrainingError, TrainingInterrupted, TwoPhaseLoss, halting_targets,
                               lr_factor, sample_phase1, train)
 
 
@@ -155,7 +155,7 @@ def test_refuses_to_overwrite_a_run_and_resume_without_checkpoint(image_folder, 
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder, tmp_path, monkeypatch):
-    import karl_cli.trainer as trainer
+    import karl_cli.training.trainer as trainer
 
     real = trainer.two_phase_step
 

@@ -4,7 +4,7 @@ import torch
 from karl_helpers import fitted_code
 
 from karl_cli import KARL, preset
-from karl_cli.wavelet import WaveletPath, haar_forward, haar_inverse, haar_tree
+from karl_cli.models.wavelet import WaveletPath, haar_forward, haar_inverse, haar_tree
 
 
 def _wavelet_path(max_tokens: int = 64) -> WaveletPath:

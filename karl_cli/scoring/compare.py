@@ -1,6 +1,6 @@
 """KARL and its peers side by side, in the shape of the KARL paper's Table 2.
 
-    from karl_cli.compare import compare, load_models
+    from karl_cli.scoring.compare import compare, load_models
     df = compare(["imgs/"], load_models(["weights/karl-small", "weights/alit-small"]), [0.03, 0.05, 0.09])
 
 For each ε and each (model, method) — KARL ``single`` (one pass), KARL ``search``, ALIT ``search`` — one row:
@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .errors import KarlError, UsageError
-from .images import ImageLoadError, load_for_model
-from .runtime import inference, prepare_model, resolve_device, to_model_input
-from .search import SearchResult
+from karl_cli.errors import KarlError, UsageError
+from karl_cli.io.images import ImageLoadError, load_for_model
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.oracle import SearchResult
 
 COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
            "encoder_runs", "decoder_runs", "sec_per_image"]
@@ -115,7 +115,7 @@ def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float)
 
 # --- the comparison ------------------------------------------------------------------------------
 def _load(paths: Iterable[str | Path], resolution: int) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
-    from .complexity import collect_inputs
+    from karl_cli.scoring.complexity import collect_inputs
 
     ok, arrays, skipped = [], [], []
     for f in collect_inputs(paths):
@@ -142,7 +142,7 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
             on_progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The Table-2 comparison (see the module docstring): one row per (ε, model, method), columns
     ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason)."""
-    from .complexity import validate_eps
+    from karl_cli.scoring.complexity import validate_eps
 
     eps_list = validate_eps(eps_list)
     if not models:
@@ -205,7 +205,7 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
 # --- CLI helpers ---------------------------------------------------------------------------------
 def load_models(directories: Sequence[str | Path], device: str | torch.device = "cpu") -> dict[str, torch.nn.Module]:
     """Weights directories -> {name: model}; the name is the directory's name (made unique)."""
-    from .weights import WeightsError, load_pretrained
+    from karl_cli.models.pretrained import WeightsError, load_pretrained
 
     if not directories:
         raise UsageError("give at least one --weights directory")

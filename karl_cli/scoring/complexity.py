@@ -1,6 +1,6 @@
 """Scoring images: the KC of every (image, ε), streamed as rows, and the files those rows go to.
 
-    from karl_cli.complexity import score, write_csv
+    from karl_cli.scoring.complexity import score, write_csv
     rows = score(["imgs/"], model, [0.03, 0.05], baselines=True)
     write_csv(rows, "out.csv")
 
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic import WriteError, atomic_path, temp_beside, write_error
-from .baselines import jpeg_bpp, png_bpp
-from .errors import UsageError
-from .images import Found, ImageLoadError, discover_images, load_for_model
-from .runtime import inference, prepare_model, resolve_device, to_model_input
-from .search import sweep
+from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
+from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
+from karl_cli.errors import UsageError
+from karl_cli.io.images import Found, ImageLoadError, discover_images, load_for_model
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.oracle import sweep
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs"]
 BASELINE_FIELDS = ["jpeg_bpp", "png_bpp"]

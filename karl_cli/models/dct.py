@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .config import KARLConfig
+from karl_cli.models.config import KARLConfig
 
 
 def dct_matrix(n: int) -> torch.Tensor:

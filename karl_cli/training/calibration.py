@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import EPS_BINS
-from .data import CropDataset, training_files
-from .synthetic import random_family_images
-from .tokenizer import KARL
+from karl_cli.models.config import EPS_BINS
+from karl_cli.training.data import CropDataset, training_files
+from karl_cli.io.synthetic import random_family_images
+from karl_cli.models.tokenizer import KARL
 
 
 # Halting thresholds calibration chooses from, the paper's first.

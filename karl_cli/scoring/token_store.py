@@ -34,14 +34,14 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, atomic_write_text
-from .complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
+from karl_cli.io.atomic import atomic_path, atomic_write_text
+from karl_cli.scoring.complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
                          read_rows, validate_eps)
-from .errors import UsageError
-from .images import Found
-from .runtime import inference, model_device, prepare_model, resolve_device, to_model_input
-from .tokenizer import Encoding
-from .weights import model_id
+from karl_cli.errors import UsageError
+from karl_cli.io.images import Found
+from karl_cli.runtime import inference, model_device, prepare_model, resolve_device, to_model_input
+from karl_cli.models.tokenizer import Encoding
+from karl_cli.models.pretrained import model_id
 
 FORMAT = "karl-tokens/1"
 INDEX_FIELDS = ["path", "kc", "shard", "offset", "eps", "model_id", "status", "error", "name"]

@@ -28,12 +28,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .config import SMALL_EPS_BINS, KARLConfig, eps_to_bin, preset
-from .data import CropDataset, batches, batches_per_epoch, training_files
-from .runtime import resolve_device
-from .errors import EXIT_INTERRUPTED, KarlError, UsageError
-from .weights import build_model, save_pretrained
+from karl_cli.io.atomic import atomic_path
+from karl_cli.models.config import SMALL_EPS_BINS, KARLConfig, eps_to_bin, preset
+from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
+from karl_cli.runtime import resolve_device
+from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
+from karl_cli.models.pretrained import build_model, save_pretrained
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -136,7 +136,7 @@ class TwoPhaseLoss(nn.Module):
 def training_objective(model: nn.Module) -> nn.Module:
     """The loss module for an architecture: KARL's two phases, or ALIT's recurrent objective."""
     if model.config.arch == "alit":
-        from .alit import ALITLoss
+        from karl_cli.models.alit import ALITLoss
         return ALITLoss(model)
     return TwoPhaseLoss(model)
 
@@ -401,7 +401,7 @@ def _stop_on_sigterm():
 
 def init_weights(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     """Load a weights directory's tensors into ``model``; returns the names the file did not have."""
-    from .weights import WeightsError, read_state
+    from karl_cli.models.pretrained import WeightsError, read_state
 
     state = read_state(directory)
     expected = model.state_dict()

@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import KARLConfig, eps_to_bin
-from .search import SearchResult, TokenSource, sweep
-from .spectral import SpectralPath
-from .wavelet import WaveletPath
+from karl_cli.models.config import KARLConfig, eps_to_bin
+from karl_cli.scoring.oracle import SearchResult, TokenSource, sweep
+from karl_cli.models.dct import SpectralPath
+from karl_cli.models.wavelet import WaveletPath
 
 
 class Block(nn.Module):
@@ -319,12 +319,12 @@ class Tokenizer(nn.Module):
         return next(self.parameters()).dtype
 
     def save_pretrained(self, directory: str, card: str | None = None) -> None:
-        from .weights import save_pretrained
+        from karl_cli.models.pretrained import save_pretrained
         save_pretrained(self, directory, card=card)
 
     @classmethod
     def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "Tokenizer":
-        from .weights import load_pretrained
+        from karl_cli.models.pretrained import load_pretrained
         model = load_pretrained(directory, device=device)
         if not isinstance(model, cls):
             raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UsageError
-from .images import IMAGE_SUFFIXES
+from karl_cli.errors import UsageError
+from karl_cli.io.images import IMAGE_SUFFIXES
 
 # xlsx key -> image folder, in the order the categories are shown.
 SAVOIAS_CATEGORIES: dict[str, str] = {

@@ -38,9 +38,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .config import KARLConfig
-from .search import SearchResult, TokenSource, sweep
-from .tokenizer import KARL, Encoding, ForwardOutput, Tokenizer
+from karl_cli.models.config import KARLConfig
+from karl_cli.scoring.oracle import SearchResult, TokenSource, sweep
+from karl_cli.models.tokenizer import KARL, Encoding, ForwardOutput, Tokenizer
 
 __all__ = ["ALIT", "ALITLoss", "ALITState", "SearchResult"]
 

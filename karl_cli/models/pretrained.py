@@ -12,9 +12,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, atomic_write_text
-from .config import KARLConfig
-from .errors import EXIT_FAILED, KarlError
+from karl_cli.io.atomic import atomic_path, atomic_write_text
+from karl_cli.models.config import KARLConfig
+from karl_cli.errors import EXIT_FAILED, KarlError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,9 +31,9 @@ class WeightsError(KarlError, ValueError):
 def build_model(config: KARLConfig) -> torch.nn.Module:
     """The module an architecture name stands for."""
     if config.arch == "alit":
-        from .alit import ALIT
+        from karl_cli.models.alit import ALIT
         return ALIT(config)
-    from .tokenizer import KARL
+    from karl_cli.models.tokenizer import KARL
     return KARL(config)
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import EXIT_FAILED, KarlError
+from karl_cli.errors import EXIT_FAILED, KarlError
 
 _HINTS = {getattr(errno, name): hint for name, hint in (("ENOSPC", "disk full"), ("EDQUOT", "disk quota exceeded"),
                                                        ("EROFS", "read-only file system")) if hasattr(errno, name)}

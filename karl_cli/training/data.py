@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .images import ImageLoadError, discover_images, load_max_side
+from karl_cli.errors import UsageError
+from karl_cli.io.images import ImageLoadError, discover_images, load_max_side
 
 
 def training_files(folders: Iterable[str | os.PathLike]) -> list[str]:

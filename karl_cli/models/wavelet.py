@@ -32,8 +32,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .config import KARLConfig
-from .spectral import fit_colour, log_rms_left
+from karl_cli.models.config import KARLConfig
+from karl_cli.models.dct import fit_colour, log_rms_left
 
 # Weight of the training prior against the parent's observed strength in a child's priority.
 KAPPA = 0.3

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# torch/torchvision pins: the newest pair this machine's pip allows (see DESIGN.md).
+# torch/torchvision pins: the newest pair this machine's pip allows (its cap is torch 2.14.1).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test setup clean

@@ -34,7 +34,7 @@ For each ε it prints (all at the model resolution, pixels in [0, 1], pixel L1 a
 Terminal: rich tables. ``--json``: every number. ``--markdown``: a README-ready block naming the
 machine (CPU model, cores, device) and the command. ``--limit N`` takes N images spread evenly over
 the sorted file list. Held-out images must not be training images (the default model trains on
-DESIGN.md §4's imagenet-sample). Run it under ``nice -n 19`` on a shared machine.
+the shared data's imagenet-sample). Run it under ``nice -n 19`` on a shared machine.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ from karl_cli.io.synthetic import FAMILIES, make_family_image
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
 DEFAULT_EPS = (0.03, 0.05, 0.09)
-# KARL paper (ImageNet-100, 256 px): share of images missing ε, and tokens used of 256 (DESIGN.md §2).
+# KARL paper (ImageNet-100, 256 px): share of images missing ε, and tokens used of 256 (KARL paper, Table 1).
 PAPER_MISS = {0.03: 0.01, 0.05: 0.10, 0.07: 0.25, 0.09: 0.18, 0.11: 0.36}
 PAPER_TOKENS = {0.03: 253 / 256, 0.05: 230 / 256, 0.09: 153 / 256}
 TARGET_RATIO = 1.05

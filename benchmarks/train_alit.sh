@@ -16,7 +16,7 @@
 # Cost: ALIT runs its (2-block) encoder once per iteration, 12 iterations of 32 tokens to T_max =
 # 384 (the ALIT paper's 32 tokens per iteration), over a growing sequence, then decodes twice:
 # about 40 minutes on 2 cores. Do not start it while another training run has the CPU.
-# Data: the 1,000 ImageNet images + 70 Debian photos of DESIGN.md §4.
+# Data: the 1,000 ImageNet images + 70 Debian photos (shared data: imagenet-sample, debian-photos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN="${1:-/work/runs/alit-small}"

@@ -354,12 +354,8 @@ def train(
     token_step: Optional[int] = typer.Option(None, "--token-step",
                                              help="Budgets are multiples of this; ALIT adds this many tokens "
                                                   "per iteration (default: the preset's)."),
-    code: Optional[str] = typer.Option(None, "--code", help="Linear token code: wavelet (adaptive order) or dct "
-                                       "(fixed order); default: the preset's (ALIT: dct)."),
-    one_token_budget: Optional[bool] = typer.Option(None, "--one-token-budget/--no-one-token-budget",
-                                                    help="Also offer a budget of 1 token, so a flat image can "
-                                                         "need less than a gradient (default: the preset's; "
-                                                         "KARL only)."),
+    code: Optional[str] = typer.Option(None, "--code", help="KARL's tokens: wavelet (a Haar code in an adaptive "
+                                       "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
@@ -379,10 +375,10 @@ def train(
     from karl_cli.training.trainer import train as run_training
     from karl_cli.progress import training_progress
 
-    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step), ("code", code),
-                               ("one_token_budget", one_token_budget)) if v is not None}
+    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step), ("code", code))
+             if v is not None}
     if resume and sizes:
-        raise UsageError("--max-tokens, --token-step, --code and --one-token-budget cannot change a run being resumed")
+        raise UsageError("--max-tokens, --token-step and --code cannot change a run being resumed")
     model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch, **sizes))
     tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
                      seed=seed, checkpoint_every=checkpoint_every, cache=cache)

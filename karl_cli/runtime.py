@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from karl_cli.errors import UsageError
+from karl_cli import __version__
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -119,7 +120,6 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
     import os
     import platform
 
-    from karl_cli import __version__
 
     cpu = platform.processor() or platform.machine() or "unknown"
     try:

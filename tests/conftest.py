@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 
 def as_if_trained(model):
-    """Give a spectral model's zero-initialised corrections (token correction, last decoder conv)
+    """Give a coded model's zero-initialised corrections (token correction, last decoder conv)
     small random values, as training does, so tests see tokens and images that are not the bare code."""
     head = model.base.head
     last = head[-1] if isinstance(head, torch.nn.Sequential) else head

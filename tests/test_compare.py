@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from karl_cli import KARL, preset
 from karl_cli.models.alit import ALIT
 from karl_cli.scoring.compare import COLUMNS, SEARCH, SINGLE, compare, psnr, ssim
+from karl_cli.scoring.oracle import search as oracle_search
 
 
 @pytest.fixture
@@ -47,13 +48,13 @@ def test_karl_search_matches_score_search(models, image_folder):
     rows = list(score([image_folder], karl, [0.25], method="search", batch_size=8))
     x = torch.stack([torch.from_numpy(load_for_model(r["path"], 32)).permute(2, 0, 1) for r in rows]).float() / 255
     assert KARL.single_pass is True
-    r = karl.search(x, 0.25)
+    r = oracle_search(karl, x, 0.25)
     assert r.kc.tolist() == [row["kc"] for row in rows]
     assert r.encoder_runs.tolist() == [row["encoder_runs"] for row in rows]
     assert np.allclose(r.l1.numpy(), [row["l1"] for row in rows], atol=1e-5)
     assert np.allclose(r.l1.numpy(), (r.recon - x).abs().mean(dim=(1, 2, 3)).numpy(), atol=1e-6)
     # Prefix decoding finds the same budgets with one encoder run.
-    p = karl.search(x, 0.25, method="prefix")
+    p = oracle_search(karl, x, 0.25, method="prefix")
     assert p.kc.tolist() == r.kc.tolist() and set(p.encoder_runs.tolist()) == {1}
     assert p.decoder_runs.tolist() == r.decoder_runs.tolist()
 
@@ -85,7 +86,7 @@ def test_compare_table(models, image_folder):
     x = torch.stack([torch.from_numpy(load_for_model(f.path, 32)).permute(2, 0, 1)
                      for f in collect_inputs([image_folder])]).float() / 255
     alit_row = df[(df.model == "alit") & (df.eps == 0.3)].iloc[0]
-    assert alit_row.tokens == pytest.approx(float(models["alit"].complexity(x, 0.3).float().mean()))
+    assert alit_row.tokens == pytest.approx(float(oracle_search(models["alit"], x, 0.3).kc.float().mean()))
 
 
 def test_cli_compare(models, image_folder, tmp_path):

@@ -438,7 +438,7 @@ def test_usage_errors_are_one_clear_line(job, weights):
         (["train", imgs, "--out", job / "r", "--preset", "tiny", "--steps", "2", "--token-step", "5"],
          "multiple of token_step"),
         (["train", imgs, "--out", job / "r", "--preset", "tiny", "--steps", "2", "--max-tokens", "400"],
-         "spectral model needs"),
+         "code needs max_tokens x latent_dim"),
     ]
     for bad_eps in ("0", "-0.1", "nan", "inf", "-inf"):
         cases += [(["complexity", imgs, *w, *csv_out, "--eps", bad_eps], "ε must be"),

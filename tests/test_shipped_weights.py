@@ -58,7 +58,7 @@ def test_shipped_alit_weights_score_by_search():
     # The peer shares the default model's sizes; it keeps the DCT code (ALIT corrects its tokens,
     # which the default's ordered wavelet code does not allow), and its architecture and step differ.
     small = preset("small")
-    assert isinstance(alit, ALIT) and alit.config.spectral and alit.config.code == "dct" != small.code
+    assert isinstance(alit, ALIT) and alit.config.has_code and alit.config.code == "dct" != small.code
     assert (alit.config.resolution, alit.config.latent_dim, alit.config.max_tokens, alit.config.width) == (
         small.resolution, small.latent_dim, small.max_tokens, small.width)
     rows = list(score([ROOT / "examples"], alit, [0.05], method="search"))

@@ -1,22 +1,22 @@
-"""The spectral spine's linear code and the exact error hints it gives the halting head."""
+"""The DCT code (ALIT's tokens start from it) and the exact error hints a code gives the halting head."""
 import pytest
 import torch
 from karl_helpers import fitted_code
 
 from karl_cli import EPS_BINS, KARL, preset
-from karl_cli.models.dct import SpectralPath
+from karl_cli.models.dct import DCTCode
 
 
 def test_full_code_reconstructs_exactly():
-    cfg = preset("tiny", max_tokens=256)        # 256 x 12 = 3 x 32 x 32: every coefficient
-    sp = fitted_code(SpectralPath, cfg)
+    cfg = preset("tiny", arch="alit", max_tokens=256)        # 256 x 12 = 3 x 32 x 32: every coefficient
+    sp = fitted_code(DCTCode, cfg)
     x = torch.rand(3, 3, 32, 32)
     assert torch.allclose(sp.synthesise(sp.analyse(x)), x, atol=1e-4)
 
 
 def test_detail_left_is_the_log_rms_error_of_each_prefix():
-    cfg = preset("tiny", max_tokens=64)
-    sp = fitted_code(SpectralPath, cfg)
+    cfg = preset("tiny", arch="alit", max_tokens=64)
+    sp = fitted_code(DCTCode, cfg)
     x = torch.rand(2, 3, 32, 32)
     code = sp.analyse(x)
     got = sp.detail_left(x, code)
@@ -27,8 +27,8 @@ def test_detail_left_is_the_log_rms_error_of_each_prefix():
 
 @pytest.mark.parametrize("tokens", [16, 64])
 def test_prefix_l1_is_the_clamped_l1_after_each_step(tokens):
-    cfg = preset("tiny", max_tokens=64)
-    sp = fitted_code(SpectralPath, cfg)
+    cfg = preset("tiny", arch="alit", max_tokens=64)
+    sp = fitted_code(DCTCode, cfg)
     x = torch.rand(3, 3, 32, 32)
     x[0] = 0.5                                   # flat: met by the first step
     code = sp.analyse(x)[:, :tokens]
@@ -44,17 +44,17 @@ def test_prefix_l1_is_the_clamped_l1_after_each_step(tokens):
 
 def test_halting_head_reads_rms_and_l1_per_token():
     torch.manual_seed(0)
-    model = KARL(preset("tiny", code="dct")).eval()
-    assert model.config.halt_l1 and model.config.budgets[:3] == [1, 4, 8]
+    model = KARL(preset("tiny")).eval()
+    assert model.config.budgets[:3] == [1, 4, 8]
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         d = model.halting_detail(x, 10)
-        code = model.spectral.analyse(x)
-        l1 = model.spectral.prefix_l1(x, code, [1, 4, 8, 12])
+        code = model.code.analyse(x)
+        l1 = model.code.prefix_l1(x, code, [1, 4, 8, 12])
     assert d.shape == (2, 10, 3)
     log = lambda v: torch.log(v + 1e-4)  # noqa: E731
     # Token 0 is the 1-token budget: before it only the colour mean, after it that budget's L1.
-    flat = (model.spectral.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - x).abs().mean(dim=(1, 2, 3))
+    flat = (model.code.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - x).abs().mean(dim=(1, 2, 3))
     assert torch.allclose(d[:, 0, 1], log(flat)) and torch.allclose(d[:, 0, 2], log(l1[:, 0]))
     # Tokens 1-3 complete the 4-token budget: between the 1- and 4-token L1.
     assert torch.allclose(d[:, 1:4, 1], log(l1[:, :1]).expand(-1, 3))
@@ -62,24 +62,6 @@ def test_halting_head_reads_rms_and_l1_per_token():
     # Tokens 8-9 lie in the 12-token budget: between the 8- and 12-token L1.
     assert torch.allclose(d[:, 8:10, 1], log(l1[:, 2:3]).expand(-1, 2))
     assert torch.allclose(d[:, 8:10, 2], log(l1[:, 3:4]).expand(-1, 2))
-    # Without the 1-token budget, tokens 0-3 share the first step, as before.
-    plain = KARL(preset("tiny", code="dct", one_token_budget=False)).eval()
-    plain.spectral.load_state_dict(model.spectral.state_dict())
-    with torch.no_grad():
-        d0 = plain.halting_detail(x, 10)
-    assert torch.allclose(d0[:, 0:4, 1], log(flat)[:, None].expand(-1, 4))
-    assert torch.allclose(d0[:, 0:4, 2], log(l1[:, 1:2]).expand(-1, 4))
-
-
-def test_config_accepts_no_direct_paths_and_needs_spectral_for_l1():
-    model = KARL(preset("tiny", direct_dim=0))
-    assert model.direct is None
-    x = torch.rand(2, 3, 32, 32)
-    assert model.decode(model.encode(x, 0.05)).shape == x.shape
-    with pytest.raises(ValueError, match="halt_l1 needs a spectral model"):
-        preset("tiny", spectral=False)
-    with pytest.raises(ValueError, match="direct_dim must be a whole number >= 0"):
-        preset("tiny", direct_dim=-1)
 
 
 def test_halting_head_reads_errors_relative_to_eps():
@@ -96,6 +78,3 @@ def test_halting_head_reads_errors_relative_to_eps():
         p_hi_same_error = head(h, torch.full((2,), hi), detail)
     assert torch.allclose(p_lo, p_hi, atol=1e-5)
     assert not torch.allclose(p_lo, p_hi_same_error, atol=1e-3)
-    old = KARL(preset("tiny", halt_l1=False)).halting_head.eval()
-    with torch.no_grad():   # absolute log RMS: the bin alone (bias zero) changes nothing
-        assert torch.allclose(old(h, torch.full((2,), lo), detail[..., :1]), old(h, torch.full((2,), hi), detail[..., :1]))

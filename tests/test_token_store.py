@@ -68,7 +68,7 @@ def test_encode_writes_tokens_and_index(model, folder, tmp_path, monkeypatch):
     assert torch.allclose(t["tokens"][a:b], tok, atol=1e-6)
 
 
-@pytest.mark.parametrize("code", ["dct", "wavelet"])
+@pytest.mark.parametrize("code", ["learned", "wavelet"])
 def test_encode_decode_reproduces_recon_exactly(code, folder, tmp_path, monkeypatch):
     # A wavelet model's decoder replays token positions from the stored values: they must come back exact.
     torch.manual_seed(0)

@@ -1,9 +1,11 @@
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from karl_cli import EPS_BINS, KARL, KARLConfig, eps_to_bin, preset
+from karl_cli import ALIT, EPS_BINS, KARL, KARLConfig, WeightsError, build_model, eps_to_bin, load_pretrained, preset
+from karl_cli.models.config import MODELS
 from karl_cli.models.tokenizer import Encoding
 
 
@@ -31,10 +33,10 @@ def test_config_validation_and_roundtrip():
         preset("huge")
 
 
-@pytest.mark.parametrize("base", ["conv", "patch"])
-def test_shapes_and_halting(base):
+@pytest.mark.parametrize("code", ["wavelet", "learned"])
+def test_shapes_and_halting(code):
     torch.manual_seed(0)
-    cfg = preset("tiny", base=base)
+    cfg = preset("tiny", code=code)
     m = KARL(cfg).eval()
     x = torch.rand(3, 3, cfg.resolution, cfg.resolution)
     lat, p = m.encode_tokens(x, torch.zeros(3, dtype=torch.long), 8)
@@ -42,7 +44,7 @@ def test_shapes_and_halting(base):
     assert bool(((p >= 0) & (p <= 1)).all())
     out = m(x, torch.zeros(3, dtype=torch.long), halting=True)
     assert out.recon.shape == x.shape
-    assert torch.equal(out.keep, out.p_halt <= cfg.halt_threshold)
+    assert torch.equal(out.keep, m.kept(out.p_halt))
     enc = m.encode(x, 0.05)
     assert enc.kc.tolist() == enc.keep.sum(1).tolist()
     assert torch.allclose(enc.kc_soft, (1 - enc.p_halt).sum(1))
@@ -61,21 +63,26 @@ def test_prefix_of_full_encoding_equals_short_encoding(tiny_model):
     assert torch.allclose(p_full[:, :8], p_short, atol=1e-5)
 
 
-def test_halted_tokens_have_no_effect(tiny_model):
+@pytest.mark.parametrize("code", ["wavelet", "learned"])
+def test_halted_tokens_have_no_effect(code, tiny_model):
+    # The wavelet code is ordered (positions follow earlier values), so its model halts a suffix
+    # (``kept``); learned tokens may halt anywhere.
+    torch.manual_seed(0)
+    model = tiny_model if code == "wavelet" else KARL(preset("tiny", code="learned")).eval()
     x = torch.rand(2, 3, 32, 32)
-    enc = tiny_model.encode(x, 0.05)
+    enc = model.encode(x, 0.05)
     keep = torch.zeros_like(enc.keep)
     keep[0, :5] = True
-    keep[1, [0, 3, 7, 9]] = True
+    keep[1, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] if code == "wavelet" else [0, 3, 7, 9]] = True
     a = Encoding(enc.latents.clone(), enc.p_halt, keep, 0.05)
     noisy = enc.latents.clone()
     noisy[~keep] = torch.randn(int((~keep).sum()), noisy.shape[-1]) * 100
     b = Encoding(noisy, enc.p_halt, keep, 0.05)
-    assert torch.allclose(tiny_model.decode(a), tiny_model.decode(b), atol=1e-6)
+    assert torch.allclose(model.decode(a), model.decode(b), atol=1e-6)
     # ...while changing a kept token does change the output.
     changed = enc.latents.clone()
     changed[0, 0] += 10
-    assert not torch.allclose(tiny_model.decode(a), tiny_model.decode(Encoding(changed, enc.p_halt, keep, 0.05)))
+    assert not torch.allclose(model.decode(a), model.decode(Encoding(changed, enc.p_halt, keep, 0.05)))
 
 
 def test_dropping_equals_decoding_only_the_kept_tokens(tiny_model):
@@ -103,11 +110,6 @@ def test_one_token_budget_decodes_the_rest_of_the_first_step_as_zeros(tiny_model
         assert torch.allclose(tiny_model.decode_tokens(lat[:, :1]), want, atol=1e-5)
         assert torch.allclose(tiny_model.decode_tokens(lat, keep), want, atol=1e-5)
         assert not torch.allclose(tiny_model.decode_tokens(lat[:, :4]), want, atol=1e-3)
-    # Without the 1-token budget nothing is filled: one token is decoded alone.
-    plain = KARL(dataclasses.replace(tiny_model.config, one_token_budget=False)).eval()
-    plain.load_state_dict(tiny_model.state_dict())
-    with torch.no_grad():
-        assert not torch.allclose(plain.decode_tokens(lat[:, :1]), want, atol=1e-3)
 
 
 def test_num_tokens_out_of_range(tiny_model):
@@ -123,3 +125,45 @@ def test_halting_head_reads_eps_directly(tiny_model):
         _, p_a = tiny_model.encode_tokens(x, torch.full((2,), 0), 16)
         _, p_b = tiny_model.encode_tokens(x, torch.full((2,), 3), 16)
     assert not torch.allclose(p_a, p_b)
+
+
+def test_three_models_and_nothing_else():
+    assert set(MODELS) == {("karl", "wavelet"), ("karl", "learned"), ("alit", "dct")}
+    assert isinstance(build_model(preset("tiny")), KARL) and isinstance(build_model(preset("tiny", arch="alit")), ALIT)
+    for arch, code in (("karl", "dct"), ("alit", "wavelet"), ("alit", "learned")):
+        with pytest.raises(ValueError, match=f"no model has arch '{arch}' with code '{code}'"):
+            preset("tiny", arch=arch, code=code)
+
+
+def test_each_model_names_only_the_fields_it_uses():
+    assert "direct_dim" not in preset("tiny").to_dict() and "direct_dim" in preset("tiny", code="learned").to_dict()
+    alit = preset("tiny", arch="alit").to_dict()
+    assert not {"halt_threshold", "halt_hidden", "halt_grad_scale", "direct_dim"} & set(alit)
+    for cfg in (preset("tiny"), preset("tiny", code="learned"), preset("tiny", arch="alit")):
+        assert KARLConfig.from_dict(cfg.to_dict()) == cfg
+    assert KARLConfig() == preset("small")   # defaults are the shipped model
+
+
+@pytest.mark.parametrize("field,value", [("spectral", False), ("halt_l1", False), ("base", "patch"),
+                                         ("one_token_budget", False), ("eps_bins", [0.01, 0.05]),
+                                         ("direct_dim", 8)])
+def test_a_retired_field_in_use_is_refused_by_name(field, value, tmp_path):
+    raw = {**preset("tiny").to_dict(), field: value}
+    with pytest.raises(ValueError, match=f"'{field}'") as e:
+        KARLConfig.from_dict(raw)
+    assert "\n" not in str(e.value)
+    # ...and a weights folder holding it gets the same one line from the loader.
+    KARL(preset("tiny")).save_pretrained(tmp_path / "w")
+    (tmp_path / "w" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match=f"'{field}'"):
+        load_pretrained(tmp_path / "w")
+
+
+def test_retired_fields_holding_what_the_model_does_still_load(tmp_path):
+    # A karl 0.1 config.json of the shipped models: the retired fields state what the model does anyway.
+    old = {**preset("tiny").to_dict(), "spectral": True, "halt_l1": True, "base": "conv", "direct_dim": 0,
+           "one_token_budget": True, "eps_bins": list(EPS_BINS)}
+    assert KARLConfig.from_dict(old) == preset("tiny")
+    learned = {**preset("tiny", code="learned").to_dict(), "code": "dct", "spectral": False, "halt_l1": False,
+               "one_token_budget": False}
+    assert KARLConfig.from_dict(learned) == preset("tiny", code="learned")

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from karl_cli import KARL, preset
+from karl_cli import ALIT, KARL, preset
 from karl_cli.models.config import SMALL_EPS_BINS, eps_to_bin
 from karl_cli.training.data import epoch_indices
 from karl_cli.errors import UsageError
-from karl_cli.training.trainer import (TrainConfig, TrainingError, TrainingInterrupted, TwoPhaseLoss, halting_targets,
-                              lr_factor, sample_phase1, train)
+from karl_cli.training.objectives import TwoPhaseLoss, halting_targets, sample_phase1
+from karl_cli.training.trainer import TrainConfig, TrainingError, TrainingInterrupted, lr_factor, train
 
 
 def test_halting_targets_phase2():
@@ -72,8 +72,8 @@ def _tc(**kw):
 
 
 def test_loss_decreases(image_folder, tmp_path):
-    # From scratch (no spectral code), so the loss has far to fall.
-    cfg = preset("tiny", spectral=False, halt_l1=False)
+    # Learned tokens, from scratch (no code), so the loss has far to fall.
+    cfg = preset("tiny", code="learned")
     train([str(image_folder)], tmp_path / "run", cfg, _tc(steps=100), device="cpu")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 100
@@ -85,30 +85,31 @@ def test_loss_decreases(image_folder, tmp_path):
     assert "step 100 of 100" in (tmp_path / "run" / "model_card.md").read_text()
 
 
-def test_spectral_model_is_fitted_then_refines_its_code(image_folder, tmp_path):
-    train([str(image_folder)], tmp_path / "run", preset("tiny"), _tc(steps=100), device="cpu")
-    model = KARL.from_pretrained(tmp_path / "run").eval()
+def test_dct_model_is_fitted_then_refines_its_code(image_folder, tmp_path):
+    # ALIT's tokens start as the DCT code and the bottleneck learns a correction to them.
+    train([str(image_folder)], tmp_path / "run", preset("tiny", arch="alit"), _tc(steps=100), device="cpu")
+    model = ALIT.from_pretrained(tmp_path / "run").eval()
     # The fit found the data's colour axes (not the identity it starts from) and kept them on disk.
-    assert not torch.allclose(model.spectral.colour_basis, torch.eye(3))
-    assert model.spectral.scale[0] > model.spectral.scale[-1]
+    assert not torch.allclose(model.code.colour_basis, torch.eye(3))
+    assert model.code.scale[0] > model.code.scale[-1]
     x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((32, 32)))).permute(2, 0, 1)
                      for p in sorted(image_folder.iterdir())]).float() / 255
     with torch.no_grad():
         tokens, _ = model.encode_tokens(x, torch.zeros(len(x), dtype=torch.long), model.config.max_tokens)
-        code_l1 = (model.spectral.synthesise(model.spectral.analyse(x)).clamp(0, 1) - x).abs().mean()
+        code_l1 = (model.code.synthesise(model.code.analyse(x)).clamp(0, 1) - x).abs().mean()
         model_l1 = (model.decode_tokens(tokens).clamp(0, 1) - x).abs().mean()
     # Training taught the networks a correction that beats the bare linear code.
     assert model_l1 < code_l1
 
 
 def test_wavelet_model_trains_its_decoder_and_halting_encoder_not_its_tokens(image_folder, tmp_path):
-    cfg = preset("tiny", code="wavelet", direct_dim=0, halt_grad_scale=1.0)
+    cfg = preset("tiny", halt_grad_scale=1.0)
     torch.manual_seed(0)
     start = KARL(cfg).state_dict()
     train([str(image_folder)], tmp_path / "run", cfg, _tc(steps=60), device="cpu")
     model = KARL.from_pretrained(tmp_path / "run").eval()
     assert model.config.code == "wavelet" and model.bottleneck is None
-    assert not torch.allclose(model.spectral.colour_basis, torch.eye(3))
+    assert not torch.allclose(model.code.colour_basis, torch.eye(3))
     # The halting loss reached the encoder (halt_grad_scale 1): its blocks moved.
     moved = model.state_dict()["encoder.0.qkv.weight"] - start["encoder.0.qkv.weight"]
     assert float(moved.abs().max()) > 1e-3
@@ -116,8 +117,8 @@ def test_wavelet_model_trains_its_decoder_and_halting_encoder_not_its_tokens(ima
                      for p in sorted(image_folder.iterdir())]).float() / 255
     with torch.no_grad():
         tokens, _ = model.encode_tokens(x, torch.zeros(len(x), dtype=torch.long), model.config.max_tokens)
-        assert torch.equal(tokens, model.spectral.analyse(x))          # tokens are the code, uncorrected
-        bare = model.spectral.synthesise(tokens).clamp(0, 1)
+        assert torch.equal(tokens, model.code.analyse(x))          # tokens are the code, uncorrected
+        bare = model.code.synthesise(tokens).clamp(0, 1)
         refined = model.decode_tokens(tokens).clamp(0, 1)
     # The decoder's refinement (zero at the start) learned something, and did not cost accuracy: in
     # 60 tiny steps it stays within a few per cent of the Haar image (the shipped model gains ~1 %).
@@ -159,8 +160,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder, tmp_path, monkey
 
     real = trainer.two_phase_step
 
-    def poisoned(loss_module, images, step, tc, dtype):
-        loss, stats = real(loss_module, images, step, tc, dtype)
+    def poisoned(loss_module, images, step, seed, halt_weight, dtype):
+        loss, stats = real(loss_module, images, step, seed, halt_weight, dtype)
         return (loss * float("nan") if step >= 6 else loss), stats
 
     monkeypatch.setattr(trainer, "two_phase_step", poisoned)

@@ -4,11 +4,11 @@ import torch
 from karl_helpers import fitted_code
 
 from karl_cli import KARL, preset
-from karl_cli.models.wavelet import WaveletPath, haar_forward, haar_inverse, haar_tree
+from karl_cli.models.wavelet import WaveletCode, haar_forward, haar_inverse, haar_tree
 
 
-def _wavelet_path(max_tokens: int = 64) -> WaveletPath:
-    return fitted_code(WaveletPath, preset("tiny", max_tokens=max_tokens, code="wavelet", direct_dim=0))
+def _wavelet_path(max_tokens: int = 64) -> WaveletCode:
+    return fitted_code(WaveletCode, preset("tiny", max_tokens=max_tokens))
 
 
 def _corner_detail(n: int = 2, r: int = 32) -> torch.Tensor:
@@ -88,11 +88,11 @@ def test_detail_and_l1_hints_are_exact():
 
 def test_a_wavelet_model_keeps_its_code_as_tokens_and_a_prefix():
     torch.manual_seed(0)
-    model = KARL(preset("tiny", code="wavelet", direct_dim=0)).eval()
+    model = KARL(preset("tiny")).eval()
     assert model.bottleneck is None
     x = _corner_detail(2)
     enc = model.encode(x, 0.05)
-    assert torch.equal(enc.latents, model.spectral.analyse(x)[:, : enc.latents.shape[1]])
+    assert torch.equal(enc.latents, model.code.analyse(x)[:, : enc.latents.shape[1]])
     p = torch.rand(4, 16)
     keep = model.kept(p)
     # Kept tokens form a prefix: a halted token stops everything after it.
@@ -103,7 +103,7 @@ def test_a_wavelet_model_keeps_its_code_as_tokens_and_a_prefix():
 
 
 def test_wavelet_config_is_checked():
-    with pytest.raises(ValueError, match="code must be 'dct' or 'wavelet'"):
+    with pytest.raises(ValueError, match="no model has arch 'karl' with code 'jpeg'"):
         preset("tiny", code="jpeg")
     with pytest.raises(ValueError, match="power-of-two"):
         preset("tiny", code="wavelet", resolution=48, patch_size=8)
@@ -114,7 +114,7 @@ def test_wavelet_config_is_checked():
 
 def test_decoding_a_kept_prefix_ignores_the_dropped_tokens():
     torch.manual_seed(0)
-    model = KARL(preset("tiny", code="wavelet", direct_dim=0)).eval()
+    model = KARL(preset("tiny")).eval()
     x = _corner_detail(2)
     with torch.no_grad():
         enc = model.encode(x, 0.05)

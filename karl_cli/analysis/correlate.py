@@ -29,6 +29,10 @@ from karl_cli.errors import UsageError
 from karl_cli.io.savoias import RatedSet, load_ratings
 from karl_cli.analysis.stats import correlation, spearman_difference
 from karl_cli.models.pretrained import model_id
+from karl_cli.models.pretrained import load_pretrained
+from karl_cli.runtime import resolve_device
+from karl_cli.scoring.complexity import validate_eps
+from karl_cli.scoring import complexity
 
 RESULT_COLUMNS = ["category", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi"]
@@ -182,8 +186,6 @@ def _load_model(model, weights, device):
         return model
     if weights is None:
         raise UsageError("no model: pass weights (a directory with config.json + model.safetensors) or a model")
-    from karl_cli.models.pretrained import load_pretrained
-    from karl_cli.runtime import resolve_device
     return load_pretrained(weights, device=resolve_device(device or "auto"))   # WeightsError is a KarlError
 
 
@@ -206,7 +208,6 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
         raise UsageError("--bootstrap must be >= 0")
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
-    from karl_cli.scoring.complexity import validate_eps
     eps_list = validate_eps(eps)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings)
     model = _load_model(model, weights, device)
@@ -248,7 +249,6 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
 
 
 def _score_into(paths, model, eps_list, method, batch_size, workers, device, progress, scores, store, sha_of) -> int:
-    from karl_cli.scoring import complexity
     n = 0
     rows = complexity.score(paths, model, eps_list, method=method, baselines=True, batch_size=batch_size,
                             workers=workers, device=device, progress=progress)

@@ -19,6 +19,9 @@ from matplotlib.gridspec import GridSpec  # noqa: E402
 
 from karl_cli.io.atomic import atomic_path  # noqa: E402
 from karl_cli.errors import UsageError  # noqa: E402
+from karl_cli.scoring.complexity import validate_eps
+from karl_cli.io.images import ImageLoadError, load_for_model
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 
 DEFAULT_SHOW_EPS = (0.03, 0.05, 0.09)
 
@@ -83,9 +86,6 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
     """One image under the tokenizer: the input; reconstructions from growing prefixes of one T_max
     encoding (smallest ε bin); KARL's adaptive reconstruction at each ε with its KC; and p_halt per
     token at each ε as bars against the halting threshold. Returns the numbers drawn."""
-    from karl_cli.scoring.complexity import validate_eps
-    from karl_cli.io.images import ImageLoadError, load_for_model
-    from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 
     eps_list = validate_eps(eps_list)
     dev = resolve_device(device, model)

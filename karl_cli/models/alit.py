@@ -17,15 +17,15 @@ How it differs from KARL in this package:
 - **No ε conditioning, no halting head.** ALIT's tokens do not depend on ε; ``Encoding.p_halt`` is
   all zeros and ``Encoding.keep`` all True. The token count an image needs at ε comes only from a
   **search**: roll out iteration by iteration, decode after each, stop at the first iteration whose
-  reconstruction meets ε (``complexity`` / ``search``). ``single_pass = False`` says so to scoring
-  code: ``--method single`` is not available for ALIT.
+  reconstruction meets ε (``scoring/oracle.py``). ``single_pass = False`` says so to scoring code:
+  ``--method single`` is not available for ALIT.
 - **Tokens are not prefixes.** The old latents change in every iteration, so the 8 tokens after
   iteration 2 are not the first 8 of the 16 after iteration 4. ``encode(..., num_tokens=T)`` runs T/s
-  iterations from scratch (T/s encoder iterations); the incremental ``rollout``/``search`` costs one
-  encoder iteration and one decoder pass per step instead. For the same reason ``--method prefix``
-  (decode prefixes of one T_max encoding) is meaningless for ALIT, and ``complexity.score`` refuses
-  it. ``complexity.score(method="search")``, ``compare`` and ``search`` all run the shared search
-  loop (``search.sweep``) over ``search_tokens``, the incremental rollout, so their encoder runs are
+  iterations from scratch (T/s encoder iterations); the incremental ``rollout`` (``search_tokens``)
+  costs one encoder iteration and one decoder pass per step instead. For the same reason
+  ``--method prefix`` (decode prefixes of one T_max encoding) is meaningless for ALIT and scoring
+  refuses it. Every search runs the oracle's loop (``scoring/oracle.py``) over ``search_tokens``,
+  the incremental rollout, so their encoder runs are
   iterations. ``encode_tokens`` and ``forward`` take KARL's signatures (trainer, tests).
 - **Cost.** One "encoder run" below is one recurrent iteration: ``enc_depth`` blocks over
   (2D tokens + k·s latents).
@@ -39,10 +39,8 @@ import torch
 import torch.nn as nn
 
 from karl_cli.models.config import KARLConfig
-from karl_cli.scoring.oracle import SearchResult, TokenSource, sweep
-from karl_cli.models.tokenizer import KARL, Encoding, ForwardOutput, Tokenizer
-
-__all__ = ["ALIT", "ALITLoss", "ALITState", "SearchResult"]
+from karl_cli.models.pretrained import register
+from karl_cli.models.tokenizer import Encoding, ForwardOutput, TokenSource, Tokenizer
 
 
 @dataclass
@@ -52,26 +50,20 @@ class ALITState:
     x2d: torch.Tensor        # (B, N_2d, width)
     latents: torch.Tensor    # (B, k*s, width)
     iterations: int
-    code: torch.Tensor | None = None   # the spectral code (B, T_max, latent_dim) of a spectral model
+    code: torch.Tensor | None = None   # the DCT code (B, T_max, latent_dim)
 
     @property
     def num_tokens(self) -> int:
         return self.latents.shape[1]
 
 
+@register
 class ALIT(Tokenizer):
-    """Adaptive-length tokenizer by recurrent allocation (arXiv 2411.02393). See the module docstring."""
+    """Adaptive-length tokenizer by recurrent allocation (arXiv 2411.02393). See the module docstring.
+    Everything but the encoder's recurrence is shared with KARL (``Tokenizer``); ALIT has no ε token
+    and no halting head, so KC needs a search (``single_pass = False``)."""
 
-    # KC needs a search (encoder + decoder per iteration); there is no single-pass estimate.
-    single_pass = False
-
-    def __init__(self, config: KARLConfig) -> None:
-        # Everything is shared with KARL; ALIT has no ε token and no halting head. New tokens start
-        # from DirectPaths' read-out of the current 2D tokens.
-        super().__init__(config, "alit")
-
-    # KARL's decoder pass, shared (not copied): mask tokens + latents -> pixels via the base head.
-    decode_tokens = KARL.decode_tokens
+    arch = "alit"
 
     @property
     def iterations(self) -> int:
@@ -90,7 +82,7 @@ class ALIT(Tokenizer):
     def start(self, images: torch.Tensor) -> ALITState:
         """The state before iteration 1: 2D tokens (+pos), no latents."""
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
-        return ALITState(x2d, x2d.new_zeros(x2d.shape[0], 0, x2d.shape[2]), 0, self.spectral_code(images))
+        return ALITState(x2d, x2d.new_zeros(x2d.shape[0], 0, x2d.shape[2]), 0, self.analyse(images))
 
     def step(self, state: ALITState) -> ALITState:
         """One recurrent iteration: add token_step new latents, run the encoder over everything."""
@@ -99,8 +91,6 @@ class ALIT(Tokenizer):
             raise ValueError(f"the rollout is complete after {self.iterations} iterations")
         b, n = state.x2d.shape[:2]
         new = self.latent_inputs(state.code, k * s, (k + 1) * s, b).to(state.x2d.dtype)
-        if self.direct is not None:
-            new = new + self.direct.read(state.x2d)[:, k * s:(k + 1) * s]
         x = torch.cat([state.x2d, state.latents, new], dim=1)
         for blk in self.encoder:
             x = blk(x)
@@ -128,7 +118,7 @@ class ALIT(Tokenizer):
 
     def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor | None, num_tokens: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """KARL's signature, so code written for KARL (e.g. ``complexity.score``'s search) runs on ALIT:
+        """KARL's signature, so code written for KARL (the trainer, tests) runs on ALIT:
         (tokens after iteration num_tokens/token_step, p_halt = zeros). ``eps_idx`` is ignored."""
         latents = self.rollout_to(images, num_tokens)
         return latents, torch.zeros(latents.shape[:2], device=latents.device)
@@ -147,7 +137,7 @@ class ALIT(Tokenizer):
 
         ``eps`` does not change ALIT's tokens (there is no ε conditioning); it is recorded in the
         Encoding. ``p_halt`` is zeros and ``keep`` all True: ALIT has no halting head, so
-        ``Encoding.kc`` is just ``num_tokens``. For the token count an image needs, use ``complexity``.
+        ``Encoding.kc`` is just ``num_tokens``. For the token count an image needs, use the oracle's search.
         """
         images = images.to(self.device, self.dtype)
         latents = self.rollout_to(images, num_tokens or self.config.max_tokens)
@@ -155,14 +145,8 @@ class ALIT(Tokenizer):
         zeros = torch.zeros(b, t, device=latents.device)
         return Encoding(latents.float(), zeros, torch.ones(b, t, dtype=torch.bool, device=latents.device), float(eps))
 
-    @torch.inference_mode()
-    def decode(self, encoding: Encoding) -> torch.Tensor:
-        """One decoder pass over the kept tokens: images (B,3,R,R) in [0,1]."""
-        lat = encoding.latents.to(self.device, self.dtype)
-        return self.decode_tokens(lat, encoding.keep.to(self.device)).float().clamp_(0.0, 1.0)
-
     def search_tokens(self, images: torch.Tensor, method: str = "search") -> TokenSource:
-        """The incremental rollout for ``search.sweep``: each call runs one more encoder iteration
+        """The incremental rollout for the oracle (``scoring/oracle.py``): each call runs one more encoder iteration
         (on the rows still searching) and returns the bottlenecked tokens after it. ALIT's tokens
         are not prefixes, so ``prefix`` is refused."""
         if method != "search":
@@ -183,54 +167,3 @@ class ALIT(Tokenizer):
             return self.tokens(state)
 
         return TokenSource(tokens, encoder_run_per_budget=True)
-
-    @torch.inference_mode()
-    def search(self, images: torch.Tensor, eps: float, method: str = "search") -> SearchResult:
-        """ALIT's search: iterate, decode after each iteration, stop each image at the first
-        reconstruction with pixel L1 <= ε; images that are done leave the rollout."""
-        return sweep(self, images, eps, method, keep_recon=True).result(0)
-
-    @torch.inference_mode()
-    def complexity(self, images: torch.Tensor, eps: float) -> torch.Tensor:
-        """Approximate KC at ε: the token count of the first iteration whose reconstruction meets ε
-        (T_max for images no iteration reconstructs that well). Costs up to T_max/token_step
-        encoder iterations and as many decoder passes."""
-        return self.search(images, eps).kc
-
-
-class ALITLoss(nn.Module):
-    """ALIT's training objective for the shared trainer: one rollout to T_max, L1 reconstruction
-    from the tokens of iteration budget/token_step (``rec1``) and of the last iteration (``rec2``).
-
-    Returns the same stats as KARL's two-phase loss: 'halt' is 0 (no halting head) and 'kept2' is
-    the tokens the full-budget reconstruction used (T_max). ``eps_small`` and ``halt_weight`` are
-    accepted for the trainer's call signature and unused.
-    """
-
-    def __init__(self, model: ALIT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, budget: int, eps_small: torch.Tensor, halt_weight: float
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model = self.model
-        k_budget = model.iterations_for(budget)
-        mid = None
-        state = model.start(images)
-        for k in range(1, model.iterations + 1):
-            state = model.step(state)
-            if k == k_budget:
-                mid = model.tokens(state)
-        full = model.tokens(state)
-        if k_budget == model.iterations:
-            # Budget = T_max: decode once and count it for both terms.
-            l1_1 = l1_2 = (model.decode_tokens(full).float() - images).abs().mean(dim=(1, 2, 3))
-            loss = 2 * l1_2.mean()
-        else:
-            l1_1 = (model.decode_tokens(mid).float() - images).abs().mean(dim=(1, 2, 3))
-            l1_2 = (model.decode_tokens(full).float() - images).abs().mean(dim=(1, 2, 3))
-            loss = l1_1.mean() + l1_2.mean()
-        zero = torch.zeros((), device=images.device)
-        stats = {"rec1": l1_1.mean().detach(), "rec2": l1_2.mean().detach(), "halt": zero,
-                 "kept2": torch.tensor(float(full.shape[1]), device=images.device)}
-        return loss, stats

@@ -1,19 +1,17 @@
-"""The spectral spine: a fixed linear code between pixels and 1D tokens, which the networks refine.
+"""The DCT code ALIT's tokens start from: a fixed linear code between pixels and 1D tokens, which
+the networks refine (why a code: docs/design.md §4).
 
-Token t of a spectral model starts as 12 coefficients of the whole image's 2D DCT, taken in a
-decorrelated colour space, in order of their variance on the training images: token 0 holds the
-largest-variance (lowest-frequency, brightness) coefficients, later tokens finer detail. Every prefix
-of that code is the best linear reconstruction of its size for stationary images (the DCT is close to
-the images' principal components), so a KARL model starts from a coarse-to-fine tokenizer before it
-has seen a single training step, and its networks only learn a correction on top:
+Token t starts as 12 coefficients of the whole image's 2D DCT, taken in a decorrelated colour space,
+in order of their variance on the training images: token 0 holds the largest-variance
+(lowest-frequency, brightness) coefficients, later tokens finer detail. Every prefix is close to the
+best linear reconstruction of its size for stationary images, so the model starts as a
+coarse-to-fine tokenizer and its networks learn a correction on top:
 
-    token_t   = spectral code_t  + bottleneck(encoder output_t)       (the correction starts at zero)
-    image     = synthesise(kept tokens) + decoder refinement          (the refinement starts at zero)
+    token_t   = code_t + bottleneck(encoder output_t)          (the correction starts at zero)
+    image     = synthesise(kept tokens) + decoder refinement   (the refinement starts at zero)
 
-Why: a transformer tokenizer trained on a CPU for an hour stayed far from even this linear code
-(pixel L1 0.087 with 64 tokens where the spectral code alone reaches 0.048 on Savoias images). The
-colour basis, coefficient order and scales are fitted once on training crops (``fit``) and stored
-with the weights as buffers; the DCT matrix is recomputed.
+The colour basis, coefficient order and scales are fitted once on training crops (``fit``) and
+stored with the weights as buffers; the DCT matrix is recomputed.
 """
 from __future__ import annotations
 
@@ -54,7 +52,7 @@ def log_rms_left(images: torch.Tensor, colour_mean: torch.Tensor, sent: torch.Te
     return 0.5 * torch.log((total - sent).clamp_min(0.0) / x[0].numel() + 1e-6)
 
 
-class SpectralPath(nn.Module):
+class DCTCode(nn.Module):
     """Analyse images into ordered, unit-variance DCT codes (B, T, latent_dim), and synthesise back.
 
     Halted or missing tokens are zeros, which synthesise to nothing: the code is linear.

@@ -28,13 +28,37 @@ class WeightsError(KarlError, ValueError):
     exit_code = EXIT_FAILED
 
 
+# arch -> model class; each model module registers its class (``@register``), and the package
+# (models/__init__.py) imports every model module, so the table is full once karl_cli.models is.
+ARCHITECTURES: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: the model class for configs whose ``arch`` is ``cls.arch``."""
+    ARCHITECTURES[cls.arch] = cls
+    return cls
+
+
 def build_model(config: KARLConfig) -> torch.nn.Module:
-    """The module an architecture name stands for."""
-    if config.arch == "alit":
-        from karl_cli.models.alit import ALIT
-        return ALIT(config)
-    from karl_cli.models.tokenizer import KARL
-    return KARL(config)
+    """A new (untrained) model of the class ``config.arch`` names."""
+    return ARCHITECTURES[config.arch](config)
+
+
+class Pretrained:
+    """``save_pretrained`` / ``from_pretrained`` for a model class (mixed into ``Tokenizer``)."""
+
+    def save_pretrained(self, directory: str | Path, card: str | None = None) -> None:
+        """Write config.json, model.safetensors (and model_card.md) atomically into ``directory``."""
+        save_pretrained(self, directory, card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Load a weights directory; raises WeightsError if it is unreadable, and TypeError if it
+        holds another model class than ``cls`` (``Tokenizer.from_pretrained`` takes any)."""
+        model = load_pretrained(directory, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
 
 def model_id(model: torch.nn.Module) -> str:
@@ -105,7 +129,8 @@ def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(str(w_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{w_path} is not a valid safetensors file: {e}") from None
-    return state
+    # karl <= 0.1 named the model's linear code "spectral"
+    return {("code." + k[len("spectral."):] if k.startswith("spectral.") else k): v for k, v in state.items()}
 
 
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

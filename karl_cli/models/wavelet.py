@@ -1,11 +1,8 @@
-"""The wavelet spine: a Haar wavelet code whose order adapts to each image, and that the decoder
-can replay from the tokens alone.
+"""The wavelet code of the default KARL model: a Haar wavelet code whose order adapts to each
+image, and that the decoder can replay from the tokens alone (why: docs/design.md §4).
 
-``spectral.py``'s DCT code takes coefficients in one fixed order for every image, so an image whose
-detail sits in one corner pays for that frequency everywhere: on the Savoias dev half its token
-counts correlated with human ratings no better than JPEG's bytes (pooled Spearman .51 vs .56 at
-ε 0.03). Natural images are sparse in a wavelet basis, and where a coefficient is large its children
-(the same place and orientation one scale finer) tend to be large too; that is what zerotree coders
+Natural images are sparse in a wavelet basis, and where a coefficient is large its children (the
+same place and orientation one scale finer) tend to be large too; that is what zerotree coders
 (EZW, SPIHT) exploit. Here:
 
 - The image, in a decorrelated colour space, is split by an orthonormal 2D Haar transform into a
@@ -18,8 +15,7 @@ counts correlated with human ratings no better than JPEG's bytes (pooled Spearma
   order). The first token holds the 12 tree roots.
 - Priorities depend only on values already sent, so the decoder replays the same choices from the
   tokens and needs no positions: the code is a 1D token sequence like the DCT's, every prefix
-  decodes, and the count needed to reach ε follows where an image's detail actually is (pooled ρ
-  .59 at ε 0.03 against .56 for JPEG, in a probe over the same images).
+  decodes, and the count needed to reach ε follows where an image's detail actually is.
 
 Because positions follow from earlier values, a token's value may not be changed after the fact:
 KARL adds no learned correction to this code (``ordered``), and a model keeps tokens as a prefix.
@@ -103,9 +99,9 @@ def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (matrix @ x.reshape(b, c, h * w)).view(b, c, h, w)
 
 
-class WaveletPath(nn.Module):
+class WaveletCode(nn.Module):
     """Analyse images into adaptively ordered, unit-variance Haar codes (B, T, latent_dim), and
-    synthesise back. Same interface as ``SpectralPath``; ``ordered``: token positions depend on
+    synthesise back. Same interface as ``DCTCode``; ``ordered``: token positions depend on
     the values of earlier tokens, so tokens are kept as a prefix and never corrected."""
 
     ordered = True

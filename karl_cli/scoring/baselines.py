@@ -3,7 +3,7 @@
 Both take the image as the model sees it (uint8 (R, R, 3) at the model resolution, from
 ``images.load_for_model``), so KC and the baselines describe the same pixels. The unit is
 **bytes per pixel** (file bytes / (H·W)), encoded in memory with Pillow; nothing touches the disk.
-JPEG-75 bytes/pixel is the classic complexity proxy (DESIGN.md §3-4).
+JPEG-75 bytes/pixel is the classic complexity proxy (docs/design.md §5).
 """
 from __future__ import annotations
 

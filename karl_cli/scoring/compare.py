@@ -36,7 +36,10 @@ import torch.nn.functional as F
 from karl_cli.errors import KarlError, UsageError
 from karl_cli.io.images import ImageLoadError, load_for_model
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
-from karl_cli.scoring.oracle import SearchResult
+from karl_cli.scoring.oracle import SearchResult, search
+from karl_cli.scoring.complexity import collect_inputs
+from karl_cli.scoring.complexity import validate_eps
+from karl_cli.models.pretrained import WeightsError, load_pretrained
 
 COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
            "encoder_runs", "decoder_runs", "sec_per_image"]
@@ -109,13 +112,12 @@ def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float)
             raise UsageError(f"{type(model).__name__} has no single-pass token count; use the search")
         return _single_pass(model, x, eps)
     if method == SEARCH:
-        return model.search(x, eps)
+        return search(model, x, eps)
     raise UsageError(f"unknown method {method!r}; choose {SINGLE!r} or {SEARCH!r}")
 
 
 # --- the comparison ------------------------------------------------------------------------------
 def _load(paths: Iterable[str | Path], resolution: int) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
-    from karl_cli.scoring.complexity import collect_inputs
 
     ok, arrays, skipped = [], [], []
     for f in collect_inputs(paths):
@@ -142,7 +144,6 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
             on_progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The Table-2 comparison (see the module docstring): one row per (ε, model, method), columns
     ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason)."""
-    from karl_cli.scoring.complexity import validate_eps
 
     eps_list = validate_eps(eps_list)
     if not models:
@@ -205,7 +206,6 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
 # --- CLI helpers ---------------------------------------------------------------------------------
 def load_models(directories: Sequence[str | Path], device: str | torch.device = "cpu") -> dict[str, torch.nn.Module]:
     """Weights directories -> {name: model}; the name is the directory's name (made unique)."""
-    from karl_cli.models.pretrained import WeightsError, load_pretrained
 
     if not directories:
         raise UsageError("give at least one --weights directory")

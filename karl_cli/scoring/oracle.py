@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from karl_cli.models.tokenizer import TokenSource
+
 
 @dataclass
 class SearchResult:
@@ -32,17 +34,6 @@ class SearchResult:
     met: torch.Tensor           # (B,) bool: l1 <= ε
     encoder_runs: torch.Tensor  # (B,) long: encoder runs (ALIT: iterations) until this image was done
     decoder_runs: torch.Tensor  # (B,) long: decoder passes until this image was done
-
-
-@dataclass
-class TokenSource:
-    """Tokens of a batch at growing budgets. ``tokens(rows, t)`` gives (len(rows), t, latent_dim) for
-    the batch rows ``rows`` (ascending; a subset of the previous call's rows) at budget ``t``; it is
-    called with t = T_1, T_2, … in order. ``encoder_run_per_budget``: whether each call costs an
-    encoder run (re-encoding, ALIT iterations) or the encoder ran once up front (prefixes)."""
-
-    tokens: Callable[[torch.Tensor, int], torch.Tensor]
-    encoder_run_per_budget: bool
 
 
 @dataclass
@@ -108,3 +99,12 @@ def sweep(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[fl
         active = active[need[active].any(1)]
     enc_runs = runs if source is None or source.encoder_run_per_budget else (runs > 0).long()
     return Sweep(eps_list, kc, l1, met, enc_runs, runs.clone(), recon)
+
+
+@torch.inference_mode()
+def search(model: torch.nn.Module, images: torch.Tensor, eps: float, method: str = "search") -> SearchResult:
+    """The oracle for one ε: per image, the smallest budget whose reconstruction reaches pixel L1
+    <= ε, with that reconstruction. For KARL, ``search`` re-encodes at every budget (k encoder + k
+    decoder runs) and ``prefix`` decodes prefixes of one T_max encoding (1 + k); for ALIT, ``search``
+    is its incremental rollout (k iterations + k decoder runs). Images (B, 3, R, R) in [0, 1]."""
+    return sweep(model, images, eps, method, keep_recon=True).result(0)

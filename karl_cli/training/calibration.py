@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from karl_cli.models.config import EPS_BINS
 from karl_cli.training.data import CropDataset, training_files
 from karl_cli.io.synthetic import random_family_images
-from karl_cli.models.tokenizer import KARL
+from karl_cli.models.karl import KARL
 
 
 # Halting thresholds calibration chooses from, the paper's first.

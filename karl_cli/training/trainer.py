@@ -1,12 +1,5 @@
-"""The two-phase, loss-conditioned trainer (DESIGN.md §2, the "upside-down RL" trick).
-
-Each step:
-1. Phase 1 estimates complexity: a random budget T, a small ε, no halting. The per-image pixel L1
-   of that reconstruction is ε₀ (no grad); halting targets are 0 for all T tokens.
-2. Phase 2 learns to stop: budget T_max, conditioned on bin(ε₀), decoding only the tokens the
-   halting head keeps. Targets: the first T tokens 0, the other T_max - T tokens 1 (they were not
-   needed to reach ε₀).
-Loss = L1 reconstruction in both phases + BCE halting loss.
+"""The training loop: data, optimiser, schedule, EMA, checkpoints and resume around the step of
+``training/objectives.py`` (docs/design.md §3).
 
 Runs on CPU or CUDA (bf16 autocast) and data-parallel under ``torchrun`` (DDP; gloo on CPU).
 """
@@ -26,14 +19,14 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from karl_cli.io.atomic import atomic_path
-from karl_cli.models.config import SMALL_EPS_BINS, KARLConfig, eps_to_bin, preset
+from karl_cli.models.config import KARLConfig, preset
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
 from karl_cli.runtime import resolve_device
 from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
-from karl_cli.models.pretrained import build_model, save_pretrained
+from karl_cli.models.pretrained import WeightsError, build_model, read_state, save_pretrained
+from karl_cli.training.objectives import training_objective, two_phase_step
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -96,69 +89,6 @@ class TrainConfig:
             raise bad("min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         if not (finite(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise bad("ema_decay", self.ema_decay, "in [0, 1)")
-
-
-# --- the step ------------------------------------------------------------------------------------
-def halting_targets(budget: int, max_tokens: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Phase 2 targets: 0 for the first ``budget`` tokens (needed for ε₀), 1 for the rest."""
-    t = torch.zeros(batch, max_tokens, device=device)
-    t[:, budget:] = 1.0
-    return t
-
-
-class TwoPhaseLoss(nn.Module):
-    """Both phases in one forward, so DDP sees one forward per backward."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, budget: int, eps_small: torch.Tensor, halt_weight: float
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg: KARLConfig = self.model.config
-        b = images.shape[0]
-        # Phase 1: reconstruct with `budget` tokens under a small ε; ε₀ = what that achieved.
-        out1 = self.model(images, eps_small, num_tokens=budget, halting=False)
-        l1_1 = (out1.recon.float() - images).abs().mean(dim=(1, 2, 3))
-        eps0 = l1_1.detach()
-        halt1 = F.binary_cross_entropy(out1.p_halt, torch.zeros_like(out1.p_halt))
-        # Phase 2: all T_max tokens conditioned on bin(ε₀); learn that the extra ones were not needed.
-        out2 = self.model(images, eps_to_bin(eps0), num_tokens=cfg.max_tokens, halting=True)
-        l1_2 = (out2.recon.float() - images).abs().mean(dim=(1, 2, 3))
-        target = halting_targets(budget, cfg.max_tokens, b, images.device)
-        halt2 = F.binary_cross_entropy(out2.p_halt, target)
-        loss = l1_1.mean() + l1_2.mean() + halt_weight * (halt1 + halt2)
-        stats = {"rec1": l1_1.mean().detach(), "rec2": l1_2.mean().detach(), "halt": (halt1 + halt2).detach() / 2,
-                 "kept2": out2.keep.float().sum(1).mean()}
-        return loss, stats
-
-
-def training_objective(model: nn.Module) -> nn.Module:
-    """The loss module for an architecture: KARL's two phases, or ALIT's recurrent objective."""
-    if model.config.arch == "alit":
-        from karl_cli.models.alit import ALITLoss
-        return ALITLoss(model)
-    return TwoPhaseLoss(model)
-
-
-def sample_phase1(cfg: KARLConfig, batch: int, step: int, seed: int) -> tuple[int, torch.Tensor]:
-    """Budget and small-ε bins for a step: a function of (seed, step), identical on every rank."""
-    g = torch.Generator().manual_seed(seed * 1_000_033 + step)
-    budgets = cfg.budgets
-    budget = budgets[int(torch.randint(0, len(budgets), (), generator=g))]
-    eps_small = torch.randint(0, SMALL_EPS_BINS, (batch,), generator=g)
-    return budget, eps_small
-
-
-def two_phase_step(loss_module: nn.Module, images: torch.Tensor, step: int, tc: TrainConfig,
-                   autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Forward of one training step; returns (loss, stats). The caller does backward + optimiser."""
-    inner = loss_module.module if hasattr(loss_module, "module") else loss_module
-    budget, eps_small = sample_phase1(inner.model.config, images.shape[0], step, tc.seed)
-    with torch.autocast(images.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        loss, stats = loss_module(images, budget, eps_small.to(images.device), tc.halt_weight)
-    stats["budget"] = torch.tensor(float(budget))
-    return loss, stats
 
 
 # --- schedule and EMA ----------------------------------------------------------------------------
@@ -291,8 +221,8 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     if init_from is not None and state is None:
         fresh = init_weights(model, init_from)
         log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
-    elif state is None and model.spectral is not None:
-        log(f"fitted the spectral code on {fit_spectral(model, dataset)} training crops")
+    elif state is None and model.code is not None:
+        log(f"fitted the {model.config.code} code on {fit_code(model, dataset)} training crops")
     ema = EMA(model, tc.ema_decay)
     step = 0
     if state is not None:
@@ -336,7 +266,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
                 images = images.to(dev, non_blocking=True)
                 if dev.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
-                loss, stats = two_phase_step(loss_module, images, step, tc, autocast_dtype)
+                loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
                                         f"checkpoint is {ckpt_path} (try a lower --lr)")
@@ -371,18 +301,18 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     return TrainResult(out, model, step)
 
 
-SPECTRAL_FIT_CROPS = 4096
+CODE_FIT_CROPS = 4096
 
 
-def fit_spectral(model: nn.Module, dataset: CropDataset, crops: int = SPECTRAL_FIT_CROPS) -> int:
-    """Fit a spectral model's colour basis and coefficient order on training crops (deterministic:
+def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS) -> int:
+    """Fit a model's linear code (colour basis, coefficient scales and order) on training crops (deterministic:
     the crops of the first epochs, at most ``crops`` of them and two per image); returns their number."""
     n = min(len(dataset) * 2, crops)
     images = []
     for i in range(n):
         dataset.set_epoch(i // len(dataset))
         images.append(dataset[i % len(dataset)])
-    model.spectral.fit(torch.stack(images).to(model.spectral.scale.device))
+    model.code.fit(torch.stack(images).to(model.code.scale.device))
     return n
 
 
@@ -401,8 +331,6 @@ def _stop_on_sigterm():
 
 def init_weights(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     """Load a weights directory's tensors into ``model``; returns the names the file did not have."""
-    from karl_cli.models.pretrained import WeightsError, read_state
-
     state = read_state(directory)
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))

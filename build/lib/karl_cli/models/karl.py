@@ -1,0 +1,169 @@
+"""KARL: the single-pass adaptive image tokenizer (arXiv 2507.07995, §3).
+
+One forward pass (docs/design.md §2):
+
+    image -> base 2D tokens (+pos) ─┐
+    ε-bin token ────────────────────┼-> encoder -> latents -> halting head -> p_halt per token
+    learned 1D latent tokens[:T] ───┘                     -> 12-d tokens (bottleneck, or the code)
+    kept 12-d tokens -> decoder (mask tokens at the 2D positions) -> base head -> image
+
+Inside the encoder the context (ε token + 2D tokens) does not attend to the latents, and latent t
+attends only to latents <= t. So encoding at budget T is exactly the first T tokens of encoding at
+T_max: every prefix is a valid encoding, and the oracle's searches run on the same model.
+
+Two codes: ``wavelet`` (the shipped default; tokens are the image's Haar code in an adaptive
+order and the networks refine the reconstruction and predict halting) and ``learned`` (the
+papers' tokenizer: tokens come from the bottleneck alone).
+"""
+from __future__ import annotations
+
+import bisect
+
+import torch
+import torch.nn as nn
+
+from karl_cli.models.config import EPS_BINS, KARLConfig, eps_to_bin
+from karl_cli.models.pretrained import register
+from karl_cli.models.tokenizer import Encoding, ForwardOutput, TokenSource, Tokenizer
+from karl_cli.models.layers import HaltingHead
+
+
+@register
+class KARL(Tokenizer):
+    """Single-pass adaptive image tokenizer (arXiv 2507.07995)."""
+
+    arch = "karl"
+    single_pass = True
+
+    def __init__(self, config: KARLConfig) -> None:
+        super().__init__(config)
+        w = config.width
+        self.eps_embed = nn.Embedding(len(EPS_BINS), w)
+        self.halting_head = HaltingHead(w, config.halt_hidden, EPS_BINS, detail=3 if self.code is not None else 0)
+        self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
+
+    # --- encoder -------------------------------------------------------------------------------
+    def _encoder_mask(self, t: int, device: torch.device) -> torch.Tensor:
+        key = (t, str(device))
+        if key not in self._enc_masks:
+            ctx = 1 + self.config.num_2d_tokens
+            allowed = torch.ones(ctx + t, ctx + t, dtype=torch.bool)
+            allowed[:ctx, ctx:] = False
+            allowed[ctx:, ctx:] = torch.ones(t, t, dtype=torch.bool).tril()
+            self._enc_masks[key] = allowed.to(device)
+        return self._enc_masks[key]
+
+    def _encode(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder outputs at the latent tokens (B, T, width), normalised, and the images' code."""
+        cfg = self.config
+        if not 1 <= num_tokens <= cfg.max_tokens:
+            raise ValueError(f"num_tokens must lie in 1..{cfg.max_tokens}, got {num_tokens}")
+        b = images.shape[0]
+        codes = self.analyse(images)
+        x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
+        eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
+        lat = self.latent_inputs(codes, 0, num_tokens, b)
+        if self.direct is not None:
+            lat = lat + self.direct.read(x2d)[:, :num_tokens]
+        x = torch.cat([eps_tok, x2d, lat], dim=1)
+        mask = self._encoder_mask(num_tokens, images.device)
+        for blk in self.encoder:
+            x = blk(x, mask)
+        return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:]), codes
+
+    def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder pass at budget ``num_tokens`` for images (B, 3, R, R) in [0, 1] and ε bins
+        ``eps_idx`` (B,) long: (latents (B, T, latent_dim), p_halt (B, T))."""
+        eps_idx = eps_idx.to(images.device)
+        h, codes = self._encode(images, eps_idx, num_tokens)
+        # How much of the halting loss's gradient reaches the shared encoder (docs/design.md §3).
+        g = self.config.halt_grad_scale
+        h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
+        detail = self.halting_detail(images, num_tokens, codes)
+        return self.to_tokens(h, codes), self.halting_head(h_halt, eps_idx, detail)
+
+    def encode_latents(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """``encode_tokens`` without the halting head: latents (B, T, latent_dim) for the searches,
+        which keep every token."""
+        return self.to_tokens(*self._encode(images, eps_idx.to(images.device), num_tokens))
+
+    def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
+        and the halting head read (calibration retrains the head on them)."""
+        return self._encode(images, eps_idx, num_tokens)[0]
+
+    def halting_detail(self, images: torch.Tensor, num_tokens: int, codes: torch.Tensor | None = None
+                       ) -> torch.Tensor | None:
+        """The halting head's per-token detail input (B, num_tokens, 3), or None for learned tokens:
+        the log RMS error left after each token, and the log pixel L1 of the code at the budget
+        below the token and at the smallest budget that includes it. ``codes``: the images' code
+        (all T_max tokens) when the caller has it already."""
+        if self.code is None:
+            return None
+        codes = self.code.analyse(images) if codes is None else codes
+        rms = self.code.detail_left(images, codes)[:, :num_tokens, None]
+        # A token halts when the budgets below it already meet ε: the head reads the L1 of the budget
+        # below the token and of the one that includes it (below the first: the colour mean alone).
+        budgets = self.config.budgets
+        ends = budgets[: bisect.bisect_left(budgets, num_tokens) + 1]
+        after = self.code.prefix_l1(images, codes, ends)
+        none = (self.code.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - images.float()).abs().mean(dim=(1, 2, 3))
+        before = torch.cat([none[:, None], after[:, :-1]], dim=1)
+        l1 = torch.log(torch.stack([before, after], dim=-1) + 1e-4)
+        return torch.cat([rms, l1[:, self._budget_of_token(num_tokens, images.device)]], dim=-1)
+
+    def _budget_of_token(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """Index into ``config.budgets`` of the smallest budget that includes each token (num_tokens,)."""
+        budgets = torch.tensor(self.config.budgets, device=device)
+        return torch.searchsorted(budgets, torch.arange(1, num_tokens + 1, device=device))
+
+    def kept(self, p_halt: torch.Tensor) -> torch.Tensor:
+        """Tokens kept (B, T) bool from p_halt (B, T): p_halt <= threshold, and always those of the
+        smallest budget (the least a search can pick; without them a flat image could halt every
+        token). An ordered code keeps a prefix, since its positions follow earlier tokens."""
+        keep = p_halt <= self.config.halt_threshold
+        keep[:, : self.config.budgets[0]] = True
+        if self.code is not None and self.code.ordered:
+            keep = keep.cumprod(dim=1).bool()
+        return keep
+
+    def forward(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int | None = None,
+                halting: bool = False) -> ForwardOutput:
+        """Training pass. With ``halting`` the decoder sees only the tokens ``kept`` keeps."""
+        t = num_tokens or self.config.max_tokens
+        latents, p_halt = self.encode_tokens(images, eps_idx, t)
+        keep = self.kept(p_halt.detach()) if halting else torch.ones_like(p_halt, dtype=torch.bool)
+        return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
+
+    # --- inference API -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, eps: float, num_tokens: int | None = None) -> Encoding:
+        """One encoder pass at T_max (or ``num_tokens``) conditioned on ε, for images (B, 3, R, R)
+        in [0, 1]: tokens, p_halt and kc."""
+        images = images.to(self.device, self.dtype)
+        idx = torch.full((images.shape[0],), eps_to_bin(eps), dtype=torch.long, device=images.device)
+        latents, p_halt = self.encode_tokens(images, idx, num_tokens or self.config.max_tokens)
+        return Encoding(latents.float(), p_halt, self.kept(p_halt), float(eps))
+
+    @torch.inference_mode()
+    def complexity(self, images: torch.Tensor, eps: float) -> torch.Tensor:
+        """Approximate Kolmogorov complexity at ε: the number of kept tokens per image (B,) long."""
+        return self.encode(images, eps).kc
+
+    def search_tokens(self, images: torch.Tensor, method: str = "search") -> TokenSource:
+        """Tokens at growing budgets for the oracle (``scoring/oracle.py``), conditioned on the
+        smallest ε bin (phase 1 trains every budget under it), all kept: ``search`` re-encodes at
+        every budget, ``prefix`` encodes once at T_max and slices (the encoder is causal in its
+        latents, so both give the same tokens)."""
+        idx0 = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        if method == "search":
+            def reencode(rows: torch.Tensor, t: int) -> torch.Tensor:
+                return self.encode_latents(images.index_select(0, rows), idx0[: len(rows)], t)
+
+            return TokenSource(reencode, encoder_run_per_budget=True)
+        if method == "prefix":
+            full = self.encode_latents(images, idx0, self.config.max_tokens)
+            return TokenSource(lambda rows, t: full.index_select(0, rows)[:, :t], encoder_run_per_budget=False)
+        raise ValueError(f"unknown search method {method!r}; choose 'search' or 'prefix'")

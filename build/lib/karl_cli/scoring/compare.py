@@ -1,0 +1,244 @@
+"""KARL and its peers side by side, in the shape of the KARL paper's Table 2.
+
+    from karl_cli.scoring.compare import compare, load_models
+    df = compare(["imgs/"], load_models(["weights/karl-small", "weights/alit-small"]), [0.03, 0.05, 0.09])
+
+For each ε and each (model, method) — KARL ``single`` (one pass), KARL ``search``, ALIT ``search`` — one row:
+
+- ``tokens``: mean token count used (single pass: tokens kept by the halting head; search: the
+  smallest budget whose reconstruction reaches pixel L1 <= ε, T_max when none does).
+- ``over_target``: share of images whose reconstruction misses ε (l1 > ε), the paper's failure rate.
+- ``l1`` / ``psnr`` / ``ssim``: mean reconstruction quality of the reconstruction from those tokens,
+  at the model resolution, pixels in [0, 1] (SSIM: Gaussian window σ=1.5, 11 taps, per channel).
+- ``encoder_runs`` / ``decoder_runs``: mean model passes per image. Single pass: 1 / 1. KARL search:
+  k / k (it re-encodes at every budget tried, k = budgets tried). ALIT search: k / k where one
+  encoder run is one recurrent iteration (it continues the rollout, it does not restart it).
+- ``sec_per_image``: wall time of the model work (no image loading) / images, measured per
+  (ε, model, method) after an untimed warm-up batch.
+
+The numbers are computed here with the models' own API in batched loops (not through
+``complexity.score``, whose rows carry no reconstructions for PSNR/SSIM). Both searches are the
+models' ``search`` (the shared loop of ``search.py``, the one ``complexity.score(method="search")``
+runs): KARL re-encodes at every budget conditioned on the smallest ε bin (the setting phase 1
+trains every budget under) and decodes all tokens; ALIT continues its rollout one iteration a step.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from karl_cli.errors import KarlError, UsageError
+from karl_cli.io.images import ImageLoadError, load_for_model
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.oracle import SearchResult, search
+from karl_cli.scoring.complexity import collect_inputs
+from karl_cli.scoring.complexity import validate_eps
+from karl_cli.models.pretrained import WeightsError, load_pretrained
+
+COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
+           "encoder_runs", "decoder_runs", "sec_per_image"]
+SINGLE, SEARCH = "single", "search"   # the names of complexity.score's methods
+
+
+# --- metrics -------------------------------------------------------------------------------------
+def _gaussian_window(sigma: float, truncate: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    g = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004) of (B, C, H, W) batches: Gaussian window σ=1.5 (11 taps),
+    K1=0.01, K2=0.03, population covariances, mean over channels and the positions where the window
+    fits (the definition of ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False, channel_axis=...)``). Returns (B,) float64."""
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+    x, y = x.double(), y.double()
+    c = x.shape[1]
+    g = _gaussian_window(sigma, 3.5, x.device, x.dtype)
+    if min(x.shape[-2:]) < g.numel():
+        raise ValueError(f"ssim needs images of at least {g.numel()}x{g.numel()} pixels, got {tuple(x.shape[-2:])}")
+    gh = g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    gv = g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, gh, groups=c), gv, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR in dB (MSE floored at 1e-10, i.e. at most 100 dB for data_range 1)."""
+    mse = (x.double() - y.double()).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return 10.0 * torch.log10(data_range ** 2 / mse)
+
+
+# --- the methods ---------------------------------------------------------------------------------
+def is_single_pass(model: torch.nn.Module) -> bool:
+    """Whether a model predicts its token count in one pass (KARL) or needs a search (ALIT)."""
+    return bool(model.single_pass)
+
+
+def methods_for(model: torch.nn.Module) -> list[str]:
+    return [SINGLE, SEARCH] if is_single_pass(model) else [SEARCH]
+
+
+def _single_pass(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchResult:
+    enc = model.encode(x, eps)
+    rec = model.decode(enc)
+    l1 = (rec - x).abs().mean(dim=(1, 2, 3))
+    ones = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+    return SearchResult(enc.kc.to(x.device), rec, l1, l1 <= eps, ones, ones.clone())
+
+
+def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float) -> SearchResult:
+    """One method on a batch of model inputs (float (B,3,R,R) in [0,1] on the model's device)."""
+    if method == SINGLE:
+        if not is_single_pass(model):
+            raise UsageError(f"{type(model).__name__} has no single-pass token count; use the search")
+        return _single_pass(model, x, eps)
+    if method == SEARCH:
+        return search(model, x, eps)
+    raise UsageError(f"unknown method {method!r}; choose {SINGLE!r} or {SEARCH!r}")
+
+
+# --- the comparison ------------------------------------------------------------------------------
+def _load(paths: Iterable[str | Path], resolution: int) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
+
+    ok, arrays, skipped = [], [], []
+    for f in collect_inputs(paths):
+        if f.error:
+            skipped.append((f.path, f.error))
+            continue
+        try:
+            arrays.append(load_for_model(f.path, resolution))
+            ok.append(f.path)
+        except ImageLoadError as e:
+            skipped.append((f.path, str(e)))
+    if not arrays:
+        return ok, None, skipped
+    return ok, torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy()), skipped
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch.nn.Module],
+            eps_list: Sequence[float], batch_size: int = 32, device: str | torch.device | None = None,
+            on_progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The Table-2 comparison (see the module docstring): one row per (ε, model, method), columns
+    ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason)."""
+
+    eps_list = validate_eps(eps_list)
+    if not models:
+        raise UsageError("give at least one model to compare")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    rows, skipped_all = [], {}
+    cache: dict[int, tuple[list[str], torch.Tensor | None, list]] = {}
+    for name, model in models.items():
+        res = model.config.resolution
+        if res not in cache:
+            cache[res] = _load(paths, res)
+        files, data, skipped = cache[res]
+        skipped_all.update(dict(skipped))
+        if data is None:
+            raise UsageError("none of the images could be read: " + "; ".join(f"{p}: {w}" for p, w in skipped[:3]))
+        dev = resolve_device(device, model)
+        prepare_model(model, dev)
+        with inference(dev):   # warm-up, untimed: first-call allocations and kernel choices
+            x = to_model_input(data[: min(batch_size, 4)], dev)
+            for method in methods_for(model):
+                run_method(model, method, x, eps_list[0])
+        for eps in eps_list:
+            for method in methods_for(model):
+                if on_progress:
+                    on_progress(f"{name} {method} ε={eps:g}")
+                acc: dict[str, list[torch.Tensor]] = {k: [] for k in ("kc", "l1", "psnr", "ssim", "enc", "dec")}
+                seconds = 0.0
+                for start in range(0, data.shape[0], batch_size):
+                    with inference(dev):
+                        x = to_model_input(data[start:start + batch_size], dev)
+                        _sync(dev)
+                        t0 = time.perf_counter()
+                        r = run_method(model, method, x, eps)
+                        _sync(dev)
+                        seconds += time.perf_counter() - t0
+                        rec, tgt = r.recon.float(), x.float()
+                        acc["kc"].append(r.kc.cpu())
+                        acc["l1"].append((rec - tgt).abs().mean(dim=(1, 2, 3)).double().cpu())
+                        acc["psnr"].append(psnr(rec, tgt).cpu())
+                        acc["ssim"].append(ssim(rec, tgt).cpu())
+                        acc["enc"].append(r.encoder_runs.cpu())
+                        acc["dec"].append(r.decoder_runs.cpu())
+                cat = {k: torch.cat(v).double() for k, v in acc.items()}
+                n = int(cat["kc"].numel())
+                rows.append({"eps": eps, "model": name, "method": method, "images": n,
+                             "tokens": float(cat["kc"].mean()),
+                             "over_target": float((cat["l1"] > eps + 1e-12).double().mean()),
+                             "l1": float(cat["l1"].mean()), "psnr": float(cat["psnr"].mean()),
+                             "ssim": float(cat["ssim"].mean()), "encoder_runs": float(cat["enc"].mean()),
+                             "decoder_runs": float(cat["dec"].mean()), "sec_per_image": seconds / n})
+    # Grouped by ε like the paper's table; models in the order given, single before search.
+    df = pd.DataFrame(rows, columns=COLUMNS).sort_values("eps", kind="stable").reset_index(drop=True)
+    df.attrs["skipped"] = sorted(skipped_all.items())
+    return df
+
+
+# --- CLI helpers ---------------------------------------------------------------------------------
+def load_models(directories: Sequence[str | Path], device: str | torch.device = "cpu") -> dict[str, torch.nn.Module]:
+    """Weights directories -> {name: model}; the name is the directory's name (made unique)."""
+
+    if not directories:
+        raise UsageError("give at least one --weights directory")
+    models: dict[str, torch.nn.Module] = {}
+    for d in directories:
+        d = Path(d)
+        try:
+            model = load_pretrained(d, device=device)
+        except WeightsError as e:
+            raise KarlError(str(e)) from None
+        name = d.resolve().name or str(d)
+        base, i = name, 2
+        while name in models:
+            name, i = f"{base}#{i}", i + 1
+        models[name] = model
+    return models
+
+
+def render_table(df: pd.DataFrame, title: str | None = None):
+    """A rich Table of ``compare``'s frame, one block of rows per ε."""
+    from rich.table import Table
+
+    table = Table(title=title or "KARL vs search (KARL paper, Table 2)")
+    for col, just in [("ε", "right"), ("model", "left"), ("method", "left"), ("tokens", "right"),
+                      ("over ε", "right"), ("L1", "right"), ("PSNR", "right"), ("SSIM", "right"),
+                      ("enc runs", "right"), ("dec runs", "right"), ("ms/img", "right")]:
+        table.add_column(col, justify=just, no_wrap=col in ("model", "method"))
+    last_eps = None
+    for r in df.itertuples(index=False):
+        if last_eps is not None and r.eps != last_eps:
+            table.add_section()
+        last_eps = r.eps
+        table.add_row(f"{r.eps:g}", str(r.model), str(r.method), f"{r.tokens:.1f}", f"{100 * r.over_target:.0f}%",
+                      f"{r.l1:.4f}", f"{r.psnr:.2f}", f"{r.ssim:.3f}", f"{r.encoder_runs:.2f}",
+                      f"{r.decoder_runs:.2f}", f"{1000 * r.sec_per_image:.2f}")
+    return table

@@ -1,0 +1,658 @@
+"""Scoring images: the KC of every (image, ε), streamed as rows, and the files those rows go to.
+
+    from karl_cli.scoring.complexity import score, write_csv
+    rows = score(["imgs/"], model, [0.03, 0.05], baselines=True)
+    write_csv(rows, "out.csv")
+
+Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=True``):
+
+- ``path``, ``eps``: the image and the requested ε (the model conditions on the ε bin it rounds up to).
+- ``kc``: token count at ε. ``single`` = KARL's one-pass estimate (T_max - halted tokens);
+  ``search`` / ``prefix`` = the smallest budget (of the model's ``config.budgets``) whose reconstruction
+  reaches l1 <= ε, or T_max when none does.
+- ``kc_soft``: Σ(1 - p_halt) for ``single``; for ``search`` / ``prefix`` it equals ``kc``.
+- ``max_tokens``: T_max of the model.
+- ``l1``: mean absolute pixel error (0-1 scale) of the reconstruction from the kept tokens, at the
+  model resolution.
+- ``status`` (``ok`` / ``error``) and ``error`` (the reason; None when ok). Unreadable files are
+  error rows, never exceptions.
+- ``encoder_runs``, ``decoder_runs``: model passes needed for this (image, ε): single 1/1;
+  search k/k and prefix 1/k, where k = budgets tried (kc / step, or every budget when ε is never met).
+  With several ε, search/prefix share one sweep over the budgets (``search.sweep``) and report, per
+  ε, the runs a search for that ε alone would need. For ALIT (``model.single_pass`` False: no
+  halting head) only ``search`` exists; it continues one rollout, so an encoder run is one iteration.
+- ``jpeg_bpp``, ``png_bpp``: codec bytes per pixel of the same model-resolution image (``baselines.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
+from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
+from karl_cli.errors import UsageError
+from karl_cli.io.images import Found, ImageLoadError, discover_images, load_for_model
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.oracle import sweep
+
+ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs"]
+BASELINE_FIELDS = ["jpeg_bpp", "png_bpp"]
+METHODS = ("single", "search", "prefix")
+_INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset"}
+_FLOAT_FIELDS = {"eps", "kc_soft", "l1", "jpeg_bpp", "png_bpp"}
+
+Progress = Callable[[int, int], None]   # progress(images_done, images_total)
+
+
+# --- arguments -----------------------------------------------------------------------------------
+def validate_eps(eps_list: float | Iterable[float]) -> list[float]:
+    """ε values as floats, duplicates dropped (order kept); <= 0, NaN or inf raise UsageError."""
+    if isinstance(eps_list, (int, float, str)):
+        eps_list = [eps_list]
+    out: list[float] = []
+    for e in eps_list:
+        try:
+            v = float(e)
+        except (TypeError, ValueError):
+            raise UsageError(f"ε must be a number, got {e!r}") from None
+        if not math.isfinite(v) or v <= 0:
+            raise UsageError(f"ε must be a positive finite number, got {e!r}")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise UsageError("give at least one ε (e.g. --eps 0.05)")
+    return out
+
+
+def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` or ``(K, N)`` -> (K, N) with 0 <= K < N; None stays None."""
+    if spec is None:
+        return None
+    try:
+        if isinstance(spec, str):
+            k_s, n_s = spec.split("/")
+            k, n = int(k_s), int(n_s)
+        else:
+            k, n = (int(v) for v in spec)
+    except (ValueError, TypeError):
+        raise UsageError(f"shard must look like K/N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"shard K/N needs 0 <= K < N, got {k}/{n}")
+    return k, n
+
+
+def apply_shard(items: Sequence[Any], shard: str | Sequence[int] | None) -> list[Any]:
+    """Items i with i % N == K (items are in sorted order, so every shard is deterministic)."""
+    parsed = parse_shard(shard)
+    if parsed is None:
+        return list(items)
+    k, n = parsed
+    return [it for i, it in enumerate(items) if i % n == k]
+
+
+def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found]) -> list[Found]:
+    """Found entries for paths (files and folders, recursive) or pass-through ``Found`` objects.
+
+    A missing path or no images at all raise UsageError.
+    """
+    if isinstance(paths_or_found, (str, bytes, os.PathLike, Found)):
+        paths_or_found = [paths_or_found]
+    given = list(paths_or_found)
+    found = [p for p in given if isinstance(p, Found)]
+    raw = [p for p in given if not isinstance(p, Found)]
+    if raw:
+        try:
+            found.extend(discover_images(raw))
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+    if not given:
+        raise UsageError("no input paths given")
+    if not found:
+        raise UsageError("no images found under " + ", ".join(os.fspath(p) for p in raw))
+    uniq = {f.path: f for f in reversed(found)}  # first occurrence wins
+    return [uniq[k] for k in sorted(uniq)]
+
+
+def row_key(path: Any, eps: Any) -> tuple[str, float]:
+    """The identity of a row: (path, ε rounded to 9 decimals)."""
+    return str(path), round(float(eps), 9)
+
+
+# --- loading -------------------------------------------------------------------------------------
+class ImageDataset(Dataset):
+    """Reads each Found item at the model resolution; failures become error items, never exceptions."""
+
+    def __init__(self, items: Sequence[Found], resolution: int, baselines: bool = False) -> None:
+        self.items = list(items)
+        self.resolution = resolution
+        self.baselines = baselines
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None, tuple[float, float] | None]:
+        f = self.items[i]
+        if f.error:
+            return f.path, None, f.error, None
+        try:
+            arr = load_for_model(f.path, self.resolution)
+        except ImageLoadError as e:
+            return f.path, None, str(e) or "cannot read image", None
+        except Exception as e:  # noqa: BLE001 - an odd file must never stop a 10,000-image run
+            return f.path, None, f"cannot read image: {type(e).__name__}: {e}", None
+        base = (jpeg_bpp(arr), png_bpp(arr)) if self.baselines else None
+        return f.path, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), None, base
+
+
+def collate_images(items: list[tuple]) -> dict[str, Any]:
+    """Batch of dataset items: ``images`` stacks only the readable ones (uint8 (n_ok,3,R,R) or None)."""
+    paths = [it[0] for it in items]
+    errors = [it[2] for it in items]
+    good = [it[1] for it in items if it[1] is not None]
+    return {"paths": paths, "errors": errors, "baselines": [it[3] for it in items],
+            "images": torch.stack(good) if good else None}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def image_batches(items: Sequence[Found], resolution: int, batch_size: int = 64, workers: int = 0,
+                  baselines: bool = False, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+    """Batches in item order; ``workers`` processes decode images while the model runs."""
+    if batch_size < 1:
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise UsageError(f"workers must be >= 0, got {workers}")
+    if not items:
+        return iter(())
+    loader = DataLoader(ImageDataset(items, resolution, baselines), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate_images, pin_memory=pin_memory,
+                        worker_init_fn=_worker_init if workers else None)
+    return iter(loader)
+
+
+# --- the model loop ------------------------------------------------------------------------------
+def _single(model: torch.nn.Module, x: torch.Tensor, eps: float, l1: bool = True) -> dict[str, torch.Tensor]:
+    """One encoder pass (KC), plus one decoder pass for the l1 check unless ``l1`` is False (NaN then)."""
+    enc = model.encode(x, eps)
+    if l1:
+        err = (model.decode(enc) - x).abs().mean(dim=(1, 2, 3)).float().cpu()
+    else:
+        err = torch.full((x.shape[0],), float("nan"))
+    return {"kc": enc.kc.cpu(), "kc_soft": enc.kc_soft.float().cpu(), "l1": err}
+
+
+def _budget_sweep(model: torch.nn.Module, x: torch.Tensor, eps: list[float], need: torch.Tensor,
+                  method: str) -> dict[str, torch.Tensor]:
+    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (search.py)."""
+    r = sweep(model, x, eps, method, need=need)
+    return {"kc": r.kc.cpu(), "kc_soft": r.kc.float().cpu(), "l1": r.l1.cpu(),
+            "encoder_runs": r.encoder_runs.cpu(), "decoder_runs": r.decoder_runs.cpu()}
+
+
+def check_method(model: torch.nn.Module, method: str) -> str:
+    """``method`` if the model supports it; UsageError otherwise (ALIT has no single-pass count and
+    no prefix tokens)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method != "search" and not getattr(model, "single_pass", True):
+        raise UsageError(f"{type(model).__name__} has no halting head; use --method search "
+                         f"(method {method!r} needs a single-pass model such as KARL)")
+    return method
+
+
+def default_method(model: torch.nn.Module) -> str:
+    """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
+    return "single" if getattr(model, "single_pass", True) else "search"
+
+
+def _fmt(v: float, digits: int) -> float | None:
+    v = float(v)
+    return round(v, digits) if math.isfinite(v) else None
+
+
+def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found], model: torch.nn.Module,
+          eps_list: float | Iterable[float], method: str = "single", baselines: bool = False,
+          batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
+          shard: str | Sequence[int] | None = None, skip: Iterable[tuple[str, float]] | None = None,
+          progress: Progress | None = None, l1: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield one row per (image, ε), image by image in sorted path order (see the module docstring).
+
+    Arguments are checked before the first row (a bad ε, method, shard or device raises UsageError
+    at the call, not at iteration). ``device=None`` keeps the model where it is, ``"auto"`` picks CUDA
+    when available; the model is moved in place. ``skip`` holds (path, ε) pairs already done: they
+    yield no row, and images with every ε done are not even read. ``progress(done, total)`` is called
+    with image counts after every batch. ``l1=False`` (method ``single`` only) skips the decoder pass
+    that checks the reconstruction: KC from the encoder alone, about 3x faster on CPU; ``l1`` is
+    None and ``decoder_runs`` 0 in the rows.
+    """
+    eps_list = validate_eps(eps_list)
+    check_method(model, method)
+    dev = resolve_device(device, model)
+    shard = parse_shard(shard)
+    items = apply_shard(collect_inputs(paths_or_found), shard)
+    done = {row_key(p, e) for p, e in (skip or ())}
+    if done:
+        items = [f for f in items if not all(row_key(f.path, e) in done for e in eps_list)]
+    if not l1 and method != "single":
+        raise UsageError(f"skipping the l1 check works only with method 'single' ({method!r} needs the decoder)")
+    prepare_model(model, dev)
+    return _score_rows(items, model, eps_list, method, baselines, batch_size, workers, dev, done, progress, l1)
+
+
+def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: bool,
+                batch_size: int, workers: int, dev: torch.device, done: set[tuple[str, float]],
+                progress: Progress | None, l1: bool = True) -> Iterator[dict[str, Any]]:
+    cfg = model.config
+    total, n_done = len(items), 0
+    if progress:
+        progress(0, total)
+    batches = image_batches(items, cfg.resolution, batch_size, workers, baselines, pin_memory=dev.type == "cuda")
+    for batch in batches:
+        paths, errors = batch["paths"], batch["errors"]
+        todo = [[row_key(p, e) not in done for e in eps_list] for p in paths]
+        ok_pos = [k for k, err in enumerate(errors) if err is None]
+        res: dict[str, list] = {}
+        if ok_pos:
+            with inference(dev):
+                x = to_model_input(batch["images"], dev)
+                need = torch.tensor([todo[k] for k in ok_pos], dtype=torch.bool)
+                if method == "single":
+                    res = {k: [[None] * len(eps_list) for _ in ok_pos] for k in ("kc", "kc_soft", "l1")}
+                    for ei, e in enumerate(eps_list):
+                        sel = need[:, ei].nonzero().squeeze(1)
+                        if sel.numel() == 0:
+                            continue
+                        xs = x if sel.numel() == len(ok_pos) else x.index_select(0, sel.to(dev))
+                        out = {k: v.tolist() for k, v in _single(model, xs, e, l1).items()}
+                        for j, s in enumerate(sel.tolist()):
+                            for k in out:
+                                res[k][s][ei] = out[k][j]
+                    res["encoder_runs"] = [[1] * len(eps_list) for _ in ok_pos]
+                    res["decoder_runs"] = [[int(l1)] * len(eps_list) for _ in ok_pos]
+                else:
+                    out = _budget_sweep(model, x, eps_list, need, method)
+                    res = {k: v.tolist() for k, v in out.items()}
+        slot = {k: j for j, k in enumerate(ok_pos)}
+        for k, path in enumerate(paths):
+            for ei, e in enumerate(eps_list):
+                if not todo[k][ei]:
+                    continue
+                row: dict[str, Any] = {"path": path, "eps": e, "kc": None, "kc_soft": None,
+                                       "max_tokens": cfg.max_tokens, "l1": None, "status": "error",
+                                       "error": errors[k], "encoder_runs": 0, "decoder_runs": 0}
+                if k in slot:
+                    j = slot[k]
+                    row.update(kc=int(res["kc"][j][ei]), kc_soft=_fmt(res["kc_soft"][j][ei], 4),
+                               l1=_fmt(res["l1"][j][ei], 6), status="ok", error=None,
+                               encoder_runs=int(res["encoder_runs"][j][ei]),
+                               decoder_runs=int(res["decoder_runs"][j][ei]))
+                if baselines:
+                    b = batch["baselines"][k]
+                    row["jpeg_bpp"] = _fmt(b[0], 6) if b else None
+                    row["png_bpp"] = _fmt(b[1], 6) if b else None
+                yield row
+        n_done += len(paths)
+        if progress:
+            progress(n_done, total)
+
+
+# --- rows on disk --------------------------------------------------------------------------------
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else repr(v))
+    return str(v)
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def coerce_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Typed copy of a row read back from CSV: numbers as int/float, empty cells as None."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, str):
+            if v == "":
+                v = None
+            else:
+                try:
+                    if k in _INT_FIELDS:
+                        v = int(float(v)) if not v.lstrip("-").isdigit() else int(v)
+                    elif k in _FLOAT_FIELDS:
+                        v = float(v)
+                except ValueError:
+                    pass    # leave odd cells as text
+        out[k] = v
+    return out
+
+
+# File names that are not valid UTF-8 (e.g. b"caf\xe9.png") reach Python as ``str`` with lone
+# surrogates ("caf\udce9.png", PEP 383). CSV files are written and read as UTF-8 with
+# errors="surrogateescape": such a name is stored as its original bytes and reads back as the very
+# same ``str``, so ``--resume`` matches it. JSON escapes it as "\udce9", which also reads back unchanged.
+CSV_ENCODING = "utf-8"
+CSV_ERRORS = "surrogateescape"
+CHECKPOINT_SECONDS = 5.0
+
+
+def checkpoint_seconds() -> float:
+    """Seconds between checkpoints of a streamed output: ``$KARL_CHECKPOINT_SECONDS``, else 5."""
+    try:
+        v = float(os.environ.get("KARL_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
+    except ValueError:
+        return CHECKPOINT_SECONDS
+    return v if math.isfinite(v) and v >= 0 else CHECKPOINT_SECONDS
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a CSV (``.csv``) or JSON-records (``.json``) file written by ``RowWriter``, typed."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise UsageError(f"{path} must hold a JSON list of records")
+        return [coerce_row(r) for r in data]
+    try:
+        with open(path, newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as f:
+            return [coerce_row(r) for r in csv.DictReader(f)]
+    except csv.Error as e:
+        raise UsageError(f"{path} is not a readable CSV: {e}") from None
+
+
+def csv_header(path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV file (its first row)."""
+    try:
+        with open(path, newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as f:
+            return next(csv.reader(f), [])
+    except csv.Error as e:
+        raise UsageError(f"{path} is not a readable CSV: {e}") from None
+
+
+def _stdout_text() -> Any:
+    """stdout as UTF-8 text that passes surrogate-escaped names through (detached, never closed, by close())."""
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        return sys.stdout
+    sys.stdout.flush()
+    return io.TextIOWrapper(buf, encoding=CSV_ENCODING, errors=CSV_ERRORS, newline="", write_through=True)
+
+
+class RowWriter:
+    """Streams rows to a CSV or JSON-records file atomically: rows go to a temp file beside the
+    target, renamed over it by ``close()``. Leaving the ``with`` block by an exception (Ctrl-C
+    included) also renames (unless ``keep_partial=False``), so the rows done so far are kept and
+    ``resume`` continues from them. A failed write (disk full, ...) discards the temp file, leaves
+    the target as it was and raises ``WriteError``.
+
+    ``checkpoint_s``: while rows stream, publish the rows so far to the target at most every
+    ``checkpoint_s`` seconds (a copy of the temp file, renamed over the target: the target is always a
+    complete, parsable file), so a hard kill (SIGKILL, power loss) loses at most those seconds of work.
+    ``None`` (the default): only on close.
+
+    ``resume=True`` reads an existing output first: its rows are kept (``existing``) and copied to
+    the new file, and ``done`` holds their (path, ε) keys for ``score(skip=...)``. ``path="-"``
+    writes to stdout (no atomicity, no resume). CSV is UTF-8 with surrogate escapes (see ``CSV_ERRORS``).
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str] = ROW_FIELDS, fmt: str | None = None,
+                 resume: bool = False, checkpoint_s: float | None = None, keep_partial: bool = True) -> None:
+        self.path = Path(path) if os.fspath(path) != "-" else None
+        self.fields = list(fields)
+        suffix = self.path.suffix.lower() if self.path else ""
+        self.fmt = fmt or ("json" if suffix == ".json" else "csv")
+        if self.fmt not in ("csv", "json"):
+            raise UsageError(f"unknown output format {self.fmt!r} (csv or json)")
+        self.checkpoint_s = checkpoint_s
+        self.keep_partial = keep_partial
+        self.existing: list[dict[str, Any]] = []
+        self.done: set[tuple[str, float]] = set()
+        if resume and self.path is not None and self.path.exists():
+            if self.fmt == "csv":
+                header = csv_header(self.path)
+                if header and header != self.fields:
+                    raise UsageError(f"cannot resume {self.path}: its columns ({', '.join(header)}) differ from "
+                                     f"this run's ({', '.join(self.fields)}); use the same options or a new file")
+            self.existing = read_rows(self.path)
+            self.done = {row_key(r["path"], r["eps"]) for r in self.existing
+                         if r.get("path") is not None and r.get("eps") is not None}
+        self.count = 0
+        self.checkpoints = 0
+        self._tmp: Path | None = None
+        self._f: Any = None
+        self._csv: Any = None
+        self._first = True
+        self._broken = False
+        self._open()
+        self._last_checkpoint = time.monotonic()
+
+    def _fail(self, e: OSError) -> WriteError:
+        self._broken = True
+        return write_error(self.path or "<stdout>", e)
+
+    def _open(self) -> None:
+        if self.path is None:
+            self._f = _stdout_text()
+        else:
+            try:
+                self._tmp = temp_beside(self.path)
+                self._f = open(self._tmp, "w", newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS)
+            except OSError as e:
+                raise self._fail(e) from e
+        try:
+            if self.fmt == "csv":
+                self._csv = csv.writer(self._f, lineterminator="\n")
+                self._csv.writerow(self.fields)
+            else:
+                self._f.write("[")
+        except OSError as e:
+            raise self._fail(e) from e
+        for row in self.existing:
+            self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        if self._f is None:
+            raise ValueError("RowWriter is closed")
+        try:
+            if self.fmt == "csv":
+                self._csv.writerow([_cell(row.get(k)) for k in self.fields])
+            else:
+                rec = {k: _json_value(row.get(k)) for k in self.fields}
+                self._f.write(("\n" if self._first else ",\n") + json.dumps(rec))
+        except OSError as e:
+            raise self._fail(e) from e
+        self._first = False
+        self.count += 1
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._write(row)
+        if (self.checkpoint_s is not None and self.path is not None
+                and time.monotonic() - self._last_checkpoint >= self.checkpoint_s):
+            self.checkpoint()
+
+    def _json_tail(self) -> str:
+        return "\n]\n" if not self._first else "]\n"
+
+    def checkpoint(self) -> None:
+        """Publish the rows written so far to the target, atomically; streaming goes on."""
+        if self._f is None or self.path is None or self._broken:
+            return
+        try:
+            self._f.flush()
+            with atomic_path(self.path) as tmp:
+                shutil.copyfile(self._tmp, tmp)
+                if self.fmt == "json":
+                    with open(tmp, "a", encoding="utf-8") as f:
+                        f.write(self._json_tail())
+        except OSError as e:
+            raise self._fail(e) from e
+        self.checkpoints += 1
+        self._last_checkpoint = time.monotonic()
+
+    def close(self, commit: bool = True) -> None:
+        """Finish the file and rename it over the target (``commit=False`` discards it)."""
+        if self._f is None:
+            return
+        f, self._f = self._f, None
+        to_file = self.path is not None
+        commit = (commit and not self._broken) or not to_file
+        try:
+            try:
+                if commit:
+                    if self.fmt == "json":
+                        f.write(self._json_tail())
+                    f.flush()
+                    if to_file:
+                        os.fsync(f.fileno())
+            finally:
+                if not to_file:
+                    if f is not sys.stdout:
+                        f.detach()          # leave stdout itself open
+                else:
+                    with contextlib.suppress(OSError):
+                        f.close()
+            if to_file and commit:
+                os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise self._fail(e) from e
+        finally:
+            if self._tmp is not None:
+                with contextlib.suppress(OSError):
+                    self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(commit=exc_type is None or self.keep_partial)
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] | None = None,
+              resume: bool = False) -> int:
+    """Stream ``rows`` into ``path`` (CSV, or JSON records for ``.json``) atomically; returns rows written
+    by this call. ``fields`` defaults to ROW_FIELDS (+ BASELINE_FIELDS if the first row has them).
+    With ``resume`` the rows already in ``path`` are kept; pass ``RowWriter.done`` as ``skip`` to
+    ``score`` to avoid duplicates, or use ``RowWriter`` directly."""
+    it = iter(rows)
+    first = next(it, None)
+    if fields is None:
+        fields = ROW_FIELDS + (BASELINE_FIELDS if first and "jpeg_bpp" in first else [])
+    with RowWriter(path, fields, resume=resume) as w:
+        n0 = w.count
+        for row in itertools.chain([first] if first is not None else [], it):
+            if row_key(row["path"], row["eps"]) not in w.done:
+                w.write(row)
+        return w.count - n0
+
+
+def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> dict[str, int]:
+    """Join shard outputs into one file sorted by (path, ε); for a duplicated (path, ε) an ``ok`` row
+    beats an error row, else the first one read wins. Returns counts: files, rows, duplicates."""
+    if not inputs:
+        raise UsageError("give at least one CSV to merge")
+    fields: list[str] = []
+    best: dict[tuple[str, float], dict[str, Any]] = {}
+    n_in = 0
+    for p in inputs:
+        p = Path(p)
+        if not p.is_file():
+            raise UsageError(f"no such file: {p}")
+        header = csv_header(p) if p.suffix.lower() != ".json" else []
+        rows = read_rows(p)
+        for k in header or (list(rows[0]) if rows else []):
+            if k not in fields:
+                fields.append(k)
+        for r in rows:
+            if r.get("path") is None or r.get("eps") is None:
+                raise UsageError(f"{p}: rows need path and eps columns")
+            n_in += 1
+            key = row_key(r["path"], r["eps"])
+            old = best.get(key)
+            if old is None or (old.get("status") != "ok" and r.get("status") == "ok"):
+                best[key] = r
+    with RowWriter(out, fields or ROW_FIELDS) as w:
+        for key in sorted(best):
+            w.write(best[key])
+    return {"files": len(inputs), "rows": len(best), "duplicates": n_in - len(best)}
+
+
+# --- summary -------------------------------------------------------------------------------------
+class Summary:
+    """Per-ε counts and KC statistics, fed row by row (no rows kept in memory)."""
+
+    def __init__(self) -> None:
+        self._kc: dict[float, list[float]] = {}
+        self._l1: dict[float, list[float]] = {}
+        self._err: dict[float, int] = {}
+        self._err_paths: set[str] = set()
+
+    def add(self, row: dict[str, Any]) -> None:
+        e = round(float(row["eps"]), 9)
+        self._kc.setdefault(e, [])
+        self._l1.setdefault(e, [])
+        self._err.setdefault(e, 0)
+        if row.get("status") == "ok" and row.get("kc") not in (None, ""):
+            self._kc[e].append(float(row["kc"]))
+            if row.get("l1") not in (None, ""):
+                self._l1[e].append(float(row["l1"]))
+        else:
+            self._err[e] += 1
+            self._err_paths.add(str(row.get("path")))
+
+    @property
+    def errors(self) -> int:
+        """Error rows."""
+        return sum(self._err.values())
+
+    @property
+    def error_paths(self) -> int:
+        """Distinct inputs with an error row."""
+        return len(self._err_paths)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One dict per ε: eps, ok, error, kc_mean, kc_median, kc_q10, kc_q90, l1_mean, miss
+        (share of ok images whose reconstruction misses ε, the paper's failure rate)."""
+        out = []
+        for e in sorted(self._kc):
+            kc = np.asarray(self._kc[e], dtype=float)
+            l1 = np.asarray(self._l1[e], dtype=float)
+            stats: dict[str, Any] = {"eps": e, "ok": int(kc.size), "error": self._err[e]}
+            if kc.size:
+                stats.update(kc_mean=float(kc.mean()), kc_median=float(np.median(kc)),
+                             kc_q10=float(np.quantile(kc, 0.1)), kc_q90=float(np.quantile(kc, 0.9)))
+            else:
+                stats.update(kc_mean=None, kc_median=None, kc_q10=None, kc_q90=None)
+            stats["l1_mean"] = float(l1.mean()) if l1.size else None
+            stats["miss"] = float((l1 > e + 1e-12).mean()) if l1.size else None
+            out.append(stats)
+        return out
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``Summary`` of an iterable of rows, as a list of per-ε dicts."""
+    s = Summary()
+    for r in rows:
+        s.add(r)
+    return s.table()

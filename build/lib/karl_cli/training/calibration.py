@@ -1,0 +1,166 @@
+"""Calibrating the halting head against the search oracle, after two-phase training.
+
+Two-phase training labels halting with a *random* budget T and the error ε₀ it reached. When a
+model's error falls slowly with T (a small model trained briefly on a CPU), many budgets land in the
+same ε bin, the labels for that bin contradict each other, and the head learns their spread instead
+of the image: single-pass KC then hardly depends on the image or on ε.
+
+Calibration gives the head the labels the two phases approximate: for an image and an ε bin, the
+*smallest* budget whose prefix reconstruction meets the bin (the oracle KC that ``--method prefix``
+finds); tokens before it are targets 0, the rest 1. The encoder and decoder are frozen, so
+reconstructions and tokens do not change; only ``halting_head`` is trained, on encoder features
+computed once. The result is a single pass that predicts the oracle's budget.
+
+A head trained this closely sits on the oracle's boundary, so at the paper's threshold 0.75 some
+images halt one step early and miss ε. Calibration therefore also picks the halting threshold: the
+smallest of ``THRESHOLDS`` at which few held-out pairs keep fewer tokens than the oracle.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from karl_cli.models.config import EPS_BINS
+from karl_cli.training.data import CropDataset, training_files
+from karl_cli.io.synthetic import random_family_images
+from karl_cli.models.karl import KARL
+
+
+# Halting thresholds calibration chooses from, the paper's first.
+THRESHOLDS = (0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+@dataclass
+class CalibrationReport:
+    samples: int             # (image, ε-bin) pairs used for training
+    held_out: int            # pairs used only for measuring
+    error_before: float      # mean |single-pass KC - oracle KC| on the held-out pairs, before
+    error_after: float       # ... and after calibration (at the chosen threshold)
+    ratio_before: float      # mean single-pass KC / mean oracle KC, before
+    ratio_after: float
+    threshold: float         # the halting threshold chosen (written to the model's config)
+    undercut: float          # share of held-out pairs with single-pass KC < oracle KC at that threshold
+
+
+@torch.no_grad()
+def oracle_budgets(model: KARL, images: torch.Tensor) -> torch.Tensor:
+    """Smallest budget meeting each ε bin, per image: (B, n_bins) long; T_max where none does.
+
+    Uses prefix decodes of one T_max encoding under the smallest ε bin, like ``--method prefix``.
+    """
+    cfg = model.config
+    idx = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+    latents = model.encode_latents(images, idx, cfg.max_tokens)
+    budgets = cfg.budgets
+    l1 = torch.stack([(model.decode_tokens(latents[:, :t]).clamp(0, 1) - images).abs().mean(dim=(1, 2, 3))
+                      for t in budgets], dim=1)                                   # (B, K)
+    bins = torch.tensor(EPS_BINS, device=images.device)
+    meets = l1.unsqueeze(1) <= bins.view(1, -1, 1) + 1e-9                         # (B, n_bins, K)
+    first = torch.where(meets.any(-1), meets.float().argmax(-1), torch.full_like(meets[..., 0], len(budgets) - 1,
+                                                                                   dtype=torch.long))
+    return torch.tensor(budgets, device=images.device)[first]
+
+
+def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
+                      steps: int = 1500, lr: float = 2e-3, batch_size: int = 256, seed: int = 0,
+                      held_out: float = 0.1, synthetic: float = 0.125, max_undercut: float = 0.01,
+                      progress: Callable[[str, int, int], None] | None = None) -> CalibrationReport:
+    """Retrain ``model.halting_head`` in place on oracle budgets of ``samples`` crops from ``data``,
+    then set ``model.config.halt_threshold`` to the smallest of ``THRESHOLDS`` at which at most
+    ``max_undercut`` of the held-out pairs keep fewer tokens than the oracle (the largest if none).
+
+    A ``synthetic`` share of the samples are procedural images (``synthetic.py``): flat colours to
+    noise, the extremes of complexity that crops of photos rarely show.
+    """
+    if not 0.0 <= synthetic < 1.0:
+        raise ValueError(f"synthetic must be a share in [0, 1), got {synthetic!r}")
+    if not 0.0 <= max_undercut <= 1.0:
+        raise ValueError(f"max_undercut must be a share in [0, 1], got {max_undercut!r}")
+    cfg = model.config
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    files = training_files(data)
+    dataset = CropDataset(files, cfg.resolution, seed=seed, scale=(0.5, 1.0))
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    feats, details, eps_ids, targets = [], [], [], []
+    chunk = 32
+    with torch.no_grad():
+        for start in range(0, samples, chunk):
+            ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
+            dataset.set_epoch(start // len(dataset))  # a new crop of each image on every pass
+            x = torch.stack([dataset[i] for i in ids]).to(model.device)
+            n_syn = int(round(x.shape[0] * synthetic))
+            if n_syn:
+                syn = random_family_images(n_syn, cfg.resolution, rng)
+                x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
+            oracle = oracle_budgets(model, x)                                       # (B, n_bins)
+            detail = model.halting_detail(x, cfg.max_tokens)
+            for _ in range(bins_per_image):
+                b = torch.randint(0, len(EPS_BINS), (x.shape[0],), generator=g).to(x.device)
+                feats.append(model.latent_features(x, b, cfg.max_tokens).half().cpu())
+                if detail is not None:
+                    details.append(detail.cpu())
+                eps_ids.append(b.cpu())
+                budget = oracle.gather(1, b.unsqueeze(1)).squeeze(1).cpu()
+                targets.append((torch.arange(cfg.max_tokens).unsqueeze(0) >= budget.unsqueeze(1)).float())
+            if progress:
+                progress("oracle", min(start + chunk, samples), samples)
+    h, e, y = torch.cat(feats), torch.cat(eps_ids), torch.cat(targets)
+    d = torch.cat(details) if details else None
+
+    def detail_at(rows: torch.Tensor) -> torch.Tensor | None:
+        return None if d is None else d[rows].to(model.device)
+
+    n = h.shape[0]
+    perm = torch.randperm(n, generator=g)
+    n_test = max(1, int(n * held_out))
+    test, train = perm[:n_test], perm[n_test:]
+    oracle_test = cfg.max_tokens - y[test].sum(1)
+
+    def held_out_p_halt() -> torch.Tensor:
+        """The head's p_halt on the held-out pairs (n_test, T_max)."""
+        with torch.no_grad():
+            return torch.cat([model.halting_head(h[rows].to(model.device).float(), e[rows].to(model.device),
+                                                 detail_at(rows)).cpu() for rows in test.split(1024)])
+
+    def measure(p_halt: torch.Tensor) -> tuple[float, float, float]:
+        """|KC - oracle|, KC / oracle and the undercut share at the config's threshold."""
+        kc = model.kept(p_halt).sum(1).float()
+        return (float((kc - oracle_test).abs().mean()), float(kc.mean() / oracle_test.mean().clamp(min=1e-9)),
+                float((kc < oracle_test).float().mean()))
+
+    err_before, ratio_before, _ = measure(held_out_p_halt())
+    head = model.halting_head
+    for p in head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    head.train()
+    for step in range(steps):
+        pick = train[torch.randint(0, len(train), (batch_size,), generator=g)]
+        p_halt = head(h[pick].to(model.device).float(), e[pick].to(model.device), detail_at(pick))
+        loss = F.binary_cross_entropy(p_halt, y[pick].to(model.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and (step + 1) % 50 == 0:
+            progress("head", step + 1, steps)
+    head.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    p_halt = held_out_p_halt()   # a threshold only changes which tokens are kept
+    for threshold in THRESHOLDS:
+        cfg.halt_threshold = threshold
+        err_after, ratio_after, undercut = measure(p_halt)
+        if undercut <= max_undercut:
+            break
+    return CalibrationReport(len(train), n_test, err_before, err_after, ratio_before, ratio_after,
+                             cfg.halt_threshold, undercut)

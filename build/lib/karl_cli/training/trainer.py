@@ -1,0 +1,397 @@
+"""The training loop: data, optimiser, schedule, EMA, checkpoints and resume around the step of
+``training/objectives.py`` (docs/design.md §3).
+
+Runs on CPU or CUDA (bf16 autocast) and data-parallel under ``torchrun`` (DDP; gloo on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from karl_cli.io.atomic import atomic_path
+from karl_cli.models.config import KARLConfig, preset
+from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
+from karl_cli.runtime import resolve_device
+from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
+from karl_cli.models.pretrained import WeightsError, build_model, read_state, save_pretrained
+from karl_cli.training.objectives import training_objective, two_phase_step
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingError(KarlError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KarlError):
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the model's sizes."""
+
+    steps: int | None = None          # total optimiser steps; or derived from epochs
+    epochs: float | None = None
+    batch_size: int = 64              # per process
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 3.0
+    ema_decay: float = 0.999
+    halt_weight: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    workers: int = 0
+    cache: bool = True
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+
+    def __post_init__(self) -> None:
+        """Out-of-range settings are usage errors, found before any work (not a crash at step N)."""
+        def bad(name: str, v, need: str) -> UsageError:
+            return UsageError(f"{name} must be {need}, got {v!r}")
+
+        def finite(v) -> bool:
+            return isinstance(v, (int, float)) and math.isfinite(v)
+
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise bad("--steps", self.steps, "a whole number >= 1")
+        if self.epochs is not None and not (finite(self.epochs) and self.epochs > 0):
+            raise bad("--epochs", self.epochs, "a positive number")
+        for name, v in (("--batch-size", self.batch_size), ("--checkpoint-every", self.checkpoint_every)):
+            if not isinstance(v, int) or v < 1:
+                raise bad(name, v, "a whole number >= 1")
+        for name, v in (("--warmup", self.warmup_steps), ("--workers", self.workers)):
+            if not isinstance(v, int) or v < 0:
+                raise bad(name, v, "a whole number >= 0")
+        if not (finite(self.lr) and self.lr > 0):
+            raise bad("--lr", self.lr, "a positive finite number")
+        for name, v in (("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip),
+                        ("halt_weight", self.halt_weight)):
+            if not (finite(v) and v >= 0):
+                raise bad(name, v, "a finite number >= 0")
+        if not (finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            raise bad("min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        if not (finite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise bad("ema_decay", self.ema_decay, "in [0, 1)")
+
+
+# --- schedule and EMA ----------------------------------------------------------------------------
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio`` of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of the weights; its warm-up keeps early averages from lagging."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+# --- the run -------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path                 # the run folder (weights, checkpoint, metrics)
+    model: nn.Module          # the trained (non-EMA) model, as this process holds it
+    step: int
+
+
+@dataclass
+class StepReport:
+    step: int
+    total: int
+    epoch: int
+    metrics: dict
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _dist_info()
+
+
+def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | None = None,
+          train_config: TrainConfig | None = None, device: str = "auto", resume: bool = False,
+          on_step: Callable[[StepReport], None] | None = None, on_log: Callable[[str], None] | None = None,
+          init_from: str | os.PathLike | None = None) -> TrainResult:
+    """Train a tokenizer on the image folders in ``data``; weights and checkpoints go to ``out``.
+
+    ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
+    checkpoint.pt (for ``resume``) and metrics.jsonl. ``init_from`` starts a new run from the tensors of
+    a weights directory (fine-tuning); tensors the architecture has and the file lacks keep their init.
+    """
+    out = Path(out)
+    log = on_log or (lambda s: None)
+    ckpt_path = out / CHECKPOINT_NAME
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"nothing to resume: {ckpt_path} does not exist")
+        # Our own checkpoint; weights_only keeps it from executing anything (a foreign pickle is refused).
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            model_config = KARLConfig.from_dict(state["model_config"])
+            saved_tc = dict(state["train_config"])
+            saved_tc["betas"] = tuple(saved_tc["betas"])
+            saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
+            tc = TrainConfig(**saved_tc)
+        except KarlError:
+            raise
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...: all mean "not ours"
+            raise KarlError(f"cannot resume from {ckpt_path}: not a readable karl checkpoint "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        if train_config is not None:
+            # A resumed run keeps its recipe; only the length and the worker count may change.
+            tc = dataclasses.replace(tc, workers=train_config.workers, steps=train_config.steps or tc.steps)
+    else:
+        model_config = model_config or preset("small")
+        tc = train_config or TrainConfig()
+        if ckpt_path.exists():
+            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    dev = resolve_device(device)
+    rank, world = _init_distributed(dev)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    torch.manual_seed(tc.seed)
+
+    files = training_files(data)
+    dataset = CropDataset(files, model_config.resolution, seed=tc.seed, scale=tc.crop_scale, cache=tc.cache)
+    for path, why in dataset.skipped[:5]:
+        log(f"skipped unreadable training image {path}: {why}")
+    if len(dataset.skipped) > 5:
+        log(f"... and {len(dataset.skipped) - 5} more unreadable images skipped")
+    per_epoch = batches_per_epoch(len(dataset), tc.batch_size, world)
+    if per_epoch < 1:
+        raise UsageError(f"{len(dataset)} images are fewer than one batch of {tc.batch_size} per process; "
+                         "lower --batch-size")
+    total = tc.steps if tc.steps else max(1, round((tc.epochs or 1) * per_epoch))
+
+    model = build_model(model_config).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_module: nn.Module = training_objective(model)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "embed" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.min_lr_ratio))
+    if init_from is not None and state is None:
+        fresh = init_weights(model, init_from)
+        log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
+    elif state is None and model.code is not None:
+        log(f"fitted the {model.config.code} code on {fit_code(model, dataset)} training crops")
+    ema = EMA(model, tc.ema_decay)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ema.shadow = state["ema"]
+        step = int(state["step"])
+        log(f"resumed at step {step} of {total}")
+    autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
+    metrics_path = out / METRICS_NAME
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
+
+    def save(final: bool = False) -> None:
+        if rank != 0:
+            return
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "ema": ema.shadow, "step": step, "model_config": model_config.to_dict(),
+                        "train_config": dataclasses.asdict(tc)}, tmp)
+        ema_model = build_model(model_config)
+        ema.copy_to(ema_model)
+        save_pretrained(ema_model, out, card=model_card(model_config, tc, data, len(dataset), step, total, world,
+                                                        metrics_path, final))
+
+    amp_dtype_name = "bf16" if autocast_dtype else "fp32"
+    log(f"training {model_config.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on "
+        f"{len(dataset)} images, {dev} {amp_dtype_name}, {world} process(es), {total} steps of "
+        f"{tc.batch_size * world} images")
+    model.train()
+    t_last = time.perf_counter()
+    previous_term = _stop_on_sigterm()
+    try:
+        while step < total:
+            epoch, start = divmod(step, per_epoch)
+            for images in batches(dataset, tc.batch_size, tc.seed, epoch, start, rank, world, tc.workers):
+                if step >= total:
+                    break
+                images = images.to(dev, non_blocking=True)
+                if dev.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
+                                        f"checkpoint is {ckpt_path} (try a lower --lr)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                sched.step()
+                ema.update(model, step)
+                step += 1
+                now = time.perf_counter()
+                row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "img_s": tc.batch_size * world / max(now - t_last, 1e-9),
+                       **{k: float(v) for k, v in stats.items()}, "time": time.time()}
+                t_last = now
+                if rank == 0:
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    if on_step:
+                        on_step(StepReport(step, total, epoch, row))
+                if step % tc.checkpoint_every == 0 and step < total:
+                    save()
+        save(final=True)
+    except KeyboardInterrupt:
+        save()
+        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, continue with --resume") from None
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return TrainResult(out, model, step)
+
+
+CODE_FIT_CROPS = 4096
+
+
+def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS) -> int:
+    """Fit a model's linear code (colour basis, coefficient scales and order) on training crops (deterministic:
+    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number."""
+    n = min(len(dataset) * 2, crops)
+    images = []
+    for i in range(n):
+        dataset.set_epoch(i // len(dataset))
+        images.append(dataset[i % len(dataset)])
+    model.code.fit(torch.stack(images).to(model.code.scale.device))
+    return n
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm():
+    """SIGTERM (kill, SLURM time limits; background jobs ignore Ctrl-C's SIGINT) saves like Ctrl-C.
+
+    Returns the previous handler, or None where handlers cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def init_weights(model: nn.Module, directory: str | os.PathLike) -> list[str]:
+    """Load a weights directory's tensors into ``model``; returns the names the file did not have."""
+    state = read_state(directory)
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if unexpected or wrong:
+        raise WeightsError(f"cannot start from {directory}: " + "; ".join(
+            ([f"unknown tensors {', '.join(unexpected[:3])}"] if unexpected else []) +
+            ([f"shape mismatch for {', '.join(wrong[:3])}"] if wrong else [])))
+    model.load_state_dict(state, strict=False)
+    return sorted(set(expected) - set(state))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged steps after the checkpoint so the log has each step once."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _recent(metrics_path: Path, keys: tuple[str, ...], n: int = 100) -> dict[str, float | None]:
+    """Mean of each key over the last ``n`` logged steps (None where unknown); reads the log once."""
+    try:
+        rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()[-n:]]
+    except (OSError, ValueError):
+        rows = []
+    means: dict[str, float | None] = {}
+    for key in keys:
+        vals = [r[key] for r in rows if key in r]
+        means[key] = sum(vals) / len(vals) if vals else None
+    return means
+
+
+def model_card(cfg: KARLConfig, tc: TrainConfig, data: list[str], n_images: int, step: int, total: int,
+               world: int, metrics_path: Path, final: bool) -> str:
+    """A model card: data, recipe, steps and the training figures at the time of writing."""
+    recent = _recent(metrics_path, ("rec2", "halt", "kept2"))
+    rec2, halt, kept = recent["rec2"], recent["halt"], recent["kept2"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [
+        f"# {cfg.arch.upper()} tokenizer (karl)", "",
+        f"Status: {'finished' if final else 'checkpoint'} at step {step} of {total} "
+        f"({step * tc.batch_size * world:,} training crops).", "",
+        "## Data", "",
+        f"{n_images} images from: " + ", ".join(f"`{Path(d).name or d}`" for d in data) + ".", "",
+        "## Recipe", "",
+        f"Two-phase loss-conditioned training (karl trainer), {world} process(es), batch {tc.batch_size}/process, "
+        f"AdamW lr {tc.lr} betas {tc.betas} wd {tc.weight_decay}, warmup {tc.warmup_steps} + cosine to "
+        f"{tc.min_lr_ratio}x, grad clip {tc.grad_clip}, EMA {tc.ema_decay}, halting weight {tc.halt_weight}, "
+        f"seed {tc.seed}, random resized crops {tc.crop_scale} + flips at {cfg.resolution} px.", "",
+        "## Model", "", "```json", json.dumps(cfg.to_dict()), "```", "",
+        "## Training figures (mean of the last 100 logged steps)", "",
+        f"- phase-2 reconstruction L1: {fmt(rec2)}",
+        f"- halting BCE: {fmt(halt)}",
+        f"- tokens kept in phase 2: {fmt(kept)} of {cfg.max_tokens}", "",
+    ]
+    return "\n".join(lines)

@@ -410,10 +410,11 @@ def markdown(report: dict[str, Any]) -> str:
 def print_report(report: dict[str, Any], savoias_result=None) -> None:
     """Rich tables on stdout; the Savoias table through ``correlate.rich_table`` (best ρ in bold)."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from karl_cli.progress import make_console
+
+    con = make_console()   # uncut when piped to a file
     for title, header, rows in tables(report, savoias=savoias_result is None):
         t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAVY, pad_edge=False,
                   collapse_padding=True)

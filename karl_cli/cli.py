@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -18,21 +17,11 @@ from rich.table import Table
 from rich.text import Text
 
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
+from karl_cli.progress import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
-# Off a terminal (a pipe, a file, a log) rich would cut every line at 80 columns, with "…" inside
-# numbers; there a line is as wide as its content.
-_UNCUT_WIDTH = 100_000
-
-
-def _console(stderr: bool = False) -> Console:
-    """A rich console on stdout (or stderr): the terminal's width, or uncut lines off a terminal."""
-    c = Console(stderr=stderr)
-    return c if c.is_terminal else Console(stderr=stderr, width=_UNCUT_WIDTH)
-
-
-console = _console(stderr=True)
+console = make_console(stderr=True)   # uncut lines off a terminal
 _state = {"debug": False}
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "karl-small"
@@ -492,7 +481,7 @@ def correlate(
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
                                cache=False if no_cache else cache, progress=on_progress)
     result.save(out, per_image)
-    _console().print(rich_table(result))
+    make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")
     for note in result.rated.notes + result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -593,7 +582,7 @@ def compare(
     with console.status("comparing") as status:
         df = run_compare(found, models, eps, batch_size=batch_size, device=device,
                          on_progress=lambda what: status.update(f"comparing: {what}"))
-    _console().print(render_table(df))
+    make_console().print(render_table(df))
     if csv is not None:
         atomic_write_text(csv, safe_frame(df).to_csv(index=False))
         console.print(f"[green]wrote[/] {escape(str(csv))}")

@@ -119,8 +119,8 @@ class Scan(list):
     """``Found`` entries sorted by path (a list), and what the scan left out of folders:
 
     ``hidden``: hidden files and folders skipped (each hidden folder counts once); ``other``: files
-    that are not images (by suffix); ``aliases``: paths that led to a file already listed (through a
-    symbolic link), so each real file is listed once.
+    that are not images (by suffix); ``aliases``: paths that led to a file or folder already listed
+    (symbolic links), so each real file is listed once.
     """
 
     def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0) -> None:
@@ -136,7 +136,7 @@ class Scan(list):
         if self.other:
             parts.append(f"{self.other} non-image file{'s' if self.other != 1 else ''}")
         if self.aliases:
-            parts.append(f"{self.aliases} link{'s' if self.aliases != 1 else ''} to an image already listed")
+            parts.append(f"{self.aliases} link{'s' if self.aliases != 1 else ''} to an image or folder already listed")
         return ("skipped " + ", ".join(parts)) if parts else ""
 
 
@@ -197,6 +197,7 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
         key, folder = heapq.heappop(heap)
         real = os.path.realpath(folder)
         if real in walked:
+            met += 1   # a link to a folder already read: an alias, like a second path to a file
             continue
         walked.add(real)
         try:
@@ -224,9 +225,10 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
             else:
                 offer(path, key + (entry.name,))
     found = {path: Found(path) for _, path in best.values()}
+    met -= len(best)
     for path, f in errors.items():
         found.setdefault(path, f)
-    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met - len(best))
+    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met)
 
 
 # --- pixels --------------------------------------------------------------------------------------

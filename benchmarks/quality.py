@@ -58,6 +58,7 @@ from karl_cli.scoring.compare import psnr, ssim
 from karl_cli.scoring.complexity import collect_inputs, image_batches, score, validate_eps
 from karl_cli.errors import KarlError, UsageError
 from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
+from karl_cli.analysis.correlate import POOLED_LABEL
 from karl_cli.analysis.stats import spearman
 from karl_cli.io.synthetic import FAMILIES, make_family_image
 
@@ -342,8 +343,10 @@ def savoias_table(result) -> dict[str, Any]:
     cols += [(f"soft KC ε={e:g}", "karl_kc_soft", e) for e in result.eps]
     cols += [("JPEG bpp", "jpeg_bpp", None), ("PNG bpp", "png_bpp", None)]
     rows = []
-    for cat in dict.fromkeys(res["category"]):
-        sub = res[res["category"] == cat]
+    pooled_rows = res["pooled"].astype(bool)
+    groups = [(False, c) for c in dict.fromkeys(res.loc[~pooled_rows, "category"])] + [(True, None)]
+    for pooled, cat in groups:   # the categories, then the pooled rows (no category name can clash with them)
+        sub = res[pooled_rows] if pooled else res[~pooled_rows & (res["category"] == cat)]
         cells, raw = [], {}
         for name, method, e in cols:
             at_eps = sub["eps"].isna() if e is None else np.isclose(sub["eps"].astype(float), e)
@@ -367,7 +370,8 @@ def savoias_table(result) -> dict[str, Any]:
             ci = f" [{r['vs_jpeg_lo']:+.2f}, {r['vs_jpeg_hi']:+.2f}]" if math.isfinite(r["vs_jpeg_lo"]) else ""
             cells.append(f"{r['vs_jpeg']:+.2f}{ci}")
             raw[name] = {"delta": _f(r["vs_jpeg"]), "lo": _f(r["vs_jpeg_lo"]), "hi": _f(r["vs_jpeg_hi"])}
-        rows.append({"category": str(cat), "n": int(sub["n"].max()) if len(sub) else 0, "cells": cells, "rho": raw})
+        rows.append({"category": POOLED_LABEL if pooled else str(cat), "pooled": pooled,
+                     "n": int(sub["n"].max()) if len(sub) else 0, "cells": cells, "rho": raw})
     return {"columns": [c[0] for c in cols] + [f"KC − JPEG ε={e:g}" for e in result.eps], "rows": rows, "bootstrap": result.n_boot,
             "summary": result.rated.summary(), "notes": list(result.rated.notes) + list(result.notes)}
 
@@ -406,10 +410,11 @@ def markdown(report: dict[str, Any]) -> str:
 def print_report(report: dict[str, Any], savoias_result=None) -> None:
     """Rich tables on stdout; the Savoias table through ``correlate.rich_table`` (best ρ in bold)."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from karl_cli.progress import make_console
+
+    con = make_console()   # uncut when piped to a file
     for title, header, rows in tables(report, savoias=savoias_result is None):
         t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAVY, pad_edge=False,
                   collapse_padding=True)

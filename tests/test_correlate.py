@@ -57,8 +57,9 @@ def test_results_table(savoias, weights, tmp_path):
     results, per_image = correlate(savoias, weights=weights, eps=[0.05, 0.1], bootstrap=200, seed=1,
                                    cache=tmp_path / "cache")
     assert list(results.columns) == RESULT_COLUMNS
-    cats = ["Scenes", "Interior Design", "Art", "all"]
+    cats = ["Scenes", "Interior Design", "Art", ""]    # "": the pooled rows (pooled True)
     assert list(dict.fromkeys(results["category"])) == cats
+    assert list(results.pooled) == [c == "" for c in results.category]
     for cat in cats:
         sub = results[results.category == cat]
         # KC and soft KC at each ε, the baselines once with no ε.
@@ -66,9 +67,9 @@ def test_results_table(savoias, weights, tmp_path):
             [("karl_kc", 0.05), ("karl_kc_soft", 0.05), ("karl_kc", 0.1), ("karl_kc_soft", 0.1),
              ("jpeg_bpp", -1), ("png_bpp", -1)])
     n = results.set_index(["category", "method"]).xs("jpeg_bpp", level=1)["n"]
-    assert n.to_dict() == {"Scenes": 7, "Interior Design": 5, "Art": 6, "all": N_IMAGES}
+    assert n.to_dict() == {"Scenes": 7, "Interior Design": 5, "Art": 6, "": N_IMAGES}
     # The fixture's clutter grows with the rating: only correctly matched ratings give a high ρ.
-    jpeg_all = results[(results.category == "all") & (results.method == "jpeg_bpp")].iloc[0]
+    jpeg_all = results[results.pooled & (results.method == "jpeg_bpp")].iloc[0]
     assert jpeg_all.spearman > 0.8 and jpeg_all.spearman_lo <= jpeg_all.spearman <= jpeg_all.spearman_hi
     assert len(per_image) == 2 * N_IMAGES and (per_image.status == "ok").all()
     assert set(per_image.kc.dropna()) <= set(range(0, 17))
@@ -90,7 +91,7 @@ def test_karl_rows_carry_their_paired_gap_to_jpeg():
                          "jpeg_bpp": r + 30 * jpeg_noise * rng.normal(), "png_bpp": r + 30 * rng.normal()})
     res = _results_frame(pd.DataFrame(rows), ["Scenes", "Art"], [0.03], "single", 300, 0, 0.95)
     ix = res.set_index(["category", "method"])
-    for cat in ("Scenes", "Art", "all"):
+    for cat in ("Scenes", "Art", ""):
         kc = ix.loc[(cat, "karl_kc")]
         assert kc.vs_jpeg == pytest.approx(kc.spearman - ix.loc[(cat, "jpeg_bpp")].spearman)
         assert kc.vs_jpeg_lo < kc.vs_jpeg < kc.vs_jpeg_hi
@@ -164,12 +165,13 @@ def test_cli_writes_results_and_plots(savoias, weights, tmp_path):
                                    "--plot", str(plots), "--cache", str(tmp_path / "cache"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
-    assert list(df.columns) == RESULT_COLUMNS and set(df.category) == {"Scenes", "Interior Design", "Art", "all"}
+    assert list(df.columns) == RESULT_COLUMNS
+    assert set(df.category[~df.pooled]) == {"Scenes", "Interior Design", "Art"} and df.category[df.pooled].isna().all()
     assert len(pd.read_csv(per)) == N_IMAGES
     assert "2 ratings without an image" in res.output and "Interior Design" in res.output
     names = {p.name for p in plots.iterdir()}
     assert {"scatter_grid_eps0.05.png", "heatmap_eps0.05.png", "rho_eps0.05.png",
-            "scatter_interior-design_eps0.05.png", "scatter_all_eps0.05.png"} <= names
+            "scatter_interior-design_eps0.05.png", "scatter_pooled_eps0.05.png"} <= names
     with Image.open(plots / "heatmap_eps0.05.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
 

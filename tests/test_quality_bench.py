@@ -79,7 +79,7 @@ def test_report_fields(quality, setup, capsys):
     assert all(isinstance(o["strict"], bool) and isinstance(o["weak"], bool) for o in fam["order"].values())
 
     cats = [row["category"] for row in r["savoias"]["rows"]]
-    assert cats[-1] == "all" and "Art" in cats
+    assert cats[-1] == "all (pooled)" and r["savoias"]["rows"][-1]["pooled"] and "Art" in cats
     assert "JPEG bpp" in r["savoias"]["columns"]
     assert r["savoias"]["columns"][-2:] == ["KC − JPEG ε=0.1", "KC − JPEG ε=0.3"]
     assert all(len(row["cells"]) == len(r["savoias"]["columns"]) for row in r["savoias"]["rows"])

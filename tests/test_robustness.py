@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +33,7 @@ from karl_cli.cli import app
 from karl_cli.scoring.complexity import RowWriter, read_rows, score
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from karl_cli.io.images import ImageLoadError, discover_images, load_for_model, open_rgb
+from karl_cli.io.names import unescape_path
 
 from conftest import make_images
 from zoo import NON_UTF8_NAME, _pattern, make_zoo
@@ -238,8 +240,11 @@ def test_cli_complexity_over_the_zoo(zoo, weights, tmp_path):
     rows = read_rows(out_csv)
     check_rows_cover_zoo(zoo, rows, eps_count=2)
     assert read_rows(out_json) == rows
-    # The non-UTF-8 name is stored as its own bytes and reads back as the same str.
-    assert b"/caf\xe9.png," in out_csv.read_bytes()
+    # The non-UTF-8 name is stored escaped (valid UTF-8: pandas reads both files with its defaults)
+    # and reads back as the same str.
+    assert b"/caf\\xe9.png," in out_csv.read_bytes()
+    for df in (pd.read_csv(out_csv), pd.read_json(out_json)):
+        assert len(df) == len(rows) and df["path"].str.endswith("/caf\\xe9.png").sum() == 2
     assert zoo.path(NON_UTF8_NAME) in {r["path"] for r in rows}
     # --resume matches every row (the odd names included): nothing new, nothing duplicated.
     before = out_csv.read_bytes()
@@ -247,10 +252,10 @@ def test_cli_complexity_over_the_zoo(zoo, weights, tmp_path):
                  "--baselines", "--workers", "0", "--resume", ok_codes=[EXIT_SOME_FAILED])
     assert "wrote 0 new rows" in res.output
     assert out_csv.read_bytes() == before
-    # To stdout as well (surrogate-escaped names pass through).
+    # To stdout as well (escaped the same way).
     res = invoke("complexity", zoo.path("plain.png"), zoo.path(NON_UTF8_NAME), "--weights", weights, "--csv", "-",
                  "--workers", "0", ok_codes=[EXIT_OK])
-    assert "plain.png,0.05" in res.output and res.stdout_bytes.count(b"/caf\xe9.png,0.05,") == 1
+    assert "plain.png,0.05" in res.output and res.stdout_bytes.count(b"/caf\\xe9.png,0.05,") == 1
 
 
 def test_cli_complexity_with_workers_over_the_zoo(zoo, weights, tmp_path):
@@ -304,8 +309,8 @@ def test_cli_correlate_over_the_zoo(zoo, weights, tmp_path):
                  "--workers", "0", "--per-image", per_image, "--out", tmp_path / "res.csv",
                  ok_codes=[EXIT_SOME_FAILED])
     assert "could not be scored" in res.output
-    with open(per_image, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        scored = list(csv.DictReader(f))
+    # Valid UTF-8 for pandas' defaults; names escaped, and unescaped to the very names.
+    scored = pd.read_csv(per_image).assign(path=lambda d: d["path"].map(unescape_path)).to_dict("records")
     # Broken links, loops and the pipe are not files: the ratings loader reports them as missing.
     exists = {n for n in zoo.names if os.path.isfile(zoo.path(n))}
     assert sorted(rel(zoo, r["path"]) for r in scored) == sorted(exists)

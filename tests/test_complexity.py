@@ -146,6 +146,23 @@ def test_bad_eps_is_a_usage_error(model, image_folder, bad):
         validate_eps([bad])
 
 
+@pytest.mark.parametrize("eps", [0.004, 0.39, 0.5])
+def test_eps_the_single_pass_cannot_honour_is_refused_not_snapped(model, image_folder, tmp_path, eps):
+    with pytest.raises(UsageError, match="0.005 to 0.38"):
+        score([image_folder], model, [0.05, eps])
+    # The searches test the reconstruction against ε itself: any ε > 0 is theirs.
+    rows = list(score([image_folder], model, [eps], method="prefix"))
+    assert {r["eps"] for r in rows} == {eps} and all(r["status"] == "ok" for r in rows)
+
+
+def test_eps_between_bins_is_scored_as_asked(model, image_folder):
+    rows = {(r["path"], r["eps"]): r for r in score([image_folder], model, [0.03, 0.035, 0.04])}
+    paths = {p for p, _ in rows}
+    # The row records the ε asked for, and its KC is its own (not the 0.04 bin's for every image).
+    assert {e for _, e in rows} == {0.03, 0.035, 0.04}
+    assert any(rows[p, 0.035]["kc_soft"] != rows[p, 0.04]["kc_soft"] for p in paths)
+
+
 def test_bad_arguments(model, image_folder, tmp_path):
     with pytest.raises(UsageError, match="method"):
         score([image_folder], model, [0.05], method="bisect")

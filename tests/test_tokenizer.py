@@ -1,11 +1,13 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 
 from karl_cli import ALIT, EPS_BINS, KARL, KARLConfig, WeightsError, build_model, eps_to_bin, load_pretrained, preset
-from karl_cli.models.config import MODELS
+from karl_cli.models.config import MODELS, eps_position
+from karl_cli.models.layers import at_position
 from karl_cli.models.tokenizer import Encoding
 
 
@@ -167,3 +169,29 @@ def test_retired_fields_holding_what_the_model_does_still_load(tmp_path):
     learned = {**preset("tiny", code="learned").to_dict(), "code": "dct", "spectral": False, "halt_l1": False,
                "one_token_budget": False}
     assert KARLConfig.from_dict(learned) == preset("tiny", code="learned")
+
+
+def test_eps_between_bins_is_interpolated_on_the_log_scale():
+    assert eps_position(0.03) == EPS_BINS.index(0.03) and eps_position(0.38) == len(EPS_BINS) - 1
+    i = EPS_BINS.index(0.03)
+    assert eps_position(math.sqrt(0.03 * 0.04)) == pytest.approx(i + 0.5)
+    assert i < eps_position(0.031) < eps_position(0.039) < i + 1
+    for bad in (0.004, 0.39, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="0.005 to 0.38"):
+            eps_position(bad)
+    table = torch.arange(12.0).view(4, 3)
+    assert torch.equal(at_position(table, torch.tensor([1.0, 2.0])), table[[1, 2]])   # on a bin: exact
+    assert torch.allclose(at_position(table, torch.tensor([1.25])), 0.75 * table[1] + 0.25 * table[2])
+
+
+def test_single_pass_honours_eps_between_bins(tiny_model):
+    # Conditioned on ε itself: the halting head's relative features see 0.031, not the bin 0.04.
+    x = torch.rand(3, 3, 32, 32)
+    at_bin, above, off = (tiny_model.encode(x, e) for e in (0.03, 0.04, 0.031))
+    assert not torch.equal(off.p_halt, above.p_halt) and not torch.equal(off.p_halt, at_bin.p_halt)
+    # Between the neighbours' p_halt, token by token (interpolated embeddings, ε-relative errors).
+    lo = torch.minimum(at_bin.p_halt, above.p_halt) - 1e-5
+    hi = torch.maximum(at_bin.p_halt, above.p_halt) + 1e-5
+    assert bool(((off.p_halt >= lo) & (off.p_halt <= hi)).float().mean() > 0.9)
+    with pytest.raises(ValueError, match="outside what a single pass can honour"):
+        tiny_model.encode(x, 0.5)

@@ -33,7 +33,7 @@ from karl_cli.analysis.stats import correlation, spearman_difference
 from karl_cli.models.pretrained import model_id
 from karl_cli.models.pretrained import load_pretrained
 from karl_cli.runtime import resolve_device
-from karl_cli.scoring.complexity import validate_eps
+from karl_cli.scoring.complexity import check_eps, validate_eps
 from karl_cli.scoring import complexity
 
 RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
@@ -219,6 +219,7 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     eps_list = validate_eps(eps)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
     model = _load_model(model, weights, device)
+    check_eps(model, method, eps_list)
     mid = model_id(model)
     store = _NoCache() if cache is False else ScoreCache(default_cache_dir() if cache in (None, True) else cache, mid)
     notes = [store.warning] if store.warning else []

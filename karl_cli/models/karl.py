@@ -22,10 +22,10 @@ import bisect
 import torch
 import torch.nn as nn
 
-from karl_cli.models.config import EPS_BINS, KARLConfig, eps_to_bin
+from karl_cli.models.config import EPS_BINS, KARLConfig, eps_position
 from karl_cli.models.pretrained import register
 from karl_cli.models.tokenizer import Encoding, ForwardOutput, TokenSource, Tokenizer
-from karl_cli.models.layers import HaltingHead
+from karl_cli.models.layers import HaltingHead, at_position
 
 
 @register
@@ -53,7 +53,7 @@ class KARL(Tokenizer):
             self._enc_masks[key] = allowed.to(device)
         return self._enc_masks[key]
 
-    def _encode(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
+    def _encode(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoder outputs at the latent tokens (B, T, width), normalised, and the images' code."""
         cfg = self.config
@@ -62,7 +62,7 @@ class KARL(Tokenizer):
         b = images.shape[0]
         codes = self.analyse(images)
         x2d = self.base.tokens(images * 2.0 - 1.0) + self.pos_2d
-        eps_tok = self.eps_embed(eps_idx.to(images.device)).unsqueeze(1)
+        eps_tok = at_position(self.eps_embed.weight, eps_pos.to(images.device)).unsqueeze(1)
         lat = self.latent_inputs(codes, 0, num_tokens, b)
         if self.direct is not None:
             lat = lat + self.direct.read(x2d)[:, :num_tokens]
@@ -72,27 +72,28 @@ class KARL(Tokenizer):
             x = blk(x, mask)
         return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:]), codes
 
-    def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int
+    def encode_tokens(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder pass at budget ``num_tokens`` for images (B, 3, R, R) in [0, 1] and ε bins
-        ``eps_idx`` (B,) long: (latents (B, T, latent_dim), p_halt (B, T))."""
-        eps_idx = eps_idx.to(images.device)
-        h, codes = self._encode(images, eps_idx, num_tokens)
+        """Encoder pass at budget ``num_tokens`` for images (B, 3, R, R) in [0, 1] conditioned on ε:
+        ``eps_pos`` (B,) is each image's ε bin index (long) or position between bins (float;
+        ``config.eps_position``). Returns (latents (B, T, latent_dim), p_halt (B, T))."""
+        eps_pos = eps_pos.to(images.device)
+        h, codes = self._encode(images, eps_pos, num_tokens)
         # How much of the halting loss's gradient reaches the shared encoder (docs/design.md §3).
         g = self.config.halt_grad_scale
         h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
         detail = self.halting_detail(images, num_tokens, codes)
-        return self.to_tokens(h, codes), self.halting_head(h_halt, eps_idx, detail)
+        return self.to_tokens(h, codes), self.halting_head(h_halt, eps_pos, detail)
 
-    def encode_latents(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    def encode_latents(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """``encode_tokens`` without the halting head: latents (B, T, latent_dim) for the searches,
         which keep every token."""
-        return self.to_tokens(*self._encode(images, eps_idx.to(images.device), num_tokens))
+        return self.to_tokens(*self._encode(images, eps_pos.to(images.device), num_tokens))
 
-    def latent_features(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    def latent_features(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The encoder's normalised outputs at the latent tokens (B, T, width): what the bottleneck
         and the halting head read (calibration retrains the head on them)."""
-        return self._encode(images, eps_idx, num_tokens)[0]
+        return self._encode(images, eps_pos, num_tokens)[0]
 
     def halting_detail(self, images: torch.Tensor, num_tokens: int, codes: torch.Tensor | None = None
                        ) -> torch.Tensor | None:
@@ -129,11 +130,11 @@ class KARL(Tokenizer):
             keep = keep.cumprod(dim=1).bool()
         return keep
 
-    def forward(self, images: torch.Tensor, eps_idx: torch.Tensor, num_tokens: int | None = None,
+    def forward(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int | None = None,
                 halting: bool = False) -> ForwardOutput:
         """Training pass. With ``halting`` the decoder sees only the tokens ``kept`` keeps."""
         t = num_tokens or self.config.max_tokens
-        latents, p_halt = self.encode_tokens(images, eps_idx, t)
+        latents, p_halt = self.encode_tokens(images, eps_pos, t)
         keep = self.kept(p_halt.detach()) if halting else torch.ones_like(p_halt, dtype=torch.bool)
         return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
 
@@ -141,10 +142,12 @@ class KARL(Tokenizer):
     @torch.inference_mode()
     def encode(self, images: torch.Tensor, eps: float, num_tokens: int | None = None) -> Encoding:
         """One encoder pass at T_max (or ``num_tokens``) conditioned on ε, for images (B, 3, R, R)
-        in [0, 1]: tokens, p_halt and kc."""
+        in [0, 1]: tokens, p_halt and kc. Any ε in ``EPS_RANGE`` (0.005–0.38) is honoured: between
+        the trained bins the model is conditioned on ε itself (``eps_position``). Raises ValueError
+        for ε outside that range."""
         images = images.to(self.device, self.dtype)
-        idx = torch.full((images.shape[0],), eps_to_bin(eps), dtype=torch.long, device=images.device)
-        latents, p_halt = self.encode_tokens(images, idx, num_tokens or self.config.max_tokens)
+        pos = torch.full((images.shape[0],), eps_position(eps), dtype=torch.float32, device=images.device)
+        latents, p_halt = self.encode_tokens(images, pos, num_tokens or self.config.max_tokens)
         return Encoding(latents.float(), p_halt, self.kept(p_halt), float(eps))
 
     @torch.inference_mode()

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from karl_cli.models.config import EPS_RANGE
 from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
 from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
 from karl_cli.errors import UsageError
@@ -223,6 +224,20 @@ def check_method(model: torch.nn.Module, method: str) -> str:
     return method
 
 
+def check_eps(model: torch.nn.Module, method: str, eps_list: Sequence[float]) -> None:
+    """Refuse an ε the method cannot honour on this model (UsageError naming the range): a single
+    pass is conditioned on ε and honours any ε in the trained range (``EPS_RANGE``, interpolated
+    between bins); the searches test the reconstruction against ε and honour any ε > 0."""
+    if method != "single" or not getattr(model, "single_pass", False):
+        return
+    lo, hi = EPS_RANGE
+    outside = [e for e in eps_list if not lo - 1e-12 <= e <= hi + 1e-12]
+    if outside:
+        raise UsageError(f"ε {', '.join(f'{e:g}' for e in outside)} is outside what the single pass can honour "
+                         f"({lo:g} to {hi:g}, the ε range the halting head was trained on); "
+                         f"--method search or prefix takes any ε > 0")
+
+
 def default_method(model: torch.nn.Module) -> str:
     """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
     return "single" if getattr(model, "single_pass", True) else "search"
@@ -250,6 +265,7 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     """
     eps_list = validate_eps(eps_list)
     check_method(model, method)
+    check_eps(model, method, eps_list)
     dev = resolve_device(device, model)
     shard = parse_shard(shard)
     items = apply_shard(collect_inputs(paths_or_found), shard)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
 from karl_cli.scoring.complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
-                         read_rows, validate_eps)
+                         read_rows, validate_eps, check_eps)
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
 from karl_cli.runtime import inference, model_device, prepare_model, resolve_device, to_model_input
@@ -160,6 +160,7 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
     if len(eps_v) != 1:
         raise UsageError("encode takes exactly one ε")
     eps_f = eps_v[0]
+    check_eps(model, "single", eps_v)
     if images_per_shard < 1:
         raise UsageError("images_per_shard must be >= 1")
     dev = resolve_device(device, model)

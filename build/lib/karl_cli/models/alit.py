@@ -116,18 +116,18 @@ class ALIT(Tokenizer):
             state = self.step(state)
         return self.tokens(state)
 
-    def encode_tokens(self, images: torch.Tensor, eps_idx: torch.Tensor | None, num_tokens: int
+    def encode_tokens(self, images: torch.Tensor, eps_pos: torch.Tensor | None, num_tokens: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """KARL's signature, so code written for KARL (the trainer, tests) runs on ALIT:
-        (tokens after iteration num_tokens/token_step, p_halt = zeros). ``eps_idx`` is ignored."""
+        (tokens after iteration num_tokens/token_step, p_halt = zeros). ``eps_pos`` is ignored."""
         latents = self.rollout_to(images, num_tokens)
         return latents, torch.zeros(latents.shape[:2], device=latents.device)
 
-    def forward(self, images: torch.Tensor, eps_idx: torch.Tensor | None = None, num_tokens: int | None = None,
+    def forward(self, images: torch.Tensor, eps_pos: torch.Tensor | None = None, num_tokens: int | None = None,
                 halting: bool = False) -> ForwardOutput:
         """KARL's training-pass signature: reconstruction (unclamped) from the tokens after
-        num_tokens/token_step iterations; ``eps_idx`` and ``halting`` are ignored (all tokens kept)."""
-        latents, p_halt = self.encode_tokens(images, eps_idx, num_tokens or self.config.max_tokens)
+        num_tokens/token_step iterations; ``eps_pos`` and ``halting`` are ignored (all tokens kept)."""
+        latents, p_halt = self.encode_tokens(images, eps_pos, num_tokens or self.config.max_tokens)
         return ForwardOutput(self.decode_tokens(latents), p_halt, torch.ones_like(p_halt, dtype=torch.bool))
 
     # --- inference API (the same as KARL's) ----------------------------------------------------

@@ -23,6 +23,8 @@ EPS_BINS: tuple[float, ...] = (
     0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.09, 0.10,
     0.12, 0.14, 0.16, 0.18, 0.20, 0.24, 0.28, 0.32, 0.38,
 )
+# The ε a single pass can honour: the trained bins' span (between bins, ε is interpolated).
+EPS_RANGE: tuple[float, float] = (EPS_BINS[0], EPS_BINS[-1])
 # Phase 1 of training conditions on "small" ε: the bins up to 0.04.
 SMALL_EPS_BINS: int = sum(1 for e in EPS_BINS if e <= 0.04 + 1e-9)
 
@@ -71,6 +73,27 @@ def eps_to_bin(eps: float | torch.Tensor) -> int | torch.Tensor:
         if eps <= b + 1e-9:
             return i
     return len(EPS_BINS) - 1
+
+
+def eps_position(eps: float) -> float:
+    """Where ε sits on the bin scale, for conditioning a KARL model on any ε in ``EPS_RANGE``:
+    i + w for EPS_BINS[i] <= ε < EPS_BINS[i + 1], with w linear in log ε (an ε on a bin gives the
+    bin's index exactly). The model interpolates its per-bin embeddings at that position and reads
+    its error features relative to ε itself (docs/design.md §2). Raises ValueError outside
+    ``EPS_RANGE``: the model was never trained there, and snapping to the nearest bin would silently
+    answer another question."""
+    eps = float(eps)
+    lo, hi = EPS_RANGE
+    if not math.isfinite(eps) or not lo - 1e-12 <= eps <= hi + 1e-12:
+        raise ValueError(f"ε {eps:g} is outside what a single pass can honour ({lo:g} to {hi:g}, the trained ε "
+                         f"range); the search methods take any ε > 0")
+    for i, b in enumerate(EPS_BINS):
+        if abs(eps - b) <= 1e-9 * b:
+            return float(i)
+        if eps < b:
+            a = EPS_BINS[i - 1]
+            return i - 1 + math.log(eps / a) / math.log(b / a)
+    return float(len(EPS_BINS) - 1)
 
 
 @dataclass

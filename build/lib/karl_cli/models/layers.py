@@ -11,6 +11,18 @@ import torch.nn.functional as F
 from karl_cli.models.config import KARLConfig
 
 
+def at_position(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table`` (n, ...) at positions ``pos`` (B,): a long tensor indexes rows; a float
+    tensor interpolates linearly between neighbouring rows (an integral position gives the row
+    itself, exactly). How a model is conditioned on an ε between its trained bins."""
+    if not pos.is_floating_point():
+        return table[pos]
+    lo = pos.detach().floor().long().clamp_(0, table.shape[0] - 1)
+    hi = (lo + 1).clamp_(max=table.shape[0] - 1)
+    w = (pos - lo).to(table.dtype).view(-1, *([1] * (table.dim() - 1)))
+    return table[lo] + w * (table[hi] - table[lo])
+
+
 class Block(nn.Module):
     """Pre-LN transformer block; attention through SDPA (flash/efficient kernels on CUDA).
 
@@ -134,7 +146,8 @@ class HaltingHead(nn.Module):
       the gain, which only multiplies their learning rate). A token should halt once the error
       before its step is below ε.
 
-    ``forward(h (B, T, width), eps_idx (B,) long, detail (B, T, detail))`` -> p_halt (B, T) float32.
+    ``forward(h (B, T, width), eps_pos (B,), detail (B, T, detail))`` -> p_halt (B, T) float32;
+    ``eps_pos`` is ε's bin index (long) or position between bins (float, ``config.eps_position``).
     """
 
     RELATIVE_GAIN = 8.0
@@ -152,11 +165,11 @@ class HaltingHead(nn.Module):
                 self.detail_in.weight.div_(self.RELATIVE_GAIN)
         self.fc2 = nn.Linear(hidden, 1)
 
-    def forward(self, h: torch.Tensor, eps_idx: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.fc1(self.norm(h)) + self.eps_bias(eps_idx).unsqueeze(1).to(h.dtype)
+    def forward(self, h: torch.Tensor, eps_pos: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.fc1(self.norm(h)) + at_position(self.eps_bias.weight, eps_pos).unsqueeze(1).to(h.dtype)
         if self.detail_in is not None:
             if detail is None:
                 raise ValueError("this halting head needs the per-token detail of the model's code")
-            detail = (detail - self.log_eps[eps_idx].view(-1, 1, 1)) * self.RELATIVE_GAIN
+            detail = (detail - at_position(self.log_eps, eps_pos).view(-1, 1, 1)) * self.RELATIVE_GAIN
             z = z + self.detail_in(detail.to(z.dtype))
         return torch.sigmoid(self.fc2(torch.tanh(z)).squeeze(-1).float())

@@ -6,7 +6,7 @@ from karl_cli import KARL, preset
 from karl_cli.scoring.complexity import score
 from karl_cli.training.calibration import THRESHOLDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_weights_score_the_examples():

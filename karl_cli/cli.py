@@ -146,7 +146,8 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 def complexity(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
-    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout)."),
+    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout). Without "
+                                          "--csv and --json only the summary table is printed."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
     baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
@@ -158,14 +159,17 @@ def complexity(
                                           "up to 4 on CPU; cores-1 up to 16 on CUDA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them; "
+                                "refused if they came from another model, --method or l1 setting."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the KC histogram per ε to this PNG."),
     l1: bool = typer.Option(True, "--l1/--no-l1", help="Check each KC by decoding (the l1 column). --no-l1: KC "
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
+    from karl_cli.models.pretrained import model_id
     from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
-                             checkpoint_seconds, collect_inputs, default_method, parse_shard, score, validate_eps)
+                                             checkpoint_seconds, collect_inputs, default_method, parse_shard,
+                                             resume_guard, score, validate_eps)
     from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
@@ -173,8 +177,8 @@ def complexity(
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    if csv_out is None and json_out is None:
-        raise UsageError("say where the rows go: --csv FILE and/or --json FILE ('-' for stdout)")
+    if resume and not (csv_out or json_out):
+        raise UsageError("--resume needs an output file (--csv FILE or --json FILE)")
     if resume and (csv_out or json_out) == "-":
         raise UsageError("--resume needs an output file, not stdout")
     found = collect_inputs(paths)
@@ -185,24 +189,30 @@ def complexity(
     fields = ROW_FIELDS + (BASELINE_FIELDS if baselines else [])
     summary = Summary()
     plot_rows: list[dict] = []
+    existing: list[dict] = []
     with contextlib.ExitStack() as stack:
         every = checkpoint_seconds()   # a hard kill loses at most this many seconds of rows
-        primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every))
-        sinks = [primary]
-        if csv_out and json_out:
-            sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
-            for row in primary.existing:
-                sinks[1].write(row)
-        for row in primary.existing:
+        sinks = []
+        if csv_out or json_out:       # without either, the summary table is the output
+            guard = resume_guard(model_id(model), method, l1)
+            primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every,
+                                                    validate=guard))
+            sinks.append(primary)
+            existing = primary.existing
+            if csv_out and json_out:
+                sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
+                for row in existing:
+                    sinks[1].write(row)
+        for row in existing:
             summary.add(row)
             if plot:
                 plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
-        if primary.existing:
-            console.print(f"resuming: {len(primary.existing)} rows already in {escape(csv_out or json_out)} are kept")
+        if existing:
+            console.print(f"resuming: {len(existing)} rows already in {escape(csv_out or json_out)} are kept")
         with _progress("scoring") as update:
             rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                         skip=primary.done, progress=update, l1=l1)
+                         skip=sinks[0].done if sinks else None, progress=update, l1=l1)
             for row in rows:
                 for sink in sinks:
                     sink.write(row)
@@ -218,8 +228,8 @@ def complexity(
                       "better model) gives KC that separates images.")
     outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
     if outs:
-        kept = len(primary.existing)
-        console.print(f"wrote {primary.count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
+        kept = len(existing)
+        console.print(f"wrote {sinks[0].count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
     if plot:
         from karl_cli.analysis.plots import kc_histogram
         kc_histogram(plot_rows, plot)
@@ -235,13 +245,21 @@ def complexity(
 def merge(
     out: str = typer.Argument(..., help="The merged CSV to write."),
     inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="first or last: which input wins where rows of "
+                                         "the same (path, ε) disagree (default: refuse and name them)."),
+    mixed_models: bool = typer.Option(False, "--mixed-models", help="Merge rows of different models (model_id)."),
 ) -> None:
-    """Join shard CSVs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
+    """Join shard CSVs into one, sorted by (path, ε). Identical duplicates merge quietly, an ok row
+    replaces an error row; rows that disagree, or rows of different models, are refused."""
     from karl_cli.scoring.complexity import merge_csv
 
-    counts = merge_csv(out, inputs)
-    console.print(f"merged {counts['files']} files: {counts['rows']} rows "
-                  f"({counts['duplicates']} duplicates dropped) -> {out}")
+    counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
+    notes = [f"{counts['duplicates']} identical duplicates dropped"]
+    if counts["errors_replaced"]:
+        notes.append(f"{counts['errors_replaced']} error rows replaced by ok rows")
+    if counts["conflicts"]:
+        notes.append(f"{counts['conflicts']} disagreeing rows taken from the {prefer} input")
+    console.print(f"merged {counts['files']} files: {counts['rows']} rows ({'; '.join(notes)}) -> {escape(out)}")
 
 
 @app.command()

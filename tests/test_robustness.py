@@ -615,6 +615,61 @@ def test_killed_run_resumes_without_duplicates(tmp_path, weights, sig):
     assert final[: len(partial)] == partial
 
 
+STALLED_KARL = textwrap.dedent("""
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    import karl_cli.scoring.complexity as c
+    real = c.image_batches
+    def stall_after_first(*a, **k):         # the model "works" on the second batch forever
+        it = real(*a, **k)
+        yield next(it)
+        print("stalled", flush=True)
+        time.sleep(3600)
+    c.image_batches = stall_after_first
+    from karl_cli.cli import main
+    sys.argv = ["karl"] + sys.argv[1:]
+    main()
+""")
+
+
+def test_sigkill_loses_at_most_the_last_checkpoint_interval(tmp_path, weights):
+    """Issue 22.2: rows are published on a clock, not when the next row arrives. After the first batch
+    the process stalls (a long second batch); within the checkpoint interval every finished row is on
+    disk, a SIGKILL then loses none of them, and --resume finishes the job with each row once."""
+    imgs = make_images(tmp_path / "imgs", 8)
+    out = tmp_path / "out.csv"
+    common = ["--weights", weights, "--csv", out, "--workers", "0", "--device", "cpu"]
+    script = tmp_path / "stalled_karl.py"
+    script.write_text(STALLED_KARL)
+    every = 0.5
+    env = dict(os.environ, KARL_CHECKPOINT_SECONDS=str(every), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(script), "complexity", str(tmp_path / "imgs"), *map(str, common),
+                             "--batch-size", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"stalled", proc.stderr.read().decode()
+        stalled = time.monotonic()
+        rows = []
+        while time.monotonic() - stalled < every + 20:      # generous: the machine may be busy
+            rows = read_rows(out) if out.exists() else []
+            if len(rows) >= 4:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    rows = read_rows(out) if out.exists() else []
+    assert len(rows) == 4, "every row of the finished batch is on disk before the next batch ends"
+    assert all(r["status"] == "ok" for r in rows)
+    res = invoke("complexity", tmp_path / "imgs", *common, "--resume", ok_codes=[EXIT_OK])
+    assert "4 kept from before" in res.output
+    final = read_rows(out)
+    assert final[:4] == rows and sorted(r["path"] for r in final) == sorted(map(str, imgs))
+
+
 def test_decode_refuses_damaged_token_folders(tmp_path, weights):
     make_images(tmp_path / "imgs", 4)
     tok = tmp_path / "tok"

@@ -334,7 +334,7 @@ def _row(category, pooled, method, eps, x, y, n_boot, seed, level) -> dict:
 
 # --- terminal rendering ------------------------------------------------------------------------------
 def _fmt_rho(row) -> str:
-    """ρ on one line, its CI (or why there is no ρ) dimmed on the next."""
+    """ρ on one line, its CI (or why there is no ρ) dimmed on the next, Pearson r and Kendall τ below."""
     if row is None:
         return "—"
     if not math.isfinite(row["spearman"]):
@@ -342,7 +342,9 @@ def _fmt_rho(row) -> str:
                "both inputs constant": "both constant"}.get(row["reason"], row["reason"] or "undefined")
         return f"n/a\n[dim]{why}[/]"
     ci = f"\n[dim][{row['spearman_lo']:.2f}, {row['spearman_hi']:.2f}][/]" if math.isfinite(row["spearman_lo"]) else ""
-    return f"{row['spearman']:.2f}{ci}"
+    others = "  ".join(f"{name} {row[col]:.2f}" for name, col in (("r", "pearson"), ("τ", "kendall"))
+                       if math.isfinite(row[col]))
+    return f"{row['spearman']:.2f}{ci}" + (f"\n[dim]{others}[/]" if others else "")
 
 
 def _fmt_gap(row) -> str:
@@ -361,10 +363,16 @@ def _bold(cell: str) -> str:
     return f"[bold green]{head}[/]" + (f"\n{tail}" if tail else "")
 
 
+def _title(result: CorrelationResult) -> str:
+    ci = (f" [{100 * result.level:g}% bootstrap CI, {result.n_boot} resamples, seed {result.seed}]"
+          if result.n_boot else " (no CI: --bootstrap 0)")
+    return f"Spearman ρ with human ratings{ci}; below it Pearson r and Kendall τ-b"
+
+
 def rich_table(result: CorrelationResult, title: str | None = None):
     """A rich Table: one row per category, then the pooled row (bold, in its own section, named
-    ``POOLED_LABEL``), Spearman ρ [95% CI] of each measure side by side; the best ρ of each row in
-    bold green."""
+    ``POOLED_LABEL``); per measure Spearman ρ [CI], Pearson r and Kendall τ-b side by side; the best
+    ρ of each row in bold green."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -380,8 +388,8 @@ def rich_table(result: CorrelationResult, title: str | None = None):
     cols += [("JPEG bpp", "jpeg_bpp", None), ("PNG bpp", "png_bpp", None)]
     # KC − JPEG per ε (the first KARL measure): the paired test of "KC beats JPEG".
     gaps = [(f"{h.split(' ε=')[0]} − JPEG ε={e:g}", m, e) for h, m, e in cols[:-2] if m == cols[0][1]]
-    table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, title=title or f"Spearman ρ with human ratings [{100 * result.level:g}% bootstrap CI, "
-                                 f"{result.n_boot} resamples, seed {result.seed}]", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, title=title or _title(result),
+                  title_justify="left")
     groups = list(dict.fromkeys(zip(res["pooled"].astype(bool), res["category"])))
     groups = [g for g in groups if not g[0]] + [g for g in groups if g[0]]
     table.add_column("category", no_wrap=True, min_width=max([len(str(c)) for _, c in groups] + [8]))

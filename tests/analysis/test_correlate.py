@@ -202,3 +202,20 @@ def test_cli_usage_errors(savoias, weights, tmp_path):
     res = runner.invoke(app, ["correlate", str(savoias), "--weights", str(weights), "--method", "guess",
                               "--cache", str(tmp_path)])
     assert res.exit_code == 2 and "unknown method" in res.output
+
+
+def test_terminal_table_shows_rho_r_and_tau_and_no_ci_title_without_bootstrap(savoias, weights):
+    """Issue 22.6: the terminal shows Spearman ρ, Pearson r and Kendall τ; --bootstrap 0 claims no CI."""
+    from rich.console import Console
+
+    from karl_cli.analysis.correlate import rich_table
+
+    for n_boot in (0, 50):
+        result = correlate(savoias, weights=weights, eps=[0.05], bootstrap=n_boot, cache=False)
+        console = Console(width=400, record=True, color_system=None)
+        console.print(rich_table(result))
+        text = " ".join(console.export_text().split())
+        pooled = result.results[(result.results.category == "all") & (result.results.method == "jpeg_bpp")].iloc[0]
+        assert f"r {pooled.pearson:.2f}" in text and f"τ {pooled.kendall:.2f}" in text
+        assert "Pearson r and Kendall τ" in text
+        assert ("bootstrap CI" in text) == (n_boot > 0), text[:200]

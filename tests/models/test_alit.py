@@ -211,4 +211,4 @@ def test_cli_train_sets_sizes_beyond_the_preset(tmp_path):
     assert load_pretrained(tmp_path / "run").iterations == 2
     res = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--resume",
                                    "--token-step", "4"])
-    assert res.exit_code == 2 and "cannot change a run being resumed" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "--token-step 4 (the run has 8)" in " ".join(res.output.split())

@@ -1,6 +1,7 @@
 """The weights `make demo` uses load, score the examples, and use fewer tokens for a looser ε."""
 import dataclasses
 from pathlib import Path
+import pytest
 
 from karl_cli import KARL, preset
 from karl_cli.scoring.complexity import score
@@ -64,3 +65,18 @@ def test_shipped_alit_weights_score_by_search():
     rows = list(score([ROOT / "examples"], alit, [0.05], method="search"))
     kc = {Path(r["path"]).stem: r["kc"] for r in rows}
     assert kc["constant"] < kc["shapes_many"] and all(r["encoder_runs"] >= 1 for r in rows)
+
+
+@pytest.mark.parametrize("name", ["karl-small", "alit-small"])
+def test_model_card_agrees_with_config(name):
+    """A card's config block (if it has one) and the halting threshold it states are config.json's."""
+    import json
+    import re
+
+    folder = Path(__file__).resolve().parent.parent / "weights" / name
+    card = (folder / "model_card.md").read_text(encoding="utf-8")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for block in re.findall(r"```json\n(.*?)\n```", card, re.S):
+        assert json.loads(block) == config
+    for stated in re.findall(r"halting threshold (?:is )?(0\.\d+)", card):
+        assert float(stated) == config["halt_threshold"], stated

@@ -246,18 +246,89 @@ def test_json_records(model, image_folder, tmp_path):
     assert n == 4 and data == rows
 
 
-def test_merge_dedupes(tmp_path):
-    fields = ROW_FIELDS
+def _merge_inputs(tmp_path, b_rows):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    write_csv([{"path": "x", "eps": 0.05, "kc": 1, "status": "error", "error": "boom"},
-               {"path": "y", "eps": 0.05, "kc": 2, "status": "ok"}], a, fields)
-    write_csv([{"path": "x", "eps": 0.05, "kc": 5, "status": "ok"},
-               {"path": "y", "eps": 0.05, "kc": 9, "status": "ok"},
-               {"path": "a", "eps": 0.1, "kc": 7, "status": "ok"}], b, fields)
+    write_csv([{"path": "x", "eps": 0.05, "kc": 1, "status": "error", "error": "boom", "model_id": "m1"},
+               {"path": "y", "eps": 0.05, "kc": 2, "status": "ok", "model_id": "m1"},
+               {"path": "z", "eps": 0.05, "kc": 4, "status": "ok", "model_id": "m1"}], a, ROW_FIELDS)
+    write_csv(b_rows, b, ROW_FIELDS)
+    return a, b
+
+
+def test_merge_identical_quietly_ok_beats_error(tmp_path):
+    a, b = _merge_inputs(tmp_path, [{"path": "x", "eps": 0.05, "kc": 5, "status": "ok", "model_id": "m1"},
+                                    {"path": "z", "eps": 0.05, "kc": 4, "status": "ok", "model_id": "m1"},
+                                    {"path": "a", "eps": 0.1, "kc": 7, "status": "ok", "model_id": "m1"}])
     counts = merge_csv(tmp_path / "m.csv", [a, b])
     rows = read_rows(tmp_path / "m.csv")
-    assert counts == {"files": 2, "rows": 3, "duplicates": 2}
-    assert [(r["path"], r["kc"]) for r in rows] == [("a", 7), ("x", 5), ("y", 2)]
+    assert counts == {"files": 2, "rows": 4, "duplicates": 1, "errors_replaced": 1, "conflicts": 0}
+    assert [(r["path"], r["kc"]) for r in rows] == [("a", 7), ("x", 5), ("y", 2), ("z", 4)]
+
+
+def test_merge_refuses_disagreeing_rows_unless_a_side_is_picked(tmp_path):
+    a, b = _merge_inputs(tmp_path, [{"path": "y", "eps": 0.05, "kc": 9, "status": "ok", "model_id": "m1"}])
+    with pytest.raises(UsageError, match=r"1 \(path, ε\) rows disagree.*y at ε 0.05 \(a.csv vs b.csv: kc 2 vs 9\)"):
+        merge_csv(tmp_path / "m.csv", [a, b])
+    assert not (tmp_path / "m.csv").exists()
+    for prefer, kc in (("first", 2), ("last", 9)):
+        counts = merge_csv(tmp_path / "m.csv", [a, b], prefer=prefer)
+        assert counts["conflicts"] == 1
+        assert {r["path"]: r["kc"] for r in read_rows(tmp_path / "m.csv")}["y"] == kc
+    with pytest.raises(UsageError, match="prefer"):
+        merge_csv(tmp_path / "m.csv", [a, b], prefer="newest")
+
+
+def test_merge_refuses_rows_of_different_models(tmp_path):
+    a, b = _merge_inputs(tmp_path, [{"path": "w", "eps": 0.05, "kc": 9, "status": "ok", "model_id": "m2"}])
+    with pytest.raises(UsageError, match="2 models.*m1 in a.csv, m2 in b.csv.*--mixed-models"):
+        merge_csv(tmp_path / "m.csv", [a, b])
+    assert merge_csv(tmp_path / "m.csv", [a, b], mixed_models=True)["rows"] == 4
+    res = _run(["merge", tmp_path / "m2.csv", a, b])
+    assert res.exit_code == EXIT_USAGE and "--mixed-models" in res.output
+    assert _run(["merge", tmp_path / "m2.csv", a, b, "--mixed-models"]).exit_code == 0
+
+
+def test_rows_record_model_and_method(model, image_folder):
+    from karl_cli.models.pretrained import model_id
+
+    for method in ("single", "prefix"):
+        rows = list(score([image_folder], model, [0.05], method=method, shard="0/12"))
+        assert rows and all(r["model_id"] == model_id(model) and r["method"] == method for r in rows)
+
+
+def test_resume_refuses_rows_of_another_model_method_or_l1(model, weights_dir, image_folder, tmp_path, monkeypatch):
+    """A file started with one model / method / l1 setting cannot be continued by another (issue 22.1)."""
+    from karl_cli import cli
+    monkeypatch.setattr(cli.console, "width", 1000)   # one line, unwrapped
+    torch.manual_seed(1)
+    from karl_cli import KARL, preset
+    other = tmp_path / "other"
+    KARL(preset("tiny")).save_pretrained(str(other))
+    out = tmp_path / "o.csv"
+    base = ["complexity", image_folder, "--csv", out, "--workers", 0]
+    assert _run(base + ["--weights", weights_dir, "--shard", "0/3"]).exit_code == 0
+    before = out.read_bytes()
+    for args, why in ((["--weights", other], "came from model"), (["--weights", weights_dir, "--method", "search"],
+                      "came from --method single, this run uses --method search"),
+                      (["--weights", weights_dir, "--no-l1"], "with the l1 check, this run skips it"),
+                      (["--weights", weights_dir, "--baselines"], "columns")):
+        res = _run(base + args + ["--resume"])
+        assert res.exit_code == EXIT_USAGE and why in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert out.read_bytes() == before, "a refused resume leaves the file as it was"
+    res = _run(base + ["--weights", weights_dir, "--resume"])
+    assert res.exit_code == 0 and len(read_rows(out)) == 24
+    # The library refuses the same way.
+    with pytest.raises(UsageError, match="--method"):
+        write_csv(score([image_folder], model, [0.05], method="prefix"), out, resume=True)
+
+
+def test_complexity_without_outputs_prints_the_table(weights_dir, image_folder):
+    res = _run(["complexity", image_folder, "--weights", weights_dir, "--workers", 0])
+    assert res.exit_code == 0, res.output
+    assert "KC per ε" in res.output and "wrote" not in res.output
+    res = _run(["complexity", image_folder, "--weights", weights_dir, "--resume"])
+    assert res.exit_code == EXIT_USAGE and "--resume needs an output file" in res.output
 
 
 def test_summary():
@@ -333,8 +404,6 @@ def test_cli_usage_errors(weights_dir, image_folder, tmp_path, monkeypatch):
         assert res.exit_code == EXIT_USAGE, (args, res.output)
     res = _run(["complexity", tmp_path / "nope", "--csv", out, "--weights", weights_dir])
     assert res.exit_code == EXIT_USAGE and "no such file" in res.output
-    res = _run(["complexity", image_folder, "--weights", weights_dir])
-    assert res.exit_code == EXIT_USAGE and "--csv" in res.output
     import karl_cli.cli as cli
     monkeypatch.setattr(cli, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
     res = _run(["complexity", image_folder, "--csv", out])

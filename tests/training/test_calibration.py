@@ -1,4 +1,6 @@
 import dataclasses
+import json
+import re
 
 import numpy as np
 import pytest
@@ -57,7 +59,8 @@ def test_calibration_picks_the_smallest_threshold_that_rarely_undercuts_the_orac
 
 
 def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "w", card="# tiny\n")
+    card = "# tiny\n\n## Model\n\n```json\n" + json.dumps(tiny_model.config.to_dict()) + "\n```\n"
+    tiny_model.save_pretrained(tmp_path / "w", card=card)
     res = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
                                    "--out", str(tmp_path / "cal"), "--samples", "16", "--steps", "20"])
     assert res.exit_code == 0, res.output
@@ -68,6 +71,9 @@ def test_cli_calibrate_writes_loadable_weights(tiny_model, image_folder, tmp_pat
     assert dataclasses.replace(model.config, halt_threshold=tiny_model.config.halt_threshold) == tiny_model.config
     card = (tmp_path / "cal" / "model_card.md").read_text()
     assert "Halting calibration" in card and f"halting threshold {model.config.halt_threshold:g}" in card
+    block = re.search(r"```json\n(.*?)\n```", card, re.S).group(1)
+    assert json.loads(block) == json.loads((tmp_path / "cal" / "config.json").read_text()), \
+        "the card's config block shows the calibrated threshold"
     bad = CliRunner().invoke(app, ["calibrate", str(image_folder), "--weights", str(tmp_path / "w"),
                                    "--out", str(tmp_path / "x"), "--samples", "2"])
     assert bad.exit_code == 2

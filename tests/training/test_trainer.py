@@ -204,3 +204,67 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(image_folder, tmp_path):
         train([str(image_folder)], tmp_path / "t", preset("tiny"), _tc(), device="cpu", on_step=term_at_4)
     assert torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["step"] == 4
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# --- `karl train`: resume must not contradict the run, short runs and warm-up, interrupts -----------
+def _karl(*args):
+    from typer.testing import CliRunner
+
+    from karl_cli import cli
+    cli.console.width = 1000          # one unwrapped line per message
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def test_cli_resume_refuses_flags_that_contradict_the_run(image_folder, tmp_path):
+    """Issue 22.1: `--resume` with another preset, size, code, arch or recipe flag names the flag."""
+    run = tmp_path / "run"
+    base = ["train", image_folder, "--out", run, "--batch-size", 4]
+    res = _karl(*base, "--preset", "tiny", "--steps", 2)
+    assert res.exit_code == 0, res.output
+    before = (run / "checkpoint.pt").read_bytes()
+    for flags, named in ((["--preset", "small"], "--preset small (the run's model differs from it in"),
+                         (["--code", "wavelet"], "--code wavelet (the run has dct)"),
+                         (["--arch", "alit"], "--arch alit (the run has karl)"),
+                         (["--max-tokens", 32], "--max-tokens 32 (the run has 16)"),
+                         (["--lr", 0.5], "--lr 0.5 (the run has 0.001)"),
+                         (["--seed", 3], "--seed 3 (the run has 0)"),
+                         (["--no-cache"], "--cache/--no-cache false (the run has true)"),
+                         (["--init-from", run], "--init-from starts a new run")):
+        res = _karl(*base, "--resume", "--steps", 3, *flags)
+        assert res.exit_code == 2 and named in res.output, (flags, res.output)
+        assert (run / "checkpoint.pt").read_bytes() == before
+    # Flags that agree with the run, a longer run and another worker count are fine.
+    res = _karl(*base, "--resume", "--steps", 3, "--preset", "tiny", "--lr", "0.001", "--workers", 0)
+    assert res.exit_code == 0, res.output
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_warmup_fits_short_runs_or_warns(image_folder, tmp_path):
+    """Issue 22.8: by default the warm-up is at most a fifth of the run, so a short run reaches its
+    peak learning rate; a --warmup longer than the run is kept but warned about."""
+    res = _karl("train", image_folder, "--out", tmp_path / "a", "--preset", "tiny", "--steps", 5, "--batch-size", 4)
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["train_config"]["warmup_steps"] == 1
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert max(lrs) == pytest.approx(1e-3, rel=0.01), "the peak learning rate is reached"
+    res = _karl("train", image_folder, "--out", tmp_path / "b", "--preset", "tiny", "--steps", 2, "--batch-size", 4,
+                "--warmup", 50)
+    assert res.exit_code == 0, res.output
+    assert "warning: --warmup 50 is longer than the run (2 steps): the learning rate reaches only 4% of --lr" \
+        in res.output
+
+
+def test_cli_training_interrupt_is_reported_as_interrupted(image_folder, tmp_path, monkeypatch):
+    import karl_cli.training.trainer as trainer
+
+    real = trainer.two_phase_step
+
+    def interrupt_at_2(loss_module, images, step, *a, **k):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(loss_module, images, step, *a, **k)
+
+    monkeypatch.setattr(trainer, "two_phase_step", interrupt_at_2)
+    res = _karl("train", image_folder, "--out", tmp_path / "r", "--preset", "tiny", "--steps", 5, "--batch-size", 4)
+    assert res.exit_code == 130
+    assert "interrupted at step 2; checkpoint saved" in res.output and "error" not in res.output, res.output

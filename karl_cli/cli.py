@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
@@ -19,7 +20,28 @@ from rich.text import Text
 
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+BASELINES_HELP = ("Add classic complexity measures of the same pixels: bare --baselines = jpeg,png; 'all'; or a "
+                  "comma list of jpeg, png, webp, gif, edge_density, spatial_information, subband_entropy, "
+                  "feature_congestion, fh_regions, colourfulness, luminance_entropy.")
+def bare_baselines(args: List[str]) -> List[str]:
+    """``--baselines`` with no list after it (the end, another option, or an existing path next) becomes
+    ``--baselines=jpeg,png``, its meaning before it took a list; anything else is read as the list."""
+    out = list(args)
+    for i, a in enumerate(out):
+        nxt = out[i + 1] if i + 1 < len(out) else None
+        if a == "--baselines" and (nxt is None or nxt.startswith("-") or os.path.exists(nxt)):
+            out[i] = "--baselines=jpeg,png"
+    return out
+
+
+class _KarlGroup(TyperGroup):
+    """The command group; lets ``--baselines`` stand alone (Typer has no optional-value options)."""
+
+    def parse_args(self, ctx, args: List[str]) -> List[str]:
+        return super().parse_args(ctx, bare_baselines(args))
+
+
+app = typer.Typer(cls=_KarlGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
 console = Console(stderr=True)
 _state = {"debug": False}
@@ -148,7 +170,7 @@ def complexity(
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
-    baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]", help=BASELINES_HELP),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
                                          "single, or search for models without a halting head (ALIT)."),
@@ -164,11 +186,13 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
-    from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
+    from karl_cli.scoring.baselines import parse_baselines
+    from karl_cli.scoring.complexity import (METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
                              checkpoint_seconds, collect_inputs, default_method, parse_shard, score, validate_eps)
     from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
+    chosen = parse_baselines(baselines)
     if method is not None and method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     shard_t = parse_shard(shard)
@@ -182,7 +206,7 @@ def complexity(
     method = check_method(model, method or default_method(model))
     if not l1 and method != "single":
         raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
-    fields = ROW_FIELDS + (BASELINE_FIELDS if baselines else [])
+    fields = ROW_FIELDS + list(chosen)
     summary = Summary()
     plot_rows: list[dict] = []
     with contextlib.ExitStack() as stack:
@@ -200,7 +224,7 @@ def complexity(
         if primary.existing:
             console.print(f"resuming: {len(primary.existing)} rows already in {escape(csv_out or json_out)} are kept")
         with _progress("scoring") as update:
-            rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
+            rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
                          skip=primary.done, progress=update, l1=l1)
             for row in rows:

@@ -440,8 +440,11 @@ def correlate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Score cache folder (default ~/.cache/karl)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
+                                            help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
 ) -> None:
-    """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
+    """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
+    baseline of each category with its paired bootstrap CI."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
@@ -451,6 +454,9 @@ def correlate(
 
     from karl_cli.scoring.complexity import check_method, default_method
 
+    from karl_cli.scoring.baselines import parse_baselines
+
+    chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     rated = load_ratings(root, ratings)      # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
     model = _load_model(weights)
@@ -469,7 +475,7 @@ def correlate(
         result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
-                               cache=False if no_cache else cache, progress=on_progress)
+                               cache=False if no_cache else cache, progress=on_progress, baselines=chosen)
     result.save(out, per_image)
     Console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")

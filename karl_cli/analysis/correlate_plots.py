@@ -242,7 +242,7 @@ def write_plots(result, out_dir: str | os.PathLike, fmt: str = "png") -> list[Pa
     """Every figure for a ``CorrelationResult`` into ``out_dir``; returns the files written.
 
     Per ε: ``scatter_<category>_<eps>``, ``scatter_grid_<eps>``, ``heatmap_<eps>``, ``rho_<eps>``;
-    once: ``scatter_grid_jpeg`` (the JPEG baseline, for comparison).
+    once: ``scatter_grid_jpeg`` (the JPEG baseline, for comparison, when it was chosen).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +257,7 @@ def write_plots(result, out_dir: str | os.PathLike, fmt: str = "png") -> list[Pa
         written.append(save_figure(grid_figure(per, cats, e, "kc", res, kc_method), out / f"scatter_grid_{tag}.{fmt}"))
         written.append(save_figure(heatmap_figure(per, e), out / f"heatmap_{tag}.{fmt}"))
         written.append(save_figure(rho_figure(res, e), out / f"rho_{tag}.{fmt}"))
-    written.append(save_figure(grid_figure(per, cats, result.eps[0], "jpeg_bpp", res, "jpeg_bpp"),
-                               out / f"scatter_grid_jpeg.{fmt}"))
+    if "jpeg_bpp" in result.baselines:
+        written.append(save_figure(grid_figure(per, cats, result.eps[0], "jpeg_bpp", res, "jpeg_bpp"),
+                                   out / f"scatter_grid_jpeg.{fmt}"))
     return written

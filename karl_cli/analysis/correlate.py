@@ -44,7 +44,6 @@ PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc
 SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "encoder_runs", "decoder_runs"] + list(REGISTRY)
 CACHE_COLUMNS = ["sha256", "model_id", "eps", "method"] + SCORE_FIELDS
 CACHE_VERSION = 2          # 2: every registry baseline has a column (NaN until computed)
-BASELINES = DEFAULT_BASELINES
 ALL = "all"
 
 

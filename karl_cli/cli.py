@@ -48,8 +48,27 @@ class _FlagsWithoutType:
         return params
 
 
+BASELINES_HELP = ("Add classic complexity measures of the same pixels: bare --baselines = jpeg,png; 'all'; or a "
+                  "comma list of jpeg, png, webp, gif, edge_density, spatial_information, subband_entropy, "
+                  "feature_congestion, fh_regions, colourfulness, luminance_entropy.")
+
+
+def bare_baselines(args: List[str]) -> List[str]:
+    """``--baselines`` with no list after it (the end, another option, or an existing path next) becomes
+    ``--baselines=jpeg,png``, its meaning before it took a list; anything else is read as the list."""
+    out = list(args)
+    for i, a in enumerate(out):
+        nxt = out[i + 1] if i + 1 < len(out) else None
+        if a == "--baselines" and (nxt is None or nxt.startswith("-") or os.path.exists(nxt)):
+            out[i] = "--baselines=jpeg,png"
+    return out
+
+
 class _Group(_FlagsWithoutType, typer.core.TyperGroup):
-    pass
+    """The command group; also lets ``--baselines`` stand alone (Typer has no optional-value options)."""
+
+    def parse_args(self, ctx, args: List[str]) -> List[str]:
+        return super().parse_args(ctx, bare_baselines(args))
 
 
 class _Command(_FlagsWithoutType, typer.core.TyperCommand):
@@ -219,7 +238,7 @@ def complexity(
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout). Without "
                                           "--csv and --json only the summary table is printed."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
-    baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]", help=BASELINES_HELP),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
                                          "single, or search for models without a halting head (ALIT)."),
@@ -239,12 +258,14 @@ def complexity(
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.models.pretrained import model_id
-    from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
+    from karl_cli.scoring.baselines import parse_baselines
+    from karl_cli.scoring.complexity import (METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
                                              checkpoint_seconds, default_method, parse_shard, resume_guard,
                                              score, validate_eps)
     from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
+    chosen = parse_baselines(baselines)
     if method is not None and method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     shard_t = parse_shard(shard)
@@ -258,7 +279,7 @@ def complexity(
     method = check_method(model, method or default_method(model))
     if not l1 and method != "single":
         raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
-    fields = ROW_FIELDS + (BASELINE_FIELDS if baselines else [])
+    fields = ROW_FIELDS + list(chosen)
     summary = Summary()
     plot_rows: list[dict] = []
     existing: list[dict] = []
@@ -282,7 +303,7 @@ def complexity(
         if existing:
             console.print(f"resuming: {len(existing)} rows already in {escape(csv_out or json_out)} are kept")
         with _progress("scoring") as update:
-            rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
+            rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
                          skip=sinks[0].done if sinks else None, progress=update, l1=l1)
             for row in rows:
@@ -536,8 +557,11 @@ def correlate(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
+                                            help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
 ) -> None:
-    """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
+    """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
+    baseline of each category with its paired bootstrap CI."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
@@ -548,7 +572,9 @@ def correlate(
     from karl_cli.scoring.complexity import check_method, default_method
 
     from karl_cli.io.images import set_max_pixels
+    from karl_cli.scoring.baselines import parse_baselines
 
+    chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     set_max_pixels(max_pixels)
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
@@ -568,7 +594,7 @@ def correlate(
         result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
-                               cache=False if no_cache else cache, progress=on_progress)
+                               cache=False if no_cache else cache, progress=on_progress, baselines=chosen)
     result.save(out, per_image)
     make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")

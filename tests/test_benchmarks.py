@@ -137,3 +137,17 @@ def test_default_workers_per_device(monkeypatch):
     assert cli._default_workers(torch.device("cpu")) == 2 and cli._default_workers("cuda:0") == 7
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)    # this machine: decode in the main process
     assert cli._default_workers(torch.device("cpu")) == 0 and cli._default_workers(torch.device("cuda")) == 1
+
+
+def test_baselines_benchmark_reports_every_measure(tmp_path, tiny_weights):
+    bench = load_script(SCRIPT.parent / "baselines.py", "karl_bench_baselines")
+    folder = tmp_path / "imgs"
+    make_images(folder, 5)
+    out = tmp_path / "b.json"
+    res = bench.main([str(folder), "--weights", str(tiny_weights), "--limit", "4", "--repeats", "1",
+                      "--workers", "0", "--threads", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["images"] == res["images"] == 4
+    from karl_cli.scoring.baselines import REGISTRY
+    assert set(res["per_measure_ms"]) == set(REGISTRY) and all(_positive(v) for v in res["per_measure_ms"].values())
+    assert set(res["end_to_end_s"]) == {"none", "jpeg,png", "all"} and set(res["added"]) == {"jpeg,png", "all"}
+    assert all(_positive(v) for v in res["end_to_end_s"].values())

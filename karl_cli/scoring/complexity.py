@@ -1,10 +1,10 @@
 """Scoring images: the KC of every (image, ε), streamed as rows, and the files those rows go to.
 
     from karl_cli.scoring.complexity import score, write_csv
-    rows = score(["imgs/"], model, [0.03, 0.05], baselines=True)
+    rows = score(["imgs/"], model, [0.03, 0.05], baselines="all")
     write_csv(rows, "out.csv")
 
-Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=True``):
+Each row is a dict with ``ROW_FIELDS`` (+ one column per chosen baseline, see ``baselines.REGISTRY``):
 
 - ``path``, ``eps``: the image and the requested ε (the model conditions on the ε bin it rounds up to).
 - ``kc``: token count at ε. ``single`` = KARL's one-pass estimate (T_max - halted tokens);
@@ -24,12 +24,14 @@ Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=T
 - ``model_id``: the id of the model that scored the row (``models.pretrained.model_id``: a hash of its
   config and weights), ``method``: ``single``, ``search`` or ``prefix``. ``--resume`` and ``merge`` use
   them to refuse mixing rows of different models or methods.
-- ``jpeg_bpp``, ``png_bpp``: codec bytes per pixel of the same model-resolution image (``baselines.py``).
+- baselines (``baselines=True``: ``jpeg_bpp``, ``png_bpp``; ``"all"`` or a list: any of ``baselines.REGISTRY``):
+  the classic complexity measures of the same model-resolution pixels, computed in the loader's workers
+  beside the model (``baselines.py``).
 
 What a count can be: ``single`` gives any whole number from the smallest budget (``config.budgets[0]``:
-1 with ``one_token_budget``, else ``token_step``) to T_max (the halting head decides per token, so the
+1 for the wavelet code, else ``token_step``) to T_max (the halting head decides per token, so the
 kept prefix need not end on a budget); ``search`` / ``prefix`` give one of
-``config.budgets`` (1 with ``one_token_budget``, then the multiples of ``token_step``); ``kc_soft`` is
+``config.budgets`` (1 for the wavelet code, then the multiples of ``token_step``); ``kc_soft`` is
 continuous and may fall below 1 (Σ(1 - p_halt) over tokens whose p_halt is near 1).
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from karl_cli.models.config import EPS_RANGE
 from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
-from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
+from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, compute, parse_baselines
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, load_for_model, max_pixels
 from karl_cli.io.names import escape_path, safe_text, unescape_path
@@ -63,10 +65,10 @@ from karl_cli.scoring.oracle import sweep
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs",
               "model_id", "method"]
-BASELINE_FIELDS = ["jpeg_bpp", "png_bpp"]
+BASELINE_FIELDS = list(DEFAULT_BASELINES)     # the columns of baselines=True
 METHODS = ("single", "search", "prefix")
-_INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset"}
-_FLOAT_FIELDS = {"eps", "kc_soft", "l1", "jpeg_bpp", "png_bpp"}
+_INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset", "fh_regions"}
+_FLOAT_FIELDS = {"eps", "kc_soft", "l1"} | (set(REGISTRY) - _INT_FIELDS)
 
 Progress = Callable[[int, int], None]   # progress(images_done, images_total)
 
@@ -152,18 +154,19 @@ def row_key(path: Any, eps: Any) -> tuple[str, float]:
 
 # --- loading -------------------------------------------------------------------------------------
 class ImageDataset(Dataset):
-    """Reads each Found item at the model resolution; failures become error items, never exceptions."""
+    """Reads each Found item at the model resolution; failures become error items, never exceptions.
+    ``baselines``: registry names of the measures to compute here, in the worker, on the same pixels."""
 
-    def __init__(self, items: Sequence[Found], resolution: int, baselines: bool = False) -> None:
+    def __init__(self, items: Sequence[Found], resolution: int, baselines: Sequence[str] = ()) -> None:
         self.items = list(items)
         self.resolution = resolution
-        self.baselines = baselines
+        self.baselines = tuple(baselines)
         self.max_pixels = max_pixels()   # travels to worker processes, which may not share the setting
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None, tuple[float, float] | None]:
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None, tuple[float, ...] | None]:
         f = self.items[i]
         if f.error:
             return f.path, None, f.error, None
@@ -173,7 +176,7 @@ class ImageDataset(Dataset):
             return f.path, None, str(e) or "cannot read image", None
         except Exception as e:  # noqa: BLE001 - an odd file must never stop a 10,000-image run
             return f.path, None, f"cannot read image: {type(e).__name__}: {e}", None
-        base = (jpeg_bpp(arr), png_bpp(arr)) if self.baselines else None
+        base = compute(self.baselines, arr) if self.baselines else None
         return f.path, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), None, base
 
 
@@ -191,8 +194,9 @@ def _worker_init(_: int) -> None:
 
 
 def image_batches(items: Sequence[Found], resolution: int, batch_size: int = 64, workers: int = 0,
-                  baselines: bool = False, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-    """Batches in item order; ``workers`` processes decode images while the model runs."""
+                  baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+    """Batches in item order; ``workers`` processes decode images (and compute the ``baselines``,
+    registry names) while the model runs."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     if workers < 0:
@@ -260,7 +264,7 @@ def _fmt(v: float, digits: int) -> float | None:
 
 
 def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found], model: torch.nn.Module,
-          eps_list: float | Iterable[float], method: str = "single", baselines: bool = False,
+          eps_list: float | Iterable[float], method: str = "single", baselines: bool | str | Iterable[str] = False,
           batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
           shard: str | Sequence[int] | None = None, skip: Iterable[tuple[str, float]] | None = None,
           progress: Progress | None = None, l1: bool = True) -> Iterator[dict[str, Any]]:
@@ -272,11 +276,13 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     yield no row, and images with every ε done are not even read. ``progress(done, total)`` is called
     with image counts after every batch. ``l1=False`` (method ``single`` only) skips the decoder pass
     that checks the reconstruction: KC from the encoder alone, about 3x faster on CPU; ``l1`` is
-    None and ``decoder_runs`` 0 in the rows.
+    None and ``decoder_runs`` 0 in the rows. ``baselines``: ``True`` (JPEG, PNG), ``"all"``, or names
+    (``baselines.parse_baselines``); an unknown name raises UsageError.
     """
     eps_list = validate_eps(eps_list)
     check_method(model, method)
     check_eps(model, method, eps_list)
+    names = parse_baselines(baselines)
     dev = resolve_device(device, model)
     shard = parse_shard(shard)
     items = apply_shard(collect_inputs(paths_or_found), shard)
@@ -286,10 +292,10 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     if not l1 and method != "single":
         raise UsageError(f"skipping the l1 check works only with method 'single' ({method!r} needs the decoder)")
     prepare_model(model, dev)
-    return _score_rows(items, model, eps_list, method, baselines, batch_size, workers, dev, done, progress, l1)
+    return _score_rows(items, model, eps_list, method, names, batch_size, workers, dev, done, progress, l1)
 
 
-def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: bool,
+def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: tuple[str, ...],
                 batch_size: int, workers: int, dev: torch.device, done: set[tuple[str, float]],
                 progress: Progress | None, l1: bool = True) -> Iterator[dict[str, Any]]:
     cfg = model.config
@@ -338,10 +344,10 @@ def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float
                                l1=_fmt(res["l1"][j][ei], 6), status="ok", error=None,
                                encoder_runs=int(res["encoder_runs"][j][ei]),
                                decoder_runs=int(res["decoder_runs"][j][ei]))
-                if baselines:
-                    b = batch["baselines"][k]
-                    row["jpeg_bpp"] = _fmt(b[0], 6) if b else None
-                    row["png_bpp"] = _fmt(b[1], 6) if b else None
+                b = batch["baselines"][k]
+                for j, name in enumerate(baselines):
+                    v = _fmt(b[j], 6) if b else None
+                    row[name] = int(v) if v is not None and name in _INT_FIELDS else v
                 yield row
         n_done += len(paths)
         if progress:
@@ -669,14 +675,14 @@ def resume_guard(model_id: str, method: str, l1: bool | None = True) -> Callable
 def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] | None = None,
               resume: bool = False) -> int:
     """Stream ``rows`` into ``path`` (CSV, or JSON records for ``.json``) atomically; returns rows written
-    by this call. ``fields`` defaults to ROW_FIELDS (+ BASELINE_FIELDS if the first row has them).
+    by this call. ``fields`` defaults to ROW_FIELDS (+ the baseline columns the first row has).
     With ``resume`` the rows already in ``path`` are kept (refused, ``UsageError``, when another model,
     method or l1 setting wrote them: ``resume_guard``); pass ``RowWriter.done`` as ``skip`` to
     ``score`` to avoid duplicates, or use ``RowWriter`` directly."""
     it = iter(rows)
     first = next(it, None)
     if fields is None:
-        fields = ROW_FIELDS + (BASELINE_FIELDS if first and "jpeg_bpp" in first else [])
+        fields = ROW_FIELDS + [k for k in REGISTRY if first and k in first]
     guard = resume_guard(**row_settings(first)) if resume and first is not None else None
     with RowWriter(path, fields, resume=resume, validate=guard) as w:
         n0 = w.count

@@ -132,7 +132,7 @@ def test_bash_blocks(site):
                 assert res.returncode == 0, (line, res.stderr)
                 checked["dry"].append(line)
             elif argv[:1] == ["torchrun"]:
-                _parse_karl(argv[argv.index("karl_cli.cli") + 1:])
+                _parse_karl(argv[argv.index("karl_cli") + 1:])
                 checked["parse"].append(line)
             elif argv[:1] == ["python"] and argv[1].startswith("benchmarks/"):
                 _parse_benchmark(argv[1:])

@@ -215,7 +215,7 @@ def test_terminal_table_shows_rho_r_and_tau_and_no_ci_title_without_bootstrap(sa
         console = Console(width=400, record=True, color_system=None)
         console.print(rich_table(result))
         text = " ".join(console.export_text().split())
-        pooled = result.results[(result.results.category == "all") & (result.results.method == "jpeg_bpp")].iloc[0]
+        pooled = result.results[result.results.pooled & (result.results.method == "jpeg_bpp")].iloc[0]
         assert f"r {pooled.pearson:.2f}" in text and f"τ {pooled.kendall:.2f}" in text
         assert "Pearson r and Kendall τ" in text
         assert ("bootstrap CI" in text) == (n_boot > 0), text[:200]

@@ -94,9 +94,9 @@ def sine_grating(size: int, period: float = 8.0, angle: float = math.pi / 6) -> 
 
 def procedural(family: str, size: int, seed: int) -> np.ndarray:
     """A built-in source image, uint8 (size, size, 3): a ``synthetic.FAMILIES`` image or ``grating``
-    (period: size / 32 px, so 2 px at a 64 px model input: the finest a 64 px grid shows well)."""
+    (period: size / 8 px, 8 px at a 64 px model input: smooth, and eight cycles across)."""
     if family == "grating":
-        return sine_grating(size, period=size / 32)
+        return sine_grating(size, period=size / 8)
     return make_family_image(family, size, np.random.default_rng(seed))
 
 
@@ -352,10 +352,10 @@ def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps
         for e, g in gk.groupby("eps", sort=True):
             g = g.sort_values("strength")
             full = g[g["kc_median"] >= t_max]
-            parts.append(f"{full['strength'].iloc[0]:g} at ε {e:g}" if len(full) else f"never at ε {e:g}")
+            parts.append(f"ε {e:g}: " + (f"{full['strength'].iloc[0]:g}" if len(full) else "never"))
             rising &= bool((np.diff(g["kc_median"].to_numpy()) >= 0).all())
         findings.append(f"{kind} added at the {where}: median KC reaches T_max ({t_max}) at strength "
-                        + ", ".join(parts) + ("; non-decreasing in strength" if rising
+                        + "; ".join(parts) + ("; non-decreasing in strength" if rising
                                               else "; NOT monotone in strength at some ε"))
     g = summary[(summary["kind"] == "gaussian") & (summary["strength"] > 0)]
     if len(g):
@@ -553,16 +553,20 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
             i += 1
     rows = pd.DataFrame(recs)
     summary, findings = [], []
-    for e in eps_v:
-        base = rows[(rows["group"] == "in") & (rows["eps"] == e)]["kc"].to_numpy()
-        for name, _ in groups[1:]:
+    for name, _ in groups[1:]:
+        parts = []
+        for e in eps_v:
+            base = rows[(rows["group"] == "in") & (rows["eps"] == e)]["kc"].to_numpy()
             vs = rows[(rows["group"] == name) & (rows["eps"] == e)]["kc"].to_numpy()
             s = {"group": name, "eps": e, **compare_kc(base, vs, paired=not other, n_boot=n_boot, seed=seed)}
             summary.append(s)
-            sig = math.isfinite(s["p"]) and s["p"] < 0.05
-            findings.append(f"ε {e:g}, {name} vs in: median KC {s['kc_median_a']:g} -> {s['kc_median_b']:g}, "
-                            f"{s['effect_name']} {s['effect']:+.2f} [{s['effect_lo']:+.2f}, {s['effect_hi']:+.2f}], "
-                            f"p {s['p']:.2g}" + (" (significant at 0.05)" if sig else " (not significant)"))
+            if not math.isfinite(s["p"]):
+                parts.append(f"ε {e:g}: no difference (every KC equal)")
+                continue
+            parts.append(f"ε {e:g}: median KC {s['kc_median_a']:g} -> {s['kc_median_b']:g}, {s['effect_name']} "
+                         f"{s['effect']:+.2f} [{s['effect_lo']:+.2f}, {s['effect_hi']:+.2f}], p {s['p']:.2g}"
+                         + ("" if s["p"] < 0.05 else " (n.s.)"))
+        findings.append(f"{name} vs in: " + "; ".join(parts))
     return Study("familiarity", rows, pd.DataFrame(summary), method, model.config.max_tokens, findings, bad,
                  {"eps": eps_v, "paired": not other})
 
@@ -620,8 +624,7 @@ def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: 
             rr, cc = np.indices(b.shape)
             recs.append(pd.DataFrame({"path": p, "eps": e, "row": rr.ravel(), "col": cc.ravel(),
                                       "y": rr.ravel() * patch, "x": cc.ravel() * patch,
-                                      "budget": pd.array(np.where(np.isnan(b), -1, b).ravel().astype(int),
-                                                         dtype="Int64").where(~np.isnan(b).ravel())}))
+                                      "budget": pd.Series(b.ravel()).astype("Int64")}))
             ok = b[np.isfinite(b)]
             summary.append({"path": p, "eps": e, "kc": int(m["kc"][j]),
                             "block_median": float(np.median(ok)) if ok.size else math.nan,
@@ -668,7 +671,7 @@ def summary_view(study: Study) -> pd.DataFrame:
                 kc = ge.set_index("where")["kc_median"]
                 rec[f"KC ε {e:g} input/image"] = f"{kc.get('input', np.nan):g}/{kc.get('image', np.nan):g}"
             seen = g.groupby("where")["seen"].mean()
-            rec["RMS seen input/image"] = f"{seen.get('input', np.nan):.3f}/{seen.get('image', np.nan):.3f}"
+            rec["RMS in/img"] = f"{seen.get('input', np.nan):.3f}/{seen.get('image', np.nan):.3f}"
             out.append(rec)
         return pd.DataFrame(out)
     if study.name == "structure":

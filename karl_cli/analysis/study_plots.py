@@ -140,7 +140,7 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
     names = [st.replace("shuffle ", "") for st in steps]
     x = np.arange(len(steps))
     with paper_style():
-        fig = plt.figure(figsize=(WIDE, 4.0 if example is not None else 2.7))
+        fig = plt.figure(figsize=(WIDE, 4.5 if example is not None else 3.2))
         gs = fig.add_gridspec(2 if example is not None else 1, len(steps) if example is not None else 2,
                               height_ratios=[1, 2.6] if example is not None else None)
         if example is not None:
@@ -170,7 +170,7 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
             ax.set_xlabel("structure destroyed →  (patch grid; phase; pixels)")
             ax.set_title(title, loc="left")
             _tmax(ax, study.max_tokens)
-            ax.legend(loc="lower right", ncol=1 if r["source"].nunique() < 7 else 2)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=4)
         ax1.set_ylabel("KC (tokens)")
         fig.tight_layout()
         return _save(fig, stem)
@@ -191,21 +191,18 @@ def familiarity_figure(study: Study, stem: str | os.PathLike) -> Path:
             ax.boxplot(data, whis=(5, 95), showfliers=False, widths=0.55, medianprops={"color": "crimson"})
             for k, d in enumerate(data, start=1):
                 ax.scatter(k + rng.uniform(-0.18, 0.18, d.size), d, s=2, color="0.35", alpha=0.5, linewidths=0)
-            ax.set_xticks(range(1, len(groups) + 1), groups)
-            lines = []
-            for _, r in s[s["eps"] == e].iterrows():
-                lines.append(f"{r['group']}: {r['effect']:+.2f} [{r['effect_lo']:+.2f}, {r['effect_hi']:+.2f}],"
-                             f" p={r['p']:.1g}")
+            labels = [f"{groups[0]}\nn={data[0].size}"]
+            for g in groups[1:]:
+                r = s[(s["eps"] == e) & (s["group"] == g)].iloc[0]
+                labels.append(f"{g}\n{r['effect']:+.2f}\n[{r['effect_lo']:+.2f}, {r['effect_hi']:+.2f}]\n"
+                              f"p={r['p']:.2g}" if np.isfinite(r["p"]) else f"{g}\nno\ndifference")
+            ax.set_xticks(range(1, len(groups) + 1), labels, fontsize=6.5)
             ax.set_title(f"ε {e:g}", loc="left")
-            ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=6,
-                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
             _tmax(ax, study.max_tokens)
-            ax.set_xlabel("group")
         axes[0, 0].set_ylabel("KC (tokens)")
         name = "rank-biserial r (paired)" if study.extra.get("paired") else "Cliff's δ"
-        fig.suptitle(f"effect size vs 'in': {name} [95 % bootstrap CI], p: "
-                     + ("Wilcoxon signed-rank" if study.extra.get("paired") else "Mann–Whitney U"), fontsize=7,
-                     y=1.0, x=0.01, ha="left")
+        fig.supxlabel(f"group; effect size against 'in': {name} [95 % bootstrap CI]; p: "
+                      + ("Wilcoxon signed-rank" if study.extra.get("paired") else "Mann–Whitney U"), fontsize=7)
         fig.tight_layout()
         return _save(fig, stem)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -467,13 +468,13 @@ def make_control(image: np.ndarray, control: str) -> np.ndarray:
 
 def _rank_biserial_paired(d: np.ndarray, axis: int = -1) -> np.ndarray:
     """Matched-pairs rank-biserial correlation of differences d (zeros dropped): (R+ − R−) / (R+ + R−),
-    in [−1, 1]; NaN where every difference is 0 (Kerby 2014)."""
+    in [−1, 1]; 0 where every difference is 0 (no pair leans either way) (Kerby 2014)."""
     d = np.moveaxis(np.asarray(d, dtype=float), axis, -1)
     ranks = st.rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=-1, nan_policy="omit")
     ranks = np.nan_to_num(ranks)
     pos, neg = (ranks * (d > 0)).sum(-1), (ranks * (d < 0)).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos - neg) / (pos + neg)
+    total = pos + neg
+    return np.where(total > 0, (pos - neg) / np.where(total > 0, total, 1.0), 0.0)
 
 
 def _cliffs_delta(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -486,8 +487,10 @@ def _bootstrap_ci(data: tuple[np.ndarray, ...], statistic, paired: bool, n_boot:
                   ) -> tuple[float, float]:
     if n_boot == 0 or min(len(d) for d in data) < 3:
         return math.nan, math.nan
-    res = st.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=n_boot, method="percentile",
-                       random_state=np.random.default_rng(seed))
+    with warnings.catch_warnings():   # resamples of tied KC are degenerate by nature; the interval is still right
+        warnings.simplefilter("ignore", st.DegenerateDataWarning)
+        res = st.bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=n_boot,
+                           method="percentile", random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -496,8 +499,9 @@ def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = 1000, s
 
     Paired (a control of each image): Wilcoxon signed-rank on b − a (zero differences dropped) and the
     matched-pairs rank-biserial correlation; unpaired (two folders): two-sided Mann–Whitney U and
-    Cliff's δ. Effect > 0: b needs more tokens. CI: percentile bootstrap (scipy.stats.bootstrap,
-    ``n_boot`` resamples, seeded), NaN with fewer than 3 items. p is NaN when no difference exists.
+    Cliff's δ. Effect > 0: b needs more tokens; 0 when every pair is tied. CI: percentile bootstrap
+    (scipy.stats.bootstrap, ``n_boot`` resamples, seeded), NaN with fewer than 3 items. p is NaN when
+    no difference exists.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     out = {"n_a": len(a), "n_b": len(b), "kc_median_a": float(np.median(a)), "kc_median_b": float(np.median(b))}
@@ -507,10 +511,7 @@ def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = 1000, s
         out["p"] = float(st.wilcoxon(d).pvalue) if (d != 0).sum() >= 1 else math.nan
         out["effect"] = float(_rank_biserial_paired(d))
         out["effect_name"] = "rank-biserial"
-        if (d != 0).sum() >= 1:
-            lo, hi = _bootstrap_ci((d,), lambda x, axis=-1: _rank_biserial_paired(x, axis), False, n_boot, seed)
-        else:
-            lo = hi = math.nan
+        lo, hi = _bootstrap_ci((d,), lambda x, axis=-1: _rank_biserial_paired(x, axis), False, n_boot, seed)
     else:
         out["test"] = "mann-whitney"
         same = np.unique(np.concatenate([a, b])).size == 1

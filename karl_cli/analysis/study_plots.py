@@ -58,8 +58,8 @@ def _tmax(ax, t_max: int) -> None:
     """A KC axis: from 0 to just above T_max, with T_max marked."""
     ax.set_ylim(0, 1.1 * t_max)
     ax.axhline(t_max, color="0.4", linestyle=":", linewidth=0.9)
-    ax.annotate(f"$T_{{max}}$ = {t_max}", (1.0, t_max), xycoords=("axes fraction", "data"), xytext=(-2, 2),
-                textcoords="offset points", ha="right", va="bottom", fontsize=6.5, color="0.3")
+    ax.annotate(f"$T_{{max}}$ = {t_max}", (1.0, t_max), xycoords=("axes fraction", "data"), xytext=(-2, -2),
+                textcoords="offset points", ha="right", va="top", fontsize=6.5, color="0.3")
 
 
 def profile_figure(study: Study, stem: str | os.PathLike, max_groups: int = 8) -> Path:
@@ -140,9 +140,9 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
     names = [st.replace("shuffle ", "") for st in steps]
     x = np.arange(len(steps))
     with paper_style():
-        fig = plt.figure(figsize=(WIDE, 4.5 if example is not None else 3.2))
+        fig = plt.figure(figsize=(WIDE, 4.6 if example is not None else 3.2))
         gs = fig.add_gridspec(2 if example is not None else 1, len(steps) if example is not None else 2,
-                              height_ratios=[1, 2.6] if example is not None else None)
+                              height_ratios=[1, 2.4] if example is not None else None)
         if example is not None:
             imgs = structure_steps(example[1], grids, np.random.default_rng([seed, 0]))
             for k, (name, img) in enumerate(imgs):
@@ -170,40 +170,46 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
             ax.set_xlabel("structure destroyed →  (patch grid; phase; pixels)")
             ax.set_title(title, loc="left")
             _tmax(ax, study.max_tokens)
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=4)
         ax1.set_ylabel("KC (tokens)")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        handles, names = [], []
+        for ax in (ax1, ax2):
+            h, n = ax.get_legend_handles_labels()
+            handles += h
+            names += n
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), bbox_to_anchor=(0.5, 0.0))
         return _save(fig, stem)
 
 
 def familiarity_figure(study: Study, stem: str | os.PathLike) -> Path:
-    """KC distributions per group (box: quartiles, whiskers: 5-95 %, dots: images), one panel per ε,
-    each comparison annotated with its effect size, CI and p."""
+    """KC distributions per group (box: quartiles, whiskers: 5-95 %, dots: images), one row per ε,
+    each comparison labelled with its effect size, 95 % CI and p."""
     rows, s = study.rows, study.summary
     eps = sorted(rows["eps"].unique())
     groups = list(dict.fromkeys(rows["group"]))
+    paired = study.extra.get("paired")
+    name = "r" if paired else "δ"
     with paper_style():
-        fig, axes = plt.subplots(1, len(eps), figsize=(WIDE if len(eps) > 1 else NARROW, 2.7), squeeze=False,
-                                 sharey=True)
+        fig, axes = plt.subplots(len(eps), 1, figsize=(WIDE, 0.6 + 1.75 * len(eps)), squeeze=False, sharex=True)
         rng = np.random.default_rng(0)
-        for ax, e in zip(axes[0], eps):
+        for ax, e in zip(axes[:, 0], eps):
             data = [rows[(rows["group"] == g) & (rows["eps"] == e)]["kc"].to_numpy(float) for g in groups]
-            ax.boxplot(data, whis=(5, 95), showfliers=False, widths=0.55, medianprops={"color": "crimson"})
+            ax.boxplot(data, whis=(5, 95), showfliers=False, widths=0.5, medianprops={"color": "crimson"})
             for k, d in enumerate(data, start=1):
-                ax.scatter(k + rng.uniform(-0.18, 0.18, d.size), d, s=2, color="0.35", alpha=0.5, linewidths=0)
-            labels = [f"{groups[0]}\nn={data[0].size}"]
-            for g in groups[1:]:
+                ax.scatter(k + rng.uniform(-0.15, 0.15, d.size), d, s=3, color="0.35", alpha=0.6, linewidths=0)
+            for k, g in enumerate(groups[1:], start=2):
                 r = s[(s["eps"] == e) & (s["group"] == g)].iloc[0]
-                labels.append(f"{g}\n{r['effect']:+.2f}\n[{r['effect_lo']:+.2f}, {r['effect_hi']:+.2f}]\n"
-                              f"p={r['p']:.2g}" if np.isfinite(r["p"]) else f"{g}\nno\ndifference")
-            ax.set_xticks(range(1, len(groups) + 1), labels, fontsize=6.5)
-            ax.set_title(f"ε {e:g}", loc="left")
+                text = (f"{name} {r['effect']:+.2f} [{r['effect_lo']:+.2f}, {r['effect_hi']:+.2f}], p {r['p']:.2g}"
+                        if np.isfinite(r["p"]) else "no difference")
+                ax.annotate(text, (k, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=6.5)
+            ax.set_ylabel(f"KC at ε {e:g}\n(tokens)")
             _tmax(ax, study.max_tokens)
-        axes[0, 0].set_ylabel("KC (tokens)")
-        name = "rank-biserial r (paired)" if study.extra.get("paired") else "Cliff's δ"
-        fig.supxlabel(f"group; effect size against 'in': {name} [95 % bootstrap CI]; p: "
-                      + ("Wilcoxon signed-rank" if study.extra.get("paired") else "Mann–Whitney U"), fontsize=7)
-        fig.tight_layout()
+        axes[-1, 0].set_xticks(range(1, len(groups) + 1), [f"{g} (n={len(rows[(rows['group'] == g) & (rows['eps'] == eps[0])])})"
+                                                            for g in groups])
+        axes[-1, 0].set_xlabel(f"group; above each: effect against '{groups[0]}', "
+                               + ("matched-pairs rank-biserial r [95 % bootstrap CI], Wilcoxon signed-rank p" if paired
+                                  else "Cliff's δ [95 % bootstrap CI], Mann–Whitney U p"))
+        fig.tight_layout(h_pad=1.6)
         return _save(fig, stem)
 
 

@@ -151,6 +151,7 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
                 a.set_xticks([])
                 a.set_yticks([])
                 a.grid(False)
+                a.spines[:].set_visible(False)
                 a.set_title(name.replace("shuffle ", "shuffle\n") if k else f"original\n({example[0]})", fontsize=7)
         half = len(steps) // 2 if example is not None else 1
         ax1 = fig.add_subplot(gs[-1, :half] if example is not None else gs[0, 0])
@@ -240,6 +241,7 @@ def map_figure(image: np.ndarray, result: dict, stem: str | os.PathLike, title: 
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
+            ax.spines[:].set_visible(False)
         fig.tight_layout()
         if im is not None:
             cb = fig.colorbar(im, ax=list(axes[1:]), fraction=0.025, pad=0.01)

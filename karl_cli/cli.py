@@ -709,5 +709,213 @@ def compare(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+
+# --- karl analyze: the papers' studies ---------------------------------------------------------------
+analyze_app = typer.Typer(no_args_is_help=True, help="The papers' studies of what a token count means: complexity "
+                          "profiles, noise, structure, familiarity, and where an image spends its tokens.")
+app.add_typer(analyze_app, name="analyze")
+
+_WEIGHTS_OPT = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small); KARL or ALIT.")
+_METHOD_OPT = typer.Option(None, "--method", help="single (KARL's one pass), search or prefix (the oracle: smallest "
+                           "budget meeting ε); default: single, or search for ALIT.")
+_CSV_OPT = typer.Option(None, "--csv", help="Write the rows to this CSV.")
+_JSON_OPT = typer.Option(None, "--json", help="Write the rows as JSON records to this file.")
+_PLOT_OPT = typer.Option(None, "--plot", help="Write figures (PNG 300 dpi + PDF) into this folder.")
+_DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_SAMPLE_OPT = typer.Option(None, "--sample", min=1, help="Use a seeded random subset of this many images.")
+_SEED_OPT = typer.Option(0, "--seed", help="Seed of noise, shuffles, subsets and bootstraps.")
+_BATCH_OPT = typer.Option(32, "--batch-size", min=1, help="Images per model run.")
+
+
+def _df_table(df, title: str) -> Table:
+    import pandas as pd
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for c in df.columns:
+        table.add_column(str(c), justify="right" if pd.api.types.is_numeric_dtype(df[c]) else "left")
+    for rec in df.itertuples(index=False):
+        table.add_row(*("–" if v is None or (isinstance(v, float) and v != v) else
+                        (f"{v:g}" if isinstance(v, float) else escape(str(v))) for v in rec))
+    return table
+
+
+def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot: Optional[Path], draw) -> None:
+    """Write, draw and summarise a study: the shared tail of every `karl analyze` command."""
+    from karl_cli.analysis.studies import save_rows, summary_view
+
+    save_rows(study, csv_out, json_out)
+    Console().print(_df_table(summary_view(study), f"{study.name} (method {study.method}, T_max {study.max_tokens})"))
+    for line in study.findings:
+        console.print(f"• {escape(line)}", highlight=False)
+    for out in (csv_out, json_out):
+        if out is not None:
+            console.print(f"wrote {len(study.rows)} rows to {escape(str(out))}")
+    if plot is not None:
+        for png in draw(study, plot):
+            console.print(f"figure: {escape(str(png))} (+ .pdf)")
+    if study.errors:
+        console.print(f"[yellow]{len(study.errors)} unreadable inputs skipped[/] (e.g. "
+                      f"{escape(str(study.errors[0][0]))}: {escape(study.errors[0][1])})")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _study_setup(weights: Optional[Path], device: str):
+    from karl_cli.runtime import prepare_model, resolve_device
+
+    dev = resolve_device(device)
+    return prepare_model(_load_model(weights), dev), dev
+
+
+@analyze_app.command("profile")
+@_handle_errors
+def analyze_profile(
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders (recursive)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default: every ε bin of the model)."),
+    curve: bool = typer.Option(True, "--curve/--no-curve", help="Also L1 at every budget (rate–distortion; the "
+                               "slow part: one decode per budget)."),
+    ratings: Optional[Path] = typer.Option(None, "--ratings", help="A Savoias root or ratings CSV: compare how "
+                                           "kc_area and KC at --rank-eps rank the rated images (Spearman ρ)."),
+    rank_eps: float = typer.Option(0.03, "--rank-eps", help="The single ε kc_area is compared with."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC at every ε and L1 at every budget, per image: complexity profile and rate–distortion curve."""
+    from karl_cli.analysis.studies import profile, rank_against_ratings
+
+    model, dev = _study_setup(weights, device)
+    if ratings is not None and eps and rank_eps not in eps:
+        raise UsageError(f"--rank-eps {rank_eps:g} must be one of the --eps values")
+    with _progress("profile") as update:
+        study = profile(paths, model, eps, method, curve=curve, sample=sample, seed=seed, batch_size=batch_size,
+                        device=dev, progress=lambda d, t, s: update(d, t, s))
+    if ratings is not None:
+        from karl_cli.io.savoias import load_ratings
+
+        rank = rank_against_ratings(study.rows, load_ratings(ratings).table, rank_eps, seed=seed)
+        Console().print(_df_table(rank.round(3), f"Spearman ρ with the ratings: kc_area vs KC at ε {rank_eps:g} "
+                                  "(delta = ρ(area) − ρ(KC), paired bootstrap 95 % CI)"))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import profile_figure
+        return [profile_figure(st, folder / "profile")]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("noise")
+@_handle_errors
+def analyze_noise(
+    paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    sigma: Optional[List[float]] = typer.Option(None, "--sigma", help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
+    sp: Optional[List[float]] = typer.Option(None, "--sp", help="Salt-and-pepper shares of pixels (repeat)."),
+    size: int = typer.Option(256, "--size", min=8, help="Procedural images' side, and the cap on given images' "
+                             "shorter side, in px: noise is added at this size and at the model input."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC against noise strength (Gaussian σ, salt-and-pepper), at several ε."""
+    from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_SIGMAS, DEFAULT_SP, noise
+
+    model, dev = _study_setup(weights, device)
+    with _progress("noise") as update:
+        study = noise(paths or None, model, eps or DEFAULT_EPS, sigma or DEFAULT_SIGMAS, sp or DEFAULT_SP, method,
+                      size=size, sample=sample, seed=seed, batch_size=batch_size, device=dev,
+                      progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import noise_figure
+        return [noise_figure(st, folder / "noise")]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("structure")
+@_handle_errors
+def analyze_structure(
+    paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    grid: Optional[List[int]] = typer.Option(None, "--grid", help="Patch-shuffle grids (repeat; default 2 4 8 16 32)."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC as structure is destroyed: patch shuffles, phase randomisation, pixel permutation."""
+    from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_GRIDS, structure
+
+    model, dev = _study_setup(weights, device)
+    with _progress("structure") as update:
+        study = structure(paths or None, model, eps or DEFAULT_EPS, grid or DEFAULT_GRIDS, method, sample=sample,
+                          seed=seed, batch_size=batch_size, device=dev, progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import structure_figure
+        return [structure_figure(st, folder / "structure", st.extra["example"], tuple(st.extra["grids"]), seed)]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("familiarity")
+@_handle_errors
+def analyze_familiarity(
+    paths: List[str] = typer.Argument(..., help="In-distribution images/folders."),
+    other: Optional[List[str]] = typer.Option(None, "--other", help="Out-of-distribution images/folder (repeat); "
+                                              "without it each image is compared with its controls."),
+    control: Optional[List[str]] = typer.Option(None, "--control", help="flip, invert or swap (repeat; default all)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the effect size's CI."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC of familiar vs unfamiliar images: rank test (scipy) and effect size with a bootstrap CI."""
+    from karl_cli.analysis.studies import CONTROLS, DEFAULT_EPS, familiarity
+
+    if other and control:
+        raise UsageError("--control applies to one folder; with --other the second folder is the comparison")
+    model, dev = _study_setup(weights, device)
+    with _progress("familiarity") as update:
+        study = familiarity(paths, model, other or None, control or CONTROLS, eps or DEFAULT_EPS, method,
+                            n_boot=bootstrap, sample=sample, seed=seed, batch_size=batch_size, device=dev,
+                            progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import familiarity_figure
+        return [familiarity_figure(st, folder / "familiarity")]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("map")
+@_handle_errors
+def analyze_map(
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    patch: int = typer.Option(4, "--patch", min=1, help="Block side in model-input pixels (must divide it; 1: per pixel)."),
+    weights: Optional[Path] = _WEIGHTS_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, device: str = _DEVICE_OPT,
+) -> None:
+    """Where an image spends its tokens: per block, the smallest budget whose reconstruction meets ε there."""
+    from karl_cli.analysis.studies import DEFAULT_EPS, token_maps
+
+    model, dev = _study_setup(weights, device)
+    with _progress("map") as update:
+        study = token_maps(paths, model, eps or DEFAULT_EPS, patch, sample=sample, seed=seed, device=dev,
+                           progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import map_figure
+        return [map_figure(img, m, folder / f"map_{i:03d}_{Path(p).stem}", Path(p).name, st.max_tokens,
+                           st.extra["patch"]) for i, (p, (img, m)) in enumerate(st.extra["maps"].items())]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
 if __name__ == "__main__":
     main()

@@ -44,6 +44,8 @@ from karl_cli.io.synthetic import make_family_image
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.scoring.complexity import check_method, collect_inputs, default_method, validate_eps
 from karl_cli.scoring.oracle import sweep
+from karl_cli.analysis.stats import spearman, spearman_difference
+from karl_cli.io.atomic import atomic_path
 
 Progress = Callable[[int, int, str], None]   # progress(done, total, stage)
 
@@ -268,7 +270,6 @@ def rank_against_ratings(rows: pd.DataFrame, rated: pd.DataFrame, eps: float = 0
     Spearman ρ of kc_area and of ``kc@eps`` with the ratings, and ρ(area) − ρ(KC) with its paired
     bootstrap CI (``stats.spearman_difference``). ``rated``: columns path, rating, category
     (``io.savoias.load_ratings(...).table``); rows are joined on the resolved path."""
-    from karl_cli.analysis.stats import spearman, spearman_difference
 
     col = f"kc@{eps:g}"
     if col not in rows:
@@ -642,7 +643,6 @@ def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: 
 def save_rows(study: Study, csv: str | os.PathLike | None = None, json: str | os.PathLike | None = None) -> None:
     """Write ``study.rows`` atomically as CSV (UTF-8; a non-UTF-8 file name as its original bytes) and/or
     JSON records (missing values as null)."""
-    from karl_cli.io.atomic import atomic_path
 
     if csv is not None:
         with atomic_path(csv) as tmp:

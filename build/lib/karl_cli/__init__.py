@@ -1,8 +1,27 @@
-"""karl: image complexity from a single-pass adaptive image tokenizer (KARL, arXiv 2507.07995)."""
-from karl_cli.models import (ALIT, EPS_BINS, KARL, Encoding, KARLConfig, WeightsError, build_model, eps_to_bin,
-                             load_pretrained, preset)
+"""karl: image complexity from a single-pass adaptive image tokenizer (KARL, arXiv 2507.07995).
+
+The names below load on first use (PEP 562), so ``karl --help`` and ``karl --version`` start without
+importing torch, and a Ctrl-C while the command starts up is handled by the command, not a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ALIT", "EPS_BINS", "KARL", "Encoding", "KARLConfig", "WeightsError", "build_model", "eps_to_bin",
-           "load_pretrained", "preset", "__version__"]
+_EXPORTS = {
+    "EPS_BINS": "karl_cli.models.config", "KARLConfig": "karl_cli.models.config",
+    "eps_to_bin": "karl_cli.models.config", "preset": "karl_cli.models.config",
+    "KARL": "karl_cli.models.karl", "ALIT": "karl_cli.models.alit", "Encoding": "karl_cli.models.tokenizer",
+    "WeightsError": "karl_cli.models.pretrained", "build_model": "karl_cli.models.pretrained",
+    "load_pretrained": "karl_cli.models.pretrained", "load_images": "karl_cli.io.images",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'karl_cli' has no attribute {name!r}")

@@ -1,4 +1,10 @@
 """`python -m karl_cli ...` runs the `karl` command."""
-from karl_cli.cli import main
+import sys
+
+try:
+    from karl_cli.cli import main
+except KeyboardInterrupt:   # Ctrl-C while starting up: no traceback
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 main()

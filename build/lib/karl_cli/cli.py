@@ -4,22 +4,78 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-import typer
+
+def _interrupted_while_starting(*_) -> None:
+    sys.stderr.write("interrupted\n")
+    sys.exit(130)   # EXIT_INTERRUPTED; SystemExit prints no traceback
+
+
+# Ctrl-C while the imports below load is a quiet exit 130, not a traceback; restored after them.
+_SIGINT_BEFORE = signal.getsignal(signal.SIGINT)
+if _SIGINT_BEFORE is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import typer  # noqa: E402
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
-from rich.text import Text
+from rich.text import Text  # noqa: E402
 
-from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
-from karl_cli.progress import make_console
+from karl_cli import __version__  # noqa: E402
+from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
+from karl_cli.progress import make_console  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+if _SIGINT_BEFORE is signal.default_int_handler:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _FlagsWithoutType:
+    """Help lists on/off flags (``--resume``, ``--l1/--no-l1``, ``--help``) without a ``<bool>`` type,
+    which would suggest they take a value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+BASELINES_HELP = ("Add classic complexity measures of the same pixels: bare --baselines = jpeg,png; 'all'; or a "
+                  "comma list of jpeg, png, webp, gif, edge_density, spatial_information, subband_entropy, "
+                  "feature_congestion, fh_regions, colourfulness, luminance_entropy.")
+
+
+def bare_baselines(args: List[str]) -> List[str]:
+    """``--baselines`` with no list after it (the end, another option, or an existing path next) becomes
+    ``--baselines=jpeg,png``, its meaning before it took a list; anything else is read as the list."""
+    out = list(args)
+    for i, a in enumerate(out):
+        nxt = out[i + 1] if i + 1 < len(out) else None
+        if a == "--baselines" and (nxt is None or nxt.startswith("-") or os.path.exists(nxt)):
+            out[i] = "--baselines=jpeg,png"
+    return out
+
+
+class _Group(_FlagsWithoutType, typer.core.TyperGroup):
+    """The command group; also lets ``--baselines`` stand alone (Typer has no optional-value options)."""
+
+    def parse_args(self, ctx, args: List[str]) -> List[str]:
+        return super().parse_args(ctx, bare_baselines(args))
+
+
+class _Command(_FlagsWithoutType, typer.core.TyperCommand):
+    pass
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
 console = make_console(stderr=True)   # uncut lines off a terminal
 _state = {"debug": False}
@@ -27,8 +83,16 @@ _state = {"debug": False}
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "karl-small"
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"karl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+          version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
 
 
@@ -50,6 +114,9 @@ def _handle_errors(fn: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 - the one place where errors meet the user
             if _state["debug"]:
                 raise
+            if getattr(e, "exit_code", None) == EXIT_INTERRUPTED:   # e.g. training's "interrupted at step N"
+                console.print(f"[yellow]{escape(_error_text(e))}[/]", highlight=False)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             console.print(f"[bold red]error:[/] {escape(_error_text(e))}", highlight=False)
             raise typer.Exit(getattr(e, "exit_code", EXIT_FAILED)) from None
 
@@ -163,14 +230,15 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 
 
 # --- commands ------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def complexity(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
-    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout)."),
+    csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout). Without "
+                                          "--csv and --json only the summary table is printed."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
-    baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]", help=BASELINES_HELP),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
                                          "single, or search for models without a halting head (ALIT)."),
@@ -180,7 +248,8 @@ def complexity(
                                           "up to 4 on CPU; cores-1 up to 16 on CUDA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them; "
+                                "refused if they came from another model, --method or l1 setting."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the KC histogram per ε to this PNG."),
     l1: bool = typer.Option(True, "--l1/--no-l1", help="Check each KC by decoding (the l1 column). --no-l1: KC "
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
@@ -188,17 +257,21 @@ def complexity(
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
-    from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
-                             checkpoint_seconds, default_method, parse_shard, score, validate_eps)
+    from karl_cli.models.pretrained import model_id
+    from karl_cli.scoring.baselines import parse_baselines
+    from karl_cli.scoring.complexity import (METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
+                                             checkpoint_seconds, default_method, parse_shard, resume_guard,
+                                             score, validate_eps)
     from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
+    chosen = parse_baselines(baselines)
     if method is not None and method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    if csv_out is None and json_out is None:
-        raise UsageError("say where the rows go: --csv FILE and/or --json FILE ('-' for stdout)")
+    if resume and not (csv_out or json_out):
+        raise UsageError("--resume needs an output file (--csv FILE or --json FILE)")
     if resume and (csv_out or json_out) == "-":
         raise UsageError("--resume needs an output file, not stdout")
     found = _scan(paths, include_hidden, max_pixels)
@@ -206,27 +279,33 @@ def complexity(
     method = check_method(model, method or default_method(model))
     if not l1 and method != "single":
         raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
-    fields = ROW_FIELDS + (BASELINE_FIELDS if baselines else [])
+    fields = ROW_FIELDS + list(chosen)
     summary = Summary()
     plot_rows: list[dict] = []
+    existing: list[dict] = []
     with contextlib.ExitStack() as stack:
         every = checkpoint_seconds()   # a hard kill loses at most this many seconds of rows
-        primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every))
-        sinks = [primary]
-        if csv_out and json_out:
-            sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
-            for row in primary.existing:
-                sinks[1].write(row)
-        for row in primary.existing:
+        sinks = []
+        if csv_out or json_out:       # without either, the summary table is the output
+            guard = resume_guard(model_id(model), method, l1)
+            primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every,
+                                                    validate=guard))
+            sinks.append(primary)
+            existing = primary.existing
+            if csv_out and json_out:
+                sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
+                for row in existing:
+                    sinks[1].write(row)
+        for row in existing:
             summary.add(row)
             if plot:
                 plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
-        if primary.existing:
-            console.print(f"resuming: {len(primary.existing)} rows already in {escape(csv_out or json_out)} are kept")
+        if existing:
+            console.print(f"resuming: {len(existing)} rows already in {escape(csv_out or json_out)} are kept")
         with _progress("scoring") as update:
-            rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
+            rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                         skip=primary.done, progress=update, l1=l1)
+                         skip=sinks[0].done if sinks else None, progress=update, l1=l1)
             for row in rows:
                 for sink in sinks:
                     sink.write(row)
@@ -242,8 +321,8 @@ def complexity(
                       "better model) gives KC that separates images.")
     outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
     if outs:
-        kept = len(primary.existing)
-        console.print(f"wrote {primary.count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
+        kept = len(existing)
+        console.print(f"wrote {sinks[0].count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
     if plot:
         from karl_cli.analysis.plots import kc_histogram
         kc_histogram(plot_rows, plot)
@@ -254,21 +333,29 @@ def complexity(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def merge(
     out: str = typer.Argument(..., help="The merged CSV to write."),
     inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="first or last: which input wins where rows of "
+                                         "the same (path, ε) disagree (default: refuse and name them)."),
+    mixed_models: bool = typer.Option(False, "--mixed-models", help="Merge rows of different models (model_id)."),
 ) -> None:
-    """Join shard CSVs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
+    """Join shard CSVs into one, sorted by (path, ε). Identical duplicates merge quietly, an ok row
+    replaces an error row; rows that disagree, or rows of different models, are refused."""
     from karl_cli.scoring.complexity import merge_csv
 
-    counts = merge_csv(out, inputs)
-    console.print(f"merged {counts['files']} files: {counts['rows']} rows "
-                  f"({counts['duplicates']} duplicates dropped) -> {out}")
+    counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
+    notes = [f"{counts['duplicates']} identical duplicates dropped"]
+    if counts["errors_replaced"]:
+        notes.append(f"{counts['errors_replaced']} error rows replaced by ok rows")
+    if counts["conflicts"]:
+        notes.append(f"{counts['conflicts']} disagreeing rows taken from the {prefer} input")
+    console.print(f"merged {counts['files']} files: {counts['rows']} rows ({'; '.join(notes)}) -> {escape(out)}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def encode(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
@@ -304,7 +391,7 @@ def encode(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def decode(
     token_dir: Path = typer.Argument(..., help="A folder written by `karl encode`."),
@@ -325,7 +412,7 @@ def decode(
     console.print(f"decoded {res.images} images into {escape(str(out))}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def show(
     image: Path = typer.Argument(..., help="One image."),
@@ -372,13 +459,16 @@ def main() -> None:
         sys.exit(EXIT_FAILED)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
-    preset_name: str = typer.Option("small", "--preset", help="Model size preset: tiny or small."),
-    arch: str = typer.Option("karl", "--arch", help="Architecture: karl or alit."),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="Model size (default small). tiny: 32 px, "
+                                              "16 tokens, 0.3 M parameters, seconds per step on a CPU: for tests "
+                                              "and trying the pipeline. small: the shipped model, 64 px, 384 "
+                                              "wavelet-code tokens, 2.8 M parameters (see the model card)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: karl (default) or alit."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="T_max (default: the preset's)."),
     token_step: Optional[int] = typer.Option(None, "--token-step",
                                              help="Budgets are multiples of this; ALIT adds this many tokens "
@@ -387,40 +477,64 @@ def train(
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
-    warmup: int = typer.Option(200, "--warmup", help="Warm-up steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step and process "
+                                             "(default 64; the folders need at least this many images)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default 200, at most a fifth of "
+                                         "the run; a warning when longer than the run)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
-    seed: int = typer.Option(0, "--seed"),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images in memory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints "
+                                                   "(default 200)."),
+    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Keep decoded images in memory "
+                                         "(default: cache)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
+                                "(only --steps, --epochs, --workers and --device may change)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
 ) -> None:
-    """Train a tokenizer with two-phase loss-conditioned training."""
+    """Train a tokenizer with two-phase loss-conditioned training.
+
+    Presets: tiny (32 px, T_max 16, 0.3 M parameters; for tests) and small (the shipped model: 64 px,
+    T_max 384 tokens of a Haar wavelet code, 2.8 M parameters, about 7 s per step of 32 crops on 2 CPU cores).
+    """
     from karl_cli.models.config import preset
-    from karl_cli.training.trainer import TrainConfig
+    from karl_cli.training.trainer import TrainConfig, resume_conflicts
     from karl_cli.training.trainer import train as run_training
     from karl_cli.progress import training_progress
 
-    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("token_step", token_step), ("code", code))
-             if v is not None}
-    if resume and sizes:
-        raise UsageError("--max-tokens, --token-step and --code cannot change a run being resumed")
-    model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch, **sizes))
-    tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
-                     seed=seed, checkpoint_every=checkpoint_every, cache=cache)
+    sizes = {k: v for k, v in (("arch", arch), ("max_tokens", max_tokens), ("token_step", token_step),
+                               ("code", code)) if v is not None}
+    recipe = {k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("warmup_steps", warmup), ("seed", seed),
+                                ("checkpoint_every", checkpoint_every), ("cache", cache)) if v is not None}
+    if resume:
+        if init_from is not None:
+            raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
+        conflicts = resume_conflicts(out, preset_name, sizes, recipe)
+        if conflicts:
+            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + ". A resumed run keeps its model "
+                             "and recipe (only --steps, --epochs, --workers and --device may change); drop these "
+                             "flags or start a new run with another --out")
+    model_config = None if resume else _checked(lambda: preset(preset_name or "small", **sizes))
+    defaults = TrainConfig()
+    tc = TrainConfig(steps=steps, epochs=epochs, workers=workers,
+                     **{k: recipe.get(k, getattr(defaults, k)) for k in ("batch_size", "lr", "warmup_steps", "seed",
+                                                                         "checkpoint_every", "cache")})
+
+    def on_log(line: str) -> None:
+        style = "yellow" if line.startswith("warning:") else "dim"
+        console.print(f"[{style}]{escape(line)}[/]")
+
     with training_progress(console) as on_step:
         run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
-                     on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"), init_from=init_from)
+                     on_step=on_step, on_log=on_log, init_from=init_from)
     console.print(f"[green]done:[/] weights in {escape(str(out))}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def correlate(
-    root: Optional[Path] = typer.Argument(None, metavar="[SAVOIAS_ROOT]",
+    root: Optional[Path] = typer.Argument(None, metavar="SAVOIAS_ROOT",
                                           help="Savoias folder (Images/<Category>/, 'Ground truth/xlsx/')."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="CSV of any rated set: path, rating[, category]; "
                                            "relative paths resolve against the CSV's folder."),
@@ -443,8 +557,11 @@ def correlate(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
+                                            help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
 ) -> None:
-    """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
+    """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
+    baseline of each category with its paired bootstrap CI."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
@@ -455,7 +572,9 @@ def correlate(
     from karl_cli.scoring.complexity import check_method, default_method
 
     from karl_cli.io.images import set_max_pixels
+    from karl_cli.scoring.baselines import parse_baselines
 
+    chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     set_max_pixels(max_pixels)
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
@@ -475,7 +594,7 @@ def correlate(
         result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
-                               cache=False if no_cache else cache, progress=on_progress)
+                               cache=False if no_cache else cache, progress=on_progress, baselines=chosen)
     result.save(out, per_image)
     make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")
@@ -497,7 +616,7 @@ def correlate(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def calibrate(
     data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
@@ -516,6 +635,7 @@ def calibrate(
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
     from karl_cli.training.calibration import calibrate_halting
+    from karl_cli.training.trainer import card_with_config
     from karl_cli.runtime import prepare_model
 
     if samples < 10 or steps < 1:
@@ -532,6 +652,7 @@ def calibrate(
                                    synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total, stage))
     card_path = Path(weights) / "model_card.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
+    card = card_with_config(card, model.config)     # the card's config block shows the new threshold
     card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "
              f"images, the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
              f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
@@ -554,7 +675,7 @@ def _checked(make):
         raise UsageError(str(e)) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 @_handle_errors
 def compare(
     paths: List[Path] = typer.Argument(..., help="Images or folders (recursive)."),
@@ -587,6 +708,214 @@ def compare(
         console.print(f"[yellow]{len(skipped)} images could not be read[/] (e.g. {escape(str(skipped[0][0]))}: {escape(str(skipped[0][1]))})")
         raise typer.Exit(EXIT_SOME_FAILED)
 
+
+
+# --- karl analyze: the papers' studies ---------------------------------------------------------------
+analyze_app = typer.Typer(no_args_is_help=True, help="The papers' studies of what a token count means: complexity "
+                          "profiles, noise, structure, familiarity, and where an image spends its tokens.")
+app.add_typer(analyze_app, name="analyze")
+
+_WEIGHTS_OPT = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small); KARL or ALIT.")
+_METHOD_OPT = typer.Option(None, "--method", help="single (KARL's one pass), search or prefix (the oracle: smallest "
+                           "budget meeting ε); default: single, or search for ALIT.")
+_CSV_OPT = typer.Option(None, "--csv", help="Write the rows to this CSV.")
+_JSON_OPT = typer.Option(None, "--json", help="Write the rows as JSON records to this file.")
+_PLOT_OPT = typer.Option(None, "--plot", help="Write figures (PNG 300 dpi + PDF) into this folder.")
+_DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_SAMPLE_OPT = typer.Option(None, "--sample", min=1, help="Use a seeded random subset of this many images.")
+_SEED_OPT = typer.Option(0, "--seed", help="Seed of noise, shuffles, subsets and bootstraps.")
+_BATCH_OPT = typer.Option(32, "--batch-size", min=1, help="Images per model run.")
+
+
+def _df_table(df, title: str) -> Table:
+    import pandas as pd
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for c in df.columns:
+        table.add_column(str(c), justify="right" if pd.api.types.is_numeric_dtype(df[c]) else "left")
+    for rec in df.itertuples(index=False):
+        table.add_row(*("–" if v is None or (isinstance(v, float) and v != v) else
+                        (f"{v:g}" if isinstance(v, float) else escape(str(v))) for v in rec))
+    return table
+
+
+def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot: Optional[Path], draw) -> None:
+    """Write, draw and summarise a study: the shared tail of every `karl analyze` command."""
+    from karl_cli.analysis.studies import save_rows, summary_view
+
+    save_rows(study, csv_out, json_out)
+    Console().print(_df_table(summary_view(study), f"{study.name} (method {study.method}, T_max {study.max_tokens})"))
+    for line in study.findings:
+        console.print(f"• {escape(line)}", highlight=False)
+    for out in (csv_out, json_out):
+        if out is not None:
+            console.print(f"wrote {len(study.rows)} rows to {escape(str(out))}")
+    if plot is not None:
+        for png in draw(study, plot):
+            console.print(f"figure: {escape(str(png))} (+ .pdf)")
+    if study.errors:
+        console.print(f"[yellow]{len(study.errors)} unreadable inputs skipped[/] (e.g. "
+                      f"{escape(str(study.errors[0][0]))}: {escape(study.errors[0][1])})")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _study_setup(weights: Optional[Path], device: str):
+    from karl_cli.runtime import prepare_model, resolve_device
+
+    dev = resolve_device(device)
+    return prepare_model(_load_model(weights), dev), dev
+
+
+@analyze_app.command("profile")
+@_handle_errors
+def analyze_profile(
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders (recursive)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default: every ε bin of the model)."),
+    curve: bool = typer.Option(True, "--curve/--no-curve", help="Also L1 at every budget (rate–distortion; the "
+                               "slow part: one decode per budget)."),
+    ratings: Optional[Path] = typer.Option(None, "--ratings", help="A Savoias root or ratings CSV: compare how "
+                                           "kc_area and KC at --rank-eps rank the rated images (Spearman ρ)."),
+    rank_eps: float = typer.Option(0.03, "--rank-eps", help="The single ε kc_area is compared with."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC at every ε and L1 at every budget, per image: complexity profile and rate–distortion curve."""
+    from karl_cli.analysis.studies import profile, rank_against_ratings
+
+    model, dev = _study_setup(weights, device)
+    if ratings is not None and eps and rank_eps not in eps:
+        raise UsageError(f"--rank-eps {rank_eps:g} must be one of the --eps values")
+    with _progress("profile") as update:
+        study = profile(paths, model, eps, method, curve=curve, sample=sample, seed=seed, batch_size=batch_size,
+                        device=dev, progress=lambda d, t, s: update(d, t, s))
+    if ratings is not None:
+        from karl_cli.io.savoias import load_ratings
+
+        rank = rank_against_ratings(study.rows, load_ratings(ratings).table, rank_eps, seed=seed)
+        Console().print(_df_table(rank.round(3), f"Spearman ρ with the ratings: kc_area vs KC at ε {rank_eps:g} "
+                                  "(delta = ρ(area) − ρ(KC), paired bootstrap 95 % CI)"))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import profile_figure
+        return [profile_figure(st, folder / "profile")]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("noise")
+@_handle_errors
+def analyze_noise(
+    paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    sigma: Optional[List[float]] = typer.Option(None, "--sigma", help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
+    sp: Optional[List[float]] = typer.Option(None, "--sp", help="Salt-and-pepper shares of pixels (repeat)."),
+    size: int = typer.Option(256, "--size", min=8, help="Procedural images' side, and the cap on given images' "
+                             "shorter side, in px: noise is added at this size and at the model input."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC against noise strength (Gaussian σ, salt-and-pepper), at several ε."""
+    from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_SIGMAS, DEFAULT_SP, noise
+
+    model, dev = _study_setup(weights, device)
+    with _progress("noise") as update:
+        study = noise(paths or None, model, eps or DEFAULT_EPS, sigma or DEFAULT_SIGMAS, sp or DEFAULT_SP, method,
+                      size=size, sample=sample, seed=seed, batch_size=batch_size, device=dev,
+                      progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import noise_figure
+        return [noise_figure(st, folder / "noise")]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("structure")
+@_handle_errors
+def analyze_structure(
+    paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    grid: Optional[List[int]] = typer.Option(None, "--grid", help="Patch-shuffle grids (repeat; default 2 4 8 16 32)."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC as structure is destroyed: patch shuffles, phase randomisation, pixel permutation."""
+    from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_GRIDS, structure
+
+    model, dev = _study_setup(weights, device)
+    with _progress("structure") as update:
+        study = structure(paths or None, model, eps or DEFAULT_EPS, grid or DEFAULT_GRIDS, method, sample=sample,
+                          seed=seed, batch_size=batch_size, device=dev, progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import structure_figure
+        return [structure_figure(st, folder / "structure", st.extra["example"], tuple(st.extra["grids"]), seed)]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("familiarity")
+@_handle_errors
+def analyze_familiarity(
+    paths: List[str] = typer.Argument(..., help="In-distribution images/folders."),
+    other: Optional[List[str]] = typer.Option(None, "--other", help="Out-of-distribution images/folder (repeat); "
+                                              "without it each image is compared with its controls."),
+    control: Optional[List[str]] = typer.Option(None, "--control", help="flip, invert or swap (repeat; default all)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the effect size's CI."),
+    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
+    device: str = _DEVICE_OPT,
+) -> None:
+    """KC of familiar vs unfamiliar images: rank test (scipy) and effect size with a bootstrap CI."""
+    from karl_cli.analysis.studies import CONTROLS, DEFAULT_EPS, familiarity
+
+    if other and control:
+        raise UsageError("--control applies to one folder; with --other the second folder is the comparison")
+    model, dev = _study_setup(weights, device)
+    with _progress("familiarity") as update:
+        study = familiarity(paths, model, other or None, control or CONTROLS, eps or DEFAULT_EPS, method,
+                            n_boot=bootstrap, sample=sample, seed=seed, batch_size=batch_size, device=dev,
+                            progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import familiarity_figure
+        return [familiarity_figure(st, folder / "familiarity")]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
+
+
+@analyze_app.command("map")
+@_handle_errors
+def analyze_map(
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    patch: int = typer.Option(4, "--patch", min=1, help="Block side in model-input pixels (must divide it; 1: per pixel)."),
+    weights: Optional[Path] = _WEIGHTS_OPT,
+    csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, device: str = _DEVICE_OPT,
+) -> None:
+    """Where an image spends its tokens: per block, the smallest budget whose reconstruction meets ε there."""
+    from karl_cli.analysis.studies import DEFAULT_EPS, token_maps
+
+    model, dev = _study_setup(weights, device)
+    with _progress("map") as update:
+        study = token_maps(paths, model, eps or DEFAULT_EPS, patch, sample=sample, seed=seed, device=dev,
+                           progress=lambda d, t, s: update(d, t, s))
+
+    def draw(st, folder):
+        from karl_cli.analysis.study_plots import map_figure
+        return [map_figure(img, m, folder / f"map_{i:03d}_{Path(p).stem}", Path(p).name, st.max_tokens,
+                           st.extra["patch"]) for i, (p, (img, m)) in enumerate(st.extra["maps"].items())]
+
+    _finish_study(study, csv_out, json_out, plot, draw)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""``karl correlate``: how well KC (and the JPEG/PNG baselines) track human complexity ratings.
+"""``karl correlate``: how well KC (and the classic complexity baselines) track human complexity ratings.
 
     from karl_cli.analysis.correlate import correlate
     results, per_image = correlate("savoias/", weights="weights/karl-small", eps=[0.05])
@@ -6,10 +6,14 @@
 Scores come from ``complexity.score`` (one scoring loop in the project) and are cached per
 (image content hash, model id, ε, method), so a re-run with another ``--bootstrap`` or ``--plot``
 does not run the model again. Results: one row per (category, method, ε), plus the pooled rows over
-every image (``pooled`` True, ``category`` empty, so no category name of yours can clash with it), with n, Spearman
-ρ and its seeded percentile-bootstrap 95% CI, Pearson r and Kendall τ-b; KARL's rows add
-``vs_jpeg``, ρ − ρ(JPEG bpp) on the same images, with a paired bootstrap CI (``stats.spearman_difference``):
-an interval above 0 says KC ranks those images better than JPEG's bytes do.
+every image (``pooled`` True, ``category`` empty, so no category name of yours can clash with it), with
+n, Spearman ρ and its seeded percentile-bootstrap 95% CI, Pearson r and Kendall τ-b; one row per
+chosen baseline (``baselines.REGISTRY``: JPEG and PNG by default, ``"all"`` for the whole battery).
+KARL's rows add ``vs_best``, ρ − ρ(best baseline) on the same images with a paired bootstrap CI
+(``stats.spearman_difference``), where the best baseline (``best_baseline``) is the chosen baseline with
+the highest ρ *in that category*: an interval above 0 says KC ranks those images better than the best
+classic measure does. Picking the best on the same images favours the baseline, so the test is
+conservative for KC. ``vs_jpeg`` is the same against JPEG bytes per pixel (when JPEG is chosen).
 """
 from __future__ import annotations
 
@@ -33,17 +37,18 @@ from karl_cli.analysis.stats import correlation, spearman_difference
 from karl_cli.models.pretrained import model_id
 from karl_cli.models.pretrained import load_pretrained
 from karl_cli.runtime import resolve_device
-from karl_cli.scoring.complexity import validate_eps
 from karl_cli.scoring import complexity
+from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, parse_baselines
+from karl_cli.scoring.complexity import check_eps, validate_eps
 
 RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
-                  "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi"]
+                  "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi", "best_baseline", "vs_best",
+                  "vs_best_lo", "vs_best_hi"]
 PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc", "kc_soft", "max_tokens", "l1",
-                     "jpeg_bpp", "png_bpp", "status", "error", "sha256"]
-SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "jpeg_bpp", "png_bpp", "encoder_runs", "decoder_runs"]
+                     "status", "error", "sha256"]
+SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "encoder_runs", "decoder_runs"] + list(REGISTRY)
 CACHE_COLUMNS = ["sha256", "model_id", "eps", "method"] + SCORE_FIELDS
-CACHE_VERSION = 1
-BASELINES = ("jpeg_bpp", "png_bpp")
+CACHE_VERSION = 2          # 2: every registry baseline has a column (NaN until computed)
 POOLED_LABEL = "all (pooled)"   # how the terminal and the figures name the pooled rows
 
 
@@ -111,16 +116,21 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def get(self, sha: str | None, eps: float, method: str) -> dict | None:
+    def get(self, sha: str | None, eps: float, method: str, need: Sequence[str] = ()) -> dict | None:
+        """The cached scores, or None if absent or any column of ``need`` (baselines) is missing."""
         if sha is None:
             return None
-        return self._rows.get((sha, _eps_key(eps), method))
+        hit = self._rows.get((sha, _eps_key(eps), method))
+        if hit is None or not all(math.isfinite(_num(hit.get(k))) for k in need):
+            return None
+        return hit
 
     def put(self, sha: str | None, eps: float, method: str, row: dict) -> None:
         if sha is None:
             return
         rec = {"sha256": sha, "model_id": self.model_id, "eps": _eps_key(eps), "method": method}
-        rec.update({k: row.get(k, math.nan) for k in SCORE_FIELDS})
+        old = self._rows.get((sha, _eps_key(eps), method), {})
+        rec.update({k: row.get(k, old.get(k, math.nan)) for k in SCORE_FIELDS})   # keep baselines known before
         self._rows[(sha, _eps_key(eps), method)] = rec
         self._dirty = True
 
@@ -163,6 +173,7 @@ class CorrelationResult:
     cache_path: str | None = None
     notes: list[str] = field(default_factory=list)
     level: float = 0.95
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
 
     def __iter__(self):
         return iter((self.results, self.per_image))
@@ -200,8 +211,8 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
               method: str = "single", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
               batch_size: int = 64, workers: int = 0, device: str | None = None,
               cache: str | os.PathLike | bool | None = None, progress: Callable | None = None,
-              include_hidden: bool = False) -> CorrelationResult:
-    """Correlate KC (+ JPEG/PNG bytes-per-pixel baselines) with human ratings.
+              include_hidden: bool = False, baselines: bool | str | Sequence[str] = True) -> CorrelationResult:
+    """Correlate KC and the classic baselines with human ratings.
 
     ``source``: a Savoias root folder, a ratings CSV, or a loaded ``RatedSet``; or pass ``ratings=CSV``.
     ``model`` (a loaded tokenizer) or ``weights`` (its directory). ``method``: ``single`` (one
@@ -209,6 +220,8 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     count). ``cache``: a folder for the score cache (None: the default folder, False: no cache).
     ``include_hidden``: also take hidden files and folders of a Savoias folder (skipped and counted in
     the notes by default).
+    ``baselines``: ``True`` (JPEG, PNG), ``"all"`` or names (``baselines.parse_baselines``; an unknown
+    name raises UsageError).
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -217,8 +230,10 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
     eps_list = validate_eps(eps)
+    names = parse_baselines(baselines)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
     model = _load_model(model, weights, device)
+    check_eps(model, method, eps_list)
     mid = model_id(model)
     store = _NoCache() if cache is False else ScoreCache(default_cache_dir() if cache in (None, True) else cache, mid)
     notes = [store.warning] if store.warning else []
@@ -231,7 +246,7 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     cached = 0
     for p, sha in zip(paths, shas):
         for e in eps_list:
-            hit = store.get(sha, e, method)
+            hit = store.get(sha, e, method, names)
             if hit is not None:
                 scores[(p, _eps_key(e))] = {**hit, "status": "ok", "error": ""}
                 cached += 1
@@ -245,20 +260,21 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
         groups.setdefault(tuple(es), []).append(p)
     try:
         for es, group_paths in groups.items():
-            computed += _score_into(group_paths, model, list(es), method, batch_size, workers, device, progress,
-                                    scores, store, sha_of)
+            computed += _score_into(group_paths, model, list(es), method, names, batch_size, workers, device,
+                                    progress, scores, store, sha_of)
     finally:
         store.save()
 
-    per_image = _per_image_frame(table, shas, eps_list, method, scores)
-    results = _results_frame(per_image, rated.categories, eps_list, method, bootstrap, seed, level)
+    per_image = _per_image_frame(table, shas, eps_list, method, scores, names)
+    results = _results_frame(per_image, rated.categories, eps_list, method, bootstrap, seed, level, names)
     return CorrelationResult(results, per_image, rated, eps_list, method, mid, bootstrap, seed, computed, cached,
-                             str(store.path) if store.path else None, notes, level)
+                             str(store.path) if store.path else None, notes, level, names)
 
 
-def _score_into(paths, model, eps_list, method, batch_size, workers, device, progress, scores, store, sha_of) -> int:
+def _score_into(paths, model, eps_list, method, names, batch_size, workers, device, progress, scores, store,
+                sha_of) -> int:
     n = 0
-    rows = complexity.score(paths, model, eps_list, method=method, baselines=True, batch_size=batch_size,
+    rows = complexity.score(paths, model, eps_list, method=method, baselines=names, batch_size=batch_size,
                             workers=workers, device=device, progress=progress)
     for row in rows:
         p = os.fspath(row["path"])
@@ -278,7 +294,7 @@ def _num(v) -> float:
     return f
 
 
-def _per_image_frame(table: pd.DataFrame, shas, eps_list, method, scores) -> pd.DataFrame:
+def _per_image_frame(table: pd.DataFrame, shas, eps_list, method, scores, names) -> pd.DataFrame:
     recs = []
     for i, t in enumerate(table.itertuples(index=False)):
         for e in eps_list:
@@ -288,34 +304,39 @@ def _per_image_frame(table: pd.DataFrame, shas, eps_list, method, scores) -> pd.
             err = s.get("error")
             recs.append({
                 "path": t.path, "category": t.category, "index": t.index, "rating": t.rating, "eps": e,
-                "method": method, **{k: _num(s.get(k)) for k in ("kc", "kc_soft", "max_tokens", "l1",
-                                                                 "jpeg_bpp", "png_bpp")},
+                "method": method, **{k: _num(s.get(k)) for k in ("kc", "kc_soft", "max_tokens", "l1", *names)},
                 "status": s.get("status", "ok"), "error": "" if err is None or (isinstance(err, float) and
                                                                                math.isnan(err)) else str(err),
                 "sha256": shas[i] or "",
             })
-    df = pd.DataFrame(recs, columns=PER_IMAGE_COLUMNS)
+    cut = PER_IMAGE_COLUMNS.index("status")
+    df = pd.DataFrame(recs, columns=PER_IMAGE_COLUMNS[:cut] + list(names) + PER_IMAGE_COLUMNS[cut:])
     return df.astype({"kc": "Int64", "max_tokens": "Int64", "index": "int64"})
 
 
-def _results_frame(per_image: pd.DataFrame, categories: list[str], eps_list, method, n_boot, seed, level
-                   ) -> pd.DataFrame:
+def _results_frame(per_image: pd.DataFrame, categories: list[str], eps_list, method, n_boot, seed, level,
+                   names: Sequence[str] = DEFAULT_BASELINES) -> pd.DataFrame:
     ok = per_image[per_image["status"] == "ok"]
     groups: list[tuple[str, bool, pd.DataFrame]] = [(c, False, ok[ok["category"] == c]) for c in categories]
     groups.append(("", True, ok))
     rows = []
     for name, pooled, g in groups:
+        first = g[g["eps"] == eps_list[0]]
+        base_rows = [_row(name, pooled, b, math.nan, first[b], first["rating"], n_boot, seed, level) for b in names]
+        defined = [r for r in base_rows if math.isfinite(r["spearman"])]
+        best = max(defined, key=lambda r: r["spearman"])["method"] if defined else None   # first on ties
         for e in eps_list:
             ge = g[g["eps"] == e]
             for label, col in method_names(method):
                 if method != "single" or col == "kc" or ge[col].notna().any():
                     row = _row(name, pooled, label, e, ge[col], ge["rating"], n_boot, seed, level)
-                    d = spearman_difference(_floats(ge[col]), _floats(ge["jpeg_bpp"]), _floats(ge["rating"]),
-                                            n_boot=n_boot, seed=seed, level=level)
-                    rows.append({**row, "vs_jpeg": d.delta, "vs_jpeg_lo": d.lo, "vs_jpeg_hi": d.hi})
-        first = g[g["eps"] == eps_list[0]]
-        for b in BASELINES:
-            rows.append(_row(name, pooled, b, math.nan, first[b], first["rating"], n_boot, seed, level))
+                    for key, against in (("vs_jpeg", "jpeg_bpp" if "jpeg_bpp" in names else None), ("vs_best", best)):
+                        if against is not None:
+                            d = spearman_difference(_floats(ge[col]), _floats(ge[against]), _floats(ge["rating"]),
+                                                    n_boot=n_boot, seed=seed, level=level)
+                            row.update({key: d.delta, f"{key}_lo": d.lo, f"{key}_hi": d.hi})
+                    rows.append({**row, "best_baseline": best or ""})
+        rows.extend(base_rows)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS).astype({"pooled": bool})
 
 
@@ -328,12 +349,13 @@ def _row(category, pooled, method, eps, x, y, n_boot, seed, level) -> dict:
     return {"category": category, "pooled": pooled, "method": method, "eps": eps, "n": c.n, "spearman": c.spearman,
             "spearman_lo": c.spearman_lo, "spearman_hi": c.spearman_hi, "pearson": c.pearson,
             "kendall": c.kendall, "reason": c.reason, "vs_jpeg": math.nan, "vs_jpeg_lo": math.nan,
-            "vs_jpeg_hi": math.nan}
+            "vs_jpeg_hi": math.nan, "best_baseline": "", "vs_best": math.nan, "vs_best_lo": math.nan,
+            "vs_best_hi": math.nan}
 
 
 # --- terminal rendering ------------------------------------------------------------------------------
 def _fmt_rho(row) -> str:
-    """ρ on one line, its CI (or why there is no ρ) dimmed on the next."""
+    """ρ on one line, its CI (or why there is no ρ) dimmed on the next, Pearson r and Kendall τ below."""
     if row is None:
         return "—"
     if not math.isfinite(row["spearman"]):
@@ -341,18 +363,22 @@ def _fmt_rho(row) -> str:
                "both inputs constant": "both constant"}.get(row["reason"], row["reason"] or "undefined")
         return f"n/a\n[dim]{why}[/]"
     ci = f"\n[dim][{row['spearman_lo']:.2f}, {row['spearman_hi']:.2f}][/]" if math.isfinite(row["spearman_lo"]) else ""
-    return f"{row['spearman']:.2f}{ci}"
+    others = "  ".join(f"{name} {row[col]:.2f}" for name, col in (("r", "pearson"), ("τ", "kendall"))
+                       if math.isfinite(row[col]))
+    return f"{row['spearman']:.2f}{ci}" + (f"\n[dim]{others}[/]" if others else "")
 
 
-def _fmt_gap(row) -> str:
-    """ρ − ρ(JPEG) signed, green where its CI lies above 0, red where below; the CI dimmed beneath."""
-    if row is None or not math.isfinite(row["vs_jpeg"]):
+def _fmt_gap(row, key: str = "vs_best") -> str:
+    """ρ − ρ(best baseline) (``key`` "vs_best") or − ρ(JPEG) ("vs_jpeg") signed, green where its CI lies
+    above 0, red where below; the CI dimmed beneath, and for ``vs_best`` which baseline was best."""
+    if row is None or not math.isfinite(row[key]):
         return "—"
-    lo, hi = row["vs_jpeg_lo"], row["vs_jpeg_hi"]
+    lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
     colour = "green" if lo > 0 else "red" if hi < 0 else ""
-    head = f"{row['vs_jpeg']:+.2f}"
+    head = f"{row[key]:+.2f}"
     head = f"[{colour}]{head}[/]" if colour else head
-    return head + (f"\n[dim][{lo:+.2f}, {hi:+.2f}][/]" if math.isfinite(lo) else "")
+    best = REGISTRY[row["best_baseline"]].label if key == "vs_best" and row["best_baseline"] in REGISTRY else ""
+    return head + (f"\n[dim][{lo:+.2f}, {hi:+.2f}][/]" if math.isfinite(lo) else "") + (f"\n[dim]{best}[/]" if best else "")
 
 
 def _bold(cell: str) -> str:
@@ -360,10 +386,16 @@ def _bold(cell: str) -> str:
     return f"[bold green]{head}[/]" + (f"\n{tail}" if tail else "")
 
 
+def _title(result: CorrelationResult) -> str:
+    ci = (f" [{100 * result.level:g}% bootstrap CI, {result.n_boot} resamples, seed {result.seed}]"
+          if result.n_boot else " (no CI: --bootstrap 0)")
+    return f"Spearman ρ with human ratings{ci}; below it Pearson r and Kendall τ-b"
+
+
 def rich_table(result: CorrelationResult, title: str | None = None):
     """A rich Table: one row per category, then the pooled row (bold, in its own section, named
-    ``POOLED_LABEL``), Spearman ρ [95% CI] of each measure side by side; the best ρ of each row in
-    bold green."""
+    ``POOLED_LABEL``); per measure Spearman ρ [CI], Pearson r and Kendall τ-b side by side (the best ρ
+    of each row in bold green), then KC − the category's best baseline, paired CI."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -376,11 +408,13 @@ def rich_table(result: CorrelationResult, title: str | None = None):
                 name = {"karl_kc": "KC", "karl_kc_soft": "soft KC"}.get(label, label.replace("karl_", "").replace(
                     "_kc", " KC"))
                 cols.append((f"{name} ε={e:g}", label, e))
-    cols += [("JPEG bpp", "jpeg_bpp", None), ("PNG bpp", "png_bpp", None)]
-    # KC − JPEG per ε (the first KARL measure): the paired test of "KC beats JPEG".
-    gaps = [(f"{h.split(' ε=')[0]} − JPEG ε={e:g}", m, e) for h, m, e in cols[:-2] if m == cols[0][1]]
-    table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, title=title or f"Spearman ρ with human ratings [{100 * result.level:g}% bootstrap CI, "
-                                 f"{result.n_boot} resamples, seed {result.seed}]", title_justify="left")
+    n_model = len(cols)
+    cols += [(REGISTRY[b].label, b, None) for b in result.baselines]
+    # KC − best baseline per ε (the first KARL measure): the paired test of "KC beats the best".
+    gaps = [(f"{h.split(' ε=')[0]} − best ε={e:g}", m, e) for h, m, e in cols[:n_model]
+            if m == cols[0][1] and result.baselines]
+    table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, title=title or _title(result),
+                  title_justify="left")
     groups = list(dict.fromkeys(zip(res["pooled"].astype(bool), res["category"])))
     groups = [g for g in groups if not g[0]] + [g for g in groups if g[0]]
     table.add_column("category", no_wrap=True, min_width=max([len(str(c)) for _, c in groups] + [8]))

@@ -271,7 +271,7 @@ def write_plots(result, out_dir: str | os.PathLike, fmt: str = "png") -> list[Pa
 
     Per ε: ``scatter_<category>_<eps>`` (``scatter_pooled_<eps>`` for every image),
     ``scatter_grid_<eps>``, ``heatmap_<eps>``, ``rho_<eps>``; once: ``scatter_grid_jpeg`` (the JPEG
-    baseline, for comparison). ``<category>`` is ``slug(category)``, with ``-2``, ``-3``, ... added
+    baseline, for comparison, when it was chosen). ``<category>`` is ``slug(category)``, with ``-2``, ``-3``, ... added
     where two categories (or a category and ``pooled`` or ``grid``) would share a file name.
     """
     out = Path(out_dir)
@@ -288,6 +288,7 @@ def write_plots(result, out_dir: str | os.PathLike, fmt: str = "png") -> list[Pa
         written.append(save_figure(grid_figure(per, cats, e, "kc", res, kc_method), out / f"scatter_grid_{tag}.{fmt}"))
         written.append(save_figure(heatmap_figure(per, e), out / f"heatmap_{tag}.{fmt}"))
         written.append(save_figure(rho_figure(res, e), out / f"rho_{tag}.{fmt}"))
-    written.append(save_figure(grid_figure(per, cats, result.eps[0], "jpeg_bpp", res, "jpeg_bpp"),
-                               out / f"scatter_grid_jpeg.{fmt}"))
+    if "jpeg_bpp" in result.baselines:
+        written.append(save_figure(grid_figure(per, cats, result.eps[0], "jpeg_bpp", res, "jpeg_bpp"),
+                                   out / f"scatter_grid_jpeg.{fmt}"))
     return written

@@ -19,7 +19,7 @@ from matplotlib.gridspec import GridSpec  # noqa: E402
 
 from karl_cli.io.atomic import atomic_path  # noqa: E402
 from karl_cli.errors import UsageError  # noqa: E402
-from karl_cli.scoring.complexity import validate_eps
+from karl_cli.scoring.complexity import check_eps, validate_eps
 from karl_cli.io.images import ImageLoadError, load_for_model
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 
@@ -88,6 +88,7 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
     token at each ε as bars against the halting threshold. Returns the numbers drawn."""
 
     eps_list = validate_eps(eps_list)
+    check_eps(model, "single", eps_list)
     dev = resolve_device(device, model)
     prepare_model(model, dev)
     cfg = model.config

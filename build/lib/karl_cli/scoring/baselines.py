@@ -1,27 +1,70 @@
-"""Classical complexity baselines: how many bytes a standard codec needs per pixel.
+"""Classic image-complexity measures, the baselines KC is compared against (a named registry).
 
-Both take the image as the model sees it (uint8 (R, R, 3) at the model resolution, from
-``images.load_for_model``), so KC and the baselines describe the same pixels. The unit is
-**bytes per pixel** (file bytes / (H·W)), encoded in memory with Pillow; nothing touches the disk.
-JPEG-75 bytes/pixel is the classic complexity proxy (docs/design.md §5).
+**One convention for every measure.** Each takes the image exactly as the model sees it: uint8
+(R, R, 3) sRGB at the model resolution (the whole image squashed to R x R by ``images.load_for_model``;
+R = 64 for the shipped models). KC and every baseline thus describe the *same pixels*: a difference in
+how well they track human ratings is the measure's, not the resolution's. (A measure computed on a
+256-px image would see detail the model never saw, so it could win or lose for that reason alone.) The
+fixed parameters below (Canny σ, segmentation scale, pooling widths) are in pixels of that image.
+Luminance is the ITU-R BT.601 luma of the 8-bit values, Y' = 0.299 R' + 0.587 G' + 0.114 B' (Pillow's
+``convert("L")``, uint8 0..255); measures of colour use all three channels as stated per measure.
+
+JPEG-75 bytes/pixel is the classic complexity proxy (docs/design.md §5). Codec sizes are **bytes per pixel** (file bytes incl. headers / (H·W)), encoded in memory with Pillow.
+
+============================  ======================================================================
+name (column)                 measure
+============================  ======================================================================
+``jpeg_bpp``                  JPEG quality 75 bytes/pixel
+``png_bpp``                   PNG bytes/pixel
+``webp_bpp``                  WebP lossless bytes/pixel
+``gif_bpp``                   GIF (LZW) bytes/pixel of the 256-colour palette image
+``edge_density``              share of Canny edge pixels, 0..1
+``spatial_information``       ITU-T P.910 SI: std of the Sobel gradient magnitude of luma (0..255 units)
+``subband_entropy``           Rosenholtz et al. 2007 subband entropy (bits)
+``feature_congestion``        Rosenholtz et al. 2007 Feature Congestion clutter (their units)
+``fh_regions``                number of Felzenszwalb–Huttenlocher segments
+``colourfulness``             Hasler & Süsstrunk 2003 M (0..255 units)
+``luminance_entropy``         Shannon entropy of the 256-bin luma histogram (bits, 0..8)
+============================  ======================================================================
+
+Every function raises ``TypeError`` for a non-uint8 array and ``ValueError`` for a shape other than
+(H, W, 3) (the codecs also take (H, W) grey).
 """
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
+from skimage.feature import canny
+from skimage.segmentation import felzenszwalb
+
+from karl_cli.errors import UsageError
 
 
-def _as_image(array: np.ndarray) -> Image.Image:
+# --- shared conversions ----------------------------------------------------------------------------
+def _checked(array: np.ndarray, grey_ok: bool = False) -> np.ndarray:
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise TypeError(f"expected a uint8 array, got {a.dtype}")
-    if a.ndim == 2:
-        return Image.fromarray(a, "L")
-    if a.ndim == 3 and a.shape[2] == 3:
-        return Image.fromarray(a, "RGB")
-    raise ValueError(f"expected an (H, W) or (H, W, 3) array, got shape {a.shape}")
+    if (a.ndim == 3 and a.shape[2] == 3) or (grey_ok and a.ndim == 2):
+        return a
+    raise ValueError(f"expected an {'(H, W) or ' if grey_ok else ''}(H, W, 3) array, got shape {a.shape}")
+
+
+def _as_image(array: np.ndarray) -> Image.Image:
+    a = _checked(array, grey_ok=True)
+    return Image.fromarray(a, "L" if a.ndim == 2 else "RGB")
+
+
+def luma(array: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an sRGB uint8 (H, W, 3) image: uint8 (H, W), Pillow's ``convert("L")``."""
+    return np.asarray(Image.fromarray(_checked(array), "RGB").convert("L"))
 
 
 def _bytes_per_pixel(img: Image.Image, **save_args) -> float:
@@ -30,13 +73,365 @@ def _bytes_per_pixel(img: Image.Image, **save_args) -> float:
     return buf.tell() / float(img.width * img.height)
 
 
+# --- compression -----------------------------------------------------------------------------------
 def jpeg_bpp(array: np.ndarray, quality: int = 75) -> float:
-    """JPEG bytes per pixel at ``quality`` (Pillow defaults otherwise: 4:2:0, baseline)."""
+    """JPEG bytes per pixel at ``quality`` (Pillow/libjpeg defaults otherwise: 4:2:0, baseline).
+
+    JPEG-75 file size is the classic complexity proxy (e.g. Machado et al. 2015, "Computerized
+    measures of visual complexity", Acta Psychologica 160:43-57; DESIGN.md §3-4)."""
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must lie in 1..100, got {quality}")
     return _bytes_per_pixel(_as_image(array), format="JPEG", quality=int(quality))
 
 
 def png_bpp(array: np.ndarray) -> float:
-    """PNG bytes per pixel (lossless, zlib level 6, Pillow's default filter choice)."""
+    """PNG bytes per pixel (lossless DEFLATE, zlib level 6, Pillow's default filter choice)."""
     return _bytes_per_pixel(_as_image(array), format="PNG")
+
+
+def webp_bpp(array: np.ndarray) -> float:
+    """WebP **lossless** bytes per pixel (libwebp via Pillow, ``lossless=True``, effort 80, method 4:
+    Pillow's defaults). Lossless, so it measures the redundancy of the exact pixels (like PNG), with
+    a stronger coder (spatial prediction, colour cache, LZ77 + entropy coding; Google, WebP Lossless
+    Bitstream Specification, RFC 9649 §3)."""
+    return _bytes_per_pixel(_as_image(array), format="WEBP", lossless=True)
+
+
+def gif_bpp(array: np.ndarray) -> float:
+    """GIF bytes per pixel: the image reduced to an adaptive palette of at most 256 colours (median
+    cut, no dithering: dithering noise would add complexity that is not in the image), then
+    LZW-coded by Pillow (GIF89a; Welch 1984, "A technique for high-performance data compression",
+    IEEE Computer 17(6)). The palette (up to 768 bytes) counts, as every codec's header does."""
+    img = _as_image(array)
+    if img.mode == "RGB":
+        img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    return _bytes_per_pixel(img, format="GIF")
+
+
+# --- edges and gradients ---------------------------------------------------------------------------
+CANNY_SIGMA = 1.0
+CANNY_LOW, CANNY_HIGH = 0.1, 0.2   # hysteresis thresholds on the gradient magnitude of luma in [0, 1]
+
+
+def edge_density(array: np.ndarray) -> float:
+    """Share of pixels on a Canny edge, 0..1 (Canny 1986, IEEE TPAMI 8(6):679-698; the edge-density
+    complexity measure of e.g. Machado et al. 2015). ``skimage.feature.canny`` on luma scaled to
+    [0, 1], Gaussian σ = 1 px, hysteresis thresholds 0.1 / 0.2 on the Sobel gradient magnitude
+    (skimage's defaults for float images), borders extended by the nearest pixel (so the image's
+    frame is not an edge). A flat image has 0, a vertical step one edge column (1/W)."""
+    y = luma(array).astype(np.float64) / 255.0
+    edges = canny(y, sigma=CANNY_SIGMA, low_threshold=CANNY_LOW, high_threshold=CANNY_HIGH, mode="nearest")
+    return float(edges.mean())
+
+
+def spatial_information(array: np.ndarray) -> float:
+    """Spatial information SI of ITU-T P.910 (04/2008, §5.3.1; 10/2023, §7.7.2): the standard
+    deviation over pixels of the Sobel gradient magnitude of luma, in 8-bit luma units (0..255
+    scale). P.910 takes the maximum over a video's frames; a still image is one frame. The 3x3 Sobel
+    kernels are the unnormalised ones of P.910 ([1 2 1] ⊗ [-1 0 1]), and only the (H-2) x (W-2)
+    pixels where the kernel fits are used (no border padding). P.910's SI, not the mean magnitude,
+    because SI is the standard, cited definition (the mean reacts the same way to the amount of
+    gradient, but the name SI belongs to P.910). A flat image has 0."""
+    y = luma(array).astype(np.float64)
+    gx = ndimage.sobel(y, axis=1)[1:-1, 1:-1]
+    gy = ndimage.sobel(y, axis=0)[1:-1, 1:-1]
+    return float(np.hypot(gx, gy).std())
+
+
+# --- the clutter measures of Rosenholtz, Li and Nakano (2007) ---------------------------------------
+def _lab_rosenholtz(array: np.ndarray) -> np.ndarray:
+    """CIELab as in the authors' released code (RGB2Lab.m): sRGB -> linear -> XYZ (D65), but XYZ in
+    [0, 1] is divided by the white point in [0, 100] units. L* is then ~9 x linear luminance. We keep
+    this scale on purpose: their chromatic offsets (δL, δa, δb) and the weights that combine colour,
+    contrast and orientation clutter (0.2088, 0.0660, 0.0269) were fitted on it."""
+    c = _checked(array).astype(np.float64) / 255.0
+    lin = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = lin @ m.T / np.array([95.047, 100.0, 108.883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
+                     200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def _shannon_bits(counts: np.ndarray) -> float:
+    """Shannon entropy in bits of a histogram, −Σ p log2 p over its non-empty bins."""
+    c = counts[counts > 0].astype(np.float64)
+    p = c / c.sum()
+    return float(max(0.0, -(p * np.log2(p)).sum()))
+
+
+def _entropy_bits(band: np.ndarray) -> float:
+    """Shannon entropy (bits) of a band's histogram with ceil(sqrt(n)) equal bins over its range
+    (the authors' entropy of a subband); a constant band (to rounding) has 0."""
+    v = band.ravel()
+    if v.max() - v.min() <= 1e-9 * max(1.0, float(np.abs(v).max())):
+        return 0.0
+    return _shannon_bits(np.histogram(v, bins=int(math.ceil(math.sqrt(v.size))))[0])
+
+
+@lru_cache(maxsize=8)
+def _steerable_masks(h: int, w: int, levels: int, orientations: int) -> tuple:
+    """Fourier masks of the steerable pyramid (Simoncelli & Freeman 1995, "The steerable pyramid: a
+    flexible architecture for multi-scale derivative computation", ICIP; matlabPyrTools
+    ``buildSFpyr``, one-octave sqrt raised-cosine radial masks, order ``orientations`` − 1 angular
+    masks): per level (the crop to its half-size spectrum, the (orientations, h_l, w_l) band masks,
+    the low-pass mask). Built once per image size."""
+    fy = np.fft.fftshift(np.fft.fftfreq(h)) * 2           # −1..1, 1 = Nyquist
+    fx = np.fft.fftshift(np.fft.fftfreq(w)) * 2
+    yy, xx = np.meshgrid(fy, fx, indexing="ij")
+    rad = np.hypot(xx, yy)
+    rad[h // 2, w // 2] = rad[h // 2, w // 2 - 1] if w > 1 else 1.0   # no log of 0 at DC
+    log_rad, angle = np.log2(rad), np.arctan2(yy, xx)
+
+    def hi(lr: np.ndarray, edge: float) -> np.ndarray:     # 0 -> 1 across the octave [edge − 1, edge]
+        return np.sin(np.clip(lr - edge + 1.0, 0.0, 1.0) * np.pi / 2)
+
+    def lo(lr: np.ndarray, edge: float) -> np.ndarray:
+        return np.cos(np.clip(lr - edge + 1.0, 0.0, 1.0) * np.pi / 2)
+
+    order = orientations - 1
+    const = 2 ** (2 * order) * math.factorial(order) ** 2 / (orientations * math.factorial(2 * order))
+    first = lo(log_rad, 0.0)          # lo0; the high-pass residual (1 − lo0) is dropped
+    out = []
+    for _ in range(levels):
+        bands = []
+        for b in range(orientations):
+            d = np.mod(angle - np.pi * b / orientations + np.pi, 2 * np.pi) - np.pi
+            ang = 2 * np.sqrt(const) * np.cos(d) ** order * (np.abs(d) < np.pi / 2)
+            bands.append(((-1j) ** order) * ang * hi(log_rad, -1.0))
+        crop = tuple(slice(n // 2 - (n + 1) // 4, n // 2 - (n + 1) // 4 + (n + 1) // 2) for n in log_rad.shape)
+        out.append((np.stack(bands), crop, lo(log_rad, -1.0)[crop]))
+        log_rad, angle = log_rad[crop] + 1.0, angle[crop]
+    return first, tuple(out)
+
+
+def _steerable_bands(img: np.ndarray, levels: int, orientations: int) -> list[np.ndarray]:
+    """The subbands of the steerable pyramid of a 2-D image: ``levels`` x ``orientations`` oriented
+    bands, then the low-pass residual (the high-pass residual left out, as the authors'
+    ``band_entropy`` leaves it out)."""
+    first, specs = _steerable_masks(*img.shape, levels, orientations)
+    dft = np.fft.fftshift(np.fft.fft2(img)) * first
+    bands: list[np.ndarray] = []
+    for masks, crop, low in specs:
+        bands.extend(np.real(np.fft.ifft2(np.fft.ifftshift(dft * masks, axes=(1, 2)))))
+        dft = dft[crop] * low          # low-pass to half the band, keep the central spectrum (downsample 2x)
+    bands.append(np.real(np.fft.ifft2(np.fft.ifftshift(dft))))
+    return bands
+
+
+SE_LEVELS, SE_ORIENTATIONS, SE_CHROMA_WEIGHT = 3, 4, 0.0625
+
+
+def subband_entropy(array: np.ndarray) -> float:
+    """Subband Entropy clutter (Rosenholtz, Li & Nakano 2007, "Measuring visual clutter", J. Vision
+    7(2):17, §3): the mean Shannon entropy (bits) of the steerable-pyramid subbands (3 scales x 4
+    orientations + low-pass residual) of CIELab L*, plus 0.0625 x that of a* and of b*, divided by
+    1 + 2·0.0625 (their defaults). A chroma channel spanning less than 0.008 is zeroed, as in their
+    code. More bits = more clutter. A flat image has 0.
+
+    Simplifications: bands use equal-width histograms of ceil(sqrt(n)) bins (the authors' entropy);
+    the pyramid is our compact Fourier-domain build of ``buildSFpyr`` (same masks, our own code)."""
+    lab = _lab_rosenholtz(array)
+    total = float(np.mean([_entropy_bits(b) for b in _steerable_bands(lab[..., 0], SE_LEVELS, SE_ORIENTATIONS)]))
+    for ch in (1, 2):
+        c = lab[..., ch]
+        if c.max() - c.min() < 0.008:
+            c = np.zeros_like(c)
+        total += SE_CHROMA_WEIGHT * float(np.mean([_entropy_bits(b) for b in
+                                                   _steerable_bands(c, SE_LEVELS, SE_ORIENTATIONS)]))
+    return total / (1.0 + 2.0 * SE_CHROMA_WEIGHT)
+
+
+_PYR_KERNEL = np.array([0.05, 0.25, 0.4, 0.25, 0.05])
+
+
+def _gaussian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
+    """Blur with [.05 .25 .4 .25 .05] (reflected borders) and take every other pixel, ``levels`` - 1 times."""
+    pyr = [img]
+    for _ in range(levels - 1):
+        b = ndimage.convolve1d(ndimage.convolve1d(pyr[-1], _PYR_KERNEL, axis=0, mode="mirror"),
+                               _PYR_KERNEL, axis=1, mode="mirror")
+        pyr.append(b[::2, ::2])
+    return pyr
+
+
+def _pool(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Local mean: a Gaussian window of std ``sigma`` px, truncated at 2σ as in the authors' code."""
+    return ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=2.0)
+
+
+def _collapse(maps: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Each scale's map brought to full size (bilinear), then the maximum over scales (their collapse)."""
+    out = maps[0]
+    for m in maps[1:]:
+        up = ndimage.zoom(m, (shape[0] / m.shape[0], shape[1] / m.shape[1]), order=1, mode="nearest")
+        out = np.maximum(out, up[:shape[0], :shape[1]])
+    return out
+
+
+FC_LEVELS = 3
+FC_COLOUR_POOL, FC_CONTRAST_FILTER, FC_CONTRAST_POOL = 3.0, 1.0, 3.0
+FC_ORIENT_FILTER, FC_ORIENT_ENERGY_POOL, FC_ORIENT_POOL = 16 / 14 * 1.75, 1.75, 4 * 3.5
+FC_WEIGHTS = (0.2088, 0.0660, 0.0269)     # colour, contrast, orientation (getClutter_FC.m)
+
+
+def _colour_clutter(lab_pyr: list[np.ndarray]) -> list[np.ndarray]:
+    """Volume of the local (L, a, b) covariance ellipsoid, det(Σ + diag δ²)^(1/6), per scale."""
+    delta2 = np.array([0.0007, 0.1, 0.05]) ** 2
+    out = []
+    for lab in lab_pyr:
+        mean = np.stack([_pool(lab[..., i], FC_COLOUR_POOL) for i in range(3)], axis=-1)
+        cov = np.empty(lab.shape[:2] + (3, 3))
+        for i in range(3):
+            for j in range(i, 3):
+                c = _pool(lab[..., i] * lab[..., j], FC_COLOUR_POOL) - mean[..., i] * mean[..., j]
+                cov[..., i, j] = cov[..., j, i] = c + (delta2[i] if i == j else 0.0)
+        out.append(np.abs(np.linalg.det(cov)) ** (1.0 / 6.0))
+    return out
+
+
+def _contrast_clutter(l_pyr: list[np.ndarray]) -> list[np.ndarray]:
+    """Local std of |DoG| contrast energy (centre σ 0.71, surround 1.14 x the filter σ), per scale."""
+    out = []
+    for lum in l_pyr:
+        s = FC_CONTRAST_FILTER
+        c = np.abs(ndimage.gaussian_filter(lum, 0.71 * s, mode="mirror", truncate=3 / 0.71)
+                   - ndimage.gaussian_filter(lum, 1.14 * s, mode="mirror", truncate=3 / 1.14))
+        var = _pool(c * c, FC_CONTRAST_POOL) - _pool(c, FC_CONTRAST_POOL) ** 2
+        out.append(np.sqrt(np.abs(var)))
+    return out
+
+
+def _orientation_clutter(l_pyr: list[np.ndarray]) -> list[np.ndarray]:
+    """Local covariance of the (cos 2θ, sin 2θ)-like opponent orientation energies, det^(1/4), per
+    scale: oriented 2nd-derivative energy at 0°, 90°, 45°, 135° pooled (σ 1.75), (H−V, R−L) normalised
+    by the total energy + 1 (Bergen & Landy 1991 opponent energy), pooled over σ = 14 px."""
+    out = []
+    s = FC_ORIENT_FILTER
+    for lum in l_pyr:
+        gyy = ndimage.gaussian_filter(lum, s, order=(2, 0), mode="mirror")
+        gxx = ndimage.gaussian_filter(lum, s, order=(0, 2), mode="mirror")
+        gxy = ndimage.gaussian_filter(lum, s, order=(1, 1), mode="mirror")
+        # energy of the 2nd derivative across each orientation (0° = horizontal structure)
+        e = [_pool(f * f, FC_ORIENT_ENERGY_POOL) for f in
+             (gyy, gxx, 0.5 * (gxx + gyy) - gxy, 0.5 * (gxx + gyy) + gxy)]
+        total = e[0] + e[1] + e[2] + e[3] + 1.0
+        hv, dd = (e[0] - e[1]) / total, (e[3] - e[2]) / total
+        mc, ms = _pool(hv, FC_ORIENT_POOL), _pool(dd, FC_ORIENT_POOL)
+        c11 = _pool(hv * hv, FC_ORIENT_POOL) - mc * mc + 0.001
+        c22 = _pool(dd * dd, FC_ORIENT_POOL) - ms * ms + 0.001
+        c12 = _pool(hv * dd, FC_ORIENT_POOL) - mc * ms
+        out.append(np.abs(c11 * c22 - c12 * c12) ** 0.25)
+    return out
+
+
+def feature_congestion(array: np.ndarray) -> float:
+    """Feature Congestion clutter (Rosenholtz, Li & Nakano 2007, J. Vision 7(2):17, §2; their
+    ``getClutter_FC`` defaults): the image in CIELab, a 3-level Gaussian pyramid; at each scale the
+    local variability of colour (covariance-ellipsoid volume, pooling σ 3 px), luminance contrast
+    (std of DoG energy, filter σ 1, pooling σ 3) and orientation (covariance of opponent
+    orientation energy, pooling σ 14); each collapsed over scales by the maximum; the map
+    colour/0.2088 + contrast/0.0660 + orientation/0.0269 averaged over pixels (Minkowski p = 1).
+
+    Simplifications (documented, our own compact code): Gaussian windows with reflected borders in
+    place of their overlap-renormalised convolution; the oriented filters are Gaussian second
+    derivatives (σ = 2 px) steered to 0/45/90/135° in place of their rotated three-Gaussian DOOG
+    kernels; coarse maps are upsampled bilinearly. Absolute values therefore differ from their
+    toolbox; the ordering of images is what the measure is used for here."""
+    lab = _lab_rosenholtz(array)
+    h, w = lab.shape[:2]
+    chans = [_gaussian_pyramid(lab[..., i], FC_LEVELS) for i in range(3)]
+    lab_pyr = [np.stack([chans[i][k] for i in range(3)], axis=-1) for k in range(FC_LEVELS)]
+    colour = _collapse(_colour_clutter(lab_pyr), (h, w))
+    contrast = _collapse(_contrast_clutter(chans[0]), (h, w))
+    orient = _collapse(_orientation_clutter(chans[0]), (h, w))
+    fc = colour / FC_WEIGHTS[0] + contrast / FC_WEIGHTS[1] + orient / FC_WEIGHTS[2]
+    return float(fc.mean())
+
+
+# --- segmentation, colour, histogram -----------------------------------------------------------------
+FH_SCALE, FH_SIGMA, FH_MIN_SIZE = 100.0, 0.0, 16
+
+
+def fh_regions(array: np.ndarray) -> float:
+    """Number of regions of the Felzenszwalb–Huttenlocher graph segmentation (Felzenszwalb &
+    Huttenlocher 2004, "Efficient graph-based image segmentation", IJCV 59(2):167-181), RGB, with
+    fixed parameters for the 64-px analysis image: ``skimage.segmentation.felzenszwalb`` scale k =
+    100 (on the 0..255 scale, as in the paper), Gaussian pre-smoothing σ = 0.5, minimum region
+    16 px. A flat image is 1 region; two flat halves 2."""
+    labels = felzenszwalb(_checked(array), scale=FH_SCALE, sigma=FH_SIGMA, min_size=FH_MIN_SIZE, channel_axis=-1)
+    return float(np.unique(labels).size)
+
+
+def colourfulness(array: np.ndarray) -> float:
+    """Colourfulness M of Hasler & Süsstrunk (2003, "Measuring colourfulness in natural images",
+    Proc. SPIE 5007, eq. 3 / the M^(3) metric): on the 8-bit sRGB values, rg = R − G,
+    yb = (R + G)/2 − B, and M = σ_rgyb + 0.3 μ_rgyb with σ_rgyb = sqrt(σ_rg² + σ_yb²) and
+    μ_rgyb = sqrt(μ_rg² + μ_yb²) (population std over pixels). Grey images have 0."""
+    a = _checked(array).astype(np.float64)
+    rg = a[..., 0] - a[..., 1]
+    yb = 0.5 * (a[..., 0] + a[..., 1]) - a[..., 2]
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+
+def luminance_entropy(array: np.ndarray) -> float:
+    """Shannon entropy (bits, 0..8) of the 256-bin histogram of 8-bit luma, −Σ p_i log2 p_i
+    (Shannon 1948; the first-order entropy complexity measure). Flat 0, two equal grey levels 1."""
+    return _shannon_bits(np.bincount(luma(array).ravel(), minlength=256))
+
+
+# --- the registry --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    """One classic complexity measure: ``name`` is its column, ``alias`` the short CLI name,
+    ``label`` a table header, ``fn`` uint8 (H, W, 3) -> float."""
+
+    name: str
+    alias: str
+    label: str
+    fn: Callable[[np.ndarray], float]
+
+
+REGISTRY: dict[str, Baseline] = {b.name: b for b in (
+    Baseline("jpeg_bpp", "jpeg", "JPEG bpp", jpeg_bpp),
+    Baseline("png_bpp", "png", "PNG bpp", png_bpp),
+    Baseline("webp_bpp", "webp", "WebP bpp", webp_bpp),
+    Baseline("gif_bpp", "gif", "GIF bpp", gif_bpp),
+    Baseline("edge_density", "edge_density", "edge density", edge_density),
+    Baseline("spatial_information", "spatial_information", "SI", spatial_information),
+    Baseline("subband_entropy", "subband_entropy", "subband entropy", subband_entropy),
+    Baseline("feature_congestion", "feature_congestion", "feature congestion", feature_congestion),
+    Baseline("fh_regions", "fh_regions", "FH regions", fh_regions),
+    Baseline("colourfulness", "colourfulness", "colourfulness", colourfulness),
+    Baseline("luminance_entropy", "luminance_entropy", "luminance entropy", luminance_entropy),
+)}
+DEFAULT_BASELINES: tuple[str, ...] = ("jpeg_bpp", "png_bpp")
+ALL = "all"
+
+
+def parse_baselines(spec: str | Iterable[str] | bool | None) -> tuple[str, ...]:
+    """The chosen measures' column names, in registry order.
+
+    ``spec``: ``None`` / ``False`` / ``""`` none; ``True`` the default (JPEG, PNG); ``"all"``; or a comma
+    list (or iterable) of names or aliases (``jpeg`` or ``jpeg_bpp``). An unknown name raises
+    ``UsageError`` listing the registry."""
+    if spec is None or spec is False:
+        return ()
+    if spec is True:
+        return DEFAULT_BASELINES
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)]
+    parts = [p for p in parts if p]
+    if any(p.lower() == ALL for p in parts):
+        return tuple(REGISTRY)
+    by_name = {**{b.alias: b.name for b in REGISTRY.values()}, **{n: n for n in REGISTRY}}
+    unknown = [p for p in parts if p.lower() not in by_name]
+    if unknown:
+        raise UsageError(f"unknown baseline {', '.join(map(repr, unknown))}; choose 'all' or a comma list of: "
+                         + ", ".join(b.alias for b in REGISTRY.values()))
+    chosen = {by_name[p.lower()] for p in parts}
+    return tuple(n for n in REGISTRY if n in chosen)
+
+
+def compute(names: Sequence[str], array: np.ndarray) -> tuple[float, ...]:
+    """The measures ``names`` (registry names) of one uint8 (H, W, 3) image, in that order."""
+    return tuple(REGISTRY[n].fn(array) for n in names)

@@ -38,7 +38,7 @@ from karl_cli.io.images import ImageLoadError, load_for_model
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.scoring.oracle import SearchResult, search
 from karl_cli.scoring.complexity import collect_inputs
-from karl_cli.scoring.complexity import validate_eps
+from karl_cli.scoring.complexity import check_eps, validate_eps
 from karl_cli.models.pretrained import WeightsError, load_pretrained
 
 COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
@@ -148,6 +148,8 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
     eps_list = validate_eps(eps_list)
     if not models:
         raise UsageError("give at least one model to compare")
+    for model in models.values():
+        check_eps(model, SINGLE, eps_list)
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     if isinstance(paths, (str, Path)):

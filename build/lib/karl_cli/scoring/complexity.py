@@ -1,10 +1,10 @@
 """Scoring images: the KC of every (image, ε), streamed as rows, and the files those rows go to.
 
     from karl_cli.scoring.complexity import score, write_csv
-    rows = score(["imgs/"], model, [0.03, 0.05], baselines=True)
+    rows = score(["imgs/"], model, [0.03, 0.05], baselines="all")
     write_csv(rows, "out.csv")
 
-Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=True``):
+Each row is a dict with ``ROW_FIELDS`` (+ one column per chosen baseline, see ``baselines.REGISTRY``):
 
 - ``path``, ``eps``: the image and the requested ε (the model conditions on the ε bin it rounds up to).
 - ``kc``: token count at ε. ``single`` = KARL's one-pass estimate (T_max - halted tokens);
@@ -21,7 +21,18 @@ Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=T
   With several ε, search/prefix share one sweep over the budgets (``search.sweep``) and report, per
   ε, the runs a search for that ε alone would need. For ALIT (``model.single_pass`` False: no
   halting head) only ``search`` exists; it continues one rollout, so an encoder run is one iteration.
-- ``jpeg_bpp``, ``png_bpp``: codec bytes per pixel of the same model-resolution image (``baselines.py``).
+- ``model_id``: the id of the model that scored the row (``models.pretrained.model_id``: a hash of its
+  config and weights), ``method``: ``single``, ``search`` or ``prefix``. ``--resume`` and ``merge`` use
+  them to refuse mixing rows of different models or methods.
+- baselines (``baselines=True``: ``jpeg_bpp``, ``png_bpp``; ``"all"`` or a list: any of ``baselines.REGISTRY``):
+  the classic complexity measures of the same model-resolution pixels, computed in the loader's workers
+  beside the model (``baselines.py``).
+
+What a count can be: ``single`` gives any whole number from the smallest budget (``config.budgets[0]``:
+1 for the wavelet code, else ``token_step``) to T_max (the halting head decides per token, so the
+kept prefix need not end on a budget); ``search`` / ``prefix`` give one of
+``config.budgets`` (1 for the wavelet code, then the multiples of ``token_step``); ``kc_soft`` is
+continuous and may fall below 1 (Σ(1 - p_halt) over tokens whose p_halt is near 1).
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ import math
 import os
 import shutil
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -42,19 +53,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from karl_cli.models.config import EPS_RANGE
 from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
-from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
+from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, compute, parse_baselines
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, load_for_model, max_pixels
 from karl_cli.io.names import escape_path, safe_text, unescape_path
+from karl_cli.models.pretrained import model_id
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.scoring.oracle import sweep
 
-ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs"]
-BASELINE_FIELDS = ["jpeg_bpp", "png_bpp"]
+ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs",
+              "model_id", "method"]
+BASELINE_FIELDS = list(DEFAULT_BASELINES)     # the columns of baselines=True
 METHODS = ("single", "search", "prefix")
-_INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset"}
-_FLOAT_FIELDS = {"eps", "kc_soft", "l1", "jpeg_bpp", "png_bpp"}
+_INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset", "fh_regions"}
+_FLOAT_FIELDS = {"eps", "kc_soft", "l1"} | (set(REGISTRY) - _INT_FIELDS)
 
 Progress = Callable[[int, int], None]   # progress(images_done, images_total)
 
@@ -140,18 +154,19 @@ def row_key(path: Any, eps: Any) -> tuple[str, float]:
 
 # --- loading -------------------------------------------------------------------------------------
 class ImageDataset(Dataset):
-    """Reads each Found item at the model resolution; failures become error items, never exceptions."""
+    """Reads each Found item at the model resolution; failures become error items, never exceptions.
+    ``baselines``: registry names of the measures to compute here, in the worker, on the same pixels."""
 
-    def __init__(self, items: Sequence[Found], resolution: int, baselines: bool = False) -> None:
+    def __init__(self, items: Sequence[Found], resolution: int, baselines: Sequence[str] = ()) -> None:
         self.items = list(items)
         self.resolution = resolution
-        self.baselines = baselines
+        self.baselines = tuple(baselines)
         self.max_pixels = max_pixels()   # travels to worker processes, which may not share the setting
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None, tuple[float, float] | None]:
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None, tuple[float, ...] | None]:
         f = self.items[i]
         if f.error:
             return f.path, None, f.error, None
@@ -161,7 +176,7 @@ class ImageDataset(Dataset):
             return f.path, None, str(e) or "cannot read image", None
         except Exception as e:  # noqa: BLE001 - an odd file must never stop a 10,000-image run
             return f.path, None, f"cannot read image: {type(e).__name__}: {e}", None
-        base = (jpeg_bpp(arr), png_bpp(arr)) if self.baselines else None
+        base = compute(self.baselines, arr) if self.baselines else None
         return f.path, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), None, base
 
 
@@ -179,8 +194,9 @@ def _worker_init(_: int) -> None:
 
 
 def image_batches(items: Sequence[Found], resolution: int, batch_size: int = 64, workers: int = 0,
-                  baselines: bool = False, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-    """Batches in item order; ``workers`` processes decode images while the model runs."""
+                  baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+    """Batches in item order; ``workers`` processes decode images (and compute the ``baselines``,
+    registry names) while the model runs."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     if workers < 0:
@@ -223,6 +239,20 @@ def check_method(model: torch.nn.Module, method: str) -> str:
     return method
 
 
+def check_eps(model: torch.nn.Module, method: str, eps_list: Sequence[float]) -> None:
+    """Refuse an ε the method cannot honour on this model (UsageError naming the range): a single
+    pass is conditioned on ε and honours any ε in the trained range (``EPS_RANGE``, interpolated
+    between bins); the searches test the reconstruction against ε and honour any ε > 0."""
+    if method != "single" or not getattr(model, "single_pass", False):
+        return
+    lo, hi = EPS_RANGE
+    outside = [e for e in eps_list if not lo - 1e-12 <= e <= hi + 1e-12]
+    if outside:
+        raise UsageError(f"ε {', '.join(f'{e:g}' for e in outside)} is outside what the single pass can honour "
+                         f"({lo:g} to {hi:g}, the ε range the halting head was trained on); "
+                         f"--method search or prefix takes any ε > 0")
+
+
 def default_method(model: torch.nn.Module) -> str:
     """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
     return "single" if getattr(model, "single_pass", True) else "search"
@@ -234,7 +264,7 @@ def _fmt(v: float, digits: int) -> float | None:
 
 
 def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found], model: torch.nn.Module,
-          eps_list: float | Iterable[float], method: str = "single", baselines: bool = False,
+          eps_list: float | Iterable[float], method: str = "single", baselines: bool | str | Iterable[str] = False,
           batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
           shard: str | Sequence[int] | None = None, skip: Iterable[tuple[str, float]] | None = None,
           progress: Progress | None = None, l1: bool = True) -> Iterator[dict[str, Any]]:
@@ -246,10 +276,13 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     yield no row, and images with every ε done are not even read. ``progress(done, total)`` is called
     with image counts after every batch. ``l1=False`` (method ``single`` only) skips the decoder pass
     that checks the reconstruction: KC from the encoder alone, about 3x faster on CPU; ``l1`` is
-    None and ``decoder_runs`` 0 in the rows.
+    None and ``decoder_runs`` 0 in the rows. ``baselines``: ``True`` (JPEG, PNG), ``"all"``, or names
+    (``baselines.parse_baselines``); an unknown name raises UsageError.
     """
     eps_list = validate_eps(eps_list)
     check_method(model, method)
+    check_eps(model, method, eps_list)
+    names = parse_baselines(baselines)
     dev = resolve_device(device, model)
     shard = parse_shard(shard)
     items = apply_shard(collect_inputs(paths_or_found), shard)
@@ -259,13 +292,14 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     if not l1 and method != "single":
         raise UsageError(f"skipping the l1 check works only with method 'single' ({method!r} needs the decoder)")
     prepare_model(model, dev)
-    return _score_rows(items, model, eps_list, method, baselines, batch_size, workers, dev, done, progress, l1)
+    return _score_rows(items, model, eps_list, method, names, batch_size, workers, dev, done, progress, l1)
 
 
-def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: bool,
+def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: tuple[str, ...],
                 batch_size: int, workers: int, dev: torch.device, done: set[tuple[str, float]],
                 progress: Progress | None, l1: bool = True) -> Iterator[dict[str, Any]]:
     cfg = model.config
+    mid = model_id(model)
     total, n_done = len(items), 0
     if progress:
         progress(0, total)
@@ -302,17 +336,18 @@ def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float
                     continue
                 row: dict[str, Any] = {"path": path, "eps": e, "kc": None, "kc_soft": None,
                                        "max_tokens": cfg.max_tokens, "l1": None, "status": "error",
-                                       "error": errors[k], "encoder_runs": 0, "decoder_runs": 0}
+                                       "error": errors[k], "encoder_runs": 0, "decoder_runs": 0,
+                                       "model_id": mid, "method": method}
                 if k in slot:
                     j = slot[k]
                     row.update(kc=int(res["kc"][j][ei]), kc_soft=_fmt(res["kc_soft"][j][ei], 4),
                                l1=_fmt(res["l1"][j][ei], 6), status="ok", error=None,
                                encoder_runs=int(res["encoder_runs"][j][ei]),
                                decoder_runs=int(res["decoder_runs"][j][ei]))
-                if baselines:
-                    b = batch["baselines"][k]
-                    row["jpeg_bpp"] = _fmt(b[0], 6) if b else None
-                    row["png_bpp"] = _fmt(b[1], 6) if b else None
+                b = batch["baselines"][k]
+                for j, name in enumerate(baselines):
+                    v = _fmt(b[j], 6) if b else None
+                    row[name] = int(v) if v is not None and name in _INT_FIELDS else v
                 yield row
         n_done += len(paths)
         if progress:
@@ -427,18 +462,24 @@ class RowWriter:
     ``resume`` continues from them. A failed write (disk full, ...) discards the temp file, leaves
     the target as it was and raises ``WriteError``.
 
-    ``checkpoint_s``: while rows stream, publish the rows so far to the target at most every
-    ``checkpoint_s`` seconds (a copy of the temp file, renamed over the target: the target is always a
-    complete, parsable file), so a hard kill (SIGKILL, power loss) loses at most those seconds of work.
-    ``None`` (the default): only on close.
+    ``checkpoint_s``: while rows stream, publish the rows so far to the target on a clock (a copy of
+    the temp file, renamed over the target: the target is always a complete, parsable file). A
+    background thread wakes every ``checkpoint_s`` seconds and publishes whatever rows arrived since,
+    so a row is on disk at most ``checkpoint_s`` seconds after ``write`` returned, even while the
+    model works on the next batch: a hard kill (SIGKILL, power loss) loses at most the rows finished in
+    the last ``checkpoint_s`` seconds. ``0``: publish after every row (no thread). ``None`` (the
+    default): only on close.
 
     ``resume=True`` reads an existing output first: its rows are kept (``existing``) and copied to
-    the new file, and ``done`` holds their (path, ε) keys for ``score(skip=...)``. ``path="-"``
-    writes to stdout (no atomicity, no resume). Output is valid UTF-8: file names escaped (``PATH_FIELDS``).
+    the new file, and ``done`` holds their (path, ε) keys for ``score(skip=...)``. ``validate(rows)``
+    (e.g. ``resume_guard``) may refuse them by returning the reason: ``UsageError`` before anything
+    is written. ``path="-"`` writes to stdout (no atomicity, no resume). Output is valid UTF-8: file
+    names escaped (``PATH_FIELDS``).
     """
 
     def __init__(self, path: str | os.PathLike, fields: Sequence[str] = ROW_FIELDS, fmt: str | None = None,
-                 resume: bool = False, checkpoint_s: float | None = None, keep_partial: bool = True) -> None:
+                 resume: bool = False, checkpoint_s: float | None = None, keep_partial: bool = True,
+                 validate: Callable[[list[dict[str, Any]]], str | None] | None = None) -> None:
         self.path = Path(path) if os.fspath(path) != "-" else None
         self.fields = list(fields)
         suffix = self.path.suffix.lower() if self.path else ""
@@ -456,6 +497,9 @@ class RowWriter:
                     raise UsageError(f"cannot resume {self.path}: its columns ({', '.join(header)}) differ from "
                                      f"this run's ({', '.join(self.fields)}); use the same options or a new file")
             self.existing = read_rows(self.path)
+            why = validate(self.existing) if validate is not None else None
+            if why:
+                raise UsageError(f"cannot resume {self.path}: {why}; use the same settings or a new file")
             self.done = {row_key(r["path"], r["eps"]) for r in self.existing
                          if r.get("path") is not None and r.get("eps") is not None}
         self.count = 0
@@ -465,8 +509,26 @@ class RowWriter:
         self._csv: Any = None
         self._first = True
         self._broken = False
+        self._published = 0
+        self._lock = threading.Lock()
+        self._clock_error: WriteError | None = None
+        self._stop = threading.Event()
         self._open()
-        self._last_checkpoint = time.monotonic()
+        self._clock: threading.Thread | None = None
+        if checkpoint_s and self.path is not None:
+            self._clock = threading.Thread(target=self._tick, name="karl-row-checkpoints", daemon=True)
+            self._clock.start()
+
+    def _tick(self) -> None:
+        """The clock: publish new rows every ``checkpoint_s`` seconds until close."""
+        while not self._stop.wait(self.checkpoint_s):
+            try:
+                with self._lock:
+                    if self._f is not None and self.count > self._published:
+                        self._checkpoint_locked()
+            except WriteError as e:     # reported to the writing thread at its next write or close
+                self._clock_error = e
+                return
 
     def _fail(self, e: OSError) -> WriteError:
         self._broken = True
@@ -507,16 +569,22 @@ class RowWriter:
         self.count += 1
 
     def write(self, row: dict[str, Any]) -> None:
-        self._write(row)
-        if (self.checkpoint_s is not None and self.path is not None
-                and time.monotonic() - self._last_checkpoint >= self.checkpoint_s):
-            self.checkpoint()
+        if self._clock_error is not None:
+            raise self._clock_error
+        with self._lock:
+            self._write(row)
+            if self.checkpoint_s == 0 and self.path is not None:
+                self._checkpoint_locked()
 
     def _json_tail(self) -> str:
         return "\n]\n" if not self._first else "]\n"
 
     def checkpoint(self) -> None:
         """Publish the rows written so far to the target, atomically; streaming goes on."""
+        with self._lock:
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
         if self._f is None or self.path is None or self._broken:
             return
         try:
@@ -529,10 +597,13 @@ class RowWriter:
         except OSError as e:
             raise self._fail(e) from e
         self.checkpoints += 1
-        self._last_checkpoint = time.monotonic()
+        self._published = self.count
 
     def close(self, commit: bool = True) -> None:
         """Finish the file and rename it over the target (``commit=False`` discards it)."""
+        self._stop.set()
+        if self._clock is not None and self._clock is not threading.current_thread():
+            self._clock.join()
         if self._f is None:
             return
         f, self._f = self._f, None
@@ -561,6 +632,8 @@ class RowWriter:
             if self._tmp is not None:
                 with contextlib.suppress(OSError):
                     self._tmp.unlink(missing_ok=True)
+        if self._clock_error is not None:   # a checkpoint failed: the target holds the last good one
+            raise self._clock_error
 
     def __enter__(self) -> "RowWriter":
         return self
@@ -569,17 +642,49 @@ class RowWriter:
         self.close(commit=exc_type is None or self.keep_partial)
 
 
+def row_settings(row: dict[str, Any]) -> dict[str, Any]:
+    """What a row says about the run that wrote it: ``model_id``, ``method`` and ``l1`` (whether the
+    kept tokens were decoded to check l1: False for ``--no-l1`` rows, None where a row cannot tell,
+    e.g. an error row)."""
+    l1 = None
+    if row.get("status") == "ok" and row.get("method") == "single" and row.get("decoder_runs") is not None:
+        l1 = int(row["decoder_runs"]) > 0
+    return {"model_id": row.get("model_id"), "method": row.get("method"), "l1": l1}
+
+
+def resume_guard(model_id: str, method: str, l1: bool | None = True) -> Callable[[list[dict[str, Any]]], str | None]:
+    """A ``RowWriter(validate=...)`` check for ``resume``: the reason the rows already in a file cannot
+    be continued by a run of ``model_id`` / ``method`` / ``l1`` (another model, method or l1 check
+    would mix rows that mean different things), or None when every row matches."""
+    def check(rows: list[dict[str, Any]]) -> str | None:
+        for r in rows:
+            had = row_settings(r)
+            if had["model_id"] != model_id:
+                return (f"its rows came from model {had['model_id'] or '(none recorded)'}, this run's model is "
+                        f"{model_id} (other --weights)")
+            if had["method"] != method:
+                return f"its rows came from --method {had['method'] or '(none recorded)'}, this run uses --method {method}"
+            if had["l1"] is not None and l1 is not None and had["l1"] != l1:
+                return ("its rows were scored " + ("with" if had["l1"] else "without") + " the l1 check, this run "
+                        + ("has it" if l1 else "skips it (--no-l1)"))
+        return None
+
+    return check
+
+
 def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] | None = None,
               resume: bool = False) -> int:
     """Stream ``rows`` into ``path`` (CSV, or JSON records for ``.json``) atomically; returns rows written
-    by this call. ``fields`` defaults to ROW_FIELDS (+ BASELINE_FIELDS if the first row has them).
-    With ``resume`` the rows already in ``path`` are kept; pass ``RowWriter.done`` as ``skip`` to
+    by this call. ``fields`` defaults to ROW_FIELDS (+ the baseline columns the first row has).
+    With ``resume`` the rows already in ``path`` are kept (refused, ``UsageError``, when another model,
+    method or l1 setting wrote them: ``resume_guard``); pass ``RowWriter.done`` as ``skip`` to
     ``score`` to avoid duplicates, or use ``RowWriter`` directly."""
     it = iter(rows)
     first = next(it, None)
     if fields is None:
-        fields = ROW_FIELDS + (BASELINE_FIELDS if first and "jpeg_bpp" in first else [])
-    with RowWriter(path, fields, resume=resume) as w:
+        fields = ROW_FIELDS + [k for k in REGISTRY if first and k in first]
+    guard = resume_guard(**row_settings(first)) if resume and first is not None else None
+    with RowWriter(path, fields, resume=resume, validate=guard) as w:
         n0 = w.count
         for row in itertools.chain([first] if first is not None else [], it):
             if row_key(row["path"], row["eps"]) not in w.done:
@@ -587,14 +692,29 @@ def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: S
         return w.count - n0
 
 
-def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> dict[str, int]:
-    """Join shard outputs into one file sorted by (path, ε); for a duplicated (path, ε) an ``ok`` row
-    beats an error row, else the first one read wins. Returns counts: files, rows, duplicates."""
+MERGE_PREFER = ("first", "last")
+
+
+def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], prefer: str | None = None,
+              mixed_models: bool = False) -> dict[str, int]:
+    """Join shard outputs (CSV or JSON records) into one file sorted by (path, ε).
+
+    The same (path, ε) in several inputs: identical rows merge quietly; an ``ok`` row beats an error
+    row (a later run scored what an earlier one could not read); two error rows keep the first. Rows
+    that disagree otherwise (another kc, l1, model, ...) raise ``UsageError`` naming them, unless
+    ``prefer`` picks a side: ``"first"`` (the input given first) or ``"last"``. Rows of different
+    models (``model_id``) are refused unless ``mixed_models``. Returns counts: files, rows,
+    duplicates (identical rows dropped), errors_replaced, conflicts (resolved by ``prefer``).
+    """
     if not inputs:
         raise UsageError("give at least one CSV to merge")
+    if prefer is not None and prefer not in MERGE_PREFER:
+        raise UsageError(f"prefer must be one of: {', '.join(MERGE_PREFER)}; got {prefer!r}")
     fields: list[str] = []
-    best: dict[tuple[str, float], dict[str, Any]] = {}
-    n_in = 0
+    best: dict[tuple[str, float], tuple[dict[str, Any], Path]] = {}
+    models: dict[Any, Path] = {}
+    counts = {"files": len(inputs), "rows": 0, "duplicates": 0, "errors_replaced": 0, "conflicts": 0}
+    conflicts: list[str] = []
     for p in inputs:
         p = Path(p)
         if not p.is_file():
@@ -607,15 +727,42 @@ def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> di
         for r in rows:
             if r.get("path") is None or r.get("eps") is None:
                 raise UsageError(f"{p}: rows need path and eps columns")
-            n_in += 1
+            models.setdefault(r.get("model_id"), p)
             key = row_key(r["path"], r["eps"])
-            old = best.get(key)
-            if old is None or (old.get("status") != "ok" and r.get("status") == "ok"):
-                best[key] = r
+            if key not in best:
+                best[key] = (r, p)
+                continue
+            old, old_p = best[key]
+            a, b = ({k: v for k, v in row.items() if v is not None} for row in (old, r))
+            if a == b:
+                counts["duplicates"] += 1
+            elif (old.get("status") == "ok") != (r.get("status") == "ok"):
+                if r.get("status") == "ok":
+                    best[key] = (r, p)
+                counts["errors_replaced"] += 1
+            elif old.get("status") != "ok":
+                counts["duplicates"] += 1          # two error rows: nothing to disagree about
+            else:
+                counts["conflicts"] += 1
+                if prefer == "last":
+                    best[key] = (r, p)
+                elif prefer is None and len(conflicts) < 3:
+                    diff = ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k))
+                    conflicts.append(f"{key[0]} at ε {key[1]:g} ({old_p.name} vs {p.name}: {diff})")
+    if len(models) > 1 and not mixed_models:
+        named = ", ".join(f"{m or '(none recorded)'} in {f.name}" for m, f in models.items())
+        raise UsageError(f"the inputs hold rows of {len(models)} models ({named}); KC of different models do not "
+                         "compare: merge each model's shards separately, or pass --mixed-models")
+    if counts["conflicts"] and prefer is None:
+        more = counts["conflicts"] - len(conflicts)
+        raise UsageError(f"{counts['conflicts']} (path, ε) rows disagree between inputs: " + "; ".join(conflicts)
+                         + (f"; and {more} more" if more > 0 else "") + ". Pass --prefer first or --prefer last to "
+                         "pick a side")
     with RowWriter(out, fields or ROW_FIELDS) as w:
         for key in sorted(best):
-            w.write(best[key])
-    return {"files": len(inputs), "rows": len(best), "duplicates": n_in - len(best)}
+            w.write(best[key][0])
+    counts["rows"] = len(best)
+    return counts
 
 
 # --- summary -------------------------------------------------------------------------------------

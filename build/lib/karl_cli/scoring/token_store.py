@@ -8,7 +8,8 @@ can share a folder):
   latent slots; ``offsets`` int64 (n_images + 1,), where each image's tokens start. The metadata
   names the format, model id and ε.
 - ``index{SFX}.csv``: one row per image, ``INDEX_FIELDS``: path, kc, shard (file name), offset (first
-  token row in that shard), eps, model_id, status, error, and ``name`` (the PNG name used by
+  token row in that shard), eps, model_id, method (``single``: the tokens one encoder pass keeps),
+  status, error, and ``name`` (the PNG name used by
   ``--recon`` and ``karl decode``, relative to their output folder).
 - ``index{SFX}.json``: a manifest (format, model id, ε, sizes, counts, shard files).
 
@@ -36,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
 from karl_cli.scoring.complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
-                         read_rows, validate_eps)
+                         read_rows, validate_eps, check_eps)
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
 from karl_cli.runtime import inference, model_device, prepare_model, resolve_device, to_model_input
@@ -44,7 +45,7 @@ from karl_cli.models.tokenizer import Encoding
 from karl_cli.models.pretrained import model_id
 
 FORMAT = "karl-tokens/1"
-INDEX_FIELDS = ["path", "kc", "shard", "offset", "eps", "model_id", "status", "error", "name"]
+INDEX_FIELDS = ["path", "kc", "shard", "offset", "eps", "model_id", "method", "status", "error", "name"]
 DECODE_CHUNK = 64
 IMAGES_PER_SHARD = 4096
 
@@ -160,6 +161,7 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
     if len(eps_v) != 1:
         raise UsageError("encode takes exactly one ε")
     eps_f = eps_v[0]
+    check_eps(model, "single", eps_v)
     if images_per_shard < 1:
         raise UsageError("images_per_shard must be >= 1")
     dev = resolve_device(device, model)
@@ -218,7 +220,7 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
             j = 0
             for path, err in zip(paths_b, errors):
                 row = {"path": path, "kc": None, "shard": None, "offset": None, "eps": eps_f, "model_id": mid,
-                       "status": "error", "error": err, "name": names[path]}
+                       "method": "single", "status": "error", "error": err, "name": names[path]}
                 if err is None:
                     tok_i, pos_i = kept[starts[j]:starts[j + 1]], pos[starts[j]:starts[j + 1]]
                     row.update(kc=kc[j], shard=f"tokens{sfx}-{len(shard_files):05d}.safetensors",
@@ -283,7 +285,7 @@ def decode_folder(token_dir: str | os.PathLike, model: torch.nn.Module, out_dir:
     mid = model_id(model)
     per_index = []
     for ip in indexes:
-        lacking = [k for k in INDEX_FIELDS if k not in csv_header(ip)]
+        lacking = [k for k in INDEX_FIELDS if k not in csv_header(ip) and k != "method"]   # older indexes lack it
         if lacking:
             raise UsageError(f"{ip} is not an index written by `karl encode` (no {', '.join(lacking)} column)")
         rows = [r for r in read_rows(ip) if r.get("status") == "ok"]

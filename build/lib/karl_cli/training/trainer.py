@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -49,7 +50,7 @@ class TrainConfig:
     batch_size: int = 64              # per process
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
-    warmup_steps: int = 200
+    warmup_steps: int | None = None   # None: DEFAULT_WARMUP, at most a fifth of the run (see warmup_for)
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 3.0
@@ -77,6 +78,8 @@ class TrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise bad(name, v, "a whole number >= 1")
         for name, v in (("--warmup", self.warmup_steps), ("--workers", self.workers)):
+            if name == "--warmup" and v is None:
+                continue
             if not isinstance(v, int) or v < 0:
                 raise bad(name, v, "a whole number >= 0")
         if not (finite(self.lr) and self.lr > 0):
@@ -92,6 +95,15 @@ class TrainConfig:
 
 
 # --- schedule and EMA ----------------------------------------------------------------------------
+DEFAULT_WARMUP = 200
+
+
+def warmup_for(total: int, warmup: int | None) -> int:
+    """Warm-up steps of a run of ``total`` steps: ``warmup`` as given, or by default DEFAULT_WARMUP
+    capped at a fifth of the run, so that a short run still reaches its peak learning rate."""
+    return min(DEFAULT_WARMUP, max(1, total // 5)) if warmup is None else warmup
+
+
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warmup, then cosine decay to ``min_ratio`` of the peak."""
     if step < warmup:
@@ -121,6 +133,76 @@ class EMA:
 
 
 # --- the run -------------------------------------------------------------------------------------
+# TrainConfig fields a resumed run keeps (its recipe), with the flag that sets each.
+RECIPE_FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup", "seed": "--seed",
+                "checkpoint_every": "--checkpoint-every", "cache": "--cache/--no-cache"}
+# KARLConfig fields that `karl train` sets by flag.
+SIZE_FLAGS = {"arch": "--arch", "max_tokens": "--max-tokens", "token_step": "--token-step", "code": "--code",
+              "one_token_budget": "--one-token-budget/--no-one-token-budget"}
+
+
+def read_run(out: str | os.PathLike) -> tuple[KARLConfig, TrainConfig, int]:
+    """The model config, recipe and step of the run checkpointed in ``out`` (UsageError when there is
+    none; KarlError when the checkpoint is not a readable karl checkpoint)."""
+    ckpt_path = Path(out) / CHECKPOINT_NAME
+    if not ckpt_path.is_file():
+        raise UsageError(f"nothing to resume: {ckpt_path} does not exist")
+    state = _load_checkpoint(ckpt_path)
+    return state["_model_config"], state["_train_config"], int(state["step"])
+
+
+def _load_checkpoint(ckpt_path: Path) -> dict:
+    # Our own checkpoint; weights_only keeps it from executing anything (a foreign pickle is refused).
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state["_model_config"] = KARLConfig.from_dict(state["model_config"])
+        saved_tc = dict(state["train_config"])
+        saved_tc["betas"] = tuple(saved_tc["betas"])
+        saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
+        state["_train_config"] = TrainConfig(**saved_tc)
+    except KarlError:
+        raise
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...: all mean "not ours"
+        raise KarlError(f"cannot resume from {ckpt_path}: not a readable karl checkpoint "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    return state
+
+
+def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, sizes: dict | None = None,
+                     recipe: dict | None = None) -> list[str]:
+    """What the flags given to a resumed run contradict in the run checkpointed in ``out``, one
+    phrase per flag naming it (empty: nothing contradicts). ``preset_name``: the --preset given (it
+    must describe the run's sizes, with the run's own --max-tokens, --token-step, --code and
+    --one-token-budget); ``sizes``: KARLConfig fields given by flag (``SIZE_FLAGS``); ``recipe``:
+    TrainConfig fields given by flag (``RECIPE_FLAGS``). A resumed run may change only its length
+    (--steps, --epochs), --workers and --device."""
+    cfg, tc, _ = read_run(out)
+    problems = []
+    for name, value in (sizes or {}).items():
+        if getattr(cfg, name) != value:
+            problems.append(f"{SIZE_FLAGS.get(name, name)} {_flag_value(value)} (the run has {_flag_value(getattr(cfg, name))})")
+    if preset_name is not None:
+        try:
+            want = preset(preset_name, **{k: getattr(cfg, k) for k in SIZE_FLAGS})
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        mine = cfg.to_dict()
+        diff = [k for k, v in want.to_dict().items() if k != "halt_threshold" and mine.get(k) != v]
+        if diff:
+            problems.append(f"--preset {preset_name} (the run's model differs from it in "
+                            + ", ".join(f"{k} {mine.get(k)} vs {want.to_dict()[k]}" for k in diff[:3])
+                            + (", ..." if len(diff) > 3 else "") + ")")
+    for name, value in (recipe or {}).items():
+        if getattr(tc, name) != value:
+            problems.append(f"{RECIPE_FLAGS.get(name, name)} {_flag_value(value)} (the run has "
+                            f"{_flag_value(getattr(tc, name))})")
+    return problems
+
+
+def _flag_value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
 @dataclass
 class TrainResult:
     out: Path                 # the run folder (weights, checkpoint, metrics)
@@ -165,22 +247,19 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     if resume:
         if not ckpt_path.is_file():
             raise UsageError(f"nothing to resume: {ckpt_path} does not exist")
-        # Our own checkpoint; weights_only keeps it from executing anything (a foreign pickle is refused).
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            model_config = KARLConfig.from_dict(state["model_config"])
-            saved_tc = dict(state["train_config"])
-            saved_tc["betas"] = tuple(saved_tc["betas"])
-            saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
-            tc = TrainConfig(**saved_tc)
-        except KarlError:
-            raise
-        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...: all mean "not ours"
-            raise KarlError(f"cannot resume from {ckpt_path}: not a readable karl checkpoint "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        if init_from is not None:
+            raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
+        state = _load_checkpoint(ckpt_path)
+        if model_config is not None and model_config.to_dict() != state["_model_config"].to_dict():
+            mine, theirs = state["_model_config"].to_dict(), model_config.to_dict()
+            diff = [f"{k} {theirs[k]} vs {mine[k]}" for k in mine if mine[k] != theirs.get(k)]
+            raise UsageError(f"cannot resume {out}: the given model config differs from the run's ({', '.join(diff[:3])})")
+        model_config, tc = state["_model_config"], state["_train_config"]
         if train_config is not None:
             # A resumed run keeps its recipe; only the length and the worker count may change.
-            tc = dataclasses.replace(tc, workers=train_config.workers, steps=train_config.steps or tc.steps)
+            length = ({"steps": train_config.steps, "epochs": None} if train_config.steps else
+                      {"steps": None, "epochs": train_config.epochs} if train_config.epochs else {})
+            tc = dataclasses.replace(tc, workers=train_config.workers, **length)
     else:
         model_config = model_config or preset("small")
         tc = train_config or TrainConfig()
@@ -205,6 +284,12 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         raise UsageError(f"{len(dataset)} images are fewer than one batch of {tc.batch_size} per process; "
                          "lower --batch-size")
     total = tc.steps if tc.steps else max(1, round((tc.epochs or 1) * per_epoch))
+    if tc.warmup_steps is None:
+        tc = dataclasses.replace(tc, warmup_steps=warmup_for(total, None))
+    elif tc.warmup_steps > total and state is None:
+        log(f"warning: --warmup {tc.warmup_steps} is longer than the run ({total} steps): the learning rate "
+            f"reaches only {total / tc.warmup_steps:.0%} of --lr {tc.lr:g}; lower --warmup (or leave it out: "
+            f"the default is {DEFAULT_WARMUP}, at most a fifth of the run)")
 
     model = build_model(model_config).to(dev)
     if dev.type == "cuda":
@@ -369,6 +454,16 @@ def _recent(metrics_path: Path, keys: tuple[str, ...], n: int = 100) -> dict[str
         vals = [r[key] for r in rows if key in r]
         means[key] = sum(vals) / len(vals) if vals else None
     return means
+
+
+_CARD_CONFIG = re.compile(r"(## Model\n\n```json\n)(.*?)(\n```)", re.S)
+
+
+def card_with_config(card: str, cfg: KARLConfig) -> str:
+    """``card`` with its "## Model" JSON block (as ``model_card`` writes it) showing ``cfg``, so a
+    card stays true to ``config.json`` when a step such as ``karl calibrate`` changes the config
+    (e.g. the halting threshold). A card without that block is returned unchanged."""
+    return _CARD_CONFIG.sub(lambda m: m.group(1) + json.dumps(cfg.to_dict()) + m.group(3), card, count=1)
 
 
 def model_card(cfg: KARLConfig, tc: TrainConfig, data: list[str], n_images: int, step: int, total: int,

@@ -19,8 +19,8 @@ Each row is a dict with ``ROW_FIELDS`` (+ ``BASELINE_FIELDS`` with ``baselines=T
 - ``encoder_runs``, ``decoder_runs``: model passes needed for this (image, ε): single 1/1;
   search k/k and prefix 1/k, where k = budgets tried (kc / step, or every budget when ε is never met).
   With several ε, search/prefix share one sweep over the budgets (``search.sweep``) and report, per
-  ε, the runs a search for that ε alone would need. For ALIT (``model.single_pass`` False: no
-  halting head) only ``search`` exists; it continues one rollout, so an encoder run is one iteration.
+  ε, the runs a search for that ε alone would need. Which model supports which method: ``methods.py``
+  (ALIT, with no halting head, only ``search``); it continues one rollout, so an encoder run is one iteration.
 - ``jpeg_bpp``, ``png_bpp``: codec bytes per pixel of the same model-resolution image (``baselines.py``).
 """
 from __future__ import annotations
@@ -47,11 +47,11 @@ from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found, ImageLoadError, discover_images, load_for_model
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.methods import check_method
 from karl_cli.scoring.oracle import sweep
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs"]
 BASELINE_FIELDS = ["jpeg_bpp", "png_bpp"]
-METHODS = ("single", "search", "prefix")
 _INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset"}
 _FLOAT_FIELDS = {"eps", "kc_soft", "l1", "jpeg_bpp", "png_bpp"}
 
@@ -199,26 +199,10 @@ def _single(model: torch.nn.Module, x: torch.Tensor, eps: float, l1: bool = True
 
 def _budget_sweep(model: torch.nn.Module, x: torch.Tensor, eps: list[float], need: torch.Tensor,
                   method: str) -> dict[str, torch.Tensor]:
-    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (search.py)."""
+    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (oracle.py)."""
     r = sweep(model, x, eps, method, need=need)
     return {"kc": r.kc.cpu(), "kc_soft": r.kc.float().cpu(), "l1": r.l1.cpu(),
             "encoder_runs": r.encoder_runs.cpu(), "decoder_runs": r.decoder_runs.cpu()}
-
-
-def check_method(model: torch.nn.Module, method: str) -> str:
-    """``method`` if the model supports it; UsageError otherwise (ALIT has no single-pass count and
-    no prefix tokens)."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if method != "search" and not getattr(model, "single_pass", True):
-        raise UsageError(f"{type(model).__name__} has no halting head; use --method search "
-                         f"(method {method!r} needs a single-pass model such as KARL)")
-    return method
-
-
-def default_method(model: torch.nn.Module) -> str:
-    """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
-    return "single" if getattr(model, "single_pass", True) else "search"
 
 
 def _fmt(v: float, digits: int) -> float | None:

@@ -103,6 +103,7 @@ def test_rho_figure_limits_and_legend_off_the_bars():
     assert -1.1 <= lo <= res["spearman_lo"].min() and res["spearman_hi"].max() <= hi <= 1.1
     legend = fig.legends[0]
     assert not _bbox(legend, fig).overlaps(_bbox(ax, fig))
+    assert not _bbox(legend, fig).overlaps(_bbox(fig._suptitle, fig))
     assert "95% bootstrap CI" in fig._suptitle.get_text()
     no_ci = res.assign(spearman_lo=np.nan, spearman_hi=np.nan)
     assert "CI" not in cp.rho_figure(no_ci, 0.05)._suptitle.get_text()
@@ -134,6 +135,8 @@ def test_grid_and_heatmap_are_double_column():
     per = _per_image()
     grid = cp.grid_figure(per, ["Art", "Scenes", "Suprematism"], 0.05)
     assert grid.get_size_inches()[0] == DOUBLE_COLUMN
+    titles = [_bbox(ax.title, grid) for ax in grid.axes if ax.get_visible()]
+    assert not any(a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:])   # titles side by side
     pooled = [ax for ax in grid.axes if ax.get_title().startswith("all (pooled)")][0]
     assert len([c for c in pooled.collections if len(c.get_offsets())]) == 3
     assert cp.heatmap_figure(per, 0.05).get_size_inches()[0] == DOUBLE_COLUMN

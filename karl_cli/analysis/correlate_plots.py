@@ -49,7 +49,7 @@ def _ok(per_image: pd.DataFrame, eps: float | None, score: str) -> pd.DataFrame:
 
 
 def _rho_text(results: pd.DataFrame | None, category: str, method: str, eps: float | None,
-              x: np.ndarray, y: np.ndarray) -> str:
+              x: np.ndarray, y: np.ndarray, sep: str = ", ") -> str:
     row = None
     if results is not None and len(results):
         sel = (results["category"] == category) & (results["method"] == method)
@@ -59,9 +59,9 @@ def _rho_text(results: pd.DataFrame | None, category: str, method: str, eps: flo
     if row is not None and math.isfinite(row["spearman"]):
         ci = (f" [{row['spearman_lo']:.2f}, {row['spearman_hi']:.2f}]"
               if math.isfinite(row["spearman_lo"]) else "")
-        return f"ρ = {row['spearman']:.2f}{ci}, n = {int(row['n'])}"
+        return f"ρ = {row['spearman']:.2f}{ci}{sep}n = {int(row['n'])}"
     rho = spearman(x, y)
-    return f"ρ = {rho:.2f}, n = {len(x)}" if math.isfinite(rho) else f"ρ undefined, n = {len(x)}"
+    return f"ρ = {rho:.2f}{sep}n = {len(x)}" if math.isfinite(rho) else f"ρ undefined{sep}n = {len(x)}"
 
 
 def _scatter_axes(ax, d: pd.DataFrame, title: str, xlabel: str, ylabel: str, small: bool = False,
@@ -123,13 +123,13 @@ def grid_figure(per_image: pd.DataFrame, categories: Sequence[str], eps: float |
         panels = list(categories) + ([ALL] if len(categories) != 1 else [])
         ncols = min(4, len(panels))
         nrows = math.ceil(len(panels) / ncols)
-        fig = figure(DOUBLE_COLUMN if ncols > 2 else SINGLE_COLUMN * (1 if ncols == 1 else 1.6), 1.8 * nrows + 0.3)
+        fig = figure(DOUBLE_COLUMN if ncols > 2 else SINGLE_COLUMN * (1 if ncols == 1 else 1.6), 1.95 * nrows + 0.3)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         d_all = _ok(per_image, eps, score)
         e_for = eps if score in ("kc", "kc_soft") else None
         for ax, cat in zip(axes.flat, panels):
             d = d_all if cat == ALL else d_all[d_all["category"] == cat]
-            rho = _rho_text(results, cat, method, e_for, d["_x"].to_numpy(float), d["_y"].to_numpy(float))
+            rho = _rho_text(results, cat, method, e_for, d["_x"].to_numpy(float), d["_y"].to_numpy(float), sep="\n")
             _scatter_axes(ax, d, f"{'all (pooled)' if cat == ALL else cat}\n{rho}", "rating",
                           SCORE_LABELS.get(score, score), small=True,
                           categories=_categories_of(d) if cat == ALL else None)
@@ -204,7 +204,7 @@ def rho_limits(results: pd.DataFrame, margin: float = 0.08) -> tuple[float, floa
 def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequence[str] | None = None,
                level: float = 0.95) -> Figure:
     """Spearman ρ with its bootstrap CI per category, KC next to the codec baselines. The legend sits
-    above the axes, never on the bars or error bars; y spans the values and CIs (``rho_limits``)."""
+    below the axes, never on the bars or error bars; y spans the values and CIs (``rho_limits``)."""
     with style():
         res = results.copy()
         karl = res[res["method"].str.startswith("karl_")]
@@ -247,7 +247,7 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
         fig.suptitle("Correlation with human complexity ratings"
                      + (f" ({level:.0%} bootstrap CI)" if has_ci else "")
                      + (f", ε = {eps:g}" if eps is not None else ""))
-        fig.legend(loc="outside upper center", ncols=min(4, len(methods)))
+        fig.legend(loc="outside lower center", ncols=min(4, len(methods)))
         return fig
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from karl_cli.errors import KarlError, UsageError
+from karl_cli.errors import UsageError
 from karl_cli.io.images import ImageLoadError, load_for_model
 from karl_cli.models.pretrained import load, weights_path
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input

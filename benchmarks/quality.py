@@ -55,6 +55,9 @@ import torch
 from PIL import Image
 
 from karl_cli.scoring.compare import psnr, ssim
+from karl_cli.models.pretrained import DEFAULT_MODEL, load
+from karl_cli.scoring.methods import methods_for
+from karl_cli.scoring.oracle import budget_reconstructions, smallest_budget
 from karl_cli.scoring.complexity import collect_inputs, image_batches, score, validate_eps
 from karl_cli.errors import KarlError, UsageError
 from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
@@ -63,7 +66,6 @@ from karl_cli.analysis.stats import spearman
 from karl_cli.io.synthetic import FAMILIES, make_family_image
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
 DEFAULT_EPS = (0.03, 0.05, 0.09)
 # KARL paper (ImageNet-100, 256 px): share of images missing ε, and tokens used of 256 (KARL paper, Table 1).
 PAPER_MISS = {0.03: 0.01, 0.05: 0.10, 0.07: 0.25, 0.09: 0.18, 0.11: 0.36}
@@ -110,11 +112,10 @@ def jpeg_scan_bytes(data: bytes) -> int:
 
 
 def oracle_kc(l1: np.ndarray, budgets: Sequence[int], eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the smallest budget whose L1 (N, K) meets ε (T_max when none does), and whether one did."""
-    ok = l1.astype(np.float64) <= eps
-    met = ok.any(1)
-    first = np.where(met, ok.argmax(1), len(budgets) - 1)
-    return np.asarray(budgets)[first], met
+    """Per image: the oracle KC at ε from its L1 at each budget (N, K) (``oracle.smallest_budget``: T_max
+    when none meets ε), and whether one did."""
+    kc, met = smallest_budget(torch.from_numpy(np.asarray(l1)), budgets, [eps])
+    return kc[:, 0].numpy(), met[:, 0].numpy()
 
 
 # --- model passes ----------------------------------------------------------------------------------
@@ -132,11 +133,8 @@ def budget_curves(items, model, batch_size: int, workers: int, dev: torch.device
         out["paths"] += [p for p, e in zip(batch["paths"], batch["errors"]) if e is None]
         with inference(dev):
             x = to_model_input(batch["images"], dev)
-            idx0 = torch.zeros(x.shape[0], dtype=torch.long, device=dev)
-            lat = model.encode_tokens(x, idx0, cfg.max_tokens)[0]
             cols: dict[str, list] = {"l1": [], "psnr": [], "ssim": []}
-            for t in budgets:
-                rec = model.decode_tokens(lat[:, :t]).float().clamp_(0.0, 1.0)
+            for _, rec in budget_reconstructions(model, x):
                 cols["l1"].append((rec - x).abs().mean(dim=(1, 2, 3)).cpu())
                 cols["psnr"].append(psnr(rec, x).cpu())
                 cols["ssim"].append(ssim(rec, x).cpu())
@@ -438,7 +436,8 @@ def print_report(report: dict[str, Any], savoias_result=None) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Single-pass quality of a KARL model (issue #5).")
     ap.add_argument("folder", help="Held-out images (searched recursively); not the model's training images.")
-    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="Model folder (default: weights/karl-small).")
+    ap.add_argument("--weights", default=DEFAULT_MODEL, help="A shipped model name or a weights folder "
+                    f"(default: {DEFAULT_MODEL}).")
     ap.add_argument("--eps", type=float, action="append", help="ε (repeat; default 0.03, 0.05, 0.09).")
     ap.add_argument("--limit", type=int, default=None, help="Use N images spread evenly over the sorted list.")
     ap.add_argument("--savoias", default=None, metavar="ROOT", help="Also the Savoias correlation table.")
@@ -463,20 +462,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Any]:
     """The report (JSON-ready but for float keys) and the Savoias CorrelationResult (None without --savoias)."""
-    from karl_cli.models.pretrained import WeightsError, load_pretrained
-
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     eps_list = validate_eps(args.eps or DEFAULT_EPS)
     dev = resolve_device(args.device)
-    if not Path(args.weights).exists():
-        raise UsageError(f"no weights at {args.weights}; pass --weights DIR")
-    try:
-        model = load_pretrained(args.weights)
-    except WeightsError as e:
-        raise KarlError(str(e)) from None
-    if not getattr(model, "single_pass", True):
+    model = load(args.weights)
+    if "single" not in methods_for(model):
         raise UsageError(f"{args.weights} holds a {type(model).__name__}: it has no single pass to measure "
                          "(use `karl compare` for search-only models)")
     prepare_model(model, dev)

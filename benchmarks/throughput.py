@@ -53,10 +53,9 @@ from karl_cli.scoring import complexity as cx
 from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, image_batches, score
 from karl_cli.io.images import Found
 from karl_cli.runtime import machine_info, prepare_model, resolve_device
-from karl_cli.models.pretrained import load_pretrained
+from karl_cli.models.pretrained import DEFAULT_MODEL, WeightsNotFound, load
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
 METHODS = ("single", "kc_only", "search", "prefix")   # kc_only: single with l1=False (`--no-l1`)
 TARGET_SPEEDUP = 4.0          # single-pass vs search at the same ε and model
 TARGET_DECODE_SHARE = 0.5     # single-pass vs the decode-only limit, on CPU
@@ -381,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/throughput.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", nargs="?", help="Images to benchmark on (recursive).")
-    p.add_argument("--weights", type=Path, default=None, help=f"Model folder (default: {DEFAULT_WEIGHTS}).")
+    p.add_argument("--weights", default=None, help=f"A shipped model name or a weights folder (default: {DEFAULT_MODEL}).")
     p.add_argument("--tiny", action="store_true", help="Use a tiny random model (saved to a temp folder).")
     p.add_argument("--repeats", type=int, default=3, help="Runs per method; medians are reported.")
     p.add_argument("--batch-size", type=int, default=64)
@@ -497,11 +496,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             weights = tmp_p / "tiny-model"
             KARL(preset("tiny")).save_pretrained(str(weights))
         else:
-            weights = args.weights or DEFAULT_WEIGHTS
-            if not Path(weights).exists():
-                build_parser().error(f"no weights at {weights}: pass --weights DIR (config.json + model.safetensors) "
-                                     "or --tiny")
-        model = load_pretrained(weights)
+            weights = args.weights or DEFAULT_MODEL
+        try:
+            model = load(weights)
+        except WeightsNotFound as e:
+            build_parser().error(f"{e}; or pass --tiny")
         cfg = model.config
         result: dict[str, Any] = {
             "command": command, "machine": machine_info(device),

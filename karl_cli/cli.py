@@ -6,9 +6,8 @@ import functools
 import os
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 
 def _interrupted_while_starting(*_) -> None:
@@ -23,10 +22,7 @@ if _SIGINT_BEFORE is signal.default_int_handler:
 
 import typer  # noqa: E402
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
-from rich.text import Text  # noqa: E402
 
 from karl_cli import __version__  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
@@ -80,7 +76,7 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 console = make_console(stderr=True)   # uncut lines off a terminal
 _state = {"debug": False}
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "karl-small"
+WEIGHTS_HELP = "Model: a shipped name (karl-small, alit-small) or a weights folder (default: karl-small)."
 
 
 def _show_version(value: bool) -> None:
@@ -147,48 +143,18 @@ def _default_workers(device=None) -> int:
     return min(4, cores // 4)
 
 
-def _load_model(weights: Optional[Path]):
-    """The model in ``weights`` (a missing path is a usage error; an unloadable one a WeightsError, exit 3)."""
-    from karl_cli.models.pretrained import load_pretrained
+def _load_model(weights: Optional[str]):
+    """The model ``--weights`` names (``pretrained.load``): a shipped name or a folder; None: the default."""
+    from karl_cli.models.pretrained import load
 
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    if weights is None and not path.exists():
-        raise UsageError(f"no default model at {path}; pass --weights DIR (a folder with config.json and "
-                         "model.safetensors, e.g. one written by `karl train`)")
-    if not path.exists():
-        raise UsageError(f"weights directory {path} does not exist")
-    return load_pretrained(path)
+    return load(weights)
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        elapsed = task.finished_time if task.finished else task.elapsed
-        speed = task.completed / elapsed if elapsed and task.completed else None
-        return Text(f"{speed:,.1f} img/s" if speed else "… img/s", style="cyan")
+def _progress(label: str):
+    """The shared progress display (``progress.progress``) on the CLI's console."""
+    from karl_cli.progress import progress
 
-
-@contextlib.contextmanager
-def _progress(label: str) -> Iterator[Callable[..., None]]:
-    """A progress bar on a terminal. Elsewhere (a log file, a background job) rich would print only the
-    finished bar, so a plain line marks every tenth of the work instead. ``update(done, total, stage)``."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    plain = not console.is_terminal
-    started = time.monotonic()
-    shown: dict[str, int] = {}
-    with Progress(*columns, console=console, transient=False, disable=plain) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int, stage: str | None = None) -> None:
-            name = f"{label} {stage}" if stage else label
-            bar.update(task, completed=done, total=total, description=name)
-            tenth = done * 10 // total if total else -1
-            if plain and tenth > shown.get(name, -1):
-                shown[name] = tenth
-                console.print(f"{name}: {done}/{total} ({tenth * 10} %), {time.monotonic() - started:.0f} s elapsed",
-                              highlight=False)
-
-        yield update
+    return progress(console, label)
 
 
 def _include_hidden_option():
@@ -242,7 +208,7 @@ def complexity(
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
                                          "single, or search for models without a halting head (ALIT)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 "
                                           "up to 4 on CPU; cores-1 up to 16 on CUDA)."),
@@ -259,15 +225,15 @@ def complexity(
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.models.pretrained import model_id
     from karl_cli.scoring.baselines import parse_baselines
-    from karl_cli.scoring.complexity import (METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
-                                             checkpoint_seconds, default_method, parse_shard, resume_guard,
-                                             score, validate_eps)
     from karl_cli.runtime import resolve_device
+    from karl_cli.scoring.complexity import (ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, parse_shard,
+                                             resume_guard, score, validate_eps)
+    from karl_cli.scoring.methods import check_method, method_name
 
     eps_v = validate_eps(eps or [0.05])
     chosen = parse_baselines(baselines)
-    if method is not None and method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method is not None:
+        method_name(method)     # a bad name fails before the model is loaded
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
     if resume and not (csv_out or json_out):
@@ -276,7 +242,7 @@ def complexity(
         raise UsageError("--resume needs an output file, not stdout")
     found = _scan(paths, include_hidden, max_pixels)
     model = _load_model(weights)
-    method = check_method(model, method or default_method(model))
+    method = check_method(model, method)
     if not l1 and method != "single":
         raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
     fields = ROW_FIELDS + list(chosen)
@@ -362,7 +328,7 @@ def encode(
     eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -396,7 +362,8 @@ def encode(
 def decode(
     token_dir: Path = typer.Argument(..., help="A folder written by `karl encode`."),
     out: Path = typer.Option(..., "--out", help="Folder for the reconstructed PNGs."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="The model that encoded the tokens."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="The model that encoded the tokens: a shipped "
+                                          "name (karl-small, alit-small) or a weights folder (default: karl-small)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Rebuild images from stored tokens (bit-identical to `karl encode --recon` on the same device)."""
@@ -418,7 +385,7 @@ def show(
     image: Path = typer.Argument(..., help="One image."),
     out: Path = typer.Option(..., "--out", help="The figure to write (PNG)."),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -491,7 +458,8 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
                                 "(only --steps, --epochs, --workers and --device may change)."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
+                                            "shipped name (karl-small, alit-small) or a weights folder."),
 ) -> None:
     """Train a tokenizer with two-phase loss-conditioned training.
 
@@ -547,7 +515,7 @@ def correlate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results table (CSV)."),
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores (CSV)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write figures (PNG) into this folder."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Model folder (default: weights/karl-small)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per model run."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
                                           help="Image-decoding processes (default: cores/4 up to 4 on CPU; "
@@ -562,14 +530,11 @@ def correlate(
 ) -> None:
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
     from karl_cli.analysis.correlate import correlate as run_correlate
-    from karl_cli.runtime import resolve_device
     from karl_cli.io.savoias import load_ratings
-
-    from karl_cli.scoring.complexity import check_method, default_method
+    from karl_cli.runtime import resolve_device
+    from karl_cli.scoring.methods import check_method
 
     from karl_cli.io.images import set_max_pixels
     from karl_cli.scoring.baselines import parse_baselines
@@ -579,22 +544,12 @@ def correlate(
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
     model = _load_model(weights)
-    method = check_method(model, method or default_method(model))
-    bar = Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, transient=True)
-    task = None
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            task = bar.add_task("score", total=total)
-        bar.update(task, completed=done, total=total)
-
-    with bar:
+    method = check_method(model, method)
+    with _progress("scoring") as update:
         result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
-                               cache=False if no_cache else cache, progress=on_progress, baselines=chosen)
+                               cache=False if no_cache else cache, progress=update, baselines=chosen)
     result.save(out, per_image)
     make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")
@@ -620,7 +575,8 @@ def correlate(
 @_handle_errors
 def calibrate(
     data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
-    weights: Path = typer.Option(..., "--weights", "-w", help="Trained weights to calibrate."),
+    weights: str = typer.Option(..., "--weights", "-w", help="Weights to calibrate: a folder (e.g. from `karl "
+                                "train`) or a shipped name (karl-small)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
@@ -636,7 +592,10 @@ def calibrate(
     threshold; tokens unchanged."""
     from karl_cli.training.calibration import calibrate_halting
     from karl_cli.training.trainer import card_with_config
+    from karl_cli.models.pretrained import weights_path
     from karl_cli.runtime import prepare_model
+    from karl_cli.scoring.methods import methods_for
+    from karl_cli.training.calibration import calibrate_halting
 
     if samples < 10 or steps < 1:
         raise UsageError("--samples must be >= 10 and --steps >= 1")
@@ -645,12 +604,12 @@ def calibrate(
     if not 0.0 <= max_undercut <= 1.0:
         raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
     model = prepare_model(_load_model(weights), device)
-    if not getattr(model, "single_pass", False):
+    if "single" not in methods_for(model):
         raise UsageError("only KARL weights have a halting head to calibrate")
     with _progress("calibrate") as update:
         report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
                                    synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total, stage))
-    card_path = Path(weights) / "model_card.md"
+    card_path = weights_path(weights) / "model_card.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
     card = card_with_config(card, model.config)     # the card's config block shows the new threshold
     card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "
@@ -679,7 +638,8 @@ def _checked(make):
 @_handle_errors
 def compare(
     paths: List[Path] = typer.Argument(..., help="Images or folders (recursive)."),
-    weights: List[Path] = typer.Option(..., "--weights", "-w", help="Weights folder (repeat: KARL, ALIT, ...)."),
+    weights: List[str] = typer.Option(..., "--weights", "-w", help="A shipped model name (karl-small, alit-small) "
+                                      "or a weights folder; repeat to compare several."),
     eps: List[float] = typer.Option([0.03, 0.05, 0.09], "--eps", help="Target error ε (repeat for several)."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),

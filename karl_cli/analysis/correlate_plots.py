@@ -1,8 +1,8 @@
 """Figures for ``karl correlate``: per-category scatter plots, a grid of all categories, a heat map of
 rating bucket vs token bucket (as the KARL paper's Fig. 14), and ρ with its CI per category.
 
-Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no GUI, no global
-backend switch), in one style, and written atomically.
+Figures use the project's one style (``style.py``: paper column widths, 300 dpi, colour-blind-safe
+colours) and are written atomically.
 """
 from __future__ import annotations
 
@@ -14,35 +14,21 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from karl_cli.io.atomic import atomic_path
 from karl_cli.analysis.stats import spearman
+from karl_cli.analysis.style import ACCENT, DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, colors, figure, save, style
 
-STYLE = {
-    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
-    "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-    "grid.alpha": 0.25, "grid.linewidth": 0.6, "figure.dpi": 100, "savefig.dpi": 150,
-    "savefig.bbox": "tight", "font.family": "DejaVu Sans",
-}
-POINT = "#2b6cb0"
-FIT = "#c53030"
-METHOD_COLORS = {"karl_kc": "#2b6cb0", "karl_kc_soft": "#63b3ed", "karl_search_kc": "#2c7a7b",
-                 "karl_prefix_kc": "#38a169", "jpeg_bpp": "#dd6b20", "png_bpp": "#a0aec0"}
+POINT = PALETTE[0]
+FIT = ACCENT
+METHOD_COLORS = {"karl_kc": PALETTE[0], "karl_kc_soft": PALETTE[4], "karl_search_kc": PALETTE[2],
+                 "karl_prefix_kc": PALETTE[5], "jpeg_bpp": PALETTE[1], "png_bpp": PALETTE[8]}
 METHOD_LABELS = {"karl_kc": "KARL KC", "karl_kc_soft": "KARL soft KC", "karl_search_kc": "search KC",
                  "karl_prefix_kc": "prefix KC", "jpeg_bpp": "JPEG-75 bytes/px", "png_bpp": "PNG bytes/px"}
 SCORE_LABELS = {"kc": "KC (tokens)", "kc_soft": "soft KC (Σ 1 − p_halt)", "jpeg_bpp": "JPEG-75 bytes / pixel",
                 "png_bpp": "PNG bytes / pixel"}
 POOLED = None   # the ``category`` argument that means every image (the pooled rows of the results)
 POOLED_LABEL = "all (pooled)"
-
-
-def _figure(w: float, h: float) -> Figure:
-    fig = Figure(figsize=(w, h), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def slug(text: str) -> str:
@@ -70,7 +56,7 @@ def _results_of(results: pd.DataFrame, category: str | None) -> pd.Series:
 
 
 def _rho_text(results: pd.DataFrame | None, category: str | None, method: str, eps: float | None,
-              x: np.ndarray, y: np.ndarray) -> str:
+              x: np.ndarray, y: np.ndarray, sep: str = ", ") -> str:
     row = None
     if results is not None and len(results):
         sel = _results_of(results, category) & (results["method"] == method)
@@ -80,64 +66,85 @@ def _rho_text(results: pd.DataFrame | None, category: str | None, method: str, e
     if row is not None and math.isfinite(row["spearman"]):
         ci = (f" [{row['spearman_lo']:.2f}, {row['spearman_hi']:.2f}]"
               if math.isfinite(row["spearman_lo"]) else "")
-        return f"ρ = {row['spearman']:.2f}{ci}, n = {int(row['n'])}"
+        return f"ρ = {row['spearman']:.2f}{ci}{sep}n = {int(row['n'])}"
     rho = spearman(x, y)
-    return f"ρ = {rho:.2f}, n = {len(x)}" if math.isfinite(rho) else f"ρ undefined, n = {len(x)}"
+    return f"ρ = {rho:.2f}{sep}n = {len(x)}" if math.isfinite(rho) else f"ρ undefined{sep}n = {len(x)}"
 
 
-def _scatter_axes(ax, d: pd.DataFrame, title: str, xlabel: str, ylabel: str, small: bool = False) -> None:
+def _scatter_axes(ax, d: pd.DataFrame, title: str, xlabel: str, ylabel: str, small: bool = False,
+                  categories: Sequence[str] | None = None) -> None:
+    """Score vs rating with a least-squares line; with ``categories`` each point is coloured by its
+    category (for the pooled set) and labelled for a legend."""
     x, y = d["_x"].to_numpy(float), d["_y"].to_numpy(float)
-    ax.scatter(x, y, s=8 if small else 14, alpha=0.55, color=POINT, edgecolors="none", rasterized=len(x) > 2000)
+    size = 4 if small else 7
+    if categories:
+        for cat, color in zip(categories, colors(len(categories))):
+            sel = (d["category"] == cat).to_numpy()
+            ax.scatter(x[sel], y[sel], s=size, alpha=0.7, color=color, edgecolors="none", label=cat,
+                       rasterized=len(x) > 2000)
+    else:
+        ax.scatter(x, y, s=size, alpha=0.6, color=POINT, edgecolors="none", rasterized=len(x) > 2000)
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, icpt = np.polyfit(x, y, 1)
         xs = np.array([x.min(), x.max()])
-        ax.plot(xs, slope * xs + icpt, color=FIT, lw=1.5, label="least-squares fit")
+        ax.plot(xs, slope * xs + icpt, color="black" if categories else FIT, lw=1.0, label="least-squares fit")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
 
+def _categories_of(d: pd.DataFrame) -> list[str]:
+    """The categories of a pooled set in order of appearance; none when there is only one."""
+    cats = list(dict.fromkeys(d["category"].astype(str))) if len(d) else []
+    return cats if len(cats) > 1 else []
+
+
 def scatter_figure(per_image: pd.DataFrame, category: str | None, eps: float | None = None, score: str = "kc",
                    results: pd.DataFrame | None = None, method: str = "karl_kc") -> Figure:
-    """One category (or ``POOLED``: every image): score vs human rating, least-squares line, ρ [CI]
-    in the title."""
-    with rc_context(STYLE):
+    """One category (or ``POOLED``: every image, its points coloured by category): score vs human
+    rating, least-squares line, ρ [CI] in the title. Single column wide; the legend sits below the
+    axes, off the points."""
+    with style():
         d = _ok(per_image, eps, score)
         if category is not POOLED:
             d = d[d["category"] == category]
-        fig = _figure(4.2, 3.4)
+        cats = _categories_of(d) if category is POOLED else []
+        legend_rows = math.ceil((len(cats) + 1) / 3) if cats else 1
+        fig = figure(SINGLE_COLUMN, 2.6 + 0.14 * legend_rows)
         ax = fig.add_subplot()
         label = POOLED_LABEL if category is POOLED else category
         eps_txt = f", ε = {eps:g}" if eps is not None and score in ("kc", "kc_soft") else ""
         rho = _rho_text(results, category, method, eps if score in ("kc", "kc_soft") else None,
                         d["_x"].to_numpy(float), d["_y"].to_numpy(float))
-        _scatter_axes(ax, d, f"{label}{eps_txt}\n{rho}", "human complexity rating", SCORE_LABELS.get(score, score))
+        _scatter_axes(ax, d, f"{label}{eps_txt}\n{rho}", "human complexity rating", SCORE_LABELS.get(score, score),
+                      categories=cats)
         if len(d) >= 2:
-            ax.legend(loc="upper left", frameon=False)
+            fig.legend(loc="outside lower center", ncols=3 if cats else 1, markerscale=2.0)
         return fig
 
 
 def grid_figure(per_image: pd.DataFrame, categories: Sequence[str], eps: float | None = None, score: str = "kc",
                 results: pd.DataFrame | None = None, method: str = "karl_kc") -> Figure:
-    """All categories side by side (plus the pooled set when there is more than one category)."""
-    with rc_context(STYLE):
+    """All categories side by side (plus the pooled set, coloured by category, when there is more than
+    one category). Double column wide at 3-4 panels a row."""
+    with style():
         panels = list(categories) + ([POOLED] if len(categories) != 1 else [])
         ncols = min(4, len(panels))
         nrows = math.ceil(len(panels) / ncols)
-        fig = _figure(3.0 * ncols, 2.7 * nrows)
+        fig = figure(DOUBLE_COLUMN if ncols > 2 else SINGLE_COLUMN * (1 if ncols == 1 else 1.6), 1.95 * nrows + 0.3)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         d_all = _ok(per_image, eps, score)
         e_for = eps if score in ("kc", "kc_soft") else None
         for ax, cat in zip(axes.flat, panels):
             d = d_all if cat is POOLED else d_all[d_all["category"] == cat]
-            rho = _rho_text(results, cat, method, e_for, d["_x"].to_numpy(float), d["_y"].to_numpy(float))
+            rho = _rho_text(results, cat, method, e_for, d["_x"].to_numpy(float), d["_y"].to_numpy(float), sep="\n")
             _scatter_axes(ax, d, f"{POOLED_LABEL if cat is POOLED else cat}\n{rho}", "rating",
-                          SCORE_LABELS.get(score, score), small=True)
+                          SCORE_LABELS.get(score, score), small=True,
+                          categories=_categories_of(d) if cat is POOLED else None)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         what = METHOD_LABELS.get(method, method)
-        fig.suptitle(f"{what} vs human complexity rating" + (f" (ε = {eps:g})" if e_for is not None else ""),
-                     fontsize=11)
+        fig.suptitle(f"{what} vs human complexity rating" + (f" (ε = {eps:g})" if e_for is not None else ""))
         return fig
 
 
@@ -153,7 +160,7 @@ def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str | None = P
                    token_bins: int = 8, score: str = "kc") -> Figure:
     """Rating bucket (rows) vs token-count bucket (columns); each row is normalised to sum to 1,
     so a row shows how the images humans put in that bucket spread over token counts."""
-    with rc_context(STYLE):
+    with style():
         d = _ok(per_image, eps, score)
         if category is not POOLED:
             d = d[d["category"] == category]
@@ -169,7 +176,7 @@ def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str | None = P
         row_sum = counts.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(row_sum > 0, counts / row_sum, np.nan)
-        fig = _figure(1.0 + 0.62 * nb, 0.9 + 0.5 * rating_bins)
+        fig = figure(DOUBLE_COLUMN if nb > 4 else SINGLE_COLUMN, 1.1 + 0.36 * rating_bins)
         ax = fig.add_subplot()
         ax.grid(False)
         im = ax.imshow(share, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
@@ -178,7 +185,7 @@ def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str | None = P
             for j in range(nb):
                 if np.isfinite(share[i, j]):
                     v = share[i, j]
-                    ax.text(j + 0.5, i + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    ax.text(j + 0.5, i + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
                             color="white" if v < 0.6 else "black")
         ax.set_xticks(np.arange(nb) + 0.5, [f"{t_edges[j]:.0f}–{t_edges[j + 1]:.0f}" for j in range(nb)],
                       rotation=45, ha="right")
@@ -192,9 +199,21 @@ def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str | None = P
         return fig
 
 
-def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequence[str] | None = None) -> Figure:
-    """Spearman ρ with its bootstrap CI per category, KC next to the codec baselines."""
-    with rc_context(STYLE):
+def rho_limits(results: pd.DataFrame, margin: float = 0.08) -> tuple[float, float]:
+    """y limits for ρ: the values, their CIs and 0, with a margin; never beyond [-1, 1] ± margin."""
+    cols = [results[c].to_numpy(float) for c in ("spearman", "spearman_lo", "spearman_hi") if c in results]
+    vals = np.concatenate(cols) if cols else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    lo = min(0.0, float(vals.min())) if vals.size else 0.0
+    hi = max(0.0, float(vals.max())) if vals.size else 1.0
+    return max(-1.0, lo) - margin, min(1.0, hi) + margin
+
+
+def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequence[str] | None = None,
+               level: float = 0.95) -> Figure:
+    """Spearman ρ with its bootstrap CI per category, KC next to the codec baselines. The legend sits
+    below the axes, never on the bars or error bars; y spans the values and CIs (``rho_limits``)."""
+    with style():
         res = results.copy()
         karl = res[res["method"].str.startswith("karl_")]
         if eps is not None:
@@ -205,7 +224,7 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
         groups = list(dict.fromkeys(zip(res["pooled"].astype(bool), res["category"])))
         groups = [g for g in groups if not g[0]] + [g for g in groups if g[0]]
         names = [POOLED_LABEL if pooled else str(c) for pooled, c in groups]
-        fig = _figure(max(4.5, 1.0 + 0.9 * len(groups) * max(1, len(methods)) / 3), 3.4)
+        fig = figure(DOUBLE_COLUMN if len(groups) * max(1, len(methods)) > 12 else SINGLE_COLUMN, 2.6)
         ax = fig.add_subplot()
         width = 0.8 / max(1, len(methods))
         for m_i, m in enumerate(methods):
@@ -231,24 +250,23 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
             ys_a, lo_a, hi_a = np.array(ys), np.array(lo, float), np.array(hi, float)
             err = np.vstack([np.where(np.isfinite(lo_a), ys_a - lo_a, 0), np.where(np.isfinite(hi_a), hi_a - ys_a, 0)])
             ax.bar(xs, ys, width=width * 0.95, color=METHOD_COLORS.get(m, None), label=METHOD_LABELS.get(m, m))
-            ax.errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            ax.errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
         ax.set_ylabel("Spearman ρ with human rating")
-        ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.18)   # room for the legend above ρ = 1
-        ax.set_yticks([t for t in ax.get_yticks() if t <= 1.0 + 1e-9])
-        ax.set_title("Correlation with human complexity ratings (95% bootstrap CI)"
+        ax.set_ylim(*rho_limits(res))
+        ax.grid(axis="x", visible=False)
+        has_ci = bool(np.isfinite(res[["spearman_lo", "spearman_hi"]].to_numpy(float)).any())
+        fig.suptitle("Correlation with human complexity ratings"
+                     + (f" ({level:.0%} bootstrap CI)" if has_ci else "")
                      + (f", ε = {eps:g}" if eps is not None else ""))
-        ax.legend(frameon=False, ncols=min(4, len(methods)), loc="upper left")
+        fig.legend(loc="outside lower center", ncols=min(4, len(methods)))
         return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write a figure atomically; the format comes from the suffix."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    return path
+    """Write a figure atomically (``style.save``); the format comes from the suffix."""
+    return save(fig, path)
 
 
 def _file_names(categories: Sequence[str]) -> dict[str | None, str]:
@@ -287,7 +305,7 @@ def write_plots(result, out_dir: str | os.PathLike, fmt: str = "png") -> list[Pa
                                        out / f"scatter_{names[c]}_{tag}.{fmt}"))
         written.append(save_figure(grid_figure(per, cats, e, "kc", res, kc_method), out / f"scatter_grid_{tag}.{fmt}"))
         written.append(save_figure(heatmap_figure(per, e), out / f"heatmap_{tag}.{fmt}"))
-        written.append(save_figure(rho_figure(res, e), out / f"rho_{tag}.{fmt}"))
+        written.append(save_figure(rho_figure(res, e, level=result.level), out / f"rho_{tag}.{fmt}"))
     if "jpeg_bpp" in result.baselines:
         written.append(save_figure(grid_figure(per, cats, result.eps[0], "jpeg_bpp", res, "jpeg_bpp"),
                                    out / f"scatter_grid_jpeg.{fmt}"))

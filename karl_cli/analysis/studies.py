@@ -42,7 +42,8 @@ from karl_cli.errors import UsageError
 from karl_cli.io.images import ImageLoadError, load_for_model, load_max_side
 from karl_cli.io.synthetic import make_family_image
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
-from karl_cli.scoring.complexity import check_method, collect_inputs, default_method, validate_eps
+from karl_cli.scoring.complexity import collect_inputs, validate_eps
+from karl_cli.scoring.methods import check_method, default_method
 from karl_cli.scoring.oracle import sweep
 from karl_cli.analysis.stats import spearman, spearman_difference
 from karl_cli.io.atomic import atomic_path

@@ -1,11 +1,18 @@
 """Weights on disk: a directory with ``config.json`` + ``model.safetensors`` (+ ``model_card.md``).
 
 Only safetensors is ever read from a user's path: nothing is unpickled, nothing executed.
+
+Models are named by a directory or by a shipped name (``SHIPPED_MODELS``): ``load("karl-small")``,
+``load("runs/mine")``. Shipped weights are the package data ``karl_cli.weights`` (pyproject maps the
+repository's top-level ``weights/`` folder there), so an ordinary ``pip install`` carries them; a
+source checkout that is not installed reads ``weights/`` directly.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -14,12 +21,14 @@ from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
 from karl_cli.models.config import KARLConfig
-from karl_cli.errors import EXIT_FAILED, KarlError
+from karl_cli.errors import EXIT_FAILED, EXIT_USAGE, KarlError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model_card.md"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+SHIPPED_MODELS = ("karl-small", "alit-small")   # KARL on the wavelet code (the default); ALIT
+DEFAULT_MODEL = "karl-small"
 
 
 class WeightsError(KarlError, ValueError):
@@ -37,6 +46,44 @@ def register(cls: type) -> type:
     """Class decorator: the model class for configs whose ``arch`` is ``cls.arch``."""
     ARCHITECTURES[cls.arch] = cls
     return cls
+
+
+class WeightsNotFound(WeightsError):
+    """No directory at the path given and no shipped model of that name: a usage error (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def shipped_root() -> Path:
+    """The folder holding the shipped models: the installed package data ``karl_cli.weights``, else
+    (a source checkout run without installing) the repository's ``weights/``."""
+    try:
+        return Path(os.fspath(importlib.resources.files("karl_cli.weights") / ""))
+    except (ModuleNotFoundError, TypeError):
+        return Path(__file__).resolve().parents[2] / "weights"
+
+
+def weights_path(name_or_dir: str | os.PathLike | None = None) -> Path:
+    """The weights directory a model name or path stands for: an existing path as given, else the
+    shipped model of that name (``SHIPPED_MODELS``), None for ``DEFAULT_MODEL``.
+
+    Raises ``WeightsNotFound`` (a usage error) for a path that does not exist and a name that is not
+    shipped, naming the shipped models, and when a shipped model is missing from the installation.
+    """
+    name = DEFAULT_MODEL if name_or_dir is None else os.fspath(name_or_dir)
+    path = Path(name)
+    if path.exists():
+        return path
+    if name in SHIPPED_MODELS:
+        shipped = shipped_root() / name
+        if not shipped.is_dir():
+            raise WeightsNotFound(f"the shipped model {name} is missing from this installation (looked in "
+                                  f"{shipped}); pass --weights DIR (a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+        return shipped
+    if len(path.parts) == 1 and not path.suffix:
+        raise WeightsNotFound(f"unknown model {name!r}: no such directory, and not a shipped model "
+                              f"(shipped: {', '.join(SHIPPED_MODELS)})")
+    raise WeightsNotFound(f"weights directory {path} does not exist")
 
 
 def build_model(config: KARLConfig) -> torch.nn.Module:
@@ -94,7 +141,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, card: str | N
 def read_config(directory: str | Path) -> KARLConfig:
     directory = Path(directory)
     if not directory.exists():
-        raise WeightsError(f"weights directory {directory} does not exist")
+        raise WeightsNotFound(f"weights directory {directory} does not exist")
     if directory.is_file():
         if directory.suffix.lower() in PICKLE_SUFFIXES:
             raise WeightsError(f"{directory} looks like a pickled checkpoint; karl loads only a directory with "
@@ -133,9 +180,11 @@ def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
     return {("code." + k[len("spectral."):] if k.startswith("spectral.") else k): v for k, v in state.items()}
 
 
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model a weights directory describes and load its tensors, checking every name and shape."""
-    directory = Path(directory)
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model a weights directory (or shipped model name, see ``weights_path``) describes and
+    load its tensors, checking every name and shape. Raises ``WeightsError`` (``WeightsNotFound`` for
+    a missing path or unknown name)."""
+    directory = weights_path(directory)
     config = read_config(directory)
     state = read_state(directory)
     w_path = directory / WEIGHTS_NAME
@@ -157,3 +206,9 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         raise WeightsError(f"{w_path} does not match {CONFIG_NAME}: " + "; ".join(parts))
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def load(name_or_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The one model loader of every command: a shipped model name (``SHIPPED_MODELS``) or a weights
+    directory; None loads ``DEFAULT_MODEL``. In eval mode on ``device``."""
+    return load_pretrained(weights_path(name_or_dir), device=device)

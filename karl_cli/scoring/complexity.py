@@ -19,8 +19,8 @@ Each row is a dict with ``ROW_FIELDS`` (+ one column per chosen baseline, see ``
 - ``encoder_runs``, ``decoder_runs``: model passes needed for this (image, ε): single 1/1;
   search k/k and prefix 1/k, where k = budgets tried (kc / step, or every budget when ε is never met).
   With several ε, search/prefix share one sweep over the budgets (``search.sweep``) and report, per
-  ε, the runs a search for that ε alone would need. For ALIT (``model.single_pass`` False: no
-  halting head) only ``search`` exists; it continues one rollout, so an encoder run is one iteration.
+  ε, the runs a search for that ε alone would need. Which model supports which method: ``methods.py``
+  (ALIT, with no halting head, only ``search``); it continues one rollout, so an encoder run is one iteration.
 - ``model_id``: the id of the model that scored the row (``models.pretrained.model_id``: a hash of its
   config and weights), ``method``: ``single``, ``search`` or ``prefix``. ``--resume`` and ``merge`` use
   them to refuse mixing rows of different models or methods.
@@ -53,7 +53,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from karl_cli.models.config import EPS_RANGE
 from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, compute, parse_baselines
 from karl_cli.errors import UsageError
@@ -61,12 +60,12 @@ from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, loa
 from karl_cli.io.names import escape_path, safe_text, unescape_path
 from karl_cli.models.pretrained import model_id
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.methods import check_eps, check_method
 from karl_cli.scoring.oracle import sweep
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs",
               "model_id", "method"]
 BASELINE_FIELDS = list(DEFAULT_BASELINES)     # the columns of baselines=True
-METHODS = ("single", "search", "prefix")
 _INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset", "fh_regions"}
 _FLOAT_FIELDS = {"eps", "kc_soft", "l1"} | (set(REGISTRY) - _INT_FIELDS)
 
@@ -222,40 +221,10 @@ def _single(model: torch.nn.Module, x: torch.Tensor, eps: float, l1: bool = True
 
 def _budget_sweep(model: torch.nn.Module, x: torch.Tensor, eps: list[float], need: torch.Tensor,
                   method: str) -> dict[str, torch.Tensor]:
-    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (search.py)."""
+    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (oracle.py)."""
     r = sweep(model, x, eps, method, need=need)
     return {"kc": r.kc.cpu(), "kc_soft": r.kc.float().cpu(), "l1": r.l1.cpu(),
             "encoder_runs": r.encoder_runs.cpu(), "decoder_runs": r.decoder_runs.cpu()}
-
-
-def check_method(model: torch.nn.Module, method: str) -> str:
-    """``method`` if the model supports it; UsageError otherwise (ALIT has no single-pass count and
-    no prefix tokens)."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if method != "search" and not getattr(model, "single_pass", True):
-        raise UsageError(f"{type(model).__name__} has no halting head; use --method search "
-                         f"(method {method!r} needs a single-pass model such as KARL)")
-    return method
-
-
-def check_eps(model: torch.nn.Module, method: str, eps_list: Sequence[float]) -> None:
-    """Refuse an ε the method cannot honour on this model (UsageError naming the range): a single
-    pass is conditioned on ε and honours any ε in the trained range (``EPS_RANGE``, interpolated
-    between bins); the searches test the reconstruction against ε and honour any ε > 0."""
-    if method != "single" or not getattr(model, "single_pass", False):
-        return
-    lo, hi = EPS_RANGE
-    outside = [e for e in eps_list if not lo - 1e-12 <= e <= hi + 1e-12]
-    if outside:
-        raise UsageError(f"ε {', '.join(f'{e:g}' for e in outside)} is outside what the single pass can honour "
-                         f"({lo:g} to {hi:g}, the ε range the halting head was trained on); "
-                         f"--method search or prefix takes any ε > 0")
-
-
-def default_method(model: torch.nn.Module) -> str:
-    """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
-    return "single" if getattr(model, "single_pass", True) else "search"
 
 
 def _fmt(v: float, digits: int) -> float | None:

@@ -6,8 +6,8 @@ same ε bin, the labels for that bin contradict each other, and the head learns 
 of the image: single-pass KC then hardly depends on the image or on ε.
 
 Calibration gives the head the labels the two phases approximate: for an image and an ε bin, the
-*smallest* budget whose prefix reconstruction meets the bin (the oracle KC that ``--method prefix``
-finds); tokens before it are targets 0, the rest 1. The encoder and decoder are frozen, so
+*smallest* budget whose prefix reconstruction meets the bin (``oracle.oracle_budgets``: the oracle
+KC that ``--method prefix`` finds); tokens before it are targets 0, the rest 1. The encoder and decoder are frozen, so
 reconstructions and tokens do not change; only ``halting_head`` is trained, on encoder features
 computed once. The result is a single pass that predicts the oracle's budget.
 
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from karl_cli.models.config import EPS_BINS
-from karl_cli.training.data import CropDataset, training_files
 from karl_cli.io.synthetic import random_family_images
+from karl_cli.models.config import EPS_BINS
 from karl_cli.models.karl import KARL
+from karl_cli.scoring.oracle import oracle_budgets
+from karl_cli.training.data import CropDataset, training_files
 
 
 # Halting thresholds calibration chooses from, the paper's first.
@@ -45,25 +46,6 @@ class CalibrationReport:
     ratio_after: float
     threshold: float         # the halting threshold chosen (written to the model's config)
     undercut: float          # share of held-out pairs with single-pass KC < oracle KC at that threshold
-
-
-@torch.no_grad()
-def oracle_budgets(model: KARL, images: torch.Tensor) -> torch.Tensor:
-    """Smallest budget meeting each ε bin, per image: (B, n_bins) long; T_max where none does.
-
-    Uses prefix decodes of one T_max encoding under the smallest ε bin, like ``--method prefix``.
-    """
-    cfg = model.config
-    idx = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
-    latents = model.encode_latents(images, idx, cfg.max_tokens)
-    budgets = cfg.budgets
-    l1 = torch.stack([(model.decode_tokens(latents[:, :t]).clamp(0, 1) - images).abs().mean(dim=(1, 2, 3))
-                      for t in budgets], dim=1)                                   # (B, K)
-    bins = torch.tensor(EPS_BINS, device=images.device)
-    meets = l1.unsqueeze(1) <= bins.view(1, -1, 1) + 1e-9                         # (B, n_bins, K)
-    first = torch.where(meets.any(-1), meets.float().argmax(-1), torch.full_like(meets[..., 0], len(budgets) - 1,
-                                                                                   dtype=torch.long))
-    return torch.tensor(budgets, device=images.device)[first]
 
 
 def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
@@ -100,7 +82,7 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
             if n_syn:
                 syn = random_family_images(n_syn, cfg.resolution, rng)
                 x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
-            oracle = oracle_budgets(model, x)                                       # (B, n_bins)
+            oracle = oracle_budgets(model, x, EPS_BINS)                             # (B, n_bins)
             detail = model.halting_detail(x, cfg.max_tokens)
             for _ in range(bins_per_image):
                 b = torch.randint(0, len(EPS_BINS), (x.shape[0],), generator=g).to(x.device)

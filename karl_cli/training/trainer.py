@@ -26,7 +26,7 @@ from karl_cli.models.config import KARLConfig, preset
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
 from karl_cli.runtime import resolve_device
 from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
-from karl_cli.models.pretrained import WeightsError, build_model, read_state, save_pretrained
+from karl_cli.models.pretrained import WeightsError, build_model, read_state, save_pretrained, weights_path
 from karl_cli.training.objectives import training_objective, two_phase_step
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -415,8 +415,9 @@ def _stop_on_sigterm():
 
 
 def init_weights(model: nn.Module, directory: str | os.PathLike) -> list[str]:
-    """Load a weights directory's tensors into ``model``; returns the names the file did not have."""
-    state = read_state(directory)
+    """Load the tensors of a weights directory or shipped model (``pretrained.weights_path``) into
+    ``model``; returns the names the file did not have."""
+    state = read_state(weights_path(directory))
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)

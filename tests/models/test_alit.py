@@ -160,7 +160,8 @@ def test_train_alit_writes_loadable_weights(tmp_path):
 def test_score_refuses_single_and_prefix_and_counts_iterations(alit, image_folder):
     """ALIT has no halting head: score() refuses single/prefix; its search continues one rollout,
     so encoder runs are iterations (k for kc = k * token_step), not from-scratch re-encodings."""
-    from karl_cli.scoring.complexity import default_method, score
+    from karl_cli.scoring.complexity import score
+    from karl_cli.scoring.methods import default_method
     from karl_cli.errors import UsageError
     from karl_cli.io.images import load_for_model
 

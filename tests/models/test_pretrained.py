@@ -83,3 +83,61 @@ def test_saved_files_get_ordinary_permissions(tiny_model, tmp_path):
         os.umask(umask)
     for name in ("config.json", "model.safetensors", "model_card.md"):
         assert stat.S_IMODE((tmp_path / "w" / name).stat().st_mode) == 0o644, name
+
+
+# --- one loader: shipped names or directories -------------------------------------------------------
+def test_shipped_names_load_from_the_package_data_or_the_checkout():
+    from pathlib import Path
+
+    from karl_cli.models.alit import ALIT
+    from karl_cli.models.pretrained import SHIPPED_MODELS, load, weights_path
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in SHIPPED_MODELS:
+        d = weights_path(name)
+        assert d.name == name and (d / "config.json").is_file()
+        assert (d / "config.json").read_bytes() == (repo / "weights" / name / "config.json").read_bytes()
+    assert weights_path(None) == weights_path("karl-small")
+    assert isinstance(KARL.from_pretrained("karl-small"), KARL)
+    assert isinstance(load("alit-small"), ALIT)
+
+
+def test_shipped_root_falls_back_to_the_checkout(monkeypatch):
+    import importlib.resources
+    from pathlib import Path
+
+    from karl_cli.models import pretrained
+
+    def missing(_):
+        raise ModuleNotFoundError("No module named 'karl_cli.weights'")
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    assert pretrained.shipped_root() == Path(__file__).resolve().parents[1] / "weights"
+
+
+def test_a_directory_wins_and_unknown_names_list_the_shipped_ones(tiny_model, tmp_path, monkeypatch):
+    from karl_cli.errors import EXIT_USAGE
+    from karl_cli.models.pretrained import WeightsNotFound, load
+
+    monkeypatch.chdir(tmp_path)
+    tiny_model.save_pretrained(tmp_path / "karl-small")        # a local folder of a shipped name is used
+    assert load("karl-small").config.resolution == tiny_model.config.resolution == 32
+    with pytest.raises(WeightsNotFound, match=r"unknown model 'karl-huge'.*shipped: karl-small, alit-small") as e:
+        load("karl-huge")
+    assert e.value.exit_code == EXIT_USAGE
+    with pytest.raises(WeightsNotFound, match="does not exist"):
+        load(tmp_path / "runs" / "nope")
+
+
+def test_cli_weights_by_name(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from karl_cli.cli import app
+
+    img = str(sorted(image_folder.iterdir())[0])
+    res = CliRunner().invoke(app, ["complexity", img, "--weights", "karl-huge", "--csv", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2 and "karl-small, alit-small" in res.output and len(res.output.strip().splitlines()) <= 2
+    res = CliRunner().invoke(app, ["complexity", img, "--weights", "alit-small", "--csv", str(tmp_path / "a.csv"),
+                                   "--eps", "0.2", "--device", "cpu", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "search" in res.output and (tmp_path / "a.csv").read_text().count("\n") == 2

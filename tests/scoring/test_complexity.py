@@ -404,8 +404,8 @@ def test_cli_usage_errors(weights_dir, image_folder, tmp_path, monkeypatch):
         assert res.exit_code == EXIT_USAGE, (args, res.output)
     res = _run(["complexity", tmp_path / "nope", "--csv", out, "--weights", weights_dir])
     assert res.exit_code == EXIT_USAGE and "no such file" in res.output
-    import karl_cli.cli as cli
-    monkeypatch.setattr(cli, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
+    import karl_cli.models.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "shipped_root", lambda: tmp_path / "no-weights")
     res = _run(["complexity", image_folder, "--csv", out])
     assert res.exit_code == EXIT_USAGE and "--weights" in res.output
     assert not out.exists()

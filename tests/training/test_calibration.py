@@ -9,15 +9,15 @@ from typer.testing import CliRunner
 
 from karl_cli import EPS_BINS, KARL
 from karl_cli.cli import app
-from karl_cli.scoring.oracle import search
-from karl_cli.training.calibration import THRESHOLDS, calibrate_halting, oracle_budgets
+from karl_cli.scoring.oracle import oracle_budgets, search
+from karl_cli.training.calibration import THRESHOLDS, calibrate_halting
 from karl_cli.io.synthetic import FAMILIES, make_family_image, random_family_images
 
 
 def test_oracle_budgets_are_the_prefix_search(tiny_model):
     x = torch.rand(4, 3, 32, 32)
     x[0] = 0.5  # a flat image meets loose bins early
-    oracle = oracle_budgets(tiny_model, x)
+    oracle = oracle_budgets(tiny_model, x, EPS_BINS)
     assert oracle.shape == (4, len(EPS_BINS))
     for b in (3, 10, 18):
         res = search(tiny_model, x, EPS_BINS[b], method="prefix")

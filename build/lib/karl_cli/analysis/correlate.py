@@ -29,17 +29,15 @@ import numpy as np
 import pandas as pd
 
 from karl_cli.io.atomic import atomic_path
-from karl_cli.io.names import safe_frame
-from karl_cli.scoring.complexity import METHODS
-from karl_cli.errors import UsageError
-from karl_cli.io.savoias import RatedSet, load_ratings
 from karl_cli.analysis.stats import correlation, spearman_difference
-from karl_cli.models.pretrained import model_id
-from karl_cli.models.pretrained import load_pretrained
+from karl_cli.errors import UsageError
+from karl_cli.io.names import safe_frame
+from karl_cli.io.savoias import RatedSet, load_ratings
+from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import resolve_device
 from karl_cli.scoring import complexity
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, parse_baselines
-from karl_cli.scoring.complexity import check_eps, validate_eps
+from karl_cli.scoring.methods import check_eps, check_method, method_name
 
 RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi", "best_baseline", "vs_best",
@@ -198,14 +196,6 @@ def _write_csv(df: pd.DataFrame, target: str | os.PathLike) -> None:
         safe_frame(df).to_csv(tmp, index=False, encoding="utf-8")
 
 
-def _load_model(model, weights, device):
-    if model is not None:
-        return model
-    if weights is None:
-        raise UsageError("no model: pass weights (a directory with config.json + model.safetensors) or a model")
-    return load_pretrained(weights, device=resolve_device(device or "auto"))   # WeightsError is a KarlError
-
-
 def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: str | os.PathLike | None = None,
               model=None, weights: str | os.PathLike | None = None, eps: float | Sequence[float] = (CORRELATE_EPS,),
               method: str = "single", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
@@ -215,7 +205,8 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     """Correlate KC and the classic baselines with human ratings.
 
     ``source``: a Savoias root folder, a ratings CSV, or a loaded ``RatedSet``; or pass ``ratings=CSV``.
-    ``model`` (a loaded tokenizer) or ``weights`` (its directory). ``method``: ``single`` (one
+    ``model`` (a loaded tokenizer) or ``weights`` (a shipped model name or a weights directory,
+    ``pretrained.load``; neither: the default model). ``method``: ``single`` (one
     encoder pass, KC and soft KC), ``search`` or ``prefix`` (the search baselines' minimal token
     count). ``cache``: a folder for the score cache (None: the default folder, False: no cache).
     ``include_hidden``: also take hidden files and folders of a Savoias folder (skipped and counted in
@@ -223,16 +214,17 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     ``baselines``: ``True`` (JPEG, PNG), ``"all"`` or names (``baselines.parse_baselines``; an unknown
     name raises UsageError).
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    method_name(method)
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
-    eps_list = validate_eps(eps)
+    eps_list = complexity.validate_eps(eps)
     names = parse_baselines(baselines)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
-    model = _load_model(model, weights, device)
+    if model is None:
+        model = load(weights, device=resolve_device(device or "auto"))
+    check_method(model, method)
     check_eps(model, method, eps_list)
     mid = model_id(model)
     store = _NoCache() if cache is False else ScoreCache(default_cache_dir() if cache in (None, True) else cache, mid)

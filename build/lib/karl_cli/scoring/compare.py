@@ -18,7 +18,7 @@ For each ε and each (model, method) — KARL ``single`` (one pass), KARL ``sear
 
 The numbers are computed here with the models' own API in batched loops (not through
 ``complexity.score``, whose rows carry no reconstructions for PSNR/SSIM). Both searches are the
-models' ``search`` (the shared loop of ``search.py``, the one ``complexity.score(method="search")``
+oracle's ``search`` (the shared loop of ``oracle.py``, the one ``complexity.score(method="search")``
 runs): KARL re-encodes at every budget conditioned on the smallest ε bin (the setting phase 1
 trains every budget under) and decodes all tokens; ALIT continues its rollout one iteration a step.
 """
@@ -33,17 +33,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from karl_cli.errors import KarlError, UsageError
+from karl_cli.errors import UsageError
 from karl_cli.io.images import ImageLoadError, load_for_model
+from karl_cli.models.pretrained import load, weights_path
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
+from karl_cli.scoring.complexity import collect_inputs, validate_eps
+from karl_cli.scoring.methods import check_eps, methods_for
 from karl_cli.scoring.oracle import SearchResult, search
-from karl_cli.scoring.complexity import collect_inputs
-from karl_cli.scoring.complexity import check_eps, validate_eps
-from karl_cli.models.pretrained import WeightsError, load_pretrained
 
 COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
            "encoder_runs", "decoder_runs", "sec_per_image"]
-SINGLE, SEARCH = "single", "search"   # the names of complexity.score's methods
+SINGLE, SEARCH = "single", "search"   # the methods of the paper's Table 2 (of ``methods.METHODS``)
+TABLE_METHODS = (SINGLE, SEARCH)
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -88,13 +89,9 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 
 # --- the methods ---------------------------------------------------------------------------------
-def is_single_pass(model: torch.nn.Module) -> bool:
-    """Whether a model predicts its token count in one pass (KARL) or needs a search (ALIT)."""
-    return bool(model.single_pass)
-
-
-def methods_for(model: torch.nn.Module) -> list[str]:
-    return [SINGLE, SEARCH] if is_single_pass(model) else [SEARCH]
+def table_methods(model: torch.nn.Module) -> list[str]:
+    """The Table-2 rows a model gets: of ``TABLE_METHODS``, those it supports (``methods.methods_for``)."""
+    return [m for m in TABLE_METHODS if m in methods_for(model)]
 
 
 def _single_pass(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchResult:
@@ -108,7 +105,7 @@ def _single_pass(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchR
 def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float) -> SearchResult:
     """One method on a batch of model inputs (float (B,3,R,R) in [0,1] on the model's device)."""
     if method == SINGLE:
-        if not is_single_pass(model):
+        if SINGLE not in methods_for(model):
             raise UsageError(f"{type(model).__name__} has no single-pass token count; use the search")
         return _single_pass(model, x, eps)
     if method == SEARCH:
@@ -168,10 +165,10 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
         prepare_model(model, dev)
         with inference(dev):   # warm-up, untimed: first-call allocations and kernel choices
             x = to_model_input(data[: min(batch_size, 4)], dev)
-            for method in methods_for(model):
+            for method in table_methods(model):
                 run_method(model, method, x, eps_list[0])
         for eps in eps_list:
-            for method in methods_for(model):
+            for method in table_methods(model):
                 if on_progress:
                     on_progress(f"{name} {method} ε={eps:g}")
                 acc: dict[str, list[torch.Tensor]] = {k: [] for k in ("kc", "l1", "psnr", "ssim", "enc", "dec")}
@@ -206,19 +203,15 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
 
 
 # --- CLI helpers ---------------------------------------------------------------------------------
-def load_models(directories: Sequence[str | Path], device: str | torch.device = "cpu") -> dict[str, torch.nn.Module]:
-    """Weights directories -> {name: model}; the name is the directory's name (made unique)."""
-
-    if not directories:
-        raise UsageError("give at least one --weights directory")
+def load_models(names_or_dirs: Sequence[str | Path], device: str | torch.device = "cpu") -> dict[str, torch.nn.Module]:
+    """Shipped model names or weights directories -> {name: model} (``pretrained.load``); the name is
+    the directory's name (made unique)."""
+    if not names_or_dirs:
+        raise UsageError("give at least one --weights (a shipped model name or a directory)")
     models: dict[str, torch.nn.Module] = {}
-    for d in directories:
-        d = Path(d)
-        try:
-            model = load_pretrained(d, device=device)
-        except WeightsError as e:
-            raise KarlError(str(e)) from None
-        name = d.resolve().name or str(d)
+    for d in names_or_dirs:
+        model = load(d, device=device)
+        name = weights_path(d).resolve().name or str(d)
         base, i = name, 2
         while name in models:
             name, i = f"{base}#{i}", i + 1

@@ -37,7 +37,8 @@ from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
 from karl_cli.scoring.complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
-                         read_rows, validate_eps, check_eps)
+                         read_rows, validate_eps)
+from karl_cli.scoring.methods import check_eps
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
 from karl_cli.runtime import inference, model_device, prepare_model, resolve_device, to_model_input

@@ -1,0 +1,70 @@
+"""Which model supports which way of counting tokens: the one table every command consults.
+
+- ``single``: one encoder pass; the halting head decides which tokens to keep (KARL, arXiv
+  2507.07995 §3). Needs a halting head.
+- ``search``: the smallest budget whose reconstruction meets ε, re-encoding at every budget tried
+  (ALIT-style, arXiv 2411.02393; ``oracle.sweep``).
+- ``prefix``: the same smallest budget from prefixes of one T_max encoding (One-D-Piece-style). Needs
+  tokens that are prefixes of each other (KARL's encoder is causal in its latents; ALIT's tokens at a
+  budget come from its own recurrent iteration, so they are not).
+
+A model says which kind it is with its ``single_pass`` attribute (KARL True, ALIT False).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from karl_cli.errors import UsageError
+from karl_cli.models.config import EPS_RANGE
+
+METHODS = ("single", "search", "prefix")
+
+# The table: methods per kind of model, the default first.
+_SUPPORTED = {
+    True: ("single", "search", "prefix"),   # single-pass models (KARL): halting head, prefix tokens
+    False: ("search",),                     # search-only models (ALIT): no halting head, no prefixes
+}
+
+
+def methods_for(model: torch.nn.Module) -> tuple[str, ...]:
+    """The methods ``model`` supports, its default first."""
+    return _SUPPORTED[bool(getattr(model, "single_pass", True))]
+
+
+def default_method(model: torch.nn.Module) -> str:
+    """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
+    return methods_for(model)[0]
+
+
+def method_name(method: str) -> str:
+    """``method`` if it is one of ``METHODS``; UsageError naming the choices otherwise."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    return method
+
+
+def check_method(model: torch.nn.Module, method: str | None) -> str:
+    """``method`` (None: the model's default) if the model supports it; UsageError otherwise."""
+    if method is None:
+        return default_method(model)
+    method_name(method)
+    if method not in methods_for(model):
+        raise UsageError(f"{type(model).__name__} has no halting head; use --method search "
+                         f"(method {method!r} needs a single-pass model such as KARL)")
+    return method
+
+
+def check_eps(model: torch.nn.Module, method: str, eps_list: Sequence[float]) -> None:
+    """Refuse an ε the method cannot honour on this model (UsageError naming the range): a single
+    pass is conditioned on ε and honours any ε in the trained range (``EPS_RANGE``, interpolated
+    between bins); the searches test the reconstruction against ε and honour any ε > 0."""
+    if method != "single" or "single" not in methods_for(model):
+        return
+    lo, hi = EPS_RANGE
+    outside = [e for e in eps_list if not lo - 1e-12 <= e <= hi + 1e-12]
+    if outside:
+        raise UsageError(f"ε {', '.join(f'{e:g}' for e in outside)} is outside what the single pass can honour "
+                         f"({lo:g} to {hi:g}, the ε range the halting head was trained on); "
+                         f"--method search or prefix takes any ε > 0")

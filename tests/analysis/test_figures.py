@@ -86,11 +86,11 @@ def test_show_figure_titles_p_halt_axis_and_size(shown):
 
 
 def _results():
-    cats = ["Art", "Scenes", "Suprematism", "all"]
+    cats = ["Art", "Scenes", "Suprematism", ""]   # "": the pooled rows
     rows = []
     for i, c in enumerate(cats):
         for m, rho in (("karl_kc", 0.6 - 0.1 * i), ("jpeg_bpp", -0.2 + 0.1 * i)):
-            rows.append({"category": c, "method": m, "eps": 0.05 if m.startswith("karl") else np.nan, "n": 20,
+            rows.append({"category": c, "pooled": c == "", "method": m, "eps": 0.05 if m.startswith("karl") else np.nan, "n": 20,
                          "spearman": rho, "spearman_lo": rho - 0.35, "spearman_hi": min(1.0, rho + 0.3)})
     return pd.DataFrame(rows)
 
@@ -120,7 +120,7 @@ def _per_image():
 
 
 def test_pooled_scatter_is_coloured_by_category_with_the_legend_off_the_points():
-    fig = cp.scatter_figure(_per_image(), cp.ALL, 0.05)
+    fig = cp.scatter_figure(_per_image(), cp.POOLED, 0.05)
     ax = fig.axes[0]
     groups = [c for c in ax.collections if len(c.get_offsets())]
     assert len(groups) == 3 and len({tuple(c.get_facecolor()[0][:3]) for c in groups}) == 3

@@ -16,7 +16,7 @@ from karl_cli.cli import app
 from karl_cli.models.alit import ALIT
 from conftest import as_if_trained, make_images
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

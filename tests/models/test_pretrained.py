@@ -92,7 +92,7 @@ def test_shipped_names_load_from_the_package_data_or_the_checkout():
     from karl_cli.models.alit import ALIT
     from karl_cli.models.pretrained import SHIPPED_MODELS, load, weights_path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for name in SHIPPED_MODELS:
         d = weights_path(name)
         assert d.name == name and (d / "config.json").is_file()
@@ -112,7 +112,7 @@ def test_shipped_root_falls_back_to_the_checkout(monkeypatch):
         raise ModuleNotFoundError("No module named 'karl_cli.weights'")
 
     monkeypatch.setattr(importlib.resources, "files", missing)
-    assert pretrained.shipped_root() == Path(__file__).resolve().parents[1] / "weights"
+    assert pretrained.shipped_root() == Path(__file__).resolve().parents[2] / "weights"
 
 
 def test_a_directory_wins_and_unknown_names_list_the_shipped_ones(tiny_model, tmp_path, monkeypatch):

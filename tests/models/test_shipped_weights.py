@@ -73,7 +73,7 @@ def test_model_card_agrees_with_config(name):
     import json
     import re
 
-    folder = Path(__file__).resolve().parent.parent / "weights" / name
+    folder = ROOT / "weights" / name
     card = (folder / "model_card.md").read_text(encoding="utf-8")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     for block in re.findall(r"```json\n(.*?)\n```", card, re.S):

@@ -23,10 +23,6 @@ if _SIGINT_BEFORE is signal.default_int_handler:
 import typer  # noqa: E402
 from rich.markup import escape
 from rich.table import Table
-<<<<<<< HEAD
-from rich.text import Text  # noqa: E402
-=======
->>>>>>> shared
 
 from karl_cli import __version__  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
@@ -227,28 +223,17 @@ def complexity(
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
-<<<<<<< HEAD
     from karl_cli.models.pretrained import model_id
     from karl_cli.scoring.baselines import parse_baselines
-    from karl_cli.scoring.complexity import (METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
-                                             checkpoint_seconds, default_method, parse_shard, resume_guard,
-                                             score, validate_eps)
-=======
->>>>>>> shared
     from karl_cli.runtime import resolve_device
-    from karl_cli.scoring.complexity import (BASELINE_FIELDS, ROW_FIELDS, RowWriter, Summary, checkpoint_seconds,
-                                             collect_inputs, parse_shard, score, validate_eps)
+    from karl_cli.scoring.complexity import (ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, parse_shard,
+                                             resume_guard, score, validate_eps)
     from karl_cli.scoring.methods import check_method, method_name
 
     eps_v = validate_eps(eps or [0.05])
-<<<<<<< HEAD
     chosen = parse_baselines(baselines)
-    if method is not None and method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-=======
     if method is not None:
         method_name(method)     # a bad name fails before the model is loaded
->>>>>>> shared
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
     if resume and not (csv_out or json_out):
@@ -471,15 +456,10 @@ def train(
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Keep decoded images in memory "
                                          "(default: cache)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-<<<<<<< HEAD
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
                                 "(only --steps, --epochs, --workers and --device may change)."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
-=======
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
                                             "shipped name (karl-small, alit-small) or a weights folder."),
->>>>>>> shared
 ) -> None:
     """Train a tokenizer with two-phase loss-conditioned training.
 
@@ -548,14 +528,8 @@ def correlate(
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
                                             help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
 ) -> None:
-<<<<<<< HEAD
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-=======
-    """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
->>>>>>> shared
     from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
     from karl_cli.analysis.correlate import correlate as run_correlate
     from karl_cli.io.savoias import load_ratings
@@ -575,11 +549,7 @@ def correlate(
         result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
-<<<<<<< HEAD
-                               cache=False if no_cache else cache, progress=on_progress, baselines=chosen)
-=======
-                               cache=False if no_cache else cache, progress=update)
->>>>>>> shared
+                               cache=False if no_cache else cache, progress=update, baselines=chosen)
     result.save(out, per_image)
     make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")
@@ -620,12 +590,9 @@ def calibrate(
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
-<<<<<<< HEAD
     from karl_cli.training.calibration import calibrate_halting
     from karl_cli.training.trainer import card_with_config
-=======
     from karl_cli.models.pretrained import weights_path
->>>>>>> shared
     from karl_cli.runtime import prepare_model
     from karl_cli.scoring.methods import methods_for
     from karl_cli.training.calibration import calibrate_halting

@@ -377,7 +377,9 @@ def main() -> None:
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
-    preset_name: str = typer.Option("small", "--preset", help="Model size preset: tiny or small."),
+    preset_name: str = typer.Option("small", "--preset", help="Model preset: small (the wavelet default), tiny "
+                                    "(tests), learned-64 (learned tokens, CPU-sized), learned-128 (the GPU recipe) "
+                                    "or learned-tiny."),
     arch: str = typer.Option("karl", "--arch", help="Architecture: karl or alit."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="T_max (default: the preset's)."),
     token_step: Optional[int] = typer.Option(None, "--token-step",
@@ -385,7 +387,12 @@ def train(
                                                   "per iteration (default: the preset's)."),
     code: Optional[str] = typer.Option(None, "--code", help="KARL's tokens: wavelet (a Haar code in an adaptive "
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
+                                        "over them (default: from --epochs)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="Wall-clock budget: stop cleanly after the step that passes it, "
+                                                     "save weights and checkpoint (--resume continues). The schedule "
+                                                     "stays the one over --steps, so the learning rate is not annealed."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
@@ -395,6 +402,8 @@ def train(
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images in memory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
+                                  "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
 ) -> None:
@@ -410,11 +419,17 @@ def train(
         raise UsageError("--max-tokens, --token-step and --code cannot change a run being resumed")
     model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch, **sizes))
     tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
-                     seed=seed, checkpoint_every=checkpoint_every, cache=cache)
+                     seed=seed, checkpoint_every=checkpoint_every, cache=cache, max_minutes=max_minutes,
+                     compile=compile_)
     with training_progress(console) as on_step:
-        run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
-                     on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"), init_from=init_from)
-    console.print(f"[green]done:[/] weights in {escape(str(out))}")
+        result = run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
+                              on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"),
+                              init_from=init_from)
+    if result.stopped:
+        console.print(f"[yellow]stopped by the {escape(result.stopped)}[/] at step {result.step} of {result.total}: "
+                      f"weights in {escape(str(out))}; continue with --resume")
+    else:
+        console.print(f"[green]done:[/] weights in {escape(str(out))}")
 
 
 @app.command()

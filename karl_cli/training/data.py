@@ -103,13 +103,14 @@ def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) 
     """This rank's share of a seeded permutation; every rank gets the same count (padding by wrap-around)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 31 + epoch)).tolist()
     per_rank = math.ceil(n / world)
-    perm += perm[: per_rank * world - n]
+    perm = (perm * math.ceil(per_rank * world / n))[: per_rank * world]   # wraps even when world > n
     return perm[rank::world]
 
 
 def batches(dataset: CropDataset, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-            rank: int = 0, world: int = 1, workers: int = 0) -> Iterator[torch.Tensor]:
-    """The epoch's batches from ``start_batch`` on (the last partial batch is dropped)."""
+            rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """The epoch's batches (batch_size, 3, R, R) from ``start_batch`` on (the last partial batch is
+    dropped); ``pin_memory`` (for CUDA) lets the copy to the GPU overlap with compute."""
     dataset.set_epoch(epoch)
     idx = epoch_indices(len(dataset), seed, epoch, rank, world)
     n_batches = len(idx) // batch_size
@@ -117,7 +118,7 @@ def batches(dataset: CropDataset, batch_size: int, seed: int, epoch: int, start_
     if not chunks:
         return iter(())
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=workers,
-                                         persistent_workers=False)
+                                         persistent_workers=False, pin_memory=pin_memory)
     return iter(loader)
 
 

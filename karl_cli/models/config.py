@@ -7,7 +7,13 @@ describes is the pair (``arch``, ``code``); docs/design.md §1 describes each:
 - ``("karl", "learned")``: KARL with learned 1D tokens, the papers' tokenizer (the GPU recipe);
 - ``("alit", "dct")``: ALIT, recurrent allocation over DCT-initialised tokens (``models/alit.py``).
 
-Field defaults are the shipped default model (``weights/karl-small``).
+Field defaults are the shipped default model (``weights/karl-small``). Presets (``preset(name)``):
+``tiny`` and ``small`` (the wavelet model), and the learned tokens' recipe, ``learned-tiny`` (tests),
+``learned-64`` (CPU-sized: 64 px, T_max 64 in budgets of 8; benchmarks/learned_cpu.py) and
+``learned-128`` (the GPU recipe of benchmarks/gpu/run.sh: 128 px, patch 16, encoder 192 x 4 blocks,
+decoder 256 x 4, T_max 256 in budgets of 32 as in the papers, 7.5M parameters). The learned presets
+use the paper's halting threshold 0.75 and keep the halting loss off the shared encoder
+(``halt_grad_scale`` 0; docs/design.md §3).
 """
 from __future__ import annotations
 

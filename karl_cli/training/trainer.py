@@ -195,7 +195,8 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
             saved_tc = dict(state["train_config"])
             saved_tc["betas"] = tuple(saved_tc["betas"])
             saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
-            tc = TrainConfig(**saved_tc)
+            # A time budget and compilation belong to one invocation, not to the run.
+            tc = TrainConfig(**{**saved_tc, "max_minutes": None, "compile": False})
         except KarlError:
             raise
         except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...: all mean "not ours"
@@ -293,41 +294,38 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     stopped = None
     deadline = None if tc.max_minutes is None else t_start + 60.0 * tc.max_minutes
     try:
-        while step < total and stopped is None:
-            epoch, start = divmod(step, per_epoch)
-            for images in batches(dataset, tc.batch_size, tc.seed, epoch, start, rank, world, tc.workers,
-                                  pin_memory=dev.type == "cuda"):
-                if step >= total:
-                    break
-                images = images.to(dev, non_blocking=True)
-                if dev.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
-                                        f"checkpoint is {ckpt_path} (try a lower --lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                sched.step()
-                ema.update(model, step)
-                step += 1
-                now = time.perf_counter()
-                row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "img_s": tc.batch_size * world / max(now - t_last, 1e-9),
-                       **{k: float(v) for k, v in stats.items()}, "time": time.time()}
-                t_last = now
-                if rank == 0:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-                    if on_step:
-                        on_step(StepReport(step, total, epoch, row))
-                if deadline is not None and _past(deadline, dev, world) and step < total:
-                    stopped = "time budget"
-                    break
-                if step % tc.checkpoint_every == 0 and step < total:
-                    save()
+        for images in batches(dataset, tc.batch_size, tc.seed, step, total, rank, world, tc.workers,
+                              pin_memory=dev.type == "cuda"):
+            epoch = step // per_epoch
+            images = images.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
+                                    f"checkpoint is {ckpt_path} (try a lower --lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update(model, step)
+            step += 1
+            now = time.perf_counter()
+            row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "img_s": tc.batch_size * world / max(now - t_last, 1e-9),
+                   **{k: float(v) for k, v in stats.items()}, "time": time.time()}
+            t_last = now
+            if rank == 0:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                if on_step:
+                    on_step(StepReport(step, total, epoch, row))
+            if deadline is not None and _past(deadline, dev, world) and step < total:
+                stopped = "time budget"
+                break
+            if step % tc.checkpoint_every == 0 and step < total:
+                save()
         if stopped is None:
             save(final=True)
         else:

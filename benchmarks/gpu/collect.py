@@ -35,6 +35,7 @@ def fp16_weights(run: Path, dest: Path) -> None:
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
               str(dest / "model.safetensors"))
     shutil.copy2(run / "config.json", dest / "config.json")
+    (dest / "model.safetensors").chmod(0o644)
 
 
 def _read(path: Path) -> Any:
@@ -45,13 +46,14 @@ def _read(path: Path) -> Any:
 
 
 def throughput_lines(name: str, tp: Any) -> list[str]:
-    if not tp:
+    """One line per model: images/s of each method (benchmarks/throughput.py's JSON), and the batch."""
+    try:
+        methods = tp["throughput"]["methods"]
+        rates = ", ".join(f"{m} {v['images_per_s']:.0f}" for m, v in methods.items())
+        return [f"- {name}: images/s {rates} (batch {tp['batch_size']}, {tp['throughput']['images']} images, "
+                f"{tp['machine'].get('device')}, median of {tp['repeats']})"]
+    except (KeyError, TypeError, ValueError):
         return [f"- {name}: no throughput figures (the step failed)"]
-    rates = {r.get("method"): r.get("img_s") for r in tp.get("methods", tp.get("results", []))
-             if isinstance(r, dict)} if isinstance(tp, dict) else {}
-    if not rates:
-        return [f"- {name}: see throughput.json"]
-    return [f"- {name}: " + ", ".join(f"{m} {v:.0f} img/s" for m, v in rates.items() if isinstance(v, (int, float)))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

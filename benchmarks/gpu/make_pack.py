@@ -21,7 +21,7 @@ The pack (git-ignored; ``--budget-mib``, default 40 MiB, in all):
 - ``pack.json``: what is in the pack, from where, and the command.
 
 ``--synthetic`` builds a small pack of procedural images (karl_cli/io/synthetic.py) with ratings
-= family rank, for ``run.sh --smoke``; it needs no shared data.
+= family rank + noise, without ``site/``, for ``run.sh --smoke``; it needs no shared data.
 """
 from __future__ import annotations
 
@@ -48,8 +48,6 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path("/work/shared/data") if not (REPO.parent / "shared" / "data").is_dir() else REPO.parent / "shared" / "data"
 TRAIN_QUALITIES = (90, 85, 80, 75, 70, 60)
 EVAL_QUALITY = 95
-# pytest and its runtime requirements (pure Python): copied so the GPU machine can run `pytest -m cuda`.
-PYTEST_DISTS = ("pytest",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -170,7 +168,8 @@ def build(args: argparse.Namespace, command: str) -> dict:
         w = csv.DictWriter(f, fieldnames=["path", "rating", "category"])
         w.writeheader()
         w.writerows(ratings)
-    _copy_dist("pytest", out / "site", set())
+    if not args.synthetic:   # the smoke pack runs where pytest is installed
+        _copy_dist("pytest", out / "site", set())
     site_bytes = sum(p.stat().st_size for p in (out / "site").rglob("*") if p.is_file())
 
     for quality in TRAIN_QUALITIES:

@@ -52,16 +52,18 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log everything, cou
 }
 
 if [ "$SMOKE" -eq 1 ]; then
-  DEVICE=cpu; PRESET=learned-tiny; MINUTES="${MINUTES:-0.25}"; STEPS=40; BATCH=8; LR=3e-3; WARMUP=4
-  WORKERS=0; TRAIN_EXTRA=240; EVAL_BATCH=16; FAMILY=2; REPEATS=1; TP_LIMIT=12; BOOT=50
+  DEVICE=cpu; PRESET=learned-tiny; MINUTES="${MINUTES:-1}"; STEPS=20; BATCH=8; LR=3e-3; WARMUP=4
+  WORKERS=0; TRAIN_EXTRA=240; EVAL_BATCH=16; FAMILY=1; REPEATS=1; TP_LIMIT=4; BOOT=20
+  METHODS=single
   if [ -z "$PACK" ]; then
     PACK="$WORK/pack"
     step "smoke pack (generated images)" 120 "$PY" benchmarks/gpu/make_pack.py --synthetic --out "$PACK" \
-      --eval 24 --synthetic-train 24
+      --eval 12 --synthetic-train 24
   fi
 else
   DEVICE=cuda; PRESET=learned-128; MINUTES="${MINUTES:-3.5}"; STEPS=3000; BATCH=128; LR=1e-3; WARMUP=200
   WORKERS=8; TRAIN_EXTRA=150; EVAL_BATCH=128; FAMILY=16; REPEATS=3; TP_LIMIT=200; BOOT=1000
+  METHODS=single,kc_only,search,prefix
   PACK="${PACK:-gpu-pack}"
 fi
 if [ ! -f "$PACK/pack.json" ]; then
@@ -98,13 +100,14 @@ if [ -f "$RUN/model.safetensors" ]; then
     --bootstrap "$BOOT" --device "$DEVICE" --batch-size "$EVAL_BATCH" --family-size "$FAMILY" \
     --json "$OUT/quality.json" --markdown "$WORK/quality.md"
   step "throughput: learned" 180 "$PY" benchmarks/throughput.py "$PACK/eval" --weights "$RUN" \
-    --device "$DEVICE" --repeats "$REPEATS" --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" --json "$WORK/tp-learned.json"
+    --device "$DEVICE" --repeats "$REPEATS" --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" --methods "$METHODS" \
+    --json "$WORK/tp-learned.json"
 else
   log "no trained weights: quality and learned throughput skipped"; FAILED=$((FAILED + 2))
 fi
 step "throughput: wavelet (weights/karl-small)" 180 "$PY" benchmarks/throughput.py "$PACK/eval" \
   --weights weights/karl-small --device "$DEVICE" --repeats "$REPEATS" --limit "$TP_LIMIT" \
-  --batch-size "$EVAL_BATCH" --json "$WORK/tp-wavelet.json"
+  --batch-size "$EVAL_BATCH" --methods "$METHODS" --json "$WORK/tp-wavelet.json"
 
 step "collect" 60 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" --preset "$PRESET"
 log "done: $FAILED failed step(s); files in $OUT"

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from karl_cli.io.atomic import atomic_path
 from karl_cli.models.config import KARLConfig, preset
+from karl_cli.models.layers import Block
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
 from karl_cli.runtime import resolve_device
 from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
@@ -359,8 +360,7 @@ def compile_model(model: nn.Module) -> None:
     unchanged): every transformer block (``dynamic=True``: the token count varies with the budget
     and with halting) and the conv stem and head. The glue between them (halting, gathering the
     kept tokens) has data-dependent shapes and stays eager."""
-    blocks = [m for m in model.modules() if type(m).__name__ == "Block"]
-    for blk in blocks:
+    for blk in (m for m in model.modules() if isinstance(m, Block)):
         blk.compile(dynamic=True)
     model.base.stem.compile()
     model.base.head.compile()

@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 PY="${PYTHON:-python3}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"   # this checkout's karl_cli, installed or not
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/karl-gpu-run.XXXXXX")"
 OUT="${OUT:-$WORK/out}"
 mkdir -p "$OUT"
@@ -71,7 +72,6 @@ if [ ! -f "$PACK/pack.json" ]; then
   exit 2
 fi
 PACK="$(cd "$PACK" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import pytest" 2>/dev/null; then
   export PYTHONPATH="$PYTHONPATH:$PACK/site"   # the pack's copy of pytest, only where it is missing
 fi

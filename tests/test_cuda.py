@@ -59,11 +59,11 @@ def test_trains_on_cuda_in_bf16_with_fused_adamw(tmp_path, name, monkeypatch):
 
 def test_compiled_training_matches_the_eager_loss_scale(tmp_path):
     data = _data(tmp_path)
-    eager = train(data, tmp_path / "e", preset("learned-tiny"), _tc(steps=4), device="cuda")
-    compiled = train(data, tmp_path / "c", preset("learned-tiny"), _tc(steps=4, compile=True), device="cuda")
+    eager = train(data, tmp_path / "e", preset("learned-tiny"), _tc(steps=2), device="cuda")
+    compiled = train(data, tmp_path / "c", preset("learned-tiny"), _tc(steps=2, compile=True), device="cuda")
     rows = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     first = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
-    assert compiled.step == eager.step == 4
+    assert compiled.step == eager.step == 2
     # Same data, same init: compiled kernels may round differently in bf16, not compute something else.
     assert rows[0]["loss"] == pytest.approx(first[0]["loss"], rel=0.05)
 

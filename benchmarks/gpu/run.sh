@@ -2,7 +2,7 @@
 # The one-shot GPU run of the learned KARL (issue 20): one command, no network, under 9 minutes on
 # one H200. From the repository root, with the pack of benchmarks/gpu/make_pack.py carried along:
 #
-#   OUT=/some/folder benchmarks/gpu/run.sh [--pack gpu-pack] [--minutes 3.5]
+#   OUT=/some/folder benchmarks/gpu/run.sh [--pack gpu-pack] [--minutes 3]
 #   benchmarks/gpu/run.sh --smoke          # the same steps on the CPU with learned-tiny (a minute or two)
 #
 # Steps: the environment (nvidia-smi, torch); `pytest -m cuda`; `karl train --preset learned-128` for a
@@ -62,7 +62,7 @@ if [ "$SMOKE" -eq 1 ]; then
       --eval 12 --synthetic-train 24
   fi
 else
-  DEVICE=cuda; PRESET=learned-128; MINUTES="${MINUTES:-3.5}"; STEPS=3000; BATCH=128; LR=1e-3; WARMUP=200
+  DEVICE=cuda; PRESET=learned-128; MINUTES="${MINUTES:-3}"; STEPS=3000; BATCH=128; LR=1e-3; WARMUP=200
   WORKERS=8; TRAIN_EXTRA=150; EVAL_BATCH=128; FAMILY=16; REPEATS=3; TP_LIMIT=200; BOOT=1000
   METHODS=single,kc_only,search,prefix
   PACK="${PACK:-gpu-pack}"
@@ -87,7 +87,7 @@ if torch.cuda.is_available():
     print(\"device\", p.name, round(p.total_memory / 2**30), \"GiB, bf16\", torch.cuda.is_bf16_supported())
 '; cat \"$PACK/pack.json\""
 
-step "pytest -m cuda" 200 "$PY" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider
+step "pytest -m cuda" 240 "$PY" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider
 
 step "train $PRESET for $MINUTES min" "$(awk "BEGIN{print int($MINUTES*60)+$TRAIN_EXTRA}")" \
   "$PY" -m karl_cli train "$PACK/train" --preset "$PRESET" --out "$RUN" --device "$DEVICE" \

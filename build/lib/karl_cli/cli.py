@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -18,10 +17,11 @@ from rich.table import Table
 from rich.text import Text
 
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
+from karl_cli.progress import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
-console = Console(stderr=True)
+console = make_console(stderr=True)   # uncut lines off a terminal
 _state = {"debug": False}
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "karl-small"
@@ -124,6 +124,28 @@ def _progress(label: str) -> Iterator[Callable[..., None]]:
         yield update
 
 
+def _include_hidden_option():
+    return typer.Option(False, "--include-hidden", help="Also scan hidden files and folders (names starting "
+                        "with '.', e.g. .ipynb_checkpoints, macOS ._ files); skipped and counted by default.")
+
+
+def _max_pixels_option():
+    return typer.Option(None, "--max-pixels", min=1, help="Refuse images with more pixels than this "
+                        "(default 64000000, a guard against decompression bombs); raise it for huge images.")
+
+
+def _scan(paths, include_hidden: bool, max_pixels: Optional[int]):
+    """The images under ``paths`` (collect_inputs), with the pixel limit set and what the scan skipped said."""
+    from karl_cli.io.images import set_max_pixels
+    from karl_cli.scoring.complexity import collect_inputs
+
+    set_max_pixels(max_pixels)
+    found = collect_inputs(paths, include_hidden=include_hidden)
+    if found.summary():
+        console.print(f"[dim]{escape(found.summary())}[/]")
+    return found
+
+
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -162,10 +184,12 @@ def complexity(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the KC histogram per ε to this PNG."),
     l1: bool = typer.Option(True, "--l1/--no-l1", help="Check each KC by decoding (the l1 column). --no-l1: KC "
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
-                             checkpoint_seconds, collect_inputs, default_method, parse_shard, score, validate_eps)
+                             checkpoint_seconds, default_method, parse_shard, score, validate_eps)
     from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
@@ -177,7 +201,7 @@ def complexity(
         raise UsageError("say where the rows go: --csv FILE and/or --json FILE ('-' for stdout)")
     if resume and (csv_out or json_out) == "-":
         raise UsageError("--resume needs an output file, not stdout")
-    found = collect_inputs(paths)
+    found = _scan(paths, include_hidden, max_pixels)
     model = _load_model(weights)
     method = check_method(model, method or default_method(model))
     if not l1 and method != "single":
@@ -256,16 +280,18 @@ def encode(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
-    from karl_cli.scoring.complexity import collect_inputs, parse_shard, validate_eps
+    from karl_cli.scoring.complexity import parse_shard, validate_eps
     from karl_cli.runtime import resolve_device
     from karl_cli.scoring.token_store import encode_folder
 
     eps_v = validate_eps(eps)[0]
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    found = collect_inputs(paths)
+    found = _scan(paths, include_hidden, max_pixels)
     model = _load_model(weights)
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
@@ -307,12 +333,15 @@ def show(
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Draw one image, its reconstructions at growing budgets, p_halt per token and KC per ε."""
     from karl_cli.scoring.complexity import validate_eps
     from karl_cli.analysis.plots import DEFAULT_SHOW_EPS, show_figure
+    from karl_cli.io.images import set_max_pixels
     from karl_cli.runtime import resolve_device
 
+    set_max_pixels(max_pixels)
     eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
     dev = resolve_device(device)
     if not image.is_file():
@@ -348,7 +377,9 @@ def main() -> None:
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
-    preset_name: str = typer.Option("small", "--preset", help="Model size preset: tiny or small."),
+    preset_name: str = typer.Option("small", "--preset", help="Model preset: small (the wavelet default), tiny "
+                                    "(tests), learned-64 (learned tokens, CPU-sized), learned-128 (the GPU recipe) "
+                                    "or learned-tiny."),
     arch: str = typer.Option("karl", "--arch", help="Architecture: karl or alit."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="T_max (default: the preset's)."),
     token_step: Optional[int] = typer.Option(None, "--token-step",
@@ -356,7 +387,12 @@ def train(
                                                   "per iteration (default: the preset's)."),
     code: Optional[str] = typer.Option(None, "--code", help="KARL's tokens: wavelet (a Haar code in an adaptive "
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
+                                        "over them (default: from --epochs)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="Wall-clock budget: stop cleanly after the step that passes it, "
+                                                     "save weights and checkpoint (--resume continues). The schedule "
+                                                     "stays the one over --steps, so the learning rate is not annealed."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per step and process."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
@@ -366,6 +402,8 @@ def train(
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images in memory."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
+                                  "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune)."),
 ) -> None:
@@ -381,11 +419,17 @@ def train(
         raise UsageError("--max-tokens, --token-step and --code cannot change a run being resumed")
     model_config = None if resume else _checked(lambda: preset(preset_name, arch=arch, **sizes))
     tc = TrainConfig(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup, workers=workers,
-                     seed=seed, checkpoint_every=checkpoint_every, cache=cache)
+                     seed=seed, checkpoint_every=checkpoint_every, cache=cache, max_minutes=max_minutes,
+                     compile=compile_)
     with training_progress(console) as on_step:
-        run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
-                     on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"), init_from=init_from)
-    console.print(f"[green]done:[/] weights in {escape(str(out))}")
+        result = run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
+                              on_step=on_step, on_log=lambda s: console.print(f"[dim]{escape(s)}[/]"),
+                              init_from=init_from)
+    if result.stopped:
+        console.print(f"[yellow]stopped by the {escape(result.stopped)}[/] at step {result.step} of {result.total}: "
+                      f"weights in {escape(str(out))}; continue with --resume")
+    else:
+        console.print(f"[green]done:[/] weights in {escape(str(out))}")
 
 
 @app.command()
@@ -412,6 +456,8 @@ def correlate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Score cache folder (default ~/.cache/karl)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -423,7 +469,10 @@ def correlate(
 
     from karl_cli.scoring.complexity import check_method, default_method
 
-    rated = load_ratings(root, ratings)      # a bad root or CSV fails before the model is loaded
+    from karl_cli.io.images import set_max_pixels
+
+    set_max_pixels(max_pixels)
+    rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
     model = _load_model(weights)
     method = check_method(model, method or default_method(model))
@@ -443,7 +492,7 @@ def correlate(
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
                                cache=False if no_cache else cache, progress=on_progress)
     result.save(out, per_image)
-    Console().print(rich_table(result))
+    make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")
     for note in result.rated.notes + result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -529,20 +578,24 @@ def compare(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """KARL single pass vs. searches (KARL, ALIT) side by side: tokens, misses, L1/PSNR/SSIM, runs, time."""
     from karl_cli.io.atomic import atomic_write_text
+    from karl_cli.io.names import safe_frame
     from karl_cli.scoring.compare import compare as run_compare
     from karl_cli.scoring.compare import load_models, render_table
     from karl_cli.errors import EXIT_SOME_FAILED
 
+    found = _scan(paths, include_hidden, max_pixels)
     models = load_models(weights)
     with console.status("comparing") as status:
-        df = run_compare(paths, models, eps, batch_size=batch_size, device=device,
+        df = run_compare(found, models, eps, batch_size=batch_size, device=device,
                          on_progress=lambda what: status.update(f"comparing: {what}"))
-    Console().print(render_table(df))
+    make_console().print(render_table(df))
     if csv is not None:
-        atomic_write_text(csv, df.to_csv(index=False))
+        atomic_write_text(csv, safe_frame(df).to_csv(index=False))
         console.print(f"[green]wrote[/] {escape(str(csv))}")
     skipped = df.attrs.get("skipped", [])
     if skipped:

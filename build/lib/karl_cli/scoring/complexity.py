@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader, Dataset
 from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
 from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
 from karl_cli.errors import UsageError
-from karl_cli.io.images import Found, ImageLoadError, discover_images, load_for_model
+from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, load_for_model, max_pixels
+from karl_cli.io.names import escape_path, safe_text, unescape_path
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.scoring.oracle import sweep
 
@@ -104,27 +105,32 @@ def apply_shard(items: Sequence[Any], shard: str | Sequence[int] | None) -> list
     return [it for i, it in enumerate(items) if i % n == k]
 
 
-def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found]) -> list[Found]:
-    """Found entries for paths (files and folders, recursive) or pass-through ``Found`` objects.
-
-    A missing path or no images at all raise UsageError.
+def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found],
+                   include_hidden: bool = False) -> Scan:
+    """Found entries for paths (files and folders, recursive: ``images.discover_images``, hidden ones
+    only with ``include_hidden``) or pass-through ``Found`` objects, sorted, with the scan's counts of
+    what it skipped. A missing path or no images at all raise UsageError.
     """
     if isinstance(paths_or_found, (str, bytes, os.PathLike, Found)):
         paths_or_found = [paths_or_found]
     given = list(paths_or_found)
     found = [p for p in given if isinstance(p, Found)]
     raw = [p for p in given if not isinstance(p, Found)]
+    scan = Scan()
     if raw:
         try:
-            found.extend(discover_images(raw))
+            scan = discover_images(raw, include_hidden=include_hidden)
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
+        found.extend(scan)
     if not given:
         raise UsageError("no input paths given")
     if not found:
-        raise UsageError("no images found under " + ", ".join(os.fspath(p) for p in raw))
+        skipped = scan.summary()
+        raise UsageError("no images found under " + ", ".join(os.fspath(p) for p in raw)
+                         + (f" ({skipped})" if skipped else ""))
     uniq = {f.path: f for f in reversed(found)}  # first occurrence wins
-    return [uniq[k] for k in sorted(uniq)]
+    return Scan((uniq[k] for k in sorted(uniq)), scan.hidden, scan.other, scan.aliases)
 
 
 def row_key(path: Any, eps: Any) -> tuple[str, float]:
@@ -140,6 +146,7 @@ class ImageDataset(Dataset):
         self.items = list(items)
         self.resolution = resolution
         self.baselines = baselines
+        self.max_pixels = max_pixels()   # travels to worker processes, which may not share the setting
 
     def __len__(self) -> int:
         return len(self.items)
@@ -149,7 +156,7 @@ class ImageDataset(Dataset):
         if f.error:
             return f.path, None, f.error, None
         try:
-            arr = load_for_model(f.path, self.resolution)
+            arr = load_for_model(f.path, self.resolution, self.max_pixels)
         except ImageLoadError as e:
             return f.path, None, str(e) or "cannot read image", None
         except Exception as e:  # noqa: BLE001 - an odd file must never stop a 10,000-image run
@@ -313,6 +320,13 @@ def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float
 
 
 # --- rows on disk --------------------------------------------------------------------------------
+def _text(key: str, v: Any) -> Any:
+    """A string value as written: file names escaped, other text with no lone surrogates."""
+    if not isinstance(v, str):
+        return v
+    return escape_path(v) if key in PATH_FIELDS else safe_text(v)
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
@@ -328,10 +342,13 @@ def _json_value(v: Any) -> Any:
 
 
 def coerce_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Typed copy of a row read back from CSV: numbers as int/float, empty cells as None."""
+    """Typed copy of a row read back from CSV: numbers as int/float, empty cells as None, file names
+    (``PATH_FIELDS``) unescaped to the exact names they were written from."""
     out: dict[str, Any] = {}
     for k, v in row.items():
-        if isinstance(v, str):
+        if isinstance(v, str) and k in PATH_FIELDS:
+            v = unescape_path(v) if v else None
+        elif isinstance(v, str):
             if v == "":
                 v = None
             else:
@@ -347,11 +364,14 @@ def coerce_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # File names that are not valid UTF-8 (e.g. b"caf\xe9.png") reach Python as ``str`` with lone
-# surrogates ("caf\udce9.png", PEP 383). CSV files are written and read as UTF-8 with
-# errors="surrogateescape": such a name is stored as its original bytes and reads back as the very
-# same ``str``, so ``--resume`` matches it. JSON escapes it as "\udce9", which also reads back unchanged.
+# surrogates ("caf\udce9.png", PEP 383). Outputs hold them escaped (``names.escape_path``: "caf\\xe9.png"),
+# so CSV and JSON stay valid UTF-8 for any reader, and reading back unescapes them to the very same
+# ``str``, so ``--resume`` matches it. Other text (errors) goes through ``names.safe_text``. Files are
+# read with surrogateescape so that outputs of earlier versions (raw bytes) still resume.
 CSV_ENCODING = "utf-8"
 CSV_ERRORS = "surrogateescape"
+_WRITE_ERRORS = "backslashreplace"   # a safety net only: written text is escaped already
+PATH_FIELDS = frozenset({"path", "name"})   # columns holding file names: escaped on write, unescaped on read
 CHECKPOINT_SECONDS = 5.0
 
 
@@ -392,12 +412,12 @@ def csv_header(path: str | os.PathLike) -> list[str]:
 
 
 def _stdout_text() -> Any:
-    """stdout as UTF-8 text that passes surrogate-escaped names through (detached, never closed, by close())."""
+    """stdout as UTF-8 text (detached, never closed, by close())."""
     buf = getattr(sys.stdout, "buffer", None)
     if buf is None:
         return sys.stdout
     sys.stdout.flush()
-    return io.TextIOWrapper(buf, encoding=CSV_ENCODING, errors=CSV_ERRORS, newline="", write_through=True)
+    return io.TextIOWrapper(buf, encoding=CSV_ENCODING, errors=_WRITE_ERRORS, newline="", write_through=True)
 
 
 class RowWriter:
@@ -414,7 +434,7 @@ class RowWriter:
 
     ``resume=True`` reads an existing output first: its rows are kept (``existing``) and copied to
     the new file, and ``done`` holds their (path, ε) keys for ``score(skip=...)``. ``path="-"``
-    writes to stdout (no atomicity, no resume). CSV is UTF-8 with surrogate escapes (see ``CSV_ERRORS``).
+    writes to stdout (no atomicity, no resume). Output is valid UTF-8: file names escaped (``PATH_FIELDS``).
     """
 
     def __init__(self, path: str | os.PathLike, fields: Sequence[str] = ROW_FIELDS, fmt: str | None = None,
@@ -458,7 +478,7 @@ class RowWriter:
         else:
             try:
                 self._tmp = temp_beside(self.path)
-                self._f = open(self._tmp, "w", newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS)
+                self._f = open(self._tmp, "w", newline="", encoding=CSV_ENCODING, errors=_WRITE_ERRORS)
             except OSError as e:
                 raise self._fail(e) from e
         try:
@@ -477,9 +497,9 @@ class RowWriter:
             raise ValueError("RowWriter is closed")
         try:
             if self.fmt == "csv":
-                self._csv.writerow([_cell(row.get(k)) for k in self.fields])
+                self._csv.writerow([_cell(_text(k, row.get(k))) for k in self.fields])
             else:
-                rec = {k: _json_value(row.get(k)) for k in self.fields}
+                rec = {k: _json_value(_text(k, row.get(k))) for k in self.fields}
                 self._f.write(("\n" if self._first else ",\n") + json.dumps(rec))
         except OSError as e:
             raise self._fail(e) from e

@@ -431,10 +431,11 @@ def main() -> None:
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
-    preset_name: Optional[str] = typer.Option(None, "--preset", help="Model size (default small). tiny: 32 px, "
-                                              "16 tokens, 0.3 M parameters, seconds per step on a CPU: for tests "
-                                              "and trying the pipeline. small: the shipped model, 64 px, 384 "
-                                              "wavelet-code tokens, 2.8 M parameters (see the model card)."),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="Model preset (default small): small (the "
+                                              "shipped wavelet model, 64 px, 384 tokens, 2.8 M parameters), tiny "
+                                              "(32 px, 16 tokens: tests and trying the pipeline), learned-64 "
+                                              "(learned tokens, CPU-sized), learned-128 (the GPU recipe) or "
+                                              "learned-tiny."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: karl (default) or alit."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="T_max (default: the preset's)."),
     token_step: Optional[int] = typer.Option(None, "--token-step",
@@ -442,7 +443,12 @@ def train(
                                                   "per iteration (default: the preset's)."),
     code: Optional[str] = typer.Option(None, "--code", help="KARL's tokens: wavelet (a Haar code in an adaptive "
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default: from --epochs)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
+                                        "over them (default: from --epochs)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="Wall-clock budget: stop cleanly after the step that passes it, "
+                                                     "save weights and checkpoint (--resume continues). The schedule "
+                                                     "stays the one over --steps, so the learning rate is not annealed."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step and process "
                                              "(default 64; the folders need at least this many images)."),
@@ -456,8 +462,11 @@ def train(
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Keep decoded images in memory "
                                          "(default: cache)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
+                                  "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
-                                "(only --steps, --epochs, --workers and --device may change)."),
+                                "(only --steps, --epochs, --max-minutes, --workers, --compile and --device may "
+                                "change)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
                                             "shipped name (karl-small, alit-small) or a weights folder."),
 ) -> None:
@@ -485,7 +494,7 @@ def train(
                              "flags or start a new run with another --out")
     model_config = None if resume else _checked(lambda: preset(preset_name or "small", **sizes))
     defaults = TrainConfig()
-    tc = TrainConfig(steps=steps, epochs=epochs, workers=workers,
+    tc = TrainConfig(steps=steps, epochs=epochs, workers=workers, max_minutes=max_minutes, compile=compile_,
                      **{k: recipe.get(k, getattr(defaults, k)) for k in ("batch_size", "lr", "warmup_steps", "seed",
                                                                          "checkpoint_every", "cache")})
 
@@ -494,9 +503,13 @@ def train(
         console.print(f"[{style}]{escape(line)}[/]")
 
     with training_progress(console) as on_step:
-        run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
-                     on_step=on_step, on_log=on_log, init_from=init_from)
-    console.print(f"[green]done:[/] weights in {escape(str(out))}")
+        result = run_training([str(d) for d in data], out, model_config, tc, device=device, resume=resume,
+                              on_step=on_step, on_log=on_log, init_from=init_from)
+    if result.stopped:
+        console.print(f"[yellow]stopped by the {escape(result.stopped)}[/] at step {result.step} of {result.total}: "
+                      f"weights in {escape(str(out))}; continue with --resume")
+    else:
+        console.print(f"[green]done:[/] weights in {escape(str(out))}")
 
 
 @app.command(cls=_Command)

@@ -7,7 +7,13 @@ describes is the pair (``arch``, ``code``); docs/design.md §1 describes each:
 - ``("karl", "learned")``: KARL with learned 1D tokens, the papers' tokenizer (the GPU recipe);
 - ``("alit", "dct")``: ALIT, recurrent allocation over DCT-initialised tokens (``models/alit.py``).
 
-Field defaults are the shipped default model (``weights/karl-small``).
+Field defaults are the shipped default model (``weights/karl-small``). Presets (``preset(name)``):
+``tiny`` and ``small`` (the wavelet model), and the learned tokens' recipe, ``learned-tiny`` (tests),
+``learned-64`` (CPU-sized: 64 px, T_max 64 in budgets of 8; benchmarks/learned_cpu.py) and
+``learned-128`` (the GPU recipe of benchmarks/gpu/run.sh: 128 px, patch 16, encoder 192 x 4 blocks,
+decoder 256 x 4, T_max 256 in budgets of 32 as in the papers, 7.5M parameters). The learned presets
+use the paper's halting threshold 0.75 and keep the halting loss off the shared encoder
+(``halt_grad_scale`` 0; docs/design.md §3).
 """
 from __future__ import annotations
 
@@ -220,6 +226,25 @@ PRESETS: dict[str, KARLConfig] = {
     # (wavelet.py), which the decoder refines. 384, not 256: ε 0.03 takes more than 256 tokens of this
     # code for a fifth of photos (docs/design.md §4).
     "small": KARLConfig(),
+    # The papers' tokenizer (learned 1D tokens through the 12-d bottleneck, conv base, linear
+    # grid<->token shortcuts), seconds on a CPU: for tests.
+    "learned-tiny": KARLConfig(code="learned", resolution=32, base_channels=16, width=32, enc_depth=1, enc_heads=2,
+                               dec_width=48, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4, halt_hidden=16,
+                               halt_threshold=0.75, halt_grad_scale=0.0, direct_dim=8),
+    # CPU-sized learned tokens at 64 px (benchmarks/learned_cpu.py): 64 tokens (768 values for 12,288
+    # pixel values) in budgets of 8, two encoder and two decoder blocks, a narrow conv base: a step
+    # of 16 crops takes seconds on 2 cores. The halting loss does not reach the shared encoder
+    # (halt_grad_scale 0; docs/design.md §3).
+    "learned-64": KARLConfig(code="learned", resolution=64, base_channels=16, width=128, enc_depth=2, enc_heads=4,
+                             dec_width=128, dec_depth=2, dec_heads=4, max_tokens=64, token_step=8,
+                             halt_threshold=0.75, halt_grad_scale=0.0, direct_dim=32),
+    # The GPU recipe (benchmarks/gpu/run.sh): 128 px, a small encoder and a larger decoder, T_max 256
+    # in budgets of 32 as in the papers. Patch 16 (an 8x8 grid) keeps the shortcuts' dense maps, which
+    # scale with grid x tokens, small enough for fp16 weights under 16 MiB (7.3M parameters).
+    "learned-128": KARLConfig(code="learned", resolution=128, patch_size=16, base_channels=16, width=192,
+                              enc_depth=4, enc_heads=3, dec_width=256, dec_depth=4, dec_heads=4, max_tokens=256,
+                              token_step=32, halt_hidden=64, halt_threshold=0.75, halt_grad_scale=0.0,
+                              direct_dim=4),
 }
 
 

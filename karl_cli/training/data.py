@@ -71,8 +71,11 @@ class CropDataset(torch.utils.data.Dataset):
                 continue
         raise UsageError("none of the training images could be read")
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i) % 2**63)
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        """Crop (3, R, R) in [0, 1] of image ``key``: an index (at the epoch of ``set_epoch``) or an
+        (epoch, index) pair, so one loader can stream several epochs."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7_919 + i) % 2**63)
         img = torch.from_numpy(self._image(i)).permute(2, 0, 1)
         _, h, w = img.shape
         y0, x0, ch, cw = _crop_box(h, w, self.scale, g)
@@ -103,21 +106,41 @@ def epoch_indices(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) 
     """This rank's share of a seeded permutation; every rank gets the same count (padding by wrap-around)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 31 + epoch)).tolist()
     per_rank = math.ceil(n / world)
-    perm += perm[: per_rank * world - n]
+    perm = (perm * math.ceil(per_rank * world / n))[: per_rank * world]   # wraps even when world > n
     return perm[rank::world]
 
 
-def batches(dataset: CropDataset, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-            rank: int = 0, world: int = 1, workers: int = 0) -> Iterator[torch.Tensor]:
-    """The epoch's batches from ``start_batch`` on (the last partial batch is dropped)."""
-    dataset.set_epoch(epoch)
-    idx = epoch_indices(len(dataset), seed, epoch, rank, world)
-    n_batches = len(idx) // batch_size
-    chunks = [idx[b * batch_size:(b + 1) * batch_size] for b in range(start_batch, n_batches)]
-    if not chunks:
+class _StepChunks:
+    """The (epoch, index) keys of each step's batch, for steps ``start``..``stop - 1``: step s is batch
+    s mod per_epoch of epoch s div per_epoch (the last partial batch of an epoch is dropped)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int, world: int) -> None:
+        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.rank, self.world = rank, world
+        self.per_epoch = batches_per_epoch(n, batch_size, world)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, idx = -1, []
+        for step in range(self.start, self.stop):
+            e, b = divmod(step, self.per_epoch)
+            if e != epoch:   # one permutation per epoch, drawn when the stream reaches it
+                epoch, idx = e, epoch_indices(self.n, self.seed, e, self.rank, self.world)
+            yield [(e, i) for i in idx[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+def batches(dataset: CropDataset, batch_size: int, seed: int, start_step: int, stop_step: int,
+            rank: int = 0, world: int = 1, workers: int = 0, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """The batches (batch_size, 3, R, R) of steps ``start_step``..``stop_step - 1``, across epochs, from
+    one loader: its ``workers`` start once, not once per epoch (an epoch of a small folder is a few
+    steps on a GPU). ``pin_memory`` (for CUDA) lets the copy to the GPU overlap with compute."""
+    chunks = _StepChunks(len(dataset), batch_size, seed, start_step, stop_step, rank, world)
+    if not len(chunks):
         return iter(())
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=workers,
-                                         persistent_workers=False)
+                                         persistent_workers=False, pin_memory=pin_memory)
     return iter(loader)
 
 

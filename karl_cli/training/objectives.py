@@ -27,6 +27,14 @@ def halting_targets(budget: int, max_tokens: int, batch: int, device: torch.devi
     return t
 
 
+def halting_bce(p_halt: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of p_halt (B, T) in [0, 1] against targets (B, T) in {0, 1}, in fp32 outside
+    autocast: CUDA autocast refuses ``F.binary_cross_entropy`` on probabilities (unsafe in half
+    precision), and the halting head's p_halt is float32 already."""
+    with torch.autocast(p_halt.device.type, enabled=False):
+        return F.binary_cross_entropy(p_halt.float(), target.float())
+
+
 class TwoPhaseLoss(nn.Module):
     """Both phases in one forward, so DDP sees one forward per backward."""
 
@@ -42,12 +50,12 @@ class TwoPhaseLoss(nn.Module):
         out1 = self.model(images, eps_small, num_tokens=budget, halting=False)
         l1_1 = (out1.recon.float() - images).abs().mean(dim=(1, 2, 3))
         eps0 = l1_1.detach()
-        halt1 = F.binary_cross_entropy(out1.p_halt, torch.zeros_like(out1.p_halt))
+        halt1 = halting_bce(out1.p_halt, torch.zeros_like(out1.p_halt))
         # Phase 2: all T_max tokens conditioned on bin(ε₀); learn that the extra ones were not needed.
         out2 = self.model(images, eps_to_bin(eps0), num_tokens=cfg.max_tokens, halting=True)
         l1_2 = (out2.recon.float() - images).abs().mean(dim=(1, 2, 3))
         target = halting_targets(budget, cfg.max_tokens, b, images.device)
-        halt2 = F.binary_cross_entropy(out2.p_halt, target)
+        halt2 = halting_bce(out2.p_halt, target)
         loss = l1_1.mean() + l1_2.mean() + halt_weight * (halt1 + halt2)
         stats = {"rec1": l1_1.mean().detach(), "rec2": l1_2.mean().detach(), "halt": (halt1 + halt2).detach() / 2,
                  "kept2": out2.keep.float().sum(1).mean()}

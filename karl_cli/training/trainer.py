@@ -1,7 +1,14 @@
 """The training loop: data, optimiser, schedule, EMA, checkpoints and resume around the step of
 ``training/objectives.py`` (docs/design.md §3).
 
-Runs on CPU or CUDA (bf16 autocast) and data-parallel under ``torchrun`` (DDP; gloo on CPU).
+Runs on CPU or CUDA and data-parallel under ``torchrun`` (DDP: nccl on CUDA, gloo on CPU). On CUDA:
+bf16 autocast, TF32 matmuls, fused AdamW, channels-last images, pinned host memory with non-blocking
+copies, and optionally ``torch.compile`` of the transformer blocks and the conv base.
+
+Length: ``steps`` (or ``epochs``) defines the schedule (warm-up, then cosine to ``min_lr_ratio``);
+``max_minutes`` is a wall-clock budget that stops the run early, cleanly and resumably. A stopped
+run is exactly a prefix of the full run: its learning rate is wherever the cosine over ``steps``
+had reached (it is not annealed to the end), and ``--resume`` continues the same schedule.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import torch.nn as nn
 
 from karl_cli.io.atomic import atomic_path
 from karl_cli.models.config import KARLConfig, preset
+from karl_cli.models.layers import Block
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
 from karl_cli.runtime import resolve_device
 from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
@@ -61,6 +69,8 @@ class TrainConfig:
     workers: int = 0
     cache: bool = True
     crop_scale: tuple[float, float] = (0.25, 1.0)
+    max_minutes: float | None = None  # wall-clock budget of this process's run (loading included)
+    compile: bool = False             # torch.compile the transformer blocks and the conv base
 
     def __post_init__(self) -> None:
         """Out-of-range settings are usage errors, found before any work (not a crash at step N)."""
@@ -92,6 +102,8 @@ class TrainConfig:
             raise bad("min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         if not (finite(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise bad("ema_decay", self.ema_decay, "in [0, 1)")
+        if self.max_minutes is not None and not (finite(self.max_minutes) and self.max_minutes > 0):
+            raise bad("--max-minutes", self.max_minutes, "a positive number")
 
 
 # --- schedule and EMA ----------------------------------------------------------------------------
@@ -122,11 +134,17 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+        # One fused lerp over all float tensors (a per-tensor loop launches ~100 kernels per step on CUDA).
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].detach().float() for k in floats], 1 - d)
+        for k, v in state.items():
+            if not v.dtype.is_floating_point:
                 self.shadow[k].copy_(v)
+
+    def to(self, device: torch.device) -> None:
+        """Keep the averages beside the weights (on CUDA the update then never leaves the GPU)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
 
     def copy_to(self, model: nn.Module) -> None:
         model.load_state_dict(self.shadow)
@@ -137,8 +155,7 @@ class EMA:
 RECIPE_FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup", "seed": "--seed",
                 "checkpoint_every": "--checkpoint-every", "cache": "--cache/--no-cache"}
 # KARLConfig fields that `karl train` sets by flag.
-SIZE_FLAGS = {"arch": "--arch", "max_tokens": "--max-tokens", "token_step": "--token-step", "code": "--code",
-              "one_token_budget": "--one-token-budget/--no-one-token-budget"}
+SIZE_FLAGS = {"arch": "--arch", "max_tokens": "--max-tokens", "token_step": "--token-step", "code": "--code"}
 
 
 def read_run(out: str | os.PathLike) -> tuple[KARLConfig, TrainConfig, int]:
@@ -159,7 +176,8 @@ def _load_checkpoint(ckpt_path: Path) -> dict:
         saved_tc = dict(state["train_config"])
         saved_tc["betas"] = tuple(saved_tc["betas"])
         saved_tc["crop_scale"] = tuple(saved_tc["crop_scale"])
-        state["_train_config"] = TrainConfig(**saved_tc)
+        # A time budget and compilation belong to one invocation, not to the run.
+        state["_train_config"] = TrainConfig(**{**saved_tc, "max_minutes": None, "compile": False})
     except KarlError:
         raise
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError, ...: all mean "not ours"
@@ -172,8 +190,8 @@ def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, siz
                      recipe: dict | None = None) -> list[str]:
     """What the flags given to a resumed run contradict in the run checkpointed in ``out``, one
     phrase per flag naming it (empty: nothing contradicts). ``preset_name``: the --preset given (it
-    must describe the run's sizes, with the run's own --max-tokens, --token-step, --code and
-    --one-token-budget); ``sizes``: KARLConfig fields given by flag (``SIZE_FLAGS``); ``recipe``:
+    must describe the run's sizes, with the run's own --arch, --max-tokens, --token-step and
+    --code); ``sizes``: KARLConfig fields given by flag (``SIZE_FLAGS``); ``recipe``:
     TrainConfig fields given by flag (``RECIPE_FLAGS``). A resumed run may change only its length
     (--steps, --epochs), --workers and --device."""
     cfg, tc, _ = read_run(out)
@@ -208,6 +226,8 @@ class TrainResult:
     out: Path                 # the run folder (weights, checkpoint, metrics)
     model: nn.Module          # the trained (non-EMA) model, as this process holds it
     step: int
+    total: int = 0            # the steps the schedule is defined over
+    stopped: str | None = None   # why the run ended before ``total`` ("time budget"), or None
 
 
 @dataclass
@@ -239,7 +259,11 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
     checkpoint.pt (for ``resume``) and metrics.jsonl. ``init_from`` starts a new run from the tensors of
     a weights directory (fine-tuning); tensors the architecture has and the file lacks keep their init.
+    With ``train_config.max_minutes`` the run stops after the first step that ends past the budget
+    (counted from this call, loading included), saves weights and checkpoint, and returns with
+    ``stopped="time budget"``; ``resume`` continues it on the same schedule.
     """
+    t_start = time.monotonic()
     out = Path(out)
     log = on_log or (lambda s: None)
     ckpt_path = out / CHECKPOINT_NAME
@@ -259,7 +283,8 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
             # A resumed run keeps its recipe; only the length and the worker count may change.
             length = ({"steps": train_config.steps, "epochs": None} if train_config.steps else
                       {"steps": None, "epochs": train_config.epochs} if train_config.epochs else {})
-            tc = dataclasses.replace(tc, workers=train_config.workers, **length)
+            tc = dataclasses.replace(tc, workers=train_config.workers, max_minutes=train_config.max_minutes,
+                                     compile=train_config.compile, **length)
     else:
         model_config = model_config or preset("small")
         tc = train_config or TrainConfig()
@@ -272,6 +297,10 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
     torch.manual_seed(tc.seed)
+    if dev.type == "cuda":
+        # TF32 for the fp32 matmuls and convolutions left outside bf16 autocast (optimizer, EMA, losses).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     files = training_files(data)
     dataset = CropDataset(files, model_config.resolution, seed=tc.seed, scale=tc.crop_scale, cache=tc.cache)
@@ -301,7 +330,8 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "embed" in name else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas,
+                            fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, tc.warmup_steps, tc.min_lr_ratio))
     if init_from is not None and state is None:
         fresh = init_weights(model, init_from)
@@ -315,15 +345,18 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         ema.shadow = state["ema"]
+        ema.to(dev)
         step = int(state["step"])
         log(f"resumed at step {step} of {total}")
+    if tc.compile:
+        compile_model(model)
     autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
     metrics_path = out / METRICS_NAME
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
 
-    def save(final: bool = False) -> None:
+    def save(final: bool = False, stopped: str | None = None) -> None:
         if rank != 0:
             return
         with atomic_path(ckpt_path) as tmp:
@@ -333,7 +366,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         ema_model = build_model(model_config)
         ema.copy_to(ema_model)
         save_pretrained(ema_model, out, card=model_card(model_config, tc, data, len(dataset), step, total, world,
-                                                        metrics_path, final))
+                                                        metrics_path, final, stopped))
 
     amp_dtype_name = "bf16" if autocast_dtype else "fp32"
     log(f"training {model_config.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on "
@@ -342,39 +375,47 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     model.train()
     t_last = time.perf_counter()
     previous_term = _stop_on_sigterm()
+    stopped = None
+    deadline = None if tc.max_minutes is None else t_start + 60.0 * tc.max_minutes
     try:
-        while step < total:
-            epoch, start = divmod(step, per_epoch)
-            for images in batches(dataset, tc.batch_size, tc.seed, epoch, start, rank, world, tc.workers):
-                if step >= total:
-                    break
-                images = images.to(dev, non_blocking=True)
-                if dev.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
-                                        f"checkpoint is {ckpt_path} (try a lower --lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                sched.step()
-                ema.update(model, step)
-                step += 1
-                now = time.perf_counter()
-                row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "img_s": tc.batch_size * world / max(now - t_last, 1e-9),
-                       **{k: float(v) for k, v in stats.items()}, "time": time.time()}
-                t_last = now
-                if rank == 0:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-                    if on_step:
-                        on_step(StepReport(step, total, epoch, row))
-                if step % tc.checkpoint_every == 0 and step < total:
-                    save()
-        save(final=True)
+        for images in batches(dataset, tc.batch_size, tc.seed, step, total, rank, world, tc.workers,
+                              pin_memory=dev.type == "cuda"):
+            epoch = step // per_epoch
+            images = images.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
+                                    f"checkpoint is {ckpt_path} (try a lower --lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update(model, step)
+            step += 1
+            now = time.perf_counter()
+            row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "img_s": tc.batch_size * world / max(now - t_last, 1e-9),
+                   **{k: float(v) for k, v in stats.items()}, "time": time.time()}
+            t_last = now
+            if rank == 0:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                if on_step:
+                    on_step(StepReport(step, total, epoch, row))
+            if deadline is not None and _past(deadline, dev, world) and step < total:
+                stopped = "time budget"
+                break
+            if step % tc.checkpoint_every == 0 and step < total:
+                save()
+        if stopped is None:
+            save(final=True)
+        else:
+            save(stopped=stopped)
+            log(f"stopped by the {tc.max_minutes:g}-minute budget at step {step} of {total}; "
+                "weights and checkpoint saved, continue with --resume")
     except KeyboardInterrupt:
         save()
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, continue with --resume") from None
@@ -383,7 +424,29 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
             signal.signal(signal.SIGTERM, previous_term)
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    return TrainResult(out, model, step)
+    return TrainResult(out, model, step, total, stopped)
+
+
+def _past(deadline: float, dev: torch.device, world: int) -> bool:
+    """Whether the wall-clock budget is spent; under DDP rank 0's clock decides for every rank, so
+    all ranks stop after the same step (one rank leaving early would hang the others' all-reduce)."""
+    past = time.monotonic() >= deadline
+    if world == 1:
+        return past
+    flag = torch.tensor([float(past)], device=dev if dev.type == "cuda" else "cpu")
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def compile_model(model: nn.Module) -> None:
+    """``torch.compile`` the parts with fixed or merely growing shapes, in place (state-dict keys
+    unchanged): every transformer block (``dynamic=True``: the token count varies with the budget
+    and with halting) and the conv stem and head. The glue between them (halting, gathering the
+    kept tokens) has data-dependent shapes and stays eager."""
+    for blk in (m for m in model.modules() if isinstance(m, Block)):
+        blk.compile(dynamic=True)
+    model.base.stem.compile()
+    model.base.head.compile()
 
 
 CODE_FIT_CROPS = 4096
@@ -468,15 +531,17 @@ def card_with_config(card: str, cfg: KARLConfig) -> str:
 
 
 def model_card(cfg: KARLConfig, tc: TrainConfig, data: list[str], n_images: int, step: int, total: int,
-               world: int, metrics_path: Path, final: bool) -> str:
+               world: int, metrics_path: Path, final: bool, stopped: str | None = None) -> str:
     """A model card: data, recipe, steps and the training figures at the time of writing."""
     recent = _recent(metrics_path, ("rec2", "halt", "kept2"))
     rec2, halt, kept = recent["rec2"], recent["halt"], recent["kept2"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
         f"# {cfg.arch.upper()} tokenizer (karl)", "",
-        f"Status: {'finished' if final else 'checkpoint'} at step {step} of {total} "
-        f"({step * tc.batch_size * world:,} training crops).", "",
+        f"Status: {'finished' if final else f'stopped by the {stopped}' if stopped else 'checkpoint'} at step "
+        f"{step} of {total} ({step * tc.batch_size * world:,} training crops)"
+        + (f"; the cosine schedule over {total} steps was cut there, so the learning rate had not annealed "
+           "(`karl train --resume` continues it)." if stopped else "."), "",
         "## Data", "",
         f"{n_images} images from: " + ", ".join(f"`{Path(d).name or d}`" for d in data) + ".", "",
         "## Recipe", "",

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""The last step of benchmarks/gpu/run.sh: gather what the run produced into ``--out``, at most 8
+files each under 16 MiB.
+
+    python benchmarks/gpu/collect.py --run RUN_FOLDER --work WORK_FOLDER --out OUT [--preset learned-128]
+
+Writes ``karl-<preset>/`` (config.json, model.safetensors with the EMA weights in fp16, model_card.md:
+for learned-128 ``model_card_template.md`` filled with the figures and the trainer's card, otherwise
+the trainer's card with the figures appended), metrics.jsonl (the training log), throughput.json (the learned
+and the wavelet model), summary.md (quality and throughput in README form). quality.json and run.log
+are written by run.sh itself. Missing inputs (a step that failed) are noted in summary.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
+MAX_FILES = 8
+MAX_BYTES = 16 * 2**20
+
+
+def fp16_weights(run: Path, dest: Path) -> None:
+    """config.json, model.safetensors (floating tensors as fp16; karl loads them into fp32 models) and
+    model_card.md of a run folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    state = load_file(str(run / "model.safetensors"))
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              str(dest / "model.safetensors"))
+    shutil.copy2(run / "config.json", dest / "config.json")
+    (dest / "model.safetensors").chmod(0o644)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def throughput_lines(name: str, tp: Any) -> list[str]:
+    """One line per model: images/s of each method (benchmarks/throughput.py's JSON), and the batch."""
+    try:
+        methods = tp["throughput"]["methods"]
+        rates = ", ".join(f"{m} {v['images_per_s']:.0f}" for m, v in methods.items())
+        return [f"- {name}: images/s {rates} (batch {tp['batch_size']}, {tp['throughput']['images']} images, "
+                f"{tp['machine'].get('device')}, median of {tp['repeats']})"]
+    except (KeyError, TypeError, ValueError):
+        return [f"- {name}: no throughput figures (the step failed)"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--preset", default="learned-128")
+    args = ap.parse_args(argv)
+    out, run, work = args.out, args.run, args.work
+    notes = []
+    summary = [f"# karl GPU run: {args.preset}", ""]
+    quality_md = work / "quality.md"
+    summary += [quality_md.read_text(encoding="utf-8") if quality_md.is_file() else "(no quality report)", ""]
+    tp = {"learned": _read(work / "tp-learned.json"), "wavelet": _read(work / "tp-wavelet.json")}
+    (out / "throughput.json").write_text(json.dumps(tp, indent=1) + "\n", encoding="utf-8")
+    summary += ["## Throughput (`benchmarks/throughput.py`)", ""]
+    summary += throughput_lines("learned", tp["learned"]) + throughput_lines("wavelet (karl-small)", tp["wavelet"])
+    if (run / "model.safetensors").is_file():
+        dest = out / f"karl-{args.preset}"
+        fp16_weights(run, dest)
+        trainer_card = (run / "model_card.md").read_text(encoding="utf-8")
+        figures = "\n".join(summary[2:])
+        if args.preset == "learned-128":   # the recipe's card: model_card_template.md, filled in
+            card = (TEMPLATE.read_text(encoding="utf-8").replace("FIGURES", figures)
+                    .replace("TRAINER_CARD", trainer_card.replace("\n# ", "\n### ")))
+        else:
+            card = (trainer_card + "\n## Stored\n\nThe EMA weights in fp16 (karl loads them into an fp32 "
+                    "model).\n\n## Measured (benchmarks/gpu/run.sh)\n\n" + figures + "\n")
+        (dest / "model_card.md").write_text(card, encoding="utf-8")
+        if (run / "metrics.jsonl").is_file():
+            shutil.copy2(run / "metrics.jsonl", out / "metrics.jsonl")
+    else:
+        notes.append("no trained weights: the training step failed")
+    summary += [""] + [f"- note: {n}" for n in notes]
+    (out / "summary.md").write_text("\n".join(summary) + "\n", encoding="utf-8")
+    files = [p for p in out.rglob("*") if p.is_file()]
+    big = [f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files if p.stat().st_size >= MAX_BYTES]
+    print(f"{len(files)} files in {out}" + (f"; over 16 MiB: {', '.join(big)}" if big else ""))
+    return 1 if big or len(files) > MAX_FILES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

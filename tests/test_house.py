@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -89,9 +90,13 @@ def test_no_function_local_imports_outside_the_cli():
 
 
 def test_the_wheel_carries_the_shipped_weights(tmp_path):
-    root = PACKAGE.parent
+    # Built from a copy: setuptools writes build/ beside pyproject.toml, which must not touch the checkout.
+    root, src = PACKAGE.parent, tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "karl_cli", "weights"):
+        (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True)
+                    str(tmp_path), str(src)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("karl-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for model in ("karl-small", "alit-small"):

@@ -134,13 +134,24 @@ def _max_pixels_option():
                         "(default 64000000, a guard against decompression bombs); raise it for huge images.")
 
 
-def _scan(paths, include_hidden: bool, max_pixels: Optional[int]):
-    """The images under ``paths`` (collect_inputs), with the pixel limit set and what the scan skipped said."""
+def _files_from_option():
+    return typer.Option(None, "--files-from", help="Also read the paths listed in this file, one per line ('-' = "
+                        "stdin); relative paths are relative to the list's folder. Missing ones become error rows.")
+
+
+def _paths_argument():
+    return typer.Argument(None, help="Image files, folders (searched recursively) and/or .tar shards "
+                          "(WebDataset layout; read in place, rows name shard.tar/KEY.EXT).")
+
+
+def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Optional[str] = None):
+    """The images under ``paths`` and in the list ``files_from`` (collect_inputs), with the pixel limit
+    set and what the scan skipped said."""
     from karl_cli.io.images import set_max_pixels
     from karl_cli.scoring.complexity import collect_inputs
 
     set_max_pixels(max_pixels)
-    found = collect_inputs(paths, include_hidden=include_hidden)
+    found = collect_inputs(paths or [], include_hidden=include_hidden, files_from=files_from)
     if found.summary():
         console.print(f"[dim]{escape(found.summary())}[/]")
     return found
@@ -166,10 +177,13 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 @app.command()
 @_handle_errors
 def complexity(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = _paths_argument(),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
+    parquet_out: Optional[str] = typer.Option(None, "--parquet", help="Write rows to this Parquet file (streamed "
+                                              "in row groups)."),
+    files_from: Optional[str] = _files_from_option(),
     baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
@@ -197,11 +211,14 @@ def complexity(
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    if csv_out is None and json_out is None:
-        raise UsageError("say where the rows go: --csv FILE and/or --json FILE ('-' for stdout)")
-    if resume and (csv_out or json_out) == "-":
+    outs_given = [p for p in (csv_out, json_out, parquet_out) if p is not None]
+    if not outs_given:
+        raise UsageError("say where the rows go: --csv FILE, --json FILE ('-' for stdout) and/or --parquet FILE")
+    if parquet_out == "-":
+        raise UsageError("Parquet cannot stream to stdout; name a file for --parquet")
+    if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
-    found = _scan(paths, include_hidden, max_pixels)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
     model = _load_model(weights)
     method = check_method(model, method or default_method(model))
     if not l1 and method != "single":
@@ -211,18 +228,19 @@ def complexity(
     plot_rows: list[dict] = []
     with contextlib.ExitStack() as stack:
         every = checkpoint_seconds()   # a hard kill loses at most this many seconds of rows
-        primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every))
+        # --resume reads back the first output given (csv, json, parquet); the others are rewritten from it.
+        primary = stack.enter_context(RowWriter(outs_given[0], fields, resume=resume, checkpoint_s=every))
         sinks = [primary]
-        if csv_out and json_out:
-            sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
+        for other in outs_given[1:]:
+            sinks.append(stack.enter_context(RowWriter(other, fields, checkpoint_s=every)))
             for row in primary.existing:
-                sinks[1].write(row)
+                sinks[-1].write(row)
         for row in primary.existing:
             summary.add(row)
             if plot:
                 plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
         if primary.existing:
-            console.print(f"resuming: {len(primary.existing)} rows already in {escape(csv_out or json_out)} are kept")
+            console.print(f"resuming: {len(primary.existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
             rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
@@ -240,7 +258,7 @@ def complexity(
         console.print(f"[yellow]note:[/] most images miss ε = {', '.join(unreachable)} even with the kept tokens; "
                       "this model cannot reconstruct that closely, so KC saturates there. A larger ε (or a "
                       "better model) gives KC that separates images.")
-    outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
+    outs = " and ".join(p for p in outs_given if p != "-")
     if outs:
         kept = len(primary.existing)
         console.print(f"wrote {primary.count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
@@ -257,10 +275,10 @@ def complexity(
 @app.command()
 @_handle_errors
 def merge(
-    out: str = typer.Argument(..., help="The merged CSV to write."),
-    inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
+    out: str = typer.Argument(..., help="The merged file to write (.csv, .json or .parquet)."),
+    inputs: List[Path] = typer.Argument(..., help="Shard outputs (from --shard K/N runs): CSV, JSON or Parquet, mixed."),
 ) -> None:
-    """Join shard CSVs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
+    """Join shard outputs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
     from karl_cli.scoring.complexity import merge_csv
 
     counts = merge_csv(out, inputs)
@@ -271,7 +289,7 @@ def merge(
 @app.command()
 @_handle_errors
 def encode(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = _paths_argument(),
     eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
@@ -280,6 +298,7 @@ def encode(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
+    files_from: Optional[str] = _files_from_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -291,7 +310,7 @@ def encode(
     eps_v = validate_eps(eps)[0]
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    found = _scan(paths, include_hidden, max_pixels)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
     model = _load_model(weights)
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -18,10 +17,11 @@ from rich.table import Table
 from rich.text import Text
 
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError
+from karl_cli.progress import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Image complexity from a single-pass adaptive image tokenizer (KARL).")
-console = Console(stderr=True)
+console = make_console(stderr=True)   # uncut lines off a terminal
 _state = {"debug": False}
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "karl-small"
@@ -124,6 +124,39 @@ def _progress(label: str) -> Iterator[Callable[..., None]]:
         yield update
 
 
+def _include_hidden_option():
+    return typer.Option(False, "--include-hidden", help="Also scan hidden files and folders (names starting "
+                        "with '.', e.g. .ipynb_checkpoints, macOS ._ files); skipped and counted by default.")
+
+
+def _max_pixels_option():
+    return typer.Option(None, "--max-pixels", min=1, help="Refuse images with more pixels than this "
+                        "(default 64000000, a guard against decompression bombs); raise it for huge images.")
+
+
+def _files_from_option():
+    return typer.Option(None, "--files-from", help="Also read the paths listed in this file, one per line ('-' = "
+                        "stdin); relative paths are relative to the list's folder. Missing ones become error rows.")
+
+
+def _paths_argument():
+    return typer.Argument(None, help="Image files, folders (searched recursively) and/or .tar shards "
+                          "(WebDataset layout; read in place, rows name shard.tar/KEY.EXT).")
+
+
+def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Optional[str] = None):
+    """The images under ``paths`` and in the list ``files_from`` (collect_inputs), with the pixel limit
+    set and what the scan skipped said."""
+    from karl_cli.io.images import set_max_pixels
+    from karl_cli.scoring.complexity import collect_inputs
+
+    set_max_pixels(max_pixels)
+    found = collect_inputs(paths or [], include_hidden=include_hidden, files_from=files_from)
+    if found.summary():
+        console.print(f"[dim]{escape(found.summary())}[/]")
+    return found
+
+
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -144,10 +177,13 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 @app.command()
 @_handle_errors
 def complexity(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = _paths_argument(),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
+    parquet_out: Optional[str] = typer.Option(None, "--parquet", help="Write rows to this Parquet file (streamed "
+                                              "in row groups)."),
+    files_from: Optional[str] = _files_from_option(),
     baselines: bool = typer.Option(False, "--baselines", help="Add JPEG-75 and PNG bytes per pixel."),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
@@ -162,10 +198,12 @@ def complexity(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the KC histogram per ε to this PNG."),
     l1: bool = typer.Option(True, "--l1/--no-l1", help="Check each KC by decoding (the l1 column). --no-l1: KC "
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.scoring.complexity import (BASELINE_FIELDS, METHODS, ROW_FIELDS, RowWriter, Summary, check_method,
-                             checkpoint_seconds, collect_inputs, default_method, parse_shard, score, validate_eps)
+                             checkpoint_seconds, default_method, parse_shard, score, validate_eps)
     from karl_cli.runtime import resolve_device
 
     eps_v = validate_eps(eps or [0.05])
@@ -173,11 +211,14 @@ def complexity(
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    if csv_out is None and json_out is None:
-        raise UsageError("say where the rows go: --csv FILE and/or --json FILE ('-' for stdout)")
-    if resume and (csv_out or json_out) == "-":
+    outs_given = [p for p in (csv_out, json_out, parquet_out) if p is not None]
+    if not outs_given:
+        raise UsageError("say where the rows go: --csv FILE, --json FILE ('-' for stdout) and/or --parquet FILE")
+    if parquet_out == "-":
+        raise UsageError("Parquet cannot stream to stdout; name a file for --parquet")
+    if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
-    found = collect_inputs(paths)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
     model = _load_model(weights)
     method = check_method(model, method or default_method(model))
     if not l1 and method != "single":
@@ -187,18 +228,19 @@ def complexity(
     plot_rows: list[dict] = []
     with contextlib.ExitStack() as stack:
         every = checkpoint_seconds()   # a hard kill loses at most this many seconds of rows
-        primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every))
+        # --resume reads back the first output given (csv, json, parquet); the others are rewritten from it.
+        primary = stack.enter_context(RowWriter(outs_given[0], fields, resume=resume, checkpoint_s=every))
         sinks = [primary]
-        if csv_out and json_out:
-            sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
+        for other in outs_given[1:]:
+            sinks.append(stack.enter_context(RowWriter(other, fields, checkpoint_s=every)))
             for row in primary.existing:
-                sinks[1].write(row)
+                sinks[-1].write(row)
         for row in primary.existing:
             summary.add(row)
             if plot:
                 plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
         if primary.existing:
-            console.print(f"resuming: {len(primary.existing)} rows already in {escape(csv_out or json_out)} are kept")
+            console.print(f"resuming: {len(primary.existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
             rows = score(found, model, eps_v, method=method, baselines=baselines, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
@@ -216,7 +258,7 @@ def complexity(
         console.print(f"[yellow]note:[/] most images miss ε = {', '.join(unreachable)} even with the kept tokens; "
                       "this model cannot reconstruct that closely, so KC saturates there. A larger ε (or a "
                       "better model) gives KC that separates images.")
-    outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
+    outs = " and ".join(p for p in outs_given if p != "-")
     if outs:
         kept = len(primary.existing)
         console.print(f"wrote {primary.count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
@@ -233,10 +275,10 @@ def complexity(
 @app.command()
 @_handle_errors
 def merge(
-    out: str = typer.Argument(..., help="The merged CSV to write."),
-    inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
+    out: str = typer.Argument(..., help="The merged file to write (.csv, .json or .parquet)."),
+    inputs: List[Path] = typer.Argument(..., help="Shard outputs (from --shard K/N runs): CSV, JSON or Parquet, mixed."),
 ) -> None:
-    """Join shard CSVs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
+    """Join shard outputs into one, sorted by (path, ε); duplicated (path, ε) rows are dropped."""
     from karl_cli.scoring.complexity import merge_csv
 
     counts = merge_csv(out, inputs)
@@ -247,7 +289,7 @@ def merge(
 @app.command()
 @_handle_errors
 def encode(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = _paths_argument(),
     eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
@@ -256,16 +298,19 @@ def encode(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
+    files_from: Optional[str] = _files_from_option(),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
-    from karl_cli.scoring.complexity import collect_inputs, parse_shard, validate_eps
+    from karl_cli.scoring.complexity import parse_shard, validate_eps
     from karl_cli.runtime import resolve_device
     from karl_cli.scoring.token_store import encode_folder
 
     eps_v = validate_eps(eps)[0]
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    found = collect_inputs(paths)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
     model = _load_model(weights)
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
@@ -307,12 +352,15 @@ def show(
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Draw one image, its reconstructions at growing budgets, p_halt per token and KC per ε."""
     from karl_cli.scoring.complexity import validate_eps
     from karl_cli.analysis.plots import DEFAULT_SHOW_EPS, show_figure
+    from karl_cli.io.images import set_max_pixels
     from karl_cli.runtime import resolve_device
 
+    set_max_pixels(max_pixels)
     eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
     dev = resolve_device(device)
     if not image.is_file():
@@ -412,6 +460,8 @@ def correlate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Score cache folder (default ~/.cache/karl)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Correlate KC (and JPEG/PNG bytes per pixel) with human complexity ratings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -423,7 +473,10 @@ def correlate(
 
     from karl_cli.scoring.complexity import check_method, default_method
 
-    rated = load_ratings(root, ratings)      # a bad root or CSV fails before the model is loaded
+    from karl_cli.io.images import set_max_pixels
+
+    set_max_pixels(max_pixels)
+    rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
     dev = resolve_device(device)
     model = _load_model(weights)
     method = check_method(model, method or default_method(model))
@@ -443,7 +496,7 @@ def correlate(
                                workers=_default_workers(dev) if workers is None else workers, device=dev,
                                cache=False if no_cache else cache, progress=on_progress)
     result.save(out, per_image)
-    Console().print(rich_table(result))
+    make_console().print(rich_table(result))
     console.print(f"[dim]{escape(result.rated.summary())}[/]")
     for note in result.rated.notes + result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -529,20 +582,24 @@ def compare(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    include_hidden: bool = _include_hidden_option(),
+    max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """KARL single pass vs. searches (KARL, ALIT) side by side: tokens, misses, L1/PSNR/SSIM, runs, time."""
     from karl_cli.io.atomic import atomic_write_text
+    from karl_cli.io.names import safe_frame
     from karl_cli.scoring.compare import compare as run_compare
     from karl_cli.scoring.compare import load_models, render_table
     from karl_cli.errors import EXIT_SOME_FAILED
 
+    found = _scan(paths, include_hidden, max_pixels)
     models = load_models(weights)
     with console.status("comparing") as status:
-        df = run_compare(paths, models, eps, batch_size=batch_size, device=device,
+        df = run_compare(found, models, eps, batch_size=batch_size, device=device,
                          on_progress=lambda what: status.update(f"comparing: {what}"))
-    Console().print(render_table(df))
+    make_console().print(render_table(df))
     if csv is not None:
-        atomic_write_text(csv, df.to_csv(index=False))
+        atomic_write_text(csv, safe_frame(df).to_csv(index=False))
         console.print(f"[green]wrote[/] {escape(str(csv))}")
     skipped = df.attrs.get("skipped", [])
     if skipped:

@@ -27,3 +27,14 @@ def training_progress(console: Console) -> Iterator[Callable]:
 
     with progress:
         yield on_step
+
+
+# Off a terminal (a pipe, a file, a log) rich would cut every line at 80 columns, with "…" inside
+# numbers; there a line is as wide as its content.
+UNCUT_WIDTH = 100_000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr): the terminal's width, or uncut lines off a terminal."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=UNCUT_WIDTH)

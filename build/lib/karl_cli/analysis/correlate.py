@@ -5,7 +5,8 @@
 
 Scores come from ``complexity.score`` (one scoring loop in the project) and are cached per
 (image content hash, model id, ε, method), so a re-run with another ``--bootstrap`` or ``--plot``
-does not run the model again. Results: one row per (category | ``all``, method, ε) with n, Spearman
+does not run the model again. Results: one row per (category, method, ε), plus the pooled rows over
+every image (``pooled`` True, ``category`` empty, so no category name of yours can clash with it), with n, Spearman
 ρ and its seeded percentile-bootstrap 95% CI, Pearson r and Kendall τ-b; KARL's rows add
 ``vs_jpeg``, ρ − ρ(JPEG bpp) on the same images, with a paired bootstrap CI (``stats.spearman_difference``):
 an interval above 0 says KC ranks those images better than JPEG's bytes do.
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from karl_cli.io.atomic import atomic_path
+from karl_cli.io.names import safe_frame
 from karl_cli.scoring.complexity import METHODS
 from karl_cli.errors import UsageError
 from karl_cli.io.savoias import RatedSet, load_ratings
@@ -34,7 +36,7 @@ from karl_cli.runtime import resolve_device
 from karl_cli.scoring.complexity import validate_eps
 from karl_cli.scoring import complexity
 
-RESULT_COLUMNS = ["category", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
+RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi"]
 PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc", "kc_soft", "max_tokens", "l1",
                      "jpeg_bpp", "png_bpp", "status", "error", "sha256"]
@@ -42,7 +44,7 @@ SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "jpeg_bpp", "png_bpp", "enc
 CACHE_COLUMNS = ["sha256", "model_id", "eps", "method"] + SCORE_FIELDS
 CACHE_VERSION = 1
 BASELINES = ("jpeg_bpp", "png_bpp")
-ALL = "all"
+POOLED_LABEL = "all (pooled)"   # how the terminal and the figures name the pooled rows
 
 
 # --- identities ------------------------------------------------------------------------------------
@@ -171,14 +173,18 @@ class CorrelationResult:
         return self.per_image[self.per_image["status"] != "ok"]
 
     def save(self, out: str | os.PathLike | None = None, per_image: str | os.PathLike | None = None) -> None:
-        """Write the results and/or per-image tables as CSV, atomically (UTF-8; a non-UTF-8 file name is
-        written as its original bytes, as ``complexity.RowWriter`` does)."""
+        """Write the results and/or per-image tables as CSV, atomically: valid UTF-8 that
+        ``pandas.read_csv`` reads with its defaults (a non-UTF-8 file name is written escaped, as
+        ``names.escape_path`` says; category names and errors likewise)."""
         if out is not None:
-            with atomic_path(out) as tmp:
-                self.results.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
+            _write_csv(self.results, out)
         if per_image is not None:
-            with atomic_path(per_image) as tmp:
-                self.per_image.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
+            _write_csv(self.per_image, per_image)
+
+
+def _write_csv(df: pd.DataFrame, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        safe_frame(df).to_csv(tmp, index=False, encoding="utf-8")
 
 
 def _load_model(model, weights, device):
@@ -193,14 +199,16 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
               model=None, weights: str | os.PathLike | None = None, eps: float | Sequence[float] = (CORRELATE_EPS,),
               method: str = "single", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
               batch_size: int = 64, workers: int = 0, device: str | None = None,
-              cache: str | os.PathLike | bool | None = None, progress: Callable | None = None
-              ) -> CorrelationResult:
+              cache: str | os.PathLike | bool | None = None, progress: Callable | None = None,
+              include_hidden: bool = False) -> CorrelationResult:
     """Correlate KC (+ JPEG/PNG bytes-per-pixel baselines) with human ratings.
 
     ``source``: a Savoias root folder, a ratings CSV, or a loaded ``RatedSet``; or pass ``ratings=CSV``.
     ``model`` (a loaded tokenizer) or ``weights`` (its directory). ``method``: ``single`` (one
     encoder pass, KC and soft KC), ``search`` or ``prefix`` (the search baselines' minimal token
     count). ``cache``: a folder for the score cache (None: the default folder, False: no cache).
+    ``include_hidden``: also take hidden files and folders of a Savoias folder (skipped and counted in
+    the notes by default).
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -209,7 +217,7 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
     eps_list = validate_eps(eps)
-    rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings)
+    rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
     model = _load_model(model, weights, device)
     mid = model_id(model)
     store = _NoCache() if cache is False else ScoreCache(default_cache_dir() if cache in (None, True) else cache, mid)
@@ -293,31 +301,31 @@ def _per_image_frame(table: pd.DataFrame, shas, eps_list, method, scores) -> pd.
 def _results_frame(per_image: pd.DataFrame, categories: list[str], eps_list, method, n_boot, seed, level
                    ) -> pd.DataFrame:
     ok = per_image[per_image["status"] == "ok"]
-    groups: list[tuple[str, pd.DataFrame]] = [(c, ok[ok["category"] == c]) for c in categories]
-    groups.append((ALL, ok))
+    groups: list[tuple[str, bool, pd.DataFrame]] = [(c, False, ok[ok["category"] == c]) for c in categories]
+    groups.append(("", True, ok))
     rows = []
-    for name, g in groups:
+    for name, pooled, g in groups:
         for e in eps_list:
             ge = g[g["eps"] == e]
             for label, col in method_names(method):
                 if method != "single" or col == "kc" or ge[col].notna().any():
-                    row = _row(name, label, e, ge[col], ge["rating"], n_boot, seed, level)
+                    row = _row(name, pooled, label, e, ge[col], ge["rating"], n_boot, seed, level)
                     d = spearman_difference(_floats(ge[col]), _floats(ge["jpeg_bpp"]), _floats(ge["rating"]),
                                             n_boot=n_boot, seed=seed, level=level)
                     rows.append({**row, "vs_jpeg": d.delta, "vs_jpeg_lo": d.lo, "vs_jpeg_hi": d.hi})
         first = g[g["eps"] == eps_list[0]]
         for b in BASELINES:
-            rows.append(_row(name, b, math.nan, first[b], first["rating"], n_boot, seed, level))
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+            rows.append(_row(name, pooled, b, math.nan, first[b], first["rating"], n_boot, seed, level))
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS).astype({"pooled": bool})
 
 
 def _floats(s) -> np.ndarray:
     return pd.to_numeric(pd.Series(s), errors="coerce").astype("float64").to_numpy()
 
 
-def _row(category, method, eps, x, y, n_boot, seed, level) -> dict:
+def _row(category, pooled, method, eps, x, y, n_boot, seed, level) -> dict:
     c = correlation(_floats(x), _floats(y), n_boot=n_boot, seed=seed, level=level)
-    return {"category": category, "method": method, "eps": eps, "n": c.n, "spearman": c.spearman,
+    return {"category": category, "pooled": pooled, "method": method, "eps": eps, "n": c.n, "spearman": c.spearman,
             "spearman_lo": c.spearman_lo, "spearman_hi": c.spearman_hi, "pearson": c.pearson,
             "kendall": c.kendall, "reason": c.reason, "vs_jpeg": math.nan, "vs_jpeg_lo": math.nan,
             "vs_jpeg_hi": math.nan}
@@ -353,9 +361,11 @@ def _bold(cell: str) -> str:
 
 
 def rich_table(result: CorrelationResult, title: str | None = None):
-    """A rich Table: one row per category (+ all), Spearman ρ [95% CI] of each measure side by side;
-    the best ρ of each row in bold green."""
+    """A rich Table: one row per category, then the pooled row (bold, in its own section, named
+    ``POOLED_LABEL``), Spearman ρ [95% CI] of each measure side by side; the best ρ of each row in
+    bold green."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     res = result.results
@@ -371,13 +381,14 @@ def rich_table(result: CorrelationResult, title: str | None = None):
     gaps = [(f"{h.split(' ε=')[0]} − JPEG ε={e:g}", m, e) for h, m, e in cols[:-2] if m == cols[0][1]]
     table = Table(box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True, title=title or f"Spearman ρ with human ratings [{100 * result.level:g}% bootstrap CI, "
                                  f"{result.n_boot} resamples, seed {result.seed}]", title_justify="left")
-    cats = list(dict.fromkeys(res["category"]))
-    table.add_column("category", no_wrap=True, min_width=max([len(str(c)) for c in cats] + [8]))
+    groups = list(dict.fromkeys(zip(res["pooled"].astype(bool), res["category"])))
+    groups = [g for g in groups if not g[0]] + [g for g in groups if g[0]]
+    table.add_column("category", no_wrap=True, min_width=max([len(str(c)) for _, c in groups] + [8]))
     table.add_column("n", justify="right", no_wrap=True)
     for header, _, _ in cols + gaps:
         table.add_column(header, justify="right")
-    for cat in cats:
-        sub = res[res["category"] == cat]
+    for pooled, cat in groups:
+        sub = res[res["pooled"] if pooled else (~res["pooled"] & (res["category"] == cat))]
         cells, rhos = [], []
         for _, method, e in cols:
             m = sub[(sub["method"] == method) & (sub["eps"].isna() if e is None else np.isclose(sub["eps"].astype(float), e))]
@@ -391,5 +402,7 @@ def rich_table(result: CorrelationResult, title: str | None = None):
             m = sub[(sub["method"] == method) & np.isclose(sub["eps"].astype(float), e)]
             cells.append(_fmt_gap(m.iloc[0] if len(m) else None))
         n = int(sub["n"].max()) if len(sub) else 0
-        table.add_row("[bold]all[/]" if cat == ALL else cat, str(n), *cells)
+        if pooled and len(groups) > 1:
+            table.rows[-1].end_section = True
+        table.add_row(f"[bold]{POOLED_LABEL}[/]" if pooled else escape(str(cat)), str(n), *cells)
     return table

@@ -35,7 +35,8 @@ METHOD_LABELS = {"karl_kc": "KARL KC", "karl_kc_soft": "KARL soft KC", "karl_sea
                  "karl_prefix_kc": "prefix KC", "jpeg_bpp": "JPEG-75 bytes/px", "png_bpp": "PNG bytes/px"}
 SCORE_LABELS = {"kc": "KC (tokens)", "kc_soft": "soft KC (Σ 1 − p_halt)", "jpeg_bpp": "JPEG-75 bytes / pixel",
                 "png_bpp": "PNG bytes / pixel"}
-ALL = "all"
+POOLED = None   # the ``category`` argument that means every image (the pooled rows of the results)
+POOLED_LABEL = "all (pooled)"
 
 
 def _figure(w: float, h: float) -> Figure:
@@ -62,11 +63,17 @@ def _ok(per_image: pd.DataFrame, eps: float | None, score: str) -> pd.DataFrame:
     return d[np.isfinite(d["_x"]) & np.isfinite(d["_y"])]
 
 
-def _rho_text(results: pd.DataFrame | None, category: str, method: str, eps: float | None,
+def _results_of(results: pd.DataFrame, category: str | None) -> pd.Series:
+    """Rows of ``results`` for a category, or the pooled rows for ``POOLED``."""
+    pooled = results["pooled"].astype(bool)
+    return pooled if category is POOLED else (~pooled & (results["category"] == category))
+
+
+def _rho_text(results: pd.DataFrame | None, category: str | None, method: str, eps: float | None,
               x: np.ndarray, y: np.ndarray) -> str:
     row = None
     if results is not None and len(results):
-        sel = (results["category"] == category) & (results["method"] == method)
+        sel = _results_of(results, category) & (results["method"] == method)
         sel &= results["eps"].isna() if eps is None else np.isclose(results["eps"].astype(float), float(eps))
         if sel.any():
             row = results[sel].iloc[0]
@@ -90,16 +97,17 @@ def _scatter_axes(ax, d: pd.DataFrame, title: str, xlabel: str, ylabel: str, sma
     ax.set_ylabel(ylabel)
 
 
-def scatter_figure(per_image: pd.DataFrame, category: str, eps: float | None = None, score: str = "kc",
+def scatter_figure(per_image: pd.DataFrame, category: str | None, eps: float | None = None, score: str = "kc",
                    results: pd.DataFrame | None = None, method: str = "karl_kc") -> Figure:
-    """One category (or ``all``): score vs human rating, least-squares line, ρ [CI] in the title."""
+    """One category (or ``POOLED``: every image): score vs human rating, least-squares line, ρ [CI]
+    in the title."""
     with rc_context(STYLE):
         d = _ok(per_image, eps, score)
-        if category != ALL:
+        if category is not POOLED:
             d = d[d["category"] == category]
         fig = _figure(4.2, 3.4)
         ax = fig.add_subplot()
-        label = "all categories" if category == ALL else category
+        label = POOLED_LABEL if category is POOLED else category
         eps_txt = f", ε = {eps:g}" if eps is not None and score in ("kc", "kc_soft") else ""
         rho = _rho_text(results, category, method, eps if score in ("kc", "kc_soft") else None,
                         d["_x"].to_numpy(float), d["_y"].to_numpy(float))
@@ -113,7 +121,7 @@ def grid_figure(per_image: pd.DataFrame, categories: Sequence[str], eps: float |
                 results: pd.DataFrame | None = None, method: str = "karl_kc") -> Figure:
     """All categories side by side (plus the pooled set when there is more than one category)."""
     with rc_context(STYLE):
-        panels = list(categories) + ([ALL] if len(categories) != 1 else [])
+        panels = list(categories) + ([POOLED] if len(categories) != 1 else [])
         ncols = min(4, len(panels))
         nrows = math.ceil(len(panels) / ncols)
         fig = _figure(3.0 * ncols, 2.7 * nrows)
@@ -121,9 +129,9 @@ def grid_figure(per_image: pd.DataFrame, categories: Sequence[str], eps: float |
         d_all = _ok(per_image, eps, score)
         e_for = eps if score in ("kc", "kc_soft") else None
         for ax, cat in zip(axes.flat, panels):
-            d = d_all if cat == ALL else d_all[d_all["category"] == cat]
+            d = d_all if cat is POOLED else d_all[d_all["category"] == cat]
             rho = _rho_text(results, cat, method, e_for, d["_x"].to_numpy(float), d["_y"].to_numpy(float))
-            _scatter_axes(ax, d, f"{'all (pooled)' if cat == ALL else cat}\n{rho}", "rating",
+            _scatter_axes(ax, d, f"{POOLED_LABEL if cat is POOLED else cat}\n{rho}", "rating",
                           SCORE_LABELS.get(score, score), small=True)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
@@ -141,13 +149,13 @@ def _rating_edges(r: np.ndarray, n: int) -> np.ndarray:
     return np.linspace(lo, hi, n + 1)
 
 
-def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str = ALL, rating_bins: int = 5,
+def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str | None = POOLED, rating_bins: int = 5,
                    token_bins: int = 8, score: str = "kc") -> Figure:
     """Rating bucket (rows) vs token-count bucket (columns); each row is normalised to sum to 1,
     so a row shows how the images humans put in that bucket spread over token counts."""
     with rc_context(STYLE):
         d = _ok(per_image, eps, score)
-        if category != ALL:
+        if category is not POOLED:
             d = d[d["category"] == category]
         r, k = d["_x"].to_numpy(float), d["_y"].to_numpy(float)
         t_max = float(pd.to_numeric(d["max_tokens"], errors="coerce").astype("float64").max()) if len(d) else 1.0
@@ -178,7 +186,7 @@ def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str = ALL, rat
                       [f"{r_edges[i]:.0f}–{r_edges[i + 1]:.0f} (n={int(row_sum[i, 0])})" for i in range(rating_bins)])
         ax.set_xlabel(SCORE_LABELS.get(score, score) + " bucket")
         ax.set_ylabel("human rating bucket")
-        who = "all categories" if category == ALL else category
+        who = POOLED_LABEL if category is POOLED else category
         ax.set_title(f"Token count vs human rating ({who}, ε = {eps:g})\nshare of each rating bucket per token bucket")
         fig.colorbar(im, ax=ax, label="share of rating bucket", shrink=0.9)
         return fig
@@ -194,24 +202,29 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
         base = res[~res["method"].str.startswith("karl_")]
         res = pd.concat([karl, base])
         methods = list(methods or dict.fromkeys(res["method"]))
-        cats = list(dict.fromkeys(res["category"]))
-        names = ["all (pooled)" if c == ALL else c for c in cats]
-        fig = _figure(max(4.5, 1.0 + 0.9 * len(cats) * max(1, len(methods)) / 3), 3.4)
+        groups = list(dict.fromkeys(zip(res["pooled"].astype(bool), res["category"])))
+        groups = [g for g in groups if not g[0]] + [g for g in groups if g[0]]
+        names = [POOLED_LABEL if pooled else str(c) for pooled, c in groups]
+        fig = _figure(max(4.5, 1.0 + 0.9 * len(groups) * max(1, len(methods)) / 3), 3.4)
         ax = fig.add_subplot()
         width = 0.8 / max(1, len(methods))
         for m_i, m in enumerate(methods):
-            sub = res[res["method"] == m].set_index("category")
+            sub = res[res["method"] == m]
             xs, ys, lo, hi = [], [], [], []
-            for c_i, c in enumerate(cats):
+            for c_i, (pooled, c) in enumerate(groups):
                 x_pos = c_i + (m_i - (len(methods) - 1) / 2) * width
-                if c in sub.index and not math.isfinite(sub.loc[c, "spearman"]):
+                hit = sub[_results_of(sub, POOLED if pooled else c)]
+                if not len(hit):
+                    continue
+                row = hit.iloc[0]
+                if not math.isfinite(row["spearman"]):
                     ax.text(x_pos, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
                             color=METHOD_COLORS.get(m, "black"))
-                if c in sub.index and math.isfinite(sub.loc[c, "spearman"]):
+                else:
                     xs.append(x_pos)
-                    ys.append(sub.loc[c, "spearman"])
-                    lo.append(sub.loc[c, "spearman_lo"])
-                    hi.append(sub.loc[c, "spearman_hi"])
+                    ys.append(row["spearman"])
+                    lo.append(row["spearman_lo"])
+                    hi.append(row["spearman_hi"])
             if not xs:  # every ρ undefined: keep the method in the legend, its slots say n/a
                 ax.bar([], [], color=METHOD_COLORS.get(m, None), label=METHOD_LABELS.get(m, m))
                 continue
@@ -220,7 +233,7 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
             ax.bar(xs, ys, width=width * 0.95, color=METHOD_COLORS.get(m, None), label=METHOD_LABELS.get(m, m))
             ax.errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set_xticks(range(len(cats)), names, rotation=30, ha="right")
+        ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
         ax.set_ylabel("Spearman ρ with human rating")
         ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.18)   # room for the legend above ρ = 1
         ax.set_yticks([t for t in ax.get_yticks() if t <= 1.0 + 1e-9])
@@ -238,22 +251,40 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
+def _file_names(categories: Sequence[str]) -> dict[str | None, str]:
+    """A distinct file-name part per category, and ``pooled`` for ``POOLED`` (``grid`` is the grid's)."""
+    names: dict[str | None, str] = {POOLED: "pooled"}
+    taken = {"pooled", "grid"}
+    for c in categories:
+        base = name = slug(c)
+        k = 1
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name)
+        names[c] = name
+    return names
+
+
 def write_plots(result, out_dir: str | os.PathLike, fmt: str = "png") -> list[Path]:
     """Every figure for a ``CorrelationResult`` into ``out_dir``; returns the files written.
 
-    Per ε: ``scatter_<category>_<eps>``, ``scatter_grid_<eps>``, ``heatmap_<eps>``, ``rho_<eps>``;
-    once: ``scatter_grid_jpeg`` (the JPEG baseline, for comparison).
+    Per ε: ``scatter_<category>_<eps>`` (``scatter_pooled_<eps>`` for every image),
+    ``scatter_grid_<eps>``, ``heatmap_<eps>``, ``rho_<eps>``; once: ``scatter_grid_jpeg`` (the JPEG
+    baseline, for comparison). ``<category>`` is ``slug(category)``, with ``-2``, ``-3``, ... added
+    where two categories (or a category and ``pooled`` or ``grid``) would share a file name.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per, res, cats = result.per_image, result.results, result.rated.categories
     kc_method = "karl_kc" if result.method == "single" else f"karl_{result.method}_kc"
     written: list[Path] = []
+    names = _file_names(cats)
     for e in result.eps:
         tag = _eps_tag(e)
-        for c in cats + [ALL]:
+        for c in cats + [POOLED]:
             written.append(save_figure(scatter_figure(per, c, e, "kc", res, kc_method),
-                                       out / f"scatter_{slug(c)}_{tag}.{fmt}"))
+                                       out / f"scatter_{names[c]}_{tag}.{fmt}"))
         written.append(save_figure(grid_figure(per, cats, e, "kc", res, kc_method), out / f"scatter_grid_{tag}.{fmt}"))
         written.append(save_figure(heatmap_figure(per, e), out / f"heatmap_{tag}.{fmt}"))
         written.append(save_figure(rho_figure(res, e), out / f"rho_{tag}.{fmt}"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from karl_cli.errors import EXIT_FAILED, KarlError
+from karl_cli.io.names import safe_text
 
 _HINTS = {getattr(errno, name): hint for name, hint in (("ENOSPC", "disk full"), ("EDQUOT", "disk quota exceeded"),
                                                        ("EROFS", "read-only file system")) if hasattr(errno, name)}
@@ -94,5 +95,6 @@ def atomic_open(target: str | os.PathLike, mode: str = "w", **kwargs) -> Iterato
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as valid UTF-8 (a file name that was not UTF-8 appears escaped: ``names.safe_text``)."""
     with atomic_open(target, "w", encoding="utf-8") as f:
-        f.write(text)
+        f.write(safe_text(text))

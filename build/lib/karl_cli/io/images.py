@@ -1,27 +1,110 @@
 """Finding image files and reading any of them as RGB, or saying clearly why not.
 
 Every reader in karl goes through ``open_rgb``: odd modes (RGBA, palette with transparency, 16-bit,
-float, CMYK, greyscale), EXIF rotation and animations (first frame) are handled here, once.
+float, CMYK, greyscale), EXIF rotation, embedded colour profiles and animations (first frame) are
+handled here, once. Every folder scan goes through ``discover_images``.
+
+Pixel values reach the model by one rule per declared sample type, the same for every file (never
+stretched to an image's own minimum and maximum):
+
+- 8-bit samples (modes ``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ...) as they are (0-255);
+- 16-bit integer samples (modes ``I;16*``; PGM/PPM with a maxval above 255, which Pillow scales to
+  0-65535, as mode ``I``) divided by 65535; a TIFF that declares fewer bits per sample (12-bit, say)
+  by 2**bits - 1;
+- 32-bit integer samples (mode ``I`` from a TIFF declaring 32 bits) divided by 2**31 - 1 (mode ``I``
+  from a file that declares no depth is read as 16-bit);
+- floating-point samples (mode ``F``) read as 0-1 (the scikit-image convention for float images):
+  values outside are clipped, NaN is 0;
+
+and anything negative is clipped to 0. An embedded ICC profile is honoured: the pixels are converted
+to sRGB (LittleCMS through ``PIL.ImageCms``, perceptual intent), so a wide-gamut image scores as the
+colour-managed viewer shows it; CIELAB images are converted the same way. A profile that cannot be
+read, or does not fit the pixels (a grey profile on RGB data), is ignored.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import heapq
+import io
 import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, features
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Formats Pillow opens but cannot decode the pixels of (it reads an MPEG video's header only).
+_HEADER_ONLY = frozenset({"MPEG"})
 # Refuse decompression bombs: more pixels than this is almost surely a hostile or broken header.
-MAX_PIXELS = 64_000_000
+# ``set_max_pixels`` (``--max-pixels``) raises it for genuinely huge images.
+DEFAULT_MAX_PIXELS = 64_000_000
+_limits = {"max_pixels": DEFAULT_MAX_PIXELS}
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class ImageLoadError(Exception):
     """An image that cannot be read; the message is the reason, fit for an ``error`` column."""
+
+
+def set_max_pixels(n: int | None) -> None:
+    """Refuse images with more than ``n`` pixels (width x height); None restores the default, 64 Mpx.
+
+    Raises ValueError for ``n`` < 1. Applies to every later read in this process, and to the worker
+    processes of readers created afterwards (``ImageDataset`` carries the value).
+    """
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        raise ValueError(f"the pixel limit must be a positive whole number, got {n!r}")
+    _limits["max_pixels"] = DEFAULT_MAX_PIXELS if n is None else int(n)
+
+
+def max_pixels() -> int:
+    """The current pixel limit (see ``set_max_pixels``)."""
+    return _limits["max_pixels"]
+
+
+@functools.lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """File suffixes (lower case, with the dot) of every format this Pillow can decode here.
+
+    From ``Image.registered_extensions()``: formats with an opener, minus stubs that need an external
+    handler (BUFR, GRIB, HDF5, WMF), formats whose pixels Pillow cannot decode (MPEG), and formats
+    whose decoder is missing in this installation (JPEG 2000 without OpenJPEG, AVIF without libavif,
+    WebP without libwebp, EPS without Ghostscript). Plugins registered before the first call (e.g.
+    ``pillow_heif.register_heif_opener()``) are included.
+    """
+    Image.init()
+    needs = {"JPEG2000": lambda: features.check_codec("jpg_2000"), "AVIF": lambda: features.check_module("avif"),
+             "WEBP": lambda: features.check_module("webp"), "EPS": _has_ghostscript}
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        opener = Image.OPEN.get(fmt)
+        if opener is None or fmt in _HEADER_ONLY:
+            continue
+        factory = opener[0]
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        if fmt in needs and not needs[fmt]():
+            continue
+        out.add(ext.lower())
+    return frozenset(out)
+
+
+def _has_ghostscript() -> bool:
+    from PIL import EpsImagePlugin
+    return bool(EpsImagePlugin.has_ghostscript())
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has the suffix of a format Pillow can decode (``image_suffixes``)."""
+    return os.path.splitext(name)[1].lower() in image_suffixes()
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder name: it starts with '.' (``.ipynb_checkpoints``, macOS ``._x.jpg``)."""
+    return name.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -32,74 +115,200 @@ class Found:
     error: str | None = None
 
 
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+class Scan(list):
+    """``Found`` entries sorted by path (a list), and what the scan left out of folders:
 
-
-def discover_images(paths: Iterable[str | os.PathLike]) -> list[Found]:
-    """Image files under ``paths`` (files and folders, recursive), sorted, each once.
-
-    Broken symlinks and unreadable folders come back as entries with an ``error``; symlinked
-    folders are followed once (loops are cut); a missing top-level path raises FileNotFoundError.
+    ``hidden``: hidden files and folders skipped (each hidden folder counts once); ``other``: files
+    that are not images (by suffix); ``aliases``: paths that led to a file or folder already listed
+    (symbolic links), so each real file is listed once.
     """
-    found: dict[str, Found] = {}
+
+    def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0) -> None:
+        super().__init__(found)
+        self.hidden, self.other, self.aliases = hidden, other, aliases
+
+    def summary(self) -> str:
+        """What the scan skipped, in words; empty when nothing was."""
+        parts = []
+        if self.hidden:
+            parts.append(f"{self.hidden} hidden file{'s' if self.hidden != 1 else ''} or folder"
+                         f"{'s' if self.hidden != 1 else ''} (--include-hidden scans them)")
+        if self.other:
+            parts.append(f"{self.other} non-image file{'s' if self.other != 1 else ''}")
+        if self.aliases:
+            parts.append(f"{self.aliases} link{'s' if self.aliases != 1 else ''} to an image or folder already listed")
+        return ("skipped " + ", ".join(parts)) if parts else ""
+
+
+def _key(path: str) -> tuple[str, ...]:
+    """Order of paths: by their components, so that 'a/x' sorts before 'a-b/x' and a folder's paths
+    extend its own (Dijkstra below relies on that)."""
+    if os.altsep:
+        path = path.replace(os.altsep, os.sep)
+    return tuple(path.split(os.sep))
+
+
+def _hidden_entry(entry: os.DirEntry) -> bool:
+    if is_hidden(entry.name):
+        return True
+    if os.name == "nt":   # Windows' hidden attribute (free: scandir caches stat there)
+        with contextlib.suppress(OSError):
+            return bool(entry.stat(follow_symlinks=False).st_file_attributes & stat.FILE_ATTRIBUTE_HIDDEN)
+    return False
+
+
+def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = False,
+                    extra_suffixes: Iterable[str] = ()) -> Scan:
+    """Image files under ``paths`` (files and folders, recursive), sorted, each real file once.
+
+    Folders are searched for every suffix in ``image_suffixes()``; a file named in ``paths`` is
+    taken whatever its suffix (and even if hidden). Hidden files and folders met in a scan are
+    skipped unless ``include_hidden``. A file reached under several paths (symbolic links to it or
+    to a folder above it) is listed once, under the first of those paths in component order
+    (``a/x.png`` before ``a-b/x.png`` before ``b/x.png``), whatever order the scan met them in;
+    each real folder is read once, so link loops end. Broken symlinks and unreadable folders come
+    back as entries with an ``error``; a missing top-level path raises FileNotFoundError. The
+    returned ``Scan`` counts what was skipped. ``extra_suffixes`` (lower case, with the dot, e.g.
+    ``(".tar",)``) are taken from folders as well as image suffixes.
+    """
+    extra = tuple(extra_suffixes)
+    errors: dict[str, Found] = {}
+    best: dict[str, tuple[tuple[str, ...], str]] = {}   # real file -> (key, path) of its first path
+    met = 0
+    heap: list[tuple[tuple[str, ...], str]] = []
+    hidden = other = 0
+
+    def offer(path: str, key: tuple[str, ...]) -> None:
+        nonlocal met
+        met += 1
+        real = os.path.realpath(path)
+        if real not in best or key < best[real][0]:
+            best[real] = (key, path)
+
     for top in paths:
         top = os.fsdecode(top)   # bytes paths (non-UTF-8 names) become surrogate-escaped str, like scandir's
         if not os.path.lexists(top):
             raise FileNotFoundError(f"no such file or folder: {top}")
         if os.path.isdir(top):
-            _walk(top, found, seen_dirs=set())
+            heapq.heappush(heap, (_key(top), top))
         elif os.path.islink(top) and not os.path.exists(top):
-            found.setdefault(top, Found(top, "broken symlink"))
+            errors.setdefault(top, Found(top, "broken symlink"))
         else:
-            found.setdefault(top, Found(top))
-    return [found[k] for k in sorted(found)]
-
-
-def _walk(folder: str, found: dict[str, Found], seen_dirs: set[str]) -> None:
-    real = os.path.realpath(folder)
-    if real in seen_dirs:
-        return
-    seen_dirs.add(real)
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-        found.setdefault(folder, Found(folder, f"cannot list folder: {e.strerror or e}"))
-        return
-    for entry in entries:
-        path = entry.path
+            offer(top, _key(top))
+    walked: set[str] = set()
+    while heap:   # smallest path first, so each real folder is read under its first path
+        key, folder = heapq.heappop(heap)
+        real = os.path.realpath(folder)
+        if real in walked:
+            met += 1   # a link to a folder already read: an alias, like a second path to a file
+            continue
+        walked.add(real)
         try:
-            if entry.is_dir(follow_symlinks=True):
-                _walk(path, found, seen_dirs)
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            errors.setdefault(folder, Found(folder, f"cannot list folder: {e.strerror or e}"))
+            continue
+        for entry in entries:
+            path = entry.path
+            if not include_hidden and _hidden_entry(entry):
+                hidden += 1
                 continue
-        except OSError as e:  # symlink loops land here
-            if _is_image_name(entry.name):
-                found.setdefault(path, Found(path, f"cannot follow link: {e.strerror or e}"))
-            continue
-        if not _is_image_name(entry.name):
-            continue
-        if entry.is_symlink() and not os.path.exists(path):
-            found.setdefault(path, Found(path, "broken symlink"))
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    heapq.heappush(heap, (key + (entry.name,), path))
+                    continue
+            except OSError as e:  # symlink loops land here
+                if is_image_name(entry.name):
+                    errors.setdefault(path, Found(path, f"cannot follow link: {e.strerror or e}"))
+                continue
+            if not is_image_name(entry.name) and not entry.name.lower().endswith(extra):
+                other += 1
+            elif entry.is_symlink() and not os.path.exists(path):
+                errors.setdefault(path, Found(path, "broken symlink"))
+            else:
+                offer(path, key + (entry.name,))
+    found = {path: Found(path) for _, path in best.values()}
+    met -= len(best)
+    for path, f in errors.items():
+        found.setdefault(path, f)
+    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met)
+
+
+# --- pixels --------------------------------------------------------------------------------------
+def _declared_bits(img: Image.Image) -> int | None:
+    """Bits per sample a TIFF declares (tag 258), else None."""
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if isinstance(bits, int) and bits > 0 else None
+
+
+def _scaled_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit ``L`` by the fixed rule of the module docstring."""
+    a = np.asarray(img, dtype=np.float64)
+    a = np.where(np.isfinite(a), a, 0.0)
+    if img.mode == "F":
+        full = 1.0
+    else:
+        bits = _declared_bits(img)
+        if img.mode.startswith("I;16"):
+            full = 2.0 ** bits - 1 if bits and bits < 16 else 65535.0
+        elif bits is None:   # "I" with no declared depth: PGM/PPM (Pillow scales them to 16 bits), FITS
+            full = 65535.0
+        else:                # a TIFF's 32-bit (signed) integers, or the fewer bits it declares
+            full = 2.0 ** min(bits, 31) - 1
+    a = np.clip(a / full, 0.0, 1.0)
+    return Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), "L")
+
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_CMS_MODES = {"RGB ": "RGB", "GRAY": "L", "CMYK": "CMYK"}   # ICC colour space -> the PIL mode it describes
+
+
+@functools.lru_cache(maxsize=32)
+def _transform(profile: bytes | None, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A cached transform from ``profile`` (None: CIELAB) to sRGB for ``mode`` pixels; None when the
+    profile cannot be read or describes other pixels than ``mode``."""
+    try:
+        if profile is None:
+            src = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))
         else:
-            found.setdefault(path, Found(path))
+            src = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            if _CMS_MODES.get(src.profile.xcolor_space) != mode:
+                return None
+        return ImageCms.buildTransform(src, _SRGB, mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
+def _to_srgb(img: Image.Image, profile: bytes | None) -> Image.Image:
+    """``img`` (8-bit, any alpha kept) converted from its embedded ICC profile (or CIELAB) to sRGB;
+    unchanged when there is nothing to convert or the profile does not apply."""
+    if profile is None and img.mode != "LAB":
+        return img
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA", "RGBa", "La") else None
+    base = img.mode if img.mode in ("RGB", "L", "CMYK", "LAB") else ("L" if img.mode.startswith("L") else "RGB")
+    if img.mode != base:
+        img = img.convert(base)
+    t = _transform(profile if base != "LAB" else None, base)
+    if t is None:
+        return img
+    out = ImageCms.applyTransform(img, t)
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparency is composited on white, high bit depths scaled to 8 bits."""
+    """Any PIL mode -> sRGB ``RGB``: high bit depths scaled by the fixed rule, an embedded ICC profile
+    applied, transparency composited on white."""
+    profile = img.info.get("icc_profile") or None
     if img.mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        finite = np.isfinite(a)
-        a = np.where(finite, a, 0.0)
-        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
-        if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi > 255):
-            a = a / (65535.0 if hi > 255 else 255.0)
-        elif img.mode == "F" and lo >= 0 and hi <= 1:
-            pass
-        else:
-            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _scaled_to_8bit(img)
+    img = _to_srgb(img, profile)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -113,41 +322,64 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
-def _signature(path: str) -> str | None:
-    """The image format a file's first bytes claim (to tell a corrupt image from a non-image), or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-    except OSError:
-        return None
+def _signature(path: str, data: bytes | None = None) -> str | None:
+    """The image format a file's first bytes (or ``data``'s) claim (to tell a corrupt image from a
+    non-image), or None."""
+    if data is not None:
+        head = data[:12]
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
 
 
-def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
-    """Read an image as an upright RGB PIL image, or raise ImageLoadError with the reason.
+@contextlib.contextmanager
+def _pillow_limit(limit: int) -> Iterator[None]:
+    """Pillow's own bomb check (an error above 2 x ``Image.MAX_IMAGE_PIXELS``) at karl's limit for one
+    read, so a raised ``--max-pixels`` is not refused by Pillow; the global is restored after."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
+
+def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels: int | None = None,
+             data: bytes | None = None) -> Image.Image:
+    """Read an image as an upright sRGB ``RGB`` PIL image, or raise ImageLoadError with the reason.
+
+    ``data``: the file's bytes, already read (a member of a tar shard, ``sources.py``); ``path`` then
+    only names it.
     ``draft_size`` lets JPEG decoding skip resolution it does not need (much faster for big photos).
+    ``max_pixels``: refuse images with more pixels (default: ``max_pixels()``, 64 Mpx unless raised).
     """
     path = os.fsdecode(path)
+    limit = max_pixels if max_pixels is not None else _limits["max_pixels"]
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
-            raise ImageLoadError("not a regular file (a pipe, device or socket)")
-        if st.st_size == 0:
+        if data is None:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
+                raise ImageLoadError("not a regular file (a pipe, device or socket)")
+        if (len(data) if data is not None else st.st_size) == 0:
             raise ImageLoadError("empty file (0 bytes)")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_limit(limit):
             # Decoders warn about damaged metadata they skip; the pixels are still good, and a
-            # folder of scraped images must not flood the terminal. Bombs stay errors.
+            # folder of scraped images must not flood the terminal. Size is checked below.
             warnings.simplefilter("ignore")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 w, h = img.size
                 if w < 1 or h < 1:
                     raise ImageLoadError(f"invalid size {w}x{h}")
-                if w * h > MAX_PIXELS:
-                    raise ImageLoadError(f"too large: {w}x{h} pixels (limit {MAX_PIXELS:,})")
+                if w * h > limit:
+                    raise ImageLoadError(f"too large: {w}x{h} pixels (limit {limit:,}; --max-pixels raises it)")
+                if img.format in _HEADER_ONLY:
+                    raise ImageLoadError(f"cannot decode {img.format} pixels (Pillow reads only its header)")
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
@@ -158,7 +390,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        kind = _signature(path)
+        kind = _signature(path, data)
         raise ImageLoadError(f"corrupt {kind} file (its header cannot be read)" if kind
                              else "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -173,19 +405,21 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
         raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
-def load_for_model(path: str | os.PathLike, resolution: int) -> np.ndarray:
-    """The whole image squashed to resolution x resolution: uint8 array (R, R, 3).
+def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
+                   data: bytes | None = None) -> np.ndarray:
+    """The whole image squashed to resolution x resolution: uint8 array (R, R, 3), sRGB.
 
     Squashing (not cropping) keeps all of the content, which is what complexity is about.
+    ``max_pixels`` and ``data`` as in ``open_rgb``.
     """
-    img = open_rgb(path, draft_size=2 * resolution)
+    img = open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data)
     img = img.resize((resolution, resolution), Image.BICUBIC, reducing_gap=3.0)
     return np.array(img, dtype=np.uint8)
 
 
-def load_max_side(path: str | os.PathLike, max_side: int) -> np.ndarray:
-    """The image with its shorter side at most ``max_side`` (aspect kept): uint8 (H, W, 3)."""
-    img = open_rgb(path, draft_size=max_side)
+def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None) -> np.ndarray:
+    """The image with its shorter side at most ``max_side`` (aspect kept): uint8 (H, W, 3), sRGB."""
+    img = open_rgb(path, draft_size=max_side, max_pixels=max_pixels)
     w, h = img.size
     scale = max_side / min(w, h)
     if scale < 1:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from karl_cli.errors import UsageError
-from karl_cli.io.images import IMAGE_SUFFIXES
+from karl_cli.io.images import is_hidden, is_image_name
+from karl_cli.io.names import unescape_path
 
 # xlsx key -> image folder, in the order the categories are shown.
 SAVOIAS_CATEGORIES: dict[str, str] = {
@@ -79,8 +80,14 @@ def _empty_missing() -> pd.DataFrame:
                          "rating": pd.Series(dtype="float64"), "path": pd.Series(dtype=object)})
 
 
+# Cells that mean "no rating", as pandas reads them by default (compared case-insensitively).
+MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "-nan", "<na>", "#n/a", "#n/a n/a", "#na", "null", "none",
+                             "-1.#ind", "1.#ind", "-1.#qnan", "1.#qnan"})
+
+
 def _to_float(v) -> float | None:
-    """A cell as a float; None for an empty cell; ValueError for text that is not a number."""
+    """A cell as a float; None for an empty or missing cell (``MISSING_MARKERS``: NA, n/a, NaN, ...);
+    ValueError for text that is not a number."""
     if v is None:
         return None
     if isinstance(v, bool):
@@ -88,7 +95,7 @@ def _to_float(v) -> float | None:
     if isinstance(v, (int, float)):
         return None if (isinstance(v, float) and math.isnan(v)) else float(v)
     s = str(v).strip()
-    if not s:
+    if s.lower() in MISSING_MARKERS:
         return None
     return float(s.replace(",", "."))
 
@@ -148,12 +155,18 @@ def _find_dir(parent: Path, name: str) -> Path | None:
     return None
 
 
-def _index_files(folder: Path) -> tuple[dict[int, Path], list[Path], list[str]]:
-    """Image files of a category folder by integer index; files that carry no index; notes."""
+def _index_files(folder: Path, include_hidden: bool = False
+                 ) -> tuple[dict[int, Path], list[Path], list[str], int]:
+    """Image files of a category folder by integer index; files that carry no index; notes; hidden
+    entries skipped (the same rule as ``images.discover_images``)."""
     by_index: dict[int, list[Path]] = {}
     other: list[Path] = []
+    hidden = 0
     for p in sorted(folder.iterdir(), key=lambda q: q.name):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+        if is_hidden(p.name) and not include_hidden:
+            hidden += 1
+            continue
+        if not is_image_name(p.name) or not p.is_file():
             continue
         if p.stem.isdigit():
             by_index.setdefault(int(p.stem), []).append(p)
@@ -166,7 +179,7 @@ def _index_files(folder: Path) -> tuple[dict[int, Path], list[Path], list[str]]:
         if len(ps) > 1:
             notes.append(f"{folder.name}: image {i} has {len(ps)} files ({', '.join(q.name for q in ps)}); "
                          f"using {ps[0].name}")
-    return chosen, other, notes
+    return chosen, other, notes, hidden
 
 
 def is_savoias_root(root: str | os.PathLike) -> bool:
@@ -174,8 +187,12 @@ def is_savoias_root(root: str | os.PathLike) -> bool:
     return root.is_dir() and _find_dir(root, IMAGES_DIR) is not None and (root / GROUND_TRUTH_DIR).is_dir()
 
 
-def load_savoias(root: str | os.PathLike) -> RatedSet:
-    """Ratings of a Savoias-layout folder matched to its image files by index."""
+def load_savoias(root: str | os.PathLike, include_hidden: bool = False) -> RatedSet:
+    """Ratings of a Savoias-layout folder matched to its image files by index.
+
+    Hidden files and folders (names starting with '.') are skipped and counted in ``notes`` unless
+    ``include_hidden``; image files are those of ``images.image_suffixes()``.
+    """
     root = Path(root)
     if not root.exists():
         raise UsageError(f"no such folder: {root}")
@@ -200,6 +217,7 @@ def load_savoias(root: str | os.PathLike) -> RatedSet:
     unrated: list[str] = []
     notes: list[str] = []
     seen_folders: set[str] = set()
+    hidden = 0
     for key in keys:
         category = SAVOIAS_CATEGORIES.get(key)
         folder = _find_dir(images, category) if category else None
@@ -210,8 +228,10 @@ def load_savoias(root: str | os.PathLike) -> RatedSet:
                 continue
             category = folder.name
         ratings = read_ratings_xlsx(workbooks[key])
-        files, other, dup_notes = _index_files(folder) if folder is not None else ({}, [], [])
+        files, other, dup_notes, n_hidden = (_index_files(folder, include_hidden) if folder is not None
+                                             else ({}, [], [], 0))
         notes.extend(dup_notes)
+        hidden += n_hidden
         if folder is None:
             notes.append(f"no image folder {IMAGES_DIR}/{category}: all {len(ratings)} of its ratings unmatched")
         else:
@@ -234,10 +254,15 @@ def load_savoias(root: str | os.PathLike) -> RatedSet:
         unrated.extend(str(p) for p in other)
     for d in sorted(images.iterdir()):
         if d.is_dir() and d.name not in seen_folders:
-            stray = [p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+            if is_hidden(d.name) and not include_hidden:
+                hidden += 1
+                continue
+            stray = [p for p in d.iterdir() if is_image_name(p.name) and (include_hidden or not is_hidden(p.name))]
             if stray:
                 notes.append(f"{IMAGES_DIR}/{d.name}: no ground-truth workbook; {len(stray)} images unrated")
                 unrated.extend(str(p) for p in sorted(stray))
+    if hidden:
+        notes.append(f"skipped {hidden} hidden files or folders (--include-hidden scans them)")
     if not rows:
         raise UsageError(f"{root}: no rated image was found (checked {len(keys)} workbooks)")
     table = pd.DataFrame(rows, columns=COLUMNS).astype({"rating": "float64", "index": "int64"})
@@ -245,11 +270,39 @@ def load_savoias(root: str | os.PathLike) -> RatedSet:
     return RatedSet(table, miss.astype({"index": "int64", "rating": "float64"}), unrated, notes, str(root), "savoias")
 
 
+_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")   # C:\x, C:/x or \\server\share
+
+
+def _resolve(raw: str, base: Path) -> tuple[Path, str]:
+    """The file a ratings-CSV path names, and how it was read when not as written ('' if as written).
+
+    Relative paths resolve against ``base``. On POSIX a path with backslashes that names no file as
+    written is tried as karl's escaped form (``names.escape_path``, as in karl's own outputs) and
+    then with ``\\`` as the folder separator (a CSV made on Windows).
+    """
+    def full(text: str) -> Path:
+        p = Path(os.path.expanduser(text))
+        return p if p.is_absolute() else base / p
+
+    first = full(raw)
+    if "\\" not in raw or os.sep == "\\" or first.is_file():
+        return first, ""
+    unescaped = full(unescape_path(raw))
+    if unescaped.is_file():
+        return unescaped, ""
+    slashed = raw.replace("\\", "/")
+    if _WINDOWS_ABS.match(raw):
+        return full(slashed), ("are absolute Windows paths (like C:\\data\\x.png) and cannot be found here: "
+                               "write them relative to the CSV's folder, with / or \\ between folders")
+    return full(slashed), "were read with \\ as the folder separator (Windows paths)"
+
+
 def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     """Any rated image set: a CSV with columns ``path``, ``rating`` and optionally ``category``.
 
-    Relative paths resolve against the CSV's folder. Rows whose file does not exist are reported as
-    missing (index = 0-based data row); rows with an empty rating are dropped with a note.
+    Relative paths resolve against the CSV's folder; Windows ``\\`` separators are accepted (with a
+    note). Rows whose file does not exist are reported as missing (index = 0-based data row); rows
+    with an empty or missing rating (``MISSING_MARKERS``: NA, n/a, NaN, ...) are dropped with a note.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -267,6 +320,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     base = csv_path.resolve().parent
     has_cat = "category" in cols
     rows, missing, notes = [], [], []
+    read_as: dict[str, int] = {}
     empty = 0
     seen: dict[str, int] = {}
     for i, rec in enumerate(df.itertuples(index=False)):
@@ -282,8 +336,9 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
         if rating is not None and not math.isfinite(rating):
             raise UsageError(f"{csv_path}: data row {i + 1} ({raw_path}) has a non-finite rating")
         category = str(rec[cols["category"]]).strip() if has_cat else ""
-        p = Path(os.path.expanduser(raw_path))
-        full = p if p.is_absolute() else base / p
+        full, how = _resolve(raw_path, base)
+        if how:
+            read_as[how] = read_as.get(how, 0) + 1
         key = os.path.normpath(str(full))
         if key in seen:
             raise UsageError(f"{csv_path}: {raw_path} is listed twice (data rows {seen[key] + 1} and {i + 1}); "
@@ -297,7 +352,9 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
         else:
             rows.append({"path": str(full), "rating": rating, "category": category, "index": i})
     if empty:
-        notes.append(f"{empty} rows with an empty rating dropped")
+        notes.append(f"{empty} rows with an empty or missing rating (NA, n/a, NaN, ...) dropped")
+    for how, k in read_as.items():
+        notes.append(f"{k} paths {how}")
     if not rows:
         raise UsageError(f"{csv_path}: none of its {len(df)} rows names an existing image with a rating")
     table = pd.DataFrame(rows, columns=COLUMNS).astype({"rating": "float64", "index": "int64"})
@@ -305,8 +362,10 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     return RatedSet(table, miss.astype({"index": "int64", "rating": "float64"}), [], notes, str(csv_path), "csv")
 
 
-def load_ratings(root: str | os.PathLike | None = None, ratings: str | os.PathLike | None = None) -> RatedSet:
-    """A Savoias root folder, or (``ratings=``) a ratings CSV; a CSV passed as ``root`` also works."""
+def load_ratings(root: str | os.PathLike | None = None, ratings: str | os.PathLike | None = None,
+                 include_hidden: bool = False) -> RatedSet:
+    """A Savoias root folder, or (``ratings=``) a ratings CSV; a CSV passed as ``root`` also works.
+    ``include_hidden`` applies to a Savoias folder (a CSV's rows name their files explicitly)."""
     if (root is None) == (ratings is None):
         raise UsageError("give either a Savoias root folder or a ratings CSV (--ratings), not both"
                          if root is not None else "give a Savoias root folder or --ratings FILE.csv")
@@ -314,4 +373,4 @@ def load_ratings(root: str | os.PathLike | None = None, ratings: str | os.PathLi
         return load_ratings_csv(ratings)
     if Path(root).is_file() and Path(root).suffix.lower() == ".csv":
         return load_ratings_csv(root)
-    return load_savoias(root)
+    return load_savoias(root, include_hidden)

@@ -167,13 +167,24 @@ def _max_pixels_option():
                         "(default 64000000, a guard against decompression bombs); raise it for huge images.")
 
 
-def _scan(paths, include_hidden: bool, max_pixels: Optional[int]):
-    """The images under ``paths`` (collect_inputs), with the pixel limit set and what the scan skipped said."""
+def _files_from_option():
+    return typer.Option(None, "--files-from", help="Also read the paths listed in this file, one per line ('-' = "
+                        "stdin); relative paths are relative to the list's folder. Missing ones become error rows.")
+
+
+def _paths_argument():
+    return typer.Argument(None, help="Image files, folders (searched recursively) and/or .tar shards "
+                          "(WebDataset layout; read in place, rows name shard.tar/KEY.EXT).")
+
+
+def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Optional[str] = None):
+    """The images under ``paths`` and in the list ``files_from`` (collect_inputs), with the pixel limit
+    set and what the scan skipped said."""
     from karl_cli.io.images import set_max_pixels
     from karl_cli.scoring.complexity import collect_inputs
 
     set_max_pixels(max_pixels)
-    found = collect_inputs(paths, include_hidden=include_hidden)
+    found = collect_inputs(paths or [], include_hidden=include_hidden, files_from=files_from)
     if found.summary():
         console.print(f"[dim]{escape(found.summary())}[/]")
     return found
@@ -199,11 +210,14 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 @app.command(cls=_Command)
 @_handle_errors
 def complexity(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = _paths_argument(),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout). Without "
                                           "--csv and --json only the summary table is printed."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
+    parquet_out: Optional[str] = typer.Option(None, "--parquet", help="Write rows to this Parquet file (streamed "
+                                              "in row groups)."),
+    files_from: Optional[str] = _files_from_option(),
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]", help=BASELINES_HELP),
     method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
                                          "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
@@ -236,11 +250,14 @@ def complexity(
         method_name(method)     # a bad name fails before the model is loaded
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    if resume and not (csv_out or json_out):
-        raise UsageError("--resume needs an output file (--csv FILE or --json FILE)")
-    if resume and (csv_out or json_out) == "-":
+    outs_given = [p for p in (csv_out, json_out, parquet_out) if p is not None]
+    if parquet_out == "-":
+        raise UsageError("Parquet cannot stream to stdout; name a file for --parquet")
+    if resume and not outs_given:
+        raise UsageError("--resume needs an output file (--csv FILE, --json FILE or --parquet FILE)")
+    if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
-    found = _scan(paths, include_hidden, max_pixels)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
     model = _load_model(weights)
     method = check_method(model, method)
     if not l1 and method != "single":
@@ -252,22 +269,23 @@ def complexity(
     with contextlib.ExitStack() as stack:
         every = checkpoint_seconds()   # a hard kill loses at most this many seconds of rows
         sinks = []
-        if csv_out or json_out:       # without either, the summary table is the output
+        if outs_given:       # without any, the summary table is the output
+            # --resume reads back the first output given (csv, json, parquet); the others are rewritten from it.
             guard = resume_guard(model_id(model), method, l1)
-            primary = stack.enter_context(RowWriter(csv_out or json_out, fields, resume=resume, checkpoint_s=every,
+            primary = stack.enter_context(RowWriter(outs_given[0], fields, resume=resume, checkpoint_s=every,
                                                     validate=guard))
             sinks.append(primary)
             existing = primary.existing
-            if csv_out and json_out:
-                sinks.append(stack.enter_context(RowWriter(json_out, fields, checkpoint_s=every)))
+            for other in outs_given[1:]:
+                sinks.append(stack.enter_context(RowWriter(other, fields, checkpoint_s=every)))
                 for row in existing:
-                    sinks[1].write(row)
+                    sinks[-1].write(row)
         for row in existing:
             summary.add(row)
             if plot:
                 plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
         if existing:
-            console.print(f"resuming: {len(existing)} rows already in {escape(csv_out or json_out)} are kept")
+            console.print(f"resuming: {len(existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
             rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
                          workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
@@ -285,7 +303,7 @@ def complexity(
         console.print(f"[yellow]note:[/] most images miss ε = {', '.join(unreachable)} even with the kept tokens; "
                       "this model cannot reconstruct that closely, so KC saturates there. A larger ε (or a "
                       "better model) gives KC that separates images.")
-    outs = " and ".join(p for p in (csv_out, json_out) if p and p != "-")
+    outs = " and ".join(p for p in outs_given if p != "-")
     if outs:
         kept = len(existing)
         console.print(f"wrote {sinks[0].count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
@@ -302,14 +320,15 @@ def complexity(
 @app.command(cls=_Command)
 @_handle_errors
 def merge(
-    out: str = typer.Argument(..., help="The merged CSV to write."),
-    inputs: List[Path] = typer.Argument(..., help="Shard CSVs (from --shard K/N runs)."),
+    out: str = typer.Argument(..., help="The merged file to write (.csv, .json or .parquet)."),
+    inputs: List[Path] = typer.Argument(..., help="Shard outputs (from --shard K/N runs): CSV, JSON or Parquet, mixed."),
     prefer: Optional[str] = typer.Option(None, "--prefer", help="first or last: which input wins where rows of "
                                          "the same (path, ε) disagree (default: refuse and name them)."),
     mixed_models: bool = typer.Option(False, "--mixed-models", help="Merge rows of different models (model_id)."),
 ) -> None:
-    """Join shard CSVs into one, sorted by (path, ε). Identical duplicates merge quietly, an ok row
-    replaces an error row; rows that disagree, or rows of different models, are refused."""
+    """Join shard outputs (CSV, JSON or Parquet) into one, sorted by (path, ε). Identical duplicates
+    merge quietly, an ok row replaces an error row; rows that disagree, or rows of different models,
+    are refused."""
     from karl_cli.scoring.complexity import merge_csv
 
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
@@ -324,7 +343,7 @@ def merge(
 @app.command(cls=_Command)
 @_handle_errors
 def encode(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = _paths_argument(),
     eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
@@ -333,6 +352,7 @@ def encode(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
+    files_from: Optional[str] = _files_from_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -344,7 +364,7 @@ def encode(
     eps_v = validate_eps(eps)[0]
     shard_t = parse_shard(shard)
     dev = resolve_device(device)
-    found = _scan(paths, include_hidden, max_pixels)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
     model = _load_model(weights)
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,

@@ -158,7 +158,8 @@ def _hidden_entry(entry: os.DirEntry) -> bool:
     return False
 
 
-def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = False) -> Scan:
+def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = False,
+                    extra_suffixes: Iterable[str] = ()) -> Scan:
     """Image files under ``paths`` (files and folders, recursive), sorted, each real file once.
 
     Folders are searched for every suffix in ``image_suffixes()``; a file named in ``paths`` is
@@ -168,8 +169,10 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     (``a/x.png`` before ``a-b/x.png`` before ``b/x.png``), whatever order the scan met them in;
     each real folder is read once, so link loops end. Broken symlinks and unreadable folders come
     back as entries with an ``error``; a missing top-level path raises FileNotFoundError. The
-    returned ``Scan`` counts what was skipped.
+    returned ``Scan`` counts what was skipped. ``extra_suffixes`` (lower case, with the dot, e.g.
+    ``(".tar",)``) are taken from folders as well as image suffixes.
     """
+    extra = tuple(extra_suffixes)
     errors: dict[str, Found] = {}
     best: dict[str, tuple[tuple[str, ...], str]] = {}   # real file -> (key, path) of its first path
     met = 0
@@ -219,7 +222,7 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
                 if is_image_name(entry.name):
                     errors.setdefault(path, Found(path, f"cannot follow link: {e.strerror or e}"))
                 continue
-            if not is_image_name(entry.name):
+            if not is_image_name(entry.name) and not entry.name.lower().endswith(extra):
                 other += 1
             elif entry.is_symlink() and not os.path.exists(path):
                 errors.setdefault(path, Found(path, "broken symlink"))
@@ -320,13 +323,17 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
-def _signature(path: str) -> str | None:
-    """The image format a file's first bytes claim (to tell a corrupt image from a non-image), or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-    except OSError:
-        return None
+def _signature(path: str, data: bytes | None = None) -> str | None:
+    """The image format a file's first bytes (or ``data``'s) claim (to tell a corrupt image from a
+    non-image), or None."""
+    if data is not None:
+        head = data[:12]
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
@@ -344,25 +351,29 @@ def _pillow_limit(limit: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = old
 
 
-def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels: int | None = None,
+             data: bytes | None = None) -> Image.Image:
     """Read an image as an upright sRGB ``RGB`` PIL image, or raise ImageLoadError with the reason.
 
+    ``data``: the file's bytes, already read (a member of a tar shard, ``sources.py``); ``path`` then
+    only names it.
     ``draft_size`` lets JPEG decoding skip resolution it does not need (much faster for big photos).
     ``max_pixels``: refuse images with more pixels (default: ``max_pixels()``, 64 Mpx unless raised).
     """
     path = os.fsdecode(path)
     limit = max_pixels if max_pixels is not None else _limits["max_pixels"]
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
-            raise ImageLoadError("not a regular file (a pipe, device or socket)")
-        if st.st_size == 0:
+        if data is None:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
+                raise ImageLoadError("not a regular file (a pipe, device or socket)")
+        if (len(data) if data is not None else st.st_size) == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with warnings.catch_warnings(), _pillow_limit(limit):
             # Decoders warn about damaged metadata they skip; the pixels are still good, and a
             # folder of scraped images must not flood the terminal. Size is checked below.
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 w, h = img.size
                 if w < 1 or h < 1:
                     raise ImageLoadError(f"invalid size {w}x{h}")
@@ -380,7 +391,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        kind = _signature(path)
+        kind = _signature(path, data)
         raise ImageLoadError(f"corrupt {kind} file (its header cannot be read)" if kind
                              else "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -395,13 +406,14 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
         raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
-def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None) -> np.ndarray:
+def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
+                   data: bytes | None = None) -> np.ndarray:
     """The whole image squashed to resolution x resolution: uint8 array (R, R, 3), sRGB.
 
     Squashing (not cropping) keeps all of the content, which is what complexity is about.
-    ``max_pixels`` as in ``open_rgb``.
+    ``max_pixels`` and ``data`` as in ``open_rgb``.
     """
-    img = open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels)
+    img = open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data)
     img = img.resize((resolution, resolution), Image.BICUBIC, reducing_gap=3.0)
     return np.array(img, dtype=np.uint8)
 

@@ -15,6 +15,14 @@ from __future__ import annotations
 import os
 import re
 
+import pandas as pd
+
+# File names held in memory keep their lone surrogates (PEP 383) until written. pandas 3 stores text
+# columns in pyarrow (a dependency, for Parquet) when it is installed, and pyarrow refuses lone
+# surrogates: a DataFrame of such names would raise. Python-backed storage (pandas' own default
+# without pyarrow) holds them, with the same dtype and values.
+pd.set_option("mode.string_storage", "python")
+
 _POSIX = os.sep == "/"
 _ESCAPE = re.compile(rb"\\(\\|x[0-9a-fA-F]{2})")
 

@@ -50,13 +50,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from karl_cli.io.atomic import WriteError, atomic_path, temp_beside, write_error
+from karl_cli.io.atomic import WriteError, atomic_path, fsync_path, temp_beside, write_error
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, compute, parse_baselines
 from karl_cli.errors import UsageError
-from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, load_for_model, max_pixels
+from karl_cli.io.images import Found, ImageLoadError, Scan, max_pixels
+from karl_cli.io.sources import gather, load_found
+from karl_cli.io.tables import ParquetSink, parquet_columns, parquet_schema, read_parquet_rows
 from karl_cli.io.names import escape_path, safe_text, unescape_path
 from karl_cli.models.pretrained import model_id
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
@@ -118,11 +121,13 @@ def apply_shard(items: Sequence[Any], shard: str | Sequence[int] | None) -> list
     return [it for i, it in enumerate(items) if i % n == k]
 
 
-def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found],
-                   include_hidden: bool = False) -> Scan:
-    """Found entries for paths (files and folders, recursive: ``images.discover_images``, hidden ones
-    only with ``include_hidden``) or pass-through ``Found`` objects, sorted, with the scan's counts of
-    what it skipped. A missing path or no images at all raise UsageError.
+def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found] = (),
+                   include_hidden: bool = False, files_from: str | os.PathLike | None = None) -> Scan:
+    """Found entries for paths (files, folders searched recursively, ``.tar`` shards: ``sources.gather``;
+    hidden ones only with ``include_hidden``), the paths listed in the file ``files_from`` (``-``:
+    stdin; a missing listed path is an error entry), or pass-through ``Found`` objects; sorted, with
+    the scan's counts of what it skipped. A missing command-line path or no inputs at all raise
+    UsageError.
     """
     if isinstance(paths_or_found, (str, bytes, os.PathLike, Found)):
         paths_or_found = [paths_or_found]
@@ -130,18 +135,18 @@ def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLik
     found = [p for p in given if isinstance(p, Found)]
     raw = [p for p in given if not isinstance(p, Found)]
     scan = Scan()
-    if raw:
+    if raw or files_from is not None:
         try:
-            scan = discover_images(raw, include_hidden=include_hidden)
+            scan = gather(raw, files_from=files_from, include_hidden=include_hidden)
         except FileNotFoundError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(str(e) if not e.filename else f"no such file: {e.filename}") from None
         found.extend(scan)
-    if not given:
+    if not given and files_from is None:
         raise UsageError("no input paths given")
     if not found:
         skipped = scan.summary()
-        raise UsageError("no images found under " + ", ".join(os.fspath(p) for p in raw)
-                         + (f" ({skipped})" if skipped else ""))
+        where = [os.fspath(p) for p in raw] + ([f"the list {os.fspath(files_from)}"] if files_from is not None else [])
+        raise UsageError("no images found under " + ", ".join(where) + (f" ({skipped})" if skipped else ""))
     uniq = {f.path: f for f in reversed(found)}  # first occurrence wins
     return Scan((uniq[k] for k in sorted(uniq)), scan.hidden, scan.other, scan.aliases)
 
@@ -170,7 +175,7 @@ class ImageDataset(Dataset):
         if f.error:
             return f.path, None, f.error, None
         try:
-            arr = load_for_model(f.path, self.resolution, self.max_pixels)
+            arr = load_found(f, self.resolution, self.max_pixels)
         except ImageLoadError as e:
             return f.path, None, str(e) or "cannot read image", None
         except Exception as e:  # noqa: BLE001 - an odd file must never stop a 10,000-image run
@@ -331,6 +336,11 @@ def _text(key: str, v: Any) -> Any:
     return escape_path(v) if key in PATH_FIELDS else safe_text(v)
 
 
+def _os_error(e: BaseException) -> OSError:
+    """pyarrow's write errors as OSError (for ``write_error``)."""
+    return e if isinstance(e, OSError) else OSError(0, str(e))
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
@@ -377,6 +387,30 @@ CSV_ERRORS = "surrogateescape"
 _WRITE_ERRORS = "backslashreplace"   # a safety net only: written text is escaped already
 PATH_FIELDS = frozenset({"path", "name"})   # columns holding file names: escaped on write, unescaped on read
 CHECKPOINT_SECONDS = 5.0
+PARQUET_SUFFIX = ".parquet"
+# A checkpoint copies the rows so far, so its cost grows with the output; spacing checkpoints at least
+# this many times their last cost keeps them under 1/20 of the run, however long the output gets.
+CHECKPOINT_COST_FACTOR = 20.0
+
+
+def _kind(field: str) -> str:
+    return "int" if field in _INT_FIELDS else "float" if field in _FLOAT_FIELDS else "str"
+
+
+def _parquet_cell(field: str, v: Any) -> Any:
+    """A row value as its Parquet column type (``_kind``); a value that does not fit becomes null
+    (numbers) or text."""
+    if v is None or (isinstance(v, str) and v == "" and _kind(field) != "str"):
+        return None
+    kind = _kind(field)
+    try:
+        if kind == "int":
+            return int(v)
+        if kind == "float":
+            return float(v)
+    except (TypeError, ValueError):
+        return None
+    return _text(field, v if isinstance(v, str) else str(v))
 
 
 def checkpoint_seconds() -> float:
@@ -389,8 +423,14 @@ def checkpoint_seconds() -> float:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a CSV (``.csv``) or JSON-records (``.json``) file written by ``RowWriter``, typed."""
+    """Rows of a CSV (``.csv``), JSON-records (``.json``) or Parquet (``.parquet``) file written by
+    ``RowWriter``, typed."""
     path = Path(path)
+    if path.suffix.lower() == PARQUET_SUFFIX:
+        try:
+            return [coerce_row(r) for r in read_parquet_rows(path)]
+        except (pa.ArrowException, OSError) as e:
+            raise UsageError(f"{path} is not a readable Parquet file: {e}") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -407,7 +447,12 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def csv_header(path: str | os.PathLike) -> list[str]:
-    """The column names of a CSV file (its first row)."""
+    """The column names of a CSV file (its first row), or of a Parquet file (its schema)."""
+    if Path(path).suffix.lower() == PARQUET_SUFFIX:
+        try:
+            return parquet_columns(path)
+        except (pa.ArrowException, OSError) as e:
+            raise UsageError(f"{path} is not a readable Parquet file: {e}") from None
     try:
         with open(path, newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as f:
             return next(csv.reader(f), [])
@@ -425,8 +470,9 @@ def _stdout_text() -> Any:
 
 
 class RowWriter:
-    """Streams rows to a CSV or JSON-records file atomically: rows go to a temp file beside the
-    target, renamed over it by ``close()``. Leaving the ``with`` block by an exception (Ctrl-C
+    """Streams rows to a CSV, JSON-records or Parquet file (by suffix, ``.parquet``; in row groups, so
+    memory stays flat) atomically: rows go to a temp file beside the target, renamed over it by
+    ``close()``. Leaving the ``with`` block by an exception (Ctrl-C
     included) also renames (unless ``keep_partial=False``), so the rows done so far are kept and
     ``resume`` continues from them. A failed write (disk full, ...) discards the temp file, leaves
     the target as it was and raises ``WriteError``.
@@ -436,7 +482,8 @@ class RowWriter:
     background thread wakes every ``checkpoint_s`` seconds and publishes whatever rows arrived since,
     so a row is on disk at most ``checkpoint_s`` seconds after ``write`` returned, even while the
     model works on the next batch: a hard kill (SIGKILL, power loss) loses at most the rows finished in
-    the last ``checkpoint_s`` seconds. ``0``: publish after every row (no thread). ``None`` (the
+    the last ``checkpoint_s`` seconds (once outputs grow large, the clock slows to 20 times the last
+    copy's cost). ``0``: publish after every row (no thread). ``None`` (the
     default): only on close.
 
     ``resume=True`` reads an existing output first: its rows are kept (``existing``) and copied to
@@ -452,15 +499,17 @@ class RowWriter:
         self.path = Path(path) if os.fspath(path) != "-" else None
         self.fields = list(fields)
         suffix = self.path.suffix.lower() if self.path else ""
-        self.fmt = fmt or ("json" if suffix == ".json" else "csv")
-        if self.fmt not in ("csv", "json"):
-            raise UsageError(f"unknown output format {self.fmt!r} (csv or json)")
+        self.fmt = fmt or ("json" if suffix == ".json" else "parquet" if suffix == PARQUET_SUFFIX else "csv")
+        if self.fmt not in ("csv", "json", "parquet"):
+            raise UsageError(f"unknown output format {self.fmt!r} (csv, json or parquet)")
+        if self.fmt == "parquet" and self.path is None:
+            raise UsageError("Parquet cannot stream to stdout; name a file (e.g. --parquet out.parquet)")
         self.checkpoint_s = checkpoint_s
         self.keep_partial = keep_partial
         self.existing: list[dict[str, Any]] = []
         self.done: set[tuple[str, float]] = set()
         if resume and self.path is not None and self.path.exists():
-            if self.fmt == "csv":
+            if self.fmt in ("csv", "parquet"):
                 header = csv_header(self.path)
                 if header and header != self.fields:
                     raise UsageError(f"cannot resume {self.path}: its columns ({', '.join(header)}) differ from "
@@ -476,6 +525,8 @@ class RowWriter:
         self._tmp: Path | None = None
         self._f: Any = None
         self._csv: Any = None
+        self._sink: ParquetSink | None = None
+        self._checkpoint_cost = 0.0
         self._first = True
         self._broken = False
         self._published = 0
@@ -490,10 +541,10 @@ class RowWriter:
 
     def _tick(self) -> None:
         """The clock: publish new rows every ``checkpoint_s`` seconds until close."""
-        while not self._stop.wait(self.checkpoint_s):
+        while not self._stop.wait(self._checkpoint_every()):
             try:
                 with self._lock:
-                    if self._f is not None and self.count > self._published:
+                    if (self._f is not None or self._sink is not None) and self.count > self._published:
                         self._checkpoint_locked()
             except WriteError as e:     # reported to the writing thread at its next write or close
                 self._clock_error = e
@@ -504,6 +555,15 @@ class RowWriter:
         return write_error(self.path or "<stdout>", e)
 
     def _open(self) -> None:
+        if self.fmt == "parquet":
+            try:
+                self._sink = ParquetSink(self.path, parquet_schema(self.fields, {f: _kind(f) for f in self.fields}))
+            except OSError as e:
+                raise self._fail(e) from e
+            self._tmp, self._f = self._sink.path, self._sink
+            for row in self.existing:
+                self._write(row)
+            return
         if self.path is None:
             self._f = _stdout_text()
         else:
@@ -527,13 +587,15 @@ class RowWriter:
         if self._f is None:
             raise ValueError("RowWriter is closed")
         try:
-            if self.fmt == "csv":
+            if self.fmt == "parquet":
+                self._sink.write([_parquet_cell(k, row.get(k)) for k in self.fields])
+            elif self.fmt == "csv":
                 self._csv.writerow([_cell(_text(k, row.get(k))) for k in self.fields])
             else:
                 rec = {k: _json_value(_text(k, row.get(k))) for k in self.fields}
                 self._f.write(("\n" if self._first else ",\n") + json.dumps(rec))
-        except OSError as e:
-            raise self._fail(e) from e
+        except (OSError, pa.ArrowException) as e:
+            raise self._fail(_os_error(e)) from e
         self._first = False
         self.count += 1
 
@@ -545,6 +607,13 @@ class RowWriter:
             if self.checkpoint_s == 0 and self.path is not None:
                 self._checkpoint_locked()
 
+    def _checkpoint_every(self) -> float:
+        """Seconds between checkpoints: ``checkpoint_s``, stretched to 20 times the last one's cost (0
+        means after every row, for tests)."""
+        if not self.checkpoint_s:
+            return 0.0
+        return max(self.checkpoint_s, CHECKPOINT_COST_FACTOR * self._checkpoint_cost)
+
     def _json_tail(self) -> str:
         return "\n]\n" if not self._first else "]\n"
 
@@ -554,19 +623,25 @@ class RowWriter:
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
-        if self._f is None or self.path is None or self._broken:
+        if (self._f is None and self._sink is None) or self.path is None or self._broken:
             return
+        t0 = time.monotonic()
         try:
-            self._f.flush()
             with atomic_path(self.path) as tmp:
-                shutil.copyfile(self._tmp, tmp)
-                if self.fmt == "json":
-                    with open(tmp, "a", encoding="utf-8") as f:
-                        f.write(self._json_tail())
-        except OSError as e:
-            raise self._fail(e) from e
+                if self._sink is not None:
+                    self._sink.snapshot(tmp)
+                    self._tmp = self._sink.path
+                else:
+                    self._f.flush()
+                    shutil.copyfile(self._tmp, tmp)
+                    if self.fmt == "json":
+                        with open(tmp, "a", encoding="utf-8") as f:
+                            f.write(self._json_tail())
+        except (OSError, pa.ArrowException) as e:
+            raise self._fail(_os_error(e)) from e
         self.checkpoints += 1
         self._published = self.count
+        self._checkpoint_cost = time.monotonic() - t0
 
     def close(self, commit: bool = True) -> None:
         """Finish the file and rename it over the target (``commit=False`` discards it)."""
@@ -578,6 +653,9 @@ class RowWriter:
         f, self._f = self._f, None
         to_file = self.path is not None
         commit = (commit and not self._broken) or not to_file
+        if self._sink is not None:
+            self._close_parquet(commit)
+            return
         try:
             try:
                 if commit:
@@ -603,6 +681,18 @@ class RowWriter:
                     self._tmp.unlink(missing_ok=True)
         if self._clock_error is not None:   # a checkpoint failed: the target holds the last good one
             raise self._clock_error
+
+    def _close_parquet(self, commit: bool) -> None:
+        sink = self._sink
+        try:
+            if commit:
+                sink.finish()
+                fsync_path(sink.path)
+                os.replace(sink.path, self.path)
+        except (OSError, pa.ArrowException) as e:
+            raise self._fail(_os_error(e)) from e
+        finally:
+            sink.discard()
 
     def __enter__(self) -> "RowWriter":
         return self

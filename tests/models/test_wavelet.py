@@ -147,3 +147,16 @@ def test_recalled_orders_match_replayed_ones():
     wp_fresh = _wavelet_path()
     assert torch.equal(wp.positions(changed), wp_fresh.positions(changed))
     assert not torch.equal(wp.positions(changed), wp.positions(code))
+
+
+def test_prefix_l1_is_the_same_however_many_prefixes_run_together(monkeypatch):
+    import karl_cli.models.wavelet as wavelet
+
+    wp = _wavelet_path()
+    x = torch.rand(3, 3, 32, 32)
+    code = wp.analyse(x)
+    ends = [1, 4, 8, 12, 40, 64]
+    together = wp.prefix_l1(x, code, ends)
+    monkeypatch.setattr(wavelet, "PREFIX_ROWS", 1)            # one prefix at a time
+    assert torch.equal(wp.prefix_l1(x, code, ends), together)
+    assert torch.equal(wp.prefix_l1(x, code, ends[:3]), together[:, :3])

@@ -46,6 +46,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 

@@ -737,7 +737,7 @@ def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot
     from karl_cli.analysis.studies import save_rows, summary_view
 
     save_rows(study, csv_out, json_out)
-    Console().print(_df_table(summary_view(study), f"{study.name} (method {study.method}, T_max {study.max_tokens})"))
+    make_console().print(_df_table(summary_view(study), f"{study.name} (method {study.method}, T_max {study.max_tokens})"))
     for line in study.findings:
         console.print(f"• {escape(line)}", highlight=False)
     for out in (csv_out, json_out):
@@ -787,7 +787,7 @@ def analyze_profile(
         from karl_cli.io.savoias import load_ratings
 
         rank = rank_against_ratings(study.rows, load_ratings(ratings).table, rank_eps, seed=seed)
-        Console().print(_df_table(rank.round(3), f"Spearman ρ with the ratings: kc_area vs KC at ε {rank_eps:g} "
+        make_console().print(_df_table(rank.round(3), f"Spearman ρ with the ratings: kc_area vs KC at ε {rank_eps:g} "
                                   "(delta = ρ(area) − ρ(KC), paired bootstrap 95 % CI)"))
 
     def draw(st, folder):

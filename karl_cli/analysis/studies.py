@@ -41,6 +41,7 @@ from scipy import stats as st
 from karl_cli.errors import UsageError
 from karl_cli.io.images import ImageLoadError, load_for_model, load_max_side
 from karl_cli.io.synthetic import make_family_image
+from karl_cli.models.config import EPS_BINS
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.scoring.complexity import collect_inputs, validate_eps
 from karl_cli.scoring.methods import check_method, default_method
@@ -238,7 +239,7 @@ def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Seq
     Unreadable files are left out and listed in ``errors``.
     """
     method, dev = _prep(model, method, device)
-    eps_v = sorted(validate_eps(eps if eps else model.config.eps_bins))
+    eps_v = sorted(validate_eps(eps if eps else EPS_BINS))
     items, bad = load_images(paths, resolution=model.config.resolution, sample=sample, seed=seed)
     arr = np.stack([a for _, a in items])
     kc, _ = measure_kc(model, arr, eps_v, method, batch_size, dev, _stage(progress, "KC per ε"), l1=False)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from karl_cli import KARL, preset
+from karl_cli import EPS_BINS, KARL, preset
 from karl_cli.analysis import studies as S
 from karl_cli.cli import app
 from karl_cli.models.alit import ALIT
@@ -72,7 +72,7 @@ def test_profile_kc_never_rises_as_eps_loosens(shipped, tmp_path, method):
     study = S.profile([*paths, tmp_path / "shapes"], shipped, method=method, curve=False)
     assert study.findings[0].startswith(f"KC is non-increasing in ε for {4 if method == 'prefix' else 3} of 4")
     kc = study.rows[[f"kc@{e:g}" for e in study.extra["eps"]]].to_numpy()
-    assert kc.shape == (4, len(shipped.config.eps_bins))
+    assert kc.shape == (4, len(EPS_BINS))
     assert (np.diff(kc, axis=1) <= 0).all()
     # The area is the mean KC over log ε: inside the profile's range, highest for noise.
     area = study.rows.set_index(study.rows["path"].map(lambda p: Path(p).stem))["kc_area"]

@@ -223,7 +223,7 @@ def test_cli_resume_refuses_flags_that_contradict_the_run(image_folder, tmp_path
     assert res.exit_code == 0, res.output
     before = (run / "checkpoint.pt").read_bytes()
     for flags, named in ((["--preset", "small"], "--preset small (the run's model differs from it in"),
-                         (["--code", "wavelet"], "--code wavelet (the run has dct)"),
+                         (["--code", "learned"], "--code learned (the run has wavelet)"),
                          (["--arch", "alit"], "--arch alit (the run has karl)"),
                          (["--max-tokens", 32], "--max-tokens 32 (the run has 16)"),
                          (["--lr", 0.5], "--lr 0.5 (the run has 0.001)"),

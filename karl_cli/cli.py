@@ -704,7 +704,7 @@ def compare(
 
 
 # --- karl analyze: the papers' studies ---------------------------------------------------------------
-analyze_app = typer.Typer(no_args_is_help=True, help="The papers' studies of what a token count means: complexity "
+analyze_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The papers' studies of what a token count means: complexity "
                           "profiles, noise, structure, familiarity, and where an image spends its tokens.")
 app.add_typer(analyze_app, name="analyze")
 
@@ -759,7 +759,7 @@ def _study_setup(weights: Optional[Path], device: str):
     return prepare_model(_load_model(weights), dev), dev
 
 
-@analyze_app.command("profile")
+@analyze_app.command("profile", cls=_Command)
 @_handle_errors
 def analyze_profile(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders (recursive)."),
@@ -797,7 +797,7 @@ def analyze_profile(
     _finish_study(study, csv_out, json_out, plot, draw)
 
 
-@analyze_app.command("noise")
+@analyze_app.command("noise", cls=_Command)
 @_handle_errors
 def analyze_noise(
     paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
@@ -827,7 +827,7 @@ def analyze_noise(
     _finish_study(study, csv_out, json_out, plot, draw)
 
 
-@analyze_app.command("structure")
+@analyze_app.command("structure", cls=_Command)
 @_handle_errors
 def analyze_structure(
     paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
@@ -853,7 +853,7 @@ def analyze_structure(
     _finish_study(study, csv_out, json_out, plot, draw)
 
 
-@analyze_app.command("familiarity")
+@analyze_app.command("familiarity", cls=_Command)
 @_handle_errors
 def analyze_familiarity(
     paths: List[str] = typer.Argument(..., help="In-distribution images/folders."),
@@ -885,7 +885,7 @@ def analyze_familiarity(
     _finish_study(study, csv_out, json_out, plot, draw)
 
 
-@analyze_app.command("map")
+@analyze_app.command("map", cls=_Command)
 @_handle_errors
 def analyze_map(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders."),

@@ -23,9 +23,13 @@ def test_version():
     assert res.exit_code == 0 and res.output.strip() == f"karl {__version__}"
 
 
-@pytest.mark.parametrize("command", [None, *COMMANDS])
+ANALYZE = [["analyze"], *(["analyze", s] for s in ("profile", "noise", "structure", "familiarity", "map"))]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS, *ANALYZE])
 def test_help_shows_no_value_for_flags_and_no_doubled_brackets(command):
-    res = CliRunner().invoke(app, ([command] if command else []) + ["--help"], terminal_width=200)
+    argv = [] if command is None else [command] if isinstance(command, str) else command
+    res = CliRunner().invoke(app, argv + ["--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
     assert "<bool>" not in res.output, "on/off flags take no value"
     assert "[[" not in res.output

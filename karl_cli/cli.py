@@ -426,6 +426,15 @@ def show(
     console.print(f"{escape(image.name)}: {kcs} -> {escape(str(out))}")
 
 
+def _exit_interrupted() -> None:
+    """Exit 130 after a handled Ctrl-C. Outputs are closed by now; ``os._exit`` because CPython turns
+    a normal exit into death by SIGINT (-2) when the interrupt landed inside an import (measured: a
+    Ctrl-C one second after start)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one clear line and an exit code."""
     debug = "--debug" in sys.argv
@@ -438,7 +447,14 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
-        sys.exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            _exit_interrupted()
+        # The work is done and its outputs closed: a Ctrl-C during interpreter teardown must not turn
+        # this exit code into death by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
     except OSError as e:
         if debug:
             raise

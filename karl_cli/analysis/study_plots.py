@@ -13,7 +13,8 @@ from typing import Iterator
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
@@ -68,7 +69,8 @@ def profile_figure(study: Study, stem: str | os.PathLike, max_groups: int = 8) -
     rows, eps, budgets = study.rows, study.extra["eps"], study.extra["budgets"]
     groups = list(rows.groupby("folder", sort=True)) if rows["folder"].nunique() <= max_groups else [("all", rows)]
     with paper_style():
-        fig, axes = plt.subplots(1, 2 if budgets else 1, figsize=(WIDE if budgets else NARROW, 2.6), squeeze=False)
+        fig, axes = plt.subplots(1, 2 if budgets else 1, figsize=(WIDE if budgets else NARROW, 2.9), squeeze=False,
+                                 layout="constrained")
         ax = axes[0, 0]
         for (name, g), c in zip(groups, _colors(len(groups))):
             kc = g[[f"kc@{e:g}" for e in eps]].to_numpy(float)
@@ -78,9 +80,8 @@ def profile_figure(study: Study, stem: str | os.PathLike, max_groups: int = 8) -
         ax.set_xscale("log")
         ax.set_xlabel("ε: target reconstruction L1 (0–1 pixel scale)")
         ax.set_ylabel("KC (tokens)")
-        ax.set_title(f"(a) complexity profile (method {study.method}), median and 10–90 %", loc="left")
+        ax.set_title(f"(a) complexity profile ({study.method})", loc="left")
         _tmax(ax, study.max_tokens)
-        ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.93), ncol=1 if len(groups) < 5 else 2)
         if budgets:
             ax = axes[0, 1]
             for (name, g), c in zip(groups, _colors(len(groups))):
@@ -90,10 +91,18 @@ def profile_figure(study: Study, stem: str | os.PathLike, max_groups: int = 8) -
                 ax.plot(budgets, med, color=c, label=name)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # Plain numbers on the log axes: matplotlib's minor labels (3×10¹, 4×10¹) ran into each other.
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(mticker.NullFormatter())
             ax.set_xlabel("budget (tokens)")
             ax.set_ylabel("reconstruction L1 (0–1 scale)")
-            ax.set_title("(b) rate–distortion, median and 10–90 %", loc="left")
-        fig.tight_layout()
+            ax.set_title("(b) rate–distortion", loc="left")
+        # Lines: median per folder; bands: 10–90 %. The legend sits below the panels, off the data.
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, [f"{n} — median, 10–90 % band" for n in names], loc="outside lower center",
+                   ncols=min(len(names), 3))
         return _save(fig, stem)
 
 

@@ -161,7 +161,7 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
                 a.set_yticks([])
                 a.grid(False)
                 a.spines[:].set_visible(False)
-                a.set_title(name.replace("shuffle ", "shuffle\n") if k else f"original\n({example[0]})", fontsize=7)
+                a.set_title(name.replace("shuffle ", "shuffle\n") if k else f"original\n({Path(str(example[0])).name})", fontsize=7)
         half = len(steps) // 2 if example is not None else 1
         ax1 = fig.add_subplot(gs[-1, :half] if example is not None else gs[0, 0])
         for e, c in zip(eps, _eps_colors(len(eps))):

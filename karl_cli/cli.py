@@ -644,7 +644,6 @@ def calibrate(
     from karl_cli.models.pretrained import weights_path
     from karl_cli.runtime import prepare_model
     from karl_cli.scoring.methods import methods_for
-    from karl_cli.training.calibration import calibrate_halting
 
     if samples < 10 or steps < 1:
         raise UsageError("--samples must be >= 10 and --steps >= 1")

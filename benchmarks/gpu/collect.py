@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from safetensors.torch import load_file, save_file
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"

@@ -36,9 +36,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn as nn
 
-from karl_cli.models.config import KARLConfig
 from karl_cli.models.pretrained import register
 from karl_cli.models.tokenizer import Encoding, ForwardOutput, TokenSource, Tokenizer
 

@@ -19,11 +19,10 @@ ones a search for that ε alone would have needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from karl_cli.models.tokenizer import TokenSource
 from karl_cli.scoring.methods import methods_for
 
 

@@ -22,19 +22,18 @@ KARL adds no learned correction to this code (``ordered``), and a model keeps to
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from karl_cli.models import wavelet_kernels as kernels
 from karl_cli.models.config import KARLConfig
 from karl_cli.models.dct import fit_colour, log_rms_left
 
-# Weight of the training prior against the parent's observed strength in a child's priority.
-KAPPA = 0.3
-# (image, prefix) pairs synthesised in one run by ``prefix_l1``: ~50 MB of float32 coefficients at 64 px.
-PREFIX_ROWS = 1024
+# Open from the first token: the colour means and the coarsest details (3 channels x (1 + 3)).
+ROOTS = 12
 
 
 def haar_forward(x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +93,21 @@ def haar_tree(channels: int, resolution: int) -> tuple[torch.Tensor, torch.Tenso
     return parent, children
 
 
+def haar_layout(channels: int, resolution: int) -> tuple[np.ndarray, ...]:
+    """Where each coefficient of the ``haar_forward`` layout sits: (channel, side, orientation, row,
+    column), each (C·R²,) int64. Side is the detail grid's side length (1 .. R/2), 0 for a colour mean."""
+    parts: list[np.ndarray] = [np.stack([np.arange(channels), np.zeros(channels, np.int64),
+                                         np.zeros(channels, np.int64), np.zeros(channels, np.int64),
+                                         np.zeros(channels, np.int64)], axis=1)]
+    s = 1
+    while s < resolution:
+        ch, o, y, x = np.meshgrid(np.arange(channels), np.arange(3), np.arange(s), np.arange(s), indexing="ij")
+        parts.append(np.stack([ch.ravel(), np.full(ch.size, s), o.ravel(), y.ravel(), x.ravel()], axis=1))
+        s *= 2
+    table = np.concatenate(parts).astype(np.int64)
+    return tuple(np.ascontiguousarray(table[:, i]) for i in range(5))
+
+
 def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``matrix`` (3, 3) applied to the colour of every pixel of x (B, 3, H, W): one batched matmul,
     an order of magnitude faster on CPU than the equivalent einsum (``prefix_l1`` runs it per step)."""
@@ -128,6 +142,8 @@ class WaveletCode(nn.Module):
         # decoder and the searches ask for the order of those codes again, or of some of their rows
         # or prefixes, and replaying it costs as much as making it: ``_recall`` finds them by content.
         self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._kernel_tables: tuple | None = None
+        self._haar_layout: tuple[np.ndarray, ...] | None = None
 
     def _coefficients(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() - self.colour_mean.view(1, 3, 1, 1)
@@ -143,32 +159,25 @@ class WaveletCode(nn.Module):
         fit_colour(self, images)
         self.scale.copy_(self._coefficients(images).var(0).sqrt().clamp_min(1e-4))
 
-    def _replay(self, values: Callable[[int, torch.Tensor], torch.Tensor], tokens: int, batch: int,
-                device: torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Choose the coefficients of tokens 0..tokens-1. ``values(t, positions)`` gives token t's
-        normalised values at its chosen positions (B, latent_dim): read from the image when encoding,
-        from the tokens when decoding; both see the same numbers, so they choose alike.
-        Yields (t, positions, values) per token."""
-        n, k = self.size, self.latent_dim
-        var = self.scale.square()
-        prior = torch.cat([var, var.new_tensor([-math.inf])])        # slot n: padding, never chosen
-        # Not yet available: below every available coefficient, in a fixed order (the prior's).
-        waiting = -1.0 - torch.argsort(torch.argsort(var, descending=True)).float()
-        pri = torch.cat([waiting, waiting.new_tensor([-math.inf])]).expand(batch, -1).clone()
-        roots = torch.arange(3 * (1 + 3), device=device)             # colour means + coarsest details
-        pri[:, roots] = var[roots]
-        done = torch.zeros(batch, n + 1, dtype=torch.bool, device=device)
-        done[:, n] = True
-        for t in range(tokens):
-            pos = pri.topk(k, dim=1).indices
-            vals = values(t, pos)
-            done.scatter_(1, pos, True)
-            pri.scatter_(1, pos, -math.inf)
-            kids = self.kids[pos].flatten(1)                     # (B, k*4)
-            strength = ((vals.float().square() + KAPPA) / (1.0 + KAPPA)).repeat_interleave(4, dim=1)
-            new = torch.where(done.gather(1, kids), -math.inf, prior[kids] * strength)
-            pri.scatter_(1, kids, new)
-            yield t, pos, vals
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views the kernels need: priors (n,) float32, children (n, 4) int64, and the
+        coefficients by descending prior (n,) int64; rebuilt when ``scale`` changes (fit, load)."""
+        key = (self.scale._version, self.scale.data_ptr())
+        if self._kernel_tables is None or self._kernel_tables[0] != key:
+            var = self.scale.detach().float().cpu().square().numpy()
+            by_prior = np.argsort(-var, kind="stable").astype(np.int64)
+            self._kernel_tables = (key, (var, self.kids.cpu().numpy(), by_prior))
+        return self._kernel_tables[1]
+
+    def _order(self, values: torch.Tensor, from_tokens: bool, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, tokens, latent_dim) long and normalised values (B, tokens, latent_dim) float32
+        of the adaptive order (``wavelet_kernels.order``), from coefficients (B, n) or tokens."""
+        var, kids, by_prior = self._tables()
+        arr = values.detach().float().cpu().numpy()
+        arr = np.ascontiguousarray(arr if from_tokens else arr[:, None, :])
+        pos, vals = kernels.order(arr, from_tokens,
+                                  var, kids, by_prior, ROOTS, tokens, self.latent_dim)
+        return torch.from_numpy(pos).to(values.device), torch.from_numpy(vals).to(values.device)
 
     def analyse(self, images: torch.Tensor) -> torch.Tensor:
         """Adaptively ordered, scaled codes of the images: (B, max_tokens, latent_dim), float32."""
@@ -180,11 +189,7 @@ class WaveletCode(nn.Module):
                 # Same values at the remembered positions means the same choices at every step.
                 if rows is not None and torch.equal(z.gather(1, pos[rows].flatten(1)).view_as(made[rows]), made[rows]):
                     return made[rows]
-            out = z.new_empty(z.shape[0], self.max_tokens, self.latent_dim)
-            pos = torch.empty(out.shape, dtype=torch.long, device=z.device)
-            for t, p, vals in self._replay(lambda t, pos: z.gather(1, pos), self.max_tokens, z.shape[0], z.device):
-                out[:, t] = vals
-                pos[:, t] = p
+            pos, out = self._order(z, False, self.max_tokens)
             self._memo = (out.clone(), pos)
             return out
 
@@ -209,10 +214,7 @@ class WaveletCode(nn.Module):
             rows = self._recall(codes[:, 0])
             if rows is not None and torch.equal(made[rows, :t], codes):
                 return pos[rows, :t]
-        out = torch.empty(b, t, self.latent_dim, dtype=torch.long, device=codes.device)
-        for i, pos, _ in self._replay(lambda i, pos: codes[:, i], t, b, codes.device):
-            out[:, i] = pos
-        return out
+        return self._order(codes, True, t)[0]
 
     def detail_left(self, images: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """log RMS pixel error left after each token (B, T): by Parseval, the images' energy about
@@ -223,30 +225,28 @@ class WaveletCode(nn.Module):
 
     def prefix_l1(self, images: torch.Tensor, code: torch.Tensor, ends: Sequence[int]) -> torch.Tensor:
         """Pixel L1 of the clamped reconstruction from the first ``ends[s]`` tokens, for each s
-        (B, len(ends)); ``ends`` ascending, at most the tokens in ``code``.
-
-        The prefixes are synthesised side by side, ``PREFIX_ROWS`` (image, prefix) pairs a run, with
-        the same arithmetic per prefix as one at a time (each coefficient is placed or zero, never
-        summed), so the numbers are the same; batching saves the per-prefix launches."""
-        b = images.shape[0]
+        (B, len(ends)) float32; ``ends`` ascending, at most the tokens in ``code``. One sweep per
+        image that adds tokens in order and re-scores only the pixels each touches
+        (``wavelet_kernels.prefix_l1``)."""
         with torch.autocast(images.device.type, enabled=False):
             code = code[:, : ends[-1]].float()
-            pos = self.positions(code).flatten(1)
-            coef = code.new_zeros(b, self.size).scatter_(1, pos, (code * self.scale[pos.view_as(code)]).flatten(1))
-            # The prefix index each sent coefficient first belongs to; unsent ones: past the last.
-            tok = torch.arange(code.shape[1], device=code.device).repeat_interleave(self.latent_dim)
-            first = torch.searchsorted(torch.as_tensor(list(ends), device=code.device), tok, right=True)
-            when = torch.full((b, self.size), len(ends), dtype=torch.long, device=code.device)
-            when.scatter_(1, pos, first.expand(b, -1))
-            x = images.float()
-            out = x.new_empty(b, len(ends))
-            step = max(1, PREFIX_ROWS // b)
-            for s0 in range(0, len(ends), step):
-                s = torch.arange(s0, min(s0 + step, len(ends)), device=code.device)
-                acc = torch.where(when[:, None, :] <= s[None, :, None], coef[:, None, :], 0.0)   # (B, S, size)
-                rec = self._pixels(acc.flatten(0, 1)).clamp(0.0, 1.0).view(b, len(s), 3, self.resolution, -1)
-                out[:, s] = (rec - x[:, None]).abs().mean(dim=(2, 3, 4))
-            return out
+            pos = self.positions(code)
+            values = code * self.scale[pos]
+            layout = self._layout()
+            out = kernels.prefix_l1(
+                np.ascontiguousarray(images.detach().float().cpu().numpy()),
+                np.ascontiguousarray(values.detach().cpu().numpy()), np.ascontiguousarray(pos.cpu().numpy()),
+                np.asarray(list(ends), dtype=np.int64),
+                self.colour_basis.detach().double().cpu().numpy(), self.colour_mean.detach().double().cpu().numpy(),
+                *layout)
+            return torch.from_numpy(out).to(images.device, torch.float32)
+
+    def _layout(self) -> tuple[np.ndarray, ...]:
+        """(channel, side, orientation, row, column) of each position of the ``haar_forward`` layout,
+        (n,) int64 each; side 0 marks a colour mean."""
+        if self._haar_layout is None:
+            self._haar_layout = haar_layout(3, self.resolution)
+        return self._haar_layout
 
     def synthesise(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, 3, R, R) from codes (B, T <= max_tokens, latent_dim); absent tokens, and those

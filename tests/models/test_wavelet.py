@@ -5,6 +5,7 @@ from karl_helpers import fitted_code
 
 from karl_cli import KARL, preset
 from karl_cli.models.wavelet import WaveletCode, haar_forward, haar_inverse, haar_tree
+from karl_cli.models.wavelet_kernels import KAPPA
 
 
 def _wavelet_path(max_tokens: int = 64) -> WaveletCode:
@@ -149,14 +150,47 @@ def test_recalled_orders_match_replayed_ones():
     assert not torch.equal(wp.positions(changed), wp.positions(code))
 
 
-def test_prefix_l1_is_the_same_however_many_prefixes_run_together(monkeypatch):
-    import karl_cli.models.wavelet as wavelet
+def _reference_order(wp: WaveletCode, z: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The order as docs/design.md §4 states it, one tensor step per token: the 12 open coefficients
+    of highest priority; a sent coefficient of value v opens its children at var x (v² + κ)/(1 + κ);
+    while fewer than 12 are open, waiting ones by descending var."""
+    n, k = wp.size, wp.latent_dim
+    var = wp.scale.square()
+    prior = torch.cat([var, var.new_tensor([-float("inf")])])
+    pri = torch.cat([-1.0 - torch.argsort(torch.argsort(var, descending=True)).float(),
+                     var.new_tensor([-float("inf")])]).expand(z.shape[0], -1).clone()
+    pri[:, :12] = var[:12]
+    done = torch.zeros(z.shape[0], n + 1, dtype=torch.bool)
+    done[:, n] = True
+    out = []
+    for _ in range(tokens):
+        pos = pri.topk(k, dim=1).indices
+        vals = z.gather(1, pos)
+        done.scatter_(1, pos, True)
+        pri.scatter_(1, pos, -float("inf"))
+        kids = wp.kids[pos].flatten(1)
+        strength = ((vals.square() + KAPPA) / (1.0 + KAPPA)).repeat_interleave(4, dim=1)
+        pri.scatter_(1, kids, torch.where(done.gather(1, kids), -float("inf"), prior[kids] * strength))
+        out.append(pos)
+    return torch.stack(out, dim=1)
 
+
+def test_the_compiled_order_is_the_stated_one():
+    wp = _wavelet_path()
+    torch.manual_seed(3)
+    x = torch.cat([torch.rand(3, 3, 32, 32), _corner_detail(2)])
+    code = wp.analyse(x)
+    expected = _reference_order(wp, wp._coefficients(x) / wp.scale, code.shape[1])
+    assert torch.equal(wp.positions(code), expected)
+    wp._memo = None
+    assert torch.equal(wp.positions(code), expected)          # replayed from the tokens alone
+
+
+def test_prefix_l1_of_some_prefixes_is_that_of_all():
     wp = _wavelet_path()
     x = torch.rand(3, 3, 32, 32)
     code = wp.analyse(x)
     ends = [1, 4, 8, 12, 40, 64]
     together = wp.prefix_l1(x, code, ends)
-    monkeypatch.setattr(wavelet, "PREFIX_ROWS", 1)            # one prefix at a time
-    assert torch.equal(wp.prefix_l1(x, code, ends), together)
-    assert torch.equal(wp.prefix_l1(x, code, ends[:3]), together[:, :3])
+    assert torch.allclose(wp.prefix_l1(x, code, ends[:3]), together[:, :3], atol=1e-7)
+    assert torch.allclose(wp.prefix_l1(x, code, [12, 64]), together[:, [3, 5]], atol=1e-7)

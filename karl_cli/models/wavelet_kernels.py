@@ -1,0 +1,222 @@
+"""Compiled loops of the wavelet code (``models/wavelet.py``): its adaptive order and the pixel L1 of
+its prefixes. Both are sequential per image (token t's positions follow the values of tokens < t; a
+prefix's error follows from the one before), so they run as per-image loops compiled by numba, images
+side by side on the CPU's cores, instead of hundreds of small tensor operations per image.
+
+Arrays are numpy, C-contiguous; the callers in ``wavelet.py`` convert from and to torch.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# Weight of the training prior against the parent's observed strength in a child's priority.
+KAPPA = 0.3
+
+_WAITING, _OPEN, _SENT = 0, 1, 2
+
+
+@numba.njit(cache=True, inline="always")
+def _entry(scratch: np.ndarray, bits: np.ndarray, priority: np.float32, c: int) -> np.uint64:
+    """A heap entry that orders as (priority descending, index ascending) under one unsigned compare:
+    a positive float32's bit pattern grows with its value; the low word holds the complemented index.
+    Priorities do tie exactly in float32 (karl 0.1's torch.topk broke such ties in no fixed way)."""
+    scratch[0] = priority                   # bits: a uint32 view of scratch (1,) float32
+    return (np.uint64(bits[0]) << np.uint64(32)) | np.uint64(0xFFFFFFFF - c)
+
+
+@numba.njit(cache=True, inline="always")
+def _push(heap: np.ndarray, size: int, e: np.uint64) -> int:
+    i = size
+    while i > 0:
+        p = (i - 1) >> 1
+        if heap[p] >= e:
+            break
+        heap[i] = heap[p]
+        i = p
+    heap[i] = e
+    return size + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _pop(heap: np.ndarray, size: int) -> int:
+    """Remove the top entry (the caller read it); returns the new size."""
+    size -= 1
+    e = heap[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1] > heap[child]:
+            child += 1
+        if heap[child] <= e:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = e
+    return size
+
+
+@numba.njit(cache=True)
+def _order_one(values: np.ndarray, from_tokens: bool, var: np.ndarray, kids: np.ndarray,
+               by_prior: np.ndarray, roots: int, tokens: int, k: int,
+               pos_out: np.ndarray, val_out: np.ndarray) -> None:
+    """One image's order (``order`` below): fills pos_out (tokens, k) and val_out (tokens, k)."""
+    n = var.shape[0]
+    state = np.zeros(n, np.int8)
+    heap = np.empty(n, np.uint64)           # a binary max-heap of the open coefficients
+    scratch = np.empty(1, np.float32)
+    bits = scratch.view(np.uint32)
+    size = 0
+    for c in range(roots):                  # the roots are open from the start, at their prior
+        size = _push(heap, size, _entry(scratch, bits, var[c], c))
+        state[c] = _OPEN
+    wait = 0                                # next in the fixed order of waiting coefficients
+    one = np.float32(1.0)
+    kappa = np.float32(KAPPA)
+    low = np.uint64(0xFFFFFFFF)
+    for t in range(tokens):
+        # Token t: the k open coefficients of highest priority; while fewer are open, waiting ones
+        # in their fixed order. Children opened by this token compete from the next token on.
+        for j in range(k):
+            if size > 0:
+                c = np.int64(low - (heap[0] & low))
+                size = _pop(heap, size)
+            else:
+                while state[by_prior[wait]] != _WAITING:
+                    wait += 1
+                c = by_prior[wait]
+            state[c] = _SENT
+            pos_out[t, j] = c
+            val_out[t, j] = values[t, j] if from_tokens else values[0, c]
+        for j in range(k):
+            v = val_out[t, j]
+            strength = (v * v + kappa) / (one + kappa)
+            for q in range(kids.shape[1]):
+                c = kids[pos_out[t, j], q]
+                if c >= n or state[c] != _WAITING:
+                    continue
+                state[c] = _OPEN
+                size = _push(heap, size, _entry(scratch, bits, var[c] * strength, c))
+
+
+@numba.njit(cache=True, parallel=True)
+def order(values: np.ndarray, from_tokens: bool, var: np.ndarray, kids: np.ndarray, by_prior: np.ndarray,
+          roots: int, tokens: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The adaptive order of the wavelet code (docs/design.md §4) for a batch.
+
+    values: (B, 1, n) float32 normalised coefficients of each image (``from_tokens`` False: encoding),
+    or (B, tokens, k) float32 token values (``from_tokens`` True: the decoder replays the order).
+    var (n,) float32: each coefficient's training variance (its prior, > 0); kids (n, 4) int64: its
+    children (n = none); by_prior (n,) int64: coefficients by descending prior, the order in which
+    waiting ones are sent when fewer than k are open; roots: the first ``roots`` coefficients are
+    open from the start.
+
+    Token t takes the k open coefficients of highest priority, highest first (ties: lower index).
+    Sending a coefficient of normalised value v opens its children at priority
+    var x (v² + KAPPA) / (1 + KAPPA). Returns positions (B, tokens, k) int64 and values (B, tokens, k)
+    float32."""
+    b = values.shape[0]
+    pos = np.empty((b, tokens, k), np.int64)
+    val = np.empty((b, tokens, k), np.float32)
+    for i in numba.prange(b):
+        _order_one(values[i], from_tokens, var, kids, by_prior, roots, tokens, k, pos[i], val[i])
+    return pos, val
+
+
+@numba.njit(cache=True)
+def _pixel_error(y: np.ndarray, x: np.ndarray, basis: np.ndarray, mean: np.ndarray, r: int, c: int) -> float:
+    """Σ over the 3 channels of |clamp(basis @ y[:, r, c] + mean, 0, 1) - x[:, r, c]| at one pixel."""
+    e = 0.0
+    for ch in range(3):
+        v = basis[ch, 0] * y[0, r, c] + basis[ch, 1] * y[1, r, c] + basis[ch, 2] * y[2, r, c] + mean[ch]
+        v = min(max(v, 0.0), 1.0)
+        e += abs(v - x[ch, r, c])
+    return e
+
+
+@numba.njit(cache=True)
+def _prefix_l1_one(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.ndarray, basis: np.ndarray,
+                   mean: np.ndarray, channel: np.ndarray, side: np.ndarray, orient: np.ndarray,
+                   row: np.ndarray, col: np.ndarray, out: np.ndarray) -> None:
+    """One image's prefix errors (``prefix_l1`` below) into out (len(ends),)."""
+    res = x.shape[1]
+    y = np.zeros((3, res, res), np.float64)           # the reconstruction in the code's colour space
+    err = np.empty((res, res), np.float64)
+    stamp = np.full((res, res), -1, np.int64)         # the prefix at which a pixel's error was last updated
+    total = 0.0
+    for r in range(res):
+        for c in range(res):
+            err[r, c] = _pixel_error(y, x, basis, mean, r, c)
+            total += err[r, c]
+    k = pos.shape[1]
+    sent = 0
+    for s in range(ends.shape[0]):
+        # Add the coefficients of tokens sent..ends[s]-1 to the reconstruction: a detail coefficient
+        # (channel, orientation, i, j) at side length m adds ±value·m/R over its block of (R/m)² pixels,
+        # the sign set by the quadrant (orthonormal Haar; the inverse of ``haar_forward``); a colour
+        # mean adds value/R everywhere.
+        for t in range(sent, ends[s]):
+            for j in range(k):
+                p = pos[t, j]
+                ch, m, v = channel[p], side[p], values[t, j]
+                if m == 0:
+                    y[ch] += v / res
+                    continue
+                a = v * m / res
+                half = res // (2 * m)
+                r0, c0 = row[p] * 2 * half, col[p] * 2 * half
+                for dr in range(2 * half):
+                    top = dr < half
+                    for dc in range(2 * half):
+                        left = dc < half
+                        o = orient[p]
+                        if o == 0:
+                            sign = 1.0 if left else -1.0
+                        elif o == 1:
+                            sign = 1.0 if top else -1.0
+                        else:
+                            sign = 1.0 if top == left else -1.0
+                        y[ch, r0 + dr, c0 + dc] += sign * a
+        # Refresh the error of every pixel those coefficients touched, once.
+        for t in range(sent, ends[s]):
+            for j in range(k):
+                p = pos[t, j]
+                m = side[p]
+                if m == 0:
+                    r0, c0, size = 0, 0, res
+                else:
+                    size = res // m
+                    r0, c0 = row[p] * size, col[p] * size
+                for r in range(r0, r0 + size):
+                    for c in range(c0, c0 + size):
+                        if stamp[r, c] == s:
+                            continue
+                        stamp[r, c] = s
+                        e = _pixel_error(y, x, basis, mean, r, c)
+                        total += e - err[r, c]
+                        err[r, c] = e
+        sent = ends[s]
+        out[s] = total / (3 * res * res)
+
+
+@numba.njit(cache=True, parallel=True)
+def prefix_l1(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.ndarray, basis: np.ndarray,
+              mean: np.ndarray, channel: np.ndarray, side: np.ndarray, orient: np.ndarray, row: np.ndarray,
+              col: np.ndarray) -> np.ndarray:
+    """Pixel L1 of the clamped reconstruction from the first ``ends[s]`` tokens, for each s.
+
+    x: images (B, 3, R, R) float32 in [0, 1]; values: the tokens' coefficients in the code's colour
+    space, unnormalised (B, T, k) float32, at Haar positions pos (B, T, k) int64 (the
+    ``haar_forward`` layout); ends: ascending token counts (S,) int64, at most T; basis (3, 3) and
+    mean (3,) float64: pixels = basis @ colour-space values + mean. channel, side, orient, row, col
+    (n,) int64 describe each Haar position (side 0: a colour mean). Returns (B, S) float64.
+
+    The reconstruction is updated token by token and only the pixels a new coefficient touches are
+    re-scored, so a whole rate–distortion curve costs about as much as a few full reconstructions."""
+    b = x.shape[0]
+    out = np.empty((b, ends.shape[0]), np.float64)
+    for i in numba.prange(b):
+        _prefix_l1_one(x[i], values[i], pos[i], ends, basis, mean, channel, side, orient, row, col, out[i])
+    return out

@@ -672,6 +672,67 @@ def calibrate(
     console.print(f"[green]done:[/] calibrated weights in {escape(str(out))}")
 
 
+@app.command(cls=_Command)
+@_handle_errors
+def distil(
+    data: List[Path] = typer.Argument(..., help="Image folders to distil on (e.g. the training data)."),
+    weights: str = typer.Option(..., "--weights", "-w", help="The teacher: a wavelet KARL folder or shipped name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights."),
+    width: int = typer.Option(32, "--width", help="Student encoder width."),
+    enc_depth: int = typer.Option(1, "--enc-depth", help="Student encoder blocks."),
+    enc_heads: int = typer.Option(2, "--enc-heads", help="Student attention heads."),
+    stem_channels: int = typer.Option(8, "--stem-channels", help="Student conv stem's first width."),
+    samples: int = typer.Option(1024, "--samples", help="Image crops to read the teacher's p_halt on."),
+    eps_per_image: int = typer.Option(4, "--eps-per-image", help="ε values per crop (log-uniform over 0.005-0.38)."),
+    steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the student."),
+    synthetic: float = typer.Option(0.125, "--synthetic",
+                                    help="Share of samples that are procedural images (flat colours to noise)."),
+    max_undercut: float = typer.Option(0.01, "--max-undercut",
+                                       help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
+                                            "share of held-out pairs keep fewer tokens than the teacher."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Distil a lighter halting encoder from a wavelet KARL: same tokens, decoder and l1; a cheaper
+    single pass that predicts the teacher's halting."""
+    import torch
+
+    from karl_cli.training.distil import distil_halting, student_of
+    from karl_cli.training.trainer import card_with_config
+    from karl_cli.models.pretrained import weights_path
+    from karl_cli.runtime import prepare_model
+
+    if samples < 10 or steps < 1 or eps_per_image < 1:
+        raise UsageError("--samples must be >= 10, --steps and --eps-per-image >= 1")
+    if not 0.0 <= synthetic < 1.0:
+        raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
+    if not 0.0 <= max_undercut <= 1.0:
+        raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
+    teacher = prepare_model(_load_model(weights), device)
+    torch.manual_seed(seed)     # the student's fresh weights
+    student = _checked(lambda: student_of(teacher, width=width, enc_depth=enc_depth, enc_heads=enc_heads,
+                                          stem_channels=stem_channels))
+    with _progress("distil") as update:
+        report = distil_halting(student, teacher, [str(d) for d in data], samples=samples,
+                                eps_per_image=eps_per_image, steps=steps, seed=seed, synthetic=synthetic,
+                                max_undercut=max_undercut,
+                                progress=lambda stage, done, total: update(done, total, stage))
+    card_path = weights_path(weights) / "model_card.md"
+    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
+    card = card_with_config(card, student.config)
+    card += (f"\n## Halting encoder distilled\n\n`karl distil` from {weights} on {samples} crops x {eps_per_image} ε "
+             f"({synthetic:.0%} procedural images, the rest crops of {', '.join(Path(d).name for d in data)}), "
+             f"{steps} steps, seed {seed}: encoder path {report.teacher_params:,} -> {report.student_params:,} "
+             f"parameters. Held-out |KC - teacher KC| {report.error:.1f} tokens, KC / teacher KC "
+             f"{report.ratio:.3f}, {report.undercut:.1%} of pairs below the teacher; halting threshold "
+             f"{report.threshold:g}.\n")
+    student.save_pretrained(str(out), card=card)
+    console.print(f"encoder path {report.teacher_params:,} -> {report.student_params:,} parameters; held-out "
+                  f"|KC - teacher KC| {report.error:.1f} tokens, KC/teacher {report.ratio:.3f}, "
+                  f"{report.undercut:.1%} below the teacher; halting threshold {report.threshold:g}")
+    console.print(f"[green]done:[/] student weights in {escape(str(out))}")
+
+
 def _checked(make):
     """Config errors are usage errors."""
     from karl_cli.errors import UsageError

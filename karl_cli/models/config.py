@@ -110,7 +110,8 @@ class KARLConfig:
     code: str = "wavelet"           # KARL: "wavelet" or "learned"; ALIT: "dct"
     resolution: int = 64            # images are resized to resolution x resolution
     patch_size: int = 8             # 2D token grid = (resolution / patch_size)^2
-    base_channels: int = 32         # widest conv channel count of the conv base (halved per 2x upsampling)
+    base_channels: int = 32         # first conv width of the decoder's conv head (doubled per 2x downsampling)
+    stem_channels: int = 32         # first conv width of the encoder's conv stem that makes the 2D tokens
     width: int = 128                # encoder width
     enc_depth: int = 2
     enc_heads: int = 4
@@ -198,6 +199,9 @@ class KARLConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
         d = dict(d)
+        # Before karl 0.2 the encoder's stem was as wide as the decoder's head.
+        if "base_channels" in d and "stem_channels" not in d:
+            d["stem_channels"] = d["base_channels"]
         legacy = {k: d.pop(k) for k in RETIRED_FIELDS if k in d}
         arch = d.get("arch", cls.arch)
         if legacy.get("spectral") is False and d.get("code", "dct") == "dct":
@@ -220,7 +224,7 @@ class KARLConfig:
 
 PRESETS: dict[str, KARLConfig] = {
     # Seconds on a CPU: for tests. The shipped model's path (wavelet code), small.
-    "tiny": KARLConfig(resolution=32, base_channels=16, width=32, enc_depth=1, enc_heads=2, dec_width=32,
+    "tiny": KARLConfig(resolution=32, base_channels=16, stem_channels=16, width=32, enc_depth=1, enc_heads=2, dec_width=32,
                        dec_depth=1, dec_heads=2, max_tokens=16, halt_hidden=16, halt_threshold=0.75),
     # The CPU default model: 384 tokens at 64 px of a Haar wavelet code in an image-adaptive order
     # (wavelet.py), which the decoder refines. 384, not 256: ε 0.03 takes more than 256 tokens of this
@@ -228,20 +232,20 @@ PRESETS: dict[str, KARLConfig] = {
     "small": KARLConfig(),
     # The papers' tokenizer (learned 1D tokens through the 12-d bottleneck, conv base, linear
     # grid<->token shortcuts), seconds on a CPU: for tests.
-    "learned-tiny": KARLConfig(code="learned", resolution=32, base_channels=16, width=32, enc_depth=1, enc_heads=2,
+    "learned-tiny": KARLConfig(code="learned", resolution=32, base_channels=16, stem_channels=16, width=32, enc_depth=1, enc_heads=2,
                                dec_width=48, dec_depth=1, dec_heads=2, max_tokens=16, token_step=4, halt_hidden=16,
                                halt_threshold=0.75, halt_grad_scale=0.0, direct_dim=8),
     # CPU-sized learned tokens at 64 px (benchmarks/learned_cpu.py): 64 tokens (768 values for 12,288
     # pixel values) in budgets of 8, two encoder and two decoder blocks, a narrow conv base: a step
     # of 16 crops takes seconds on 2 cores. The halting loss does not reach the shared encoder
     # (halt_grad_scale 0; docs/design.md §3).
-    "learned-64": KARLConfig(code="learned", resolution=64, base_channels=16, width=128, enc_depth=2, enc_heads=4,
+    "learned-64": KARLConfig(code="learned", resolution=64, base_channels=16, stem_channels=16, width=128, enc_depth=2, enc_heads=4,
                              dec_width=128, dec_depth=2, dec_heads=4, max_tokens=64, token_step=8,
                              halt_threshold=0.75, halt_grad_scale=0.0, direct_dim=32),
     # The GPU recipe (benchmarks/gpu/run.sh): 128 px, a small encoder and a larger decoder, T_max 256
     # in budgets of 32 as in the papers. Patch 16 (an 8x8 grid) keeps the shortcuts' dense maps, which
     # scale with grid x tokens, small enough for fp16 weights under 16 MiB (7.3M parameters).
-    "learned-128": KARLConfig(code="learned", resolution=128, patch_size=16, base_channels=16, width=192,
+    "learned-128": KARLConfig(code="learned", resolution=128, patch_size=16, base_channels=16, stem_channels=16, width=192,
                               enc_depth=4, enc_heads=3, dec_width=256, dec_depth=4, dec_heads=4, max_tokens=256,
                               token_step=32, halt_hidden=64, halt_threshold=0.75, halt_grad_scale=0.0,
                               direct_dim=4),

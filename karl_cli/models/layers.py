@@ -48,10 +48,11 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-def conv_stem(cfg: KARLConfig, out_channels: int) -> nn.Sequential:
-    """Pixels (B, 3, R, R) in [-1, 1] -> a (B, out_channels, grid, grid) feature map: strided convs."""
+def conv_stem(cfg: KARLConfig, channels: int, out_channels: int) -> nn.Sequential:
+    """Pixels (B, 3, R, R) in [-1, 1] -> a (B, out_channels, grid, grid) feature map: strided convs,
+    ``channels`` wide at full resolution, doubling per 2x downsampling."""
     stages = int(math.log2(cfg.patch_size))
-    chans = [cfg.base_channels * 2**i for i in range(stages)]
+    chans = [channels * 2**i for i in range(stages)]
     down: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1), nn.GELU()]
     for i in range(stages):
         out = chans[i + 1] if i + 1 < stages else out_channels
@@ -74,7 +75,7 @@ class ConvBase(nn.Module):
         super().__init__()
         stages = int(math.log2(cfg.patch_size))
         chans = [cfg.base_channels * 2**i for i in range(stages)]
-        self.stem = conv_stem(cfg, cfg.width)
+        self.stem = conv_stem(cfg, cfg.stem_channels, cfg.width)
         up: list[nn.Module] = [nn.Conv2d(cfg.dec_width, chans[-1], 3, padding=1), nn.GELU()]
         prev = chans[-1]
         for c in reversed(chans):

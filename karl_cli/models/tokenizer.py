@@ -102,7 +102,7 @@ class Tokenizer(Pretrained, nn.Module):
         self.bottleneck = None if ordered else nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.latent_dim))
         if self.code is not None:
             self.code_embed = nn.Linear(cfg.latent_dim, w)        # each latent starts from its own code
-            self.recon_embed = conv_stem(cfg, dw)                  # the decoder sees the code's reconstruction
+            self.recon_embed = conv_stem(cfg, cfg.base_channels, dw)                  # the decoder sees the code's reconstruction
             if self.bottleneck is not None:
                 nn.init.zeros_(self.bottleneck[-1].weight)         # tokens start as the code
                 nn.init.zeros_(self.bottleneck[-1].bias)

@@ -144,7 +144,9 @@ def _prefix_l1_one(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.
     res = x.shape[1]
     y = np.zeros((3, res, res), np.float64)           # the reconstruction in the code's colour space
     err = np.empty((res, res), np.float64)
-    stamp = np.full((res, res), -1, np.int64)         # the prefix at which a pixel's error was last updated
+    cells = res // 2
+    mark = np.full((cells, cells), -1, np.int64)     # the prefix at which a 2 x 2 cell was last re-scored
+    touched = np.empty(cells * cells, np.int64)
     total = 0.0
     for r in range(res):
         for c in range(res):
@@ -162,41 +164,56 @@ def _prefix_l1_one(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.
                 p = pos[t, j]
                 ch, m, v = channel[p], side[p], values[t, j]
                 if m == 0:
-                    y[ch] += v / res
+                    for r in range(res):
+                        for c in range(res):
+                            y[ch, r, c] += v / res
                     continue
                 a = v * m / res
-                half = res // (2 * m)
-                r0, c0 = row[p] * 2 * half, col[p] * 2 * half
-                for dr in range(2 * half):
-                    top = dr < half
-                    for dc in range(2 * half):
-                        left = dc < half
-                        o = orient[p]
-                        if o == 0:
-                            sign = 1.0 if left else -1.0
-                        elif o == 1:
-                            sign = 1.0 if top else -1.0
-                        else:
-                            sign = 1.0 if top == left else -1.0
-                        y[ch, r0 + dr, c0 + dc] += sign * a
-        # Refresh the error of every pixel those coefficients touched, once.
+                h = res // (2 * m)
+                r0, c0 = row[p] * 2 * h, col[p] * 2 * h
+                o = orient[p]
+                # Quadrant signs (top-left, top-right, bottom-left, bottom-right) per orientation.
+                tr = a if o == 1 else -a
+                bl = -a if o == 1 else a if o == 0 else -a
+                br = a if o == 2 else -a
+                for dr in range(h):
+                    for dc in range(h):
+                        y[ch, r0 + dr, c0 + dc] += a
+                        y[ch, r0 + dr, c0 + h + dc] += tr
+                        y[ch, r0 + h + dr, c0 + dc] += bl
+                        y[ch, r0 + h + dr, c0 + h + dc] += br
+        # Refresh the error of every pixel those coefficients touched, once: mark the touched 2 x 2
+        # cells (the smallest block a coefficient has), then re-score their pixels.
+        count = 0
+        full = False
         for t in range(sent, ends[s]):
             for j in range(k):
                 p = pos[t, j]
                 m = side[p]
-                if m == 0:
-                    r0, c0, size = 0, 0, res
-                else:
-                    size = res // m
-                    r0, c0 = row[p] * size, col[p] * size
+                if m <= 1:
+                    full = True
+                    break
+                size = cells // m
+                r0, c0 = row[p] * size, col[p] * size
                 for r in range(r0, r0 + size):
                     for c in range(c0, c0 + size):
-                        if stamp[r, c] == s:
-                            continue
-                        stamp[r, c] = s
-                        e = _pixel_error(y, x, basis, mean, r, c)
-                        total += e - err[r, c]
-                        err[r, c] = e
+                        if mark[r, c] != s:
+                            mark[r, c] = s
+                            touched[count] = r * cells + c
+                            count += 1
+            if full:
+                break
+        if full:
+            count = cells * cells
+            for i in range(count):
+                touched[i] = i
+        for i in range(count):
+            r0, c0 = 2 * (touched[i] // cells), 2 * (touched[i] % cells)
+            for r in range(r0, r0 + 2):
+                for c in range(c0, c0 + 2):
+                    e = _pixel_error(y, x, basis, mean, r, c)
+                    total += e - err[r, c]
+                    err[r, c] = e
         sent = ends[s]
         out[s] = total / (3 * res * res)
 

@@ -141,3 +141,13 @@ def test_cli_weights_by_name(image_folder, tmp_path):
                                    "--eps", "0.2", "--device", "cpu", "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert "search" in res.output and (tmp_path / "a.csv").read_text().count("\n") == 2
+
+
+def test_a_config_from_before_stem_channels_gets_a_stem_as_wide_as_the_head(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "w")
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert cfg.pop("stem_channels") == 16
+    cfg["base_channels"] = 16
+    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
+    loaded = KARL.from_pretrained(tmp_path / "w")
+    assert loaded.config.stem_channels == 16 and loaded.base.stem[0].out_channels == 16

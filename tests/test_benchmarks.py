@@ -49,7 +49,7 @@ def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
         assert _positive(t["stages_ms_per_image"][k]), k
     for k in ("rss_peak_mb", "python_heap_peak_mb", "rss_now_mb"):
         assert _positive(t["memory"][k]), k
-    assert set(t["targets"]) == {"single_4x_faster_than_search", "single_half_of_decode_only",
+    assert set(t["targets"]) == {"single_4x_faster_than_search", "single_quarter_of_decode_only",
                                  "kc_only_half_of_decode_only"}
     # The human-readable report names the machine, the command and each method.
     for text in ("command:", "machine:", "decode_only", "single", "search", "prefix", "stages", "memory:"):
@@ -58,14 +58,14 @@ def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
 
 def test_synthetic_memory_stream(throughput, tmp_path, capsys):
     res = throughput.main(["--synthetic", "40", "--tiny", "--batch-size", "8", "--workers", "0", "--threads", "1",
-                           "--json", "-"])
+                           "--no-l1", "--json", "-"])
     captured = capsys.readouterr()
     assert json.loads(captured.out)["synthetic"]["images"] == 40     # JSON alone on stdout
     s = res["synthetic"]
     assert s["rows"] == 40 and s["errors"] == 0 and _positive(s["images_per_s"]) and _positive(s["csv_bytes"])
     assert set(s["rss_mb"]) == {"start", "first_batch", "middle", "end"}
     assert all(_positive(v) for v in s["rss_mb"].values())
-    assert "memory stream" in captured.err
+    assert "memory stream (--no-l1)" in captured.err and s["l1"] is False
 
 
 def test_bad_arguments_exit(throughput, tmp_path):

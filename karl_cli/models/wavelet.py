@@ -173,6 +173,7 @@ class WaveletCode(nn.Module):
         """Positions (B, tokens, latent_dim) long and normalised values (B, tokens, latent_dim) float32
         of the adaptive order (``wavelet_kernels.order``), from coefficients (B, n) or tokens."""
         var, kids, by_prior = self._tables()
+        kernels.use_threads(torch.get_num_threads())
         arr = values.detach().float().cpu().numpy()
         arr = np.ascontiguousarray(arr if from_tokens else arr[:, None, :])
         pos, vals = kernels.order(arr, from_tokens,
@@ -233,6 +234,7 @@ class WaveletCode(nn.Module):
             pos = self.positions(code)
             values = code * self.scale[pos]
             layout = self._layout()
+            kernels.use_threads(torch.get_num_threads())
             out = kernels.prefix_l1(
                 np.ascontiguousarray(images.detach().float().cpu().numpy()),
                 np.ascontiguousarray(values.detach().cpu().numpy()), np.ascontiguousarray(pos.cpu().numpy()),

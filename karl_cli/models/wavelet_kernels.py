@@ -10,6 +10,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+# numba's own thread pool: its OpenMP layer would reset the OpenMP thread count torch also uses
+# (a `--threads 1` run would find torch on every core after the first kernel).
+numba.config.THREADING_LAYER = "workqueue"
+
+
+def use_threads(n: int) -> None:
+    """Run the kernels on ``n`` threads (at most numba's pool size): the caller's torch thread count."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
 # Weight of the training prior against the parent's observed strength in a child's priority.
 KAPPA = 0.3
 

@@ -18,6 +18,7 @@ papers' tokenizer: tokens come from the bottleneck alone).
 from __future__ import annotations
 
 import bisect
+import weakref
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,9 @@ class KARL(Tokenizer):
         self.eps_embed = nn.Embedding(len(EPS_BINS), w)
         self.halting_head = HaltingHead(w, config.halt_hidden, EPS_BINS, detail=3 if self.code is not None else 0)
         self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
+        # The last halting detail and the images it was made for: it does not depend on ε, and
+        # scoring several ε runs the encoder on the same batch once per ε.
+        self._detail_memo: tuple[weakref.ref, tuple[int, int], torch.Tensor] | None = None
 
     # --- encoder -------------------------------------------------------------------------------
     def _encoder_mask(self, t: int, device: torch.device) -> torch.Tensor:
@@ -103,6 +107,9 @@ class KARL(Tokenizer):
         (all T_max tokens) when the caller has it already."""
         if self.code is None:
             return None
+        key = (images._version, num_tokens)
+        if self._detail_memo is not None and self._detail_memo[0]() is images and self._detail_memo[1] == key:
+            return self._detail_memo[2]
         codes = self.code.analyse(images) if codes is None else codes
         rms = self.code.detail_left(images, codes)[:, :num_tokens, None]
         # A token halts when the budgets below it already meet ε: the head reads the L1 of the budget
@@ -113,7 +120,9 @@ class KARL(Tokenizer):
         none = (self.code.colour_mean.view(1, 3, 1, 1).clamp(0, 1) - images.float()).abs().mean(dim=(1, 2, 3))
         before = torch.cat([none[:, None], after[:, :-1]], dim=1)
         l1 = torch.log(torch.stack([before, after], dim=-1) + 1e-4)
-        return torch.cat([rms, l1[:, self._budget_of_token(num_tokens, images.device)]], dim=-1)
+        detail = torch.cat([rms, l1[:, self._budget_of_token(num_tokens, images.device)]], dim=-1)
+        self._detail_memo = (weakref.ref(images), key, detail)
+        return detail
 
     def _budget_of_token(self, num_tokens: int, device: torch.device) -> torch.Tensor:
         """Index into ``config.budgets`` of the smallest budget that includes each token (num_tokens,)."""

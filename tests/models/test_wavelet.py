@@ -194,3 +194,20 @@ def test_prefix_l1_of_some_prefixes_is_that_of_all():
     together = wp.prefix_l1(x, code, ends)
     assert torch.allclose(wp.prefix_l1(x, code, ends[:3]), together[:, :3], atol=1e-7)
     assert torch.allclose(wp.prefix_l1(x, code, [12, 64]), together[:, [3, 5]], atol=1e-7)
+
+
+def test_the_halting_detail_is_made_once_per_batch_for_several_eps(monkeypatch):
+    torch.manual_seed(0)
+    model = KARL(preset("tiny")).eval()
+    x = _corner_detail(2)
+    calls = []
+    real = model.code.prefix_l1
+    monkeypatch.setattr(model.code, "prefix_l1", lambda *a: calls.append(1) or real(*a))
+    first = model.encode(x, 0.05).p_halt
+    model.encode(x, 0.09)
+    assert len(calls) == 1                             # ε-independent: reused for the same images
+    assert torch.equal(model.encode(x, 0.05).p_halt, first)
+    x.add_(0.1)                                        # changed in place: made again
+    model.encode(x, 0.05)
+    model.encode(x.clone(), 0.05)                      # other images: made again
+    assert len(calls) == 3

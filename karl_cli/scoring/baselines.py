@@ -16,8 +16,8 @@ name (column)                 measure
 ============================  ======================================================================
 ``jpeg_bpp``                  JPEG quality 75 bytes/pixel
 ``png_bpp``                   PNG bytes/pixel
-``webp_bpp``                  WebP lossless bytes/pixel
-``gif_bpp``                   GIF (LZW) bytes/pixel of the 256-colour palette image
+``webp_bpp``                  WebP lossless bytes/pixel (libwebp's fastest lossless preset, level 0)
+``gif_bpp``                   GIF (LZW) bytes/pixel of the 256-colour palette image (fast octree)
 ``edge_density``              share of Canny edge pixels, 0..1
 ``spatial_information``       ITU-T P.910 SI: std of the Sobel gradient magnitude of luma (0..255 units)
 ``subband_entropy``           Rosenholtz et al. 2007 subband entropy (bits)
@@ -467,8 +467,8 @@ def fh_regions(array: np.ndarray) -> float:
     """Number of regions of the Felzenszwalb–Huttenlocher graph segmentation (Felzenszwalb &
     Huttenlocher 2004, "Efficient graph-based image segmentation", IJCV 59(2):167-181), RGB, with
     fixed parameters for the 64-px analysis image: ``skimage.segmentation.felzenszwalb`` scale k =
-    100 (on the 0..255 scale, as in the paper), Gaussian pre-smoothing σ = 0.5, minimum region
-    16 px. A flat image is 1 region; two flat halves 2."""
+    100 (on the 0..255 scale, as in the paper), no Gaussian pre-smoothing (σ = 0: the 64-px image
+    is already low-pass), minimum region 16 px. A flat image is 1 region; two flat halves 2."""
     labels = felzenszwalb(_checked(array), scale=FH_SCALE, sigma=FH_SIGMA, min_size=FH_MIN_SIZE, channel_axis=-1)
     return float(np.unique(labels).size)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from karl_cli.analysis.correlate import _results_frame
 from karl_cli.cli import bare_baselines
@@ -157,7 +158,6 @@ def test_subband_entropy_of_grey_ignores_chroma():
 
 def test_feature_congestion_filters_are_the_ndimage_filters():
     # Each filter runs as a cached matrix; it must be the ndimage call it stands for, borders included.
-    from scipy import ndimage
     maps = np.random.default_rng(4).normal(size=(2, 20, 13))
     for sigma, order, mode, truncate in ((3.0, (0, 0), "reflect", 2.0), (2.0, (2, 0), "mirror", 4.0),
                                          (2.0, (1, 1), "mirror", 4.0), (0.71, (0, 0), "mirror", 3 / 0.71)):

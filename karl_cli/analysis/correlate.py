@@ -46,7 +46,7 @@ PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc
                      "status", "error", "sha256"]
 SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "encoder_runs", "decoder_runs"] + list(REGISTRY)
 CACHE_COLUMNS = ["sha256", "model_id", "eps", "method"] + SCORE_FIELDS
-CACHE_VERSION = 2          # 2: every registry baseline has a column (NaN until computed)
+CACHE_VERSION = 3          # 2: every registry baseline has a column (NaN until computed); 3: WebP and GIF redefined (fast presets)
 POOLED_LABEL = "all (pooled)"   # how the terminal and the figures name the pooled rows
 
 

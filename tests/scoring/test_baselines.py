@@ -1,10 +1,13 @@
 """The classic complexity baselines against values worked out by hand on small synthetic images,
 the registry and its parsing, and the baselines in scoring rows and in correlate's "KC − best"."""
+import io
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from scipy import ndimage
 
 from karl_cli.analysis.correlate import _results_frame
 from karl_cli.cli import bare_baselines
@@ -83,6 +86,20 @@ def test_colourfulness_hand_values():
     assert B.colourfulness(red_green) == pytest.approx(255 + 0.3 * 127.5)
 
 
+def test_webp_is_lossless_and_gif_keeps_up_to_256_colours_exactly():
+    # WebP at the fast preset still decodes to the exact pixels.
+    buf = io.BytesIO()
+    Image.fromarray(NOISE).save(buf, format="WEBP", lossless=True, method=B.WEBP_METHOD, quality=B.WEBP_EFFORT)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")), NOISE)
+    assert B.webp_bpp(NOISE) == pytest.approx(len(buf.getvalue()) / R**2)
+    # 256 grey levels: the GIF palette is the image's own colours (an octree would merge them).
+    ramp = _grey(np.arange(R * R).reshape(R, R) // 16)
+    pal = B._palette_image(Image.fromarray(ramp))
+    assert np.array_equal(np.asarray(pal.convert("RGB")), ramp)
+    # More than 256 colours: quantized to at most 256.
+    assert len(B._palette_image(Image.fromarray(NOISE)).getcolors(256)) <= 256
+
+
 def test_compression_orders_flat_edge_noise():
     for name in ("jpeg_bpp", "png_bpp", "webp_bpp", "gif_bpp"):
         f = B.REGISTRY[name].fn
@@ -103,17 +120,55 @@ def test_clutter_measures_order_flat_checker_noise():
 def test_steerable_bands_pick_out_orientation():
     # A vertical grating (varying along x) puts its energy in the 0° band of its scale, none at 90°.
     grating = np.cos(2 * np.pi * _j / 4.0)
-    bands = B._steerable_bands(grating, 3, 4)
-    assert len(bands) == 3 * 4 + 1
-    energy = [float((b ** 2).sum()) for b in bands[:4]]
+    levels = B._steerable_bands(grating, 3, 4)
+    assert [b.shape for b in levels] == [(4, R, R), (4, R // 2, R // 2), (4, R // 4, R // 4), (R // 8, R // 8)]
+    energy = (levels[0] ** 2).sum(axis=(1, 2))
     assert energy[0] > 100 * energy[2]
+    # Odd sizes halve as (n + 1) // 2, and three channels at once give each channel's own bands.
+    odd = NOISE[:37, :50].astype(np.float64).transpose(2, 0, 1)
+    together = B._steerable_bands(odd, 3, 4)
+    assert [b.shape[-2:] for b in together] == [(37, 50), (19, 25), (10, 13), (5, 7)]
+    alone = B._steerable_bands(odd[1], 3, 4)
+    assert all(np.allclose(t[1], a, atol=1e-9) for t, a in zip(together, alone))
+
+
+def test_band_entropies_bin_as_np_histogram_does():
+    # 0, 0.7, ..., 5.6 (and 55 more zeros) over 8 bins: every value lies on a bin edge, where
+    # floor((v − min) / range · 8) puts 0.7·3 and 0.7·6 one bin low; np.histogram checks against its
+    # edges, and so must we. Also: an even spread, noise, and a constant band (0 bits).
+    on_edges = np.concatenate([np.arange(9) * 0.7, np.zeros(55)])
+    bands = np.stack([np.arange(64.0), on_edges, np.random.default_rng(3).normal(size=64), np.full(64, 2.5)])
+    got = B._band_entropies(bands)
+    want = [B._shannon_bits(np.histogram(b, bins=8)[0]) for b in bands[:3]] + [0.0]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got[0] == pytest.approx(3.0)          # 64 values spread evenly over 8 bins
 
 
 def test_subband_entropy_of_grey_ignores_chroma():
-    # Grey: a*, b* span < 0.008 and are zeroed, so SE = mean luminance band entropy / (1 + 2·0.0625).
+    # Grey: a*, b* span < 0.008 and are zeroed, so SE = mean luminance band entropy / (1 + 2·0.0625),
+    # the entropies taken with np.histogram's ceil(sqrt(n)) equal bins.
     lab = B._lab_rosenholtz(CHECKER)
-    lum = np.mean([B._entropy_bits(b) for b in B._steerable_bands(lab[..., 0], 3, 4)])
+    assert lab.shape == (3, R, R) and np.ptp(lab[1]) < 0.008
+    bands = [band for level in B._steerable_bands(lab[0], 3, 4) for band in level.reshape(-1, *level.shape[-2:])]
+    lum = np.mean([B._shannon_bits(np.histogram(b, bins=math.ceil(math.sqrt(b.size)))[0])
+                   if np.ptp(b) > 1e-9 * max(1.0, np.abs(b).max()) else 0.0 for b in bands])
+    assert len(bands) == 13
     assert B.subband_entropy(CHECKER) == pytest.approx(lum / 1.125)
+
+
+def test_feature_congestion_filters_are_the_ndimage_filters():
+    # Each filter runs as a cached matrix; it must be the ndimage call it stands for, borders included.
+    maps = np.random.default_rng(4).normal(size=(2, 20, 13))
+    for sigma, order, mode, truncate in ((3.0, (0, 0), "reflect", 2.0), (2.0, (2, 0), "mirror", 4.0),
+                                         (2.0, (1, 1), "mirror", 4.0), (0.71, (0, 0), "mirror", 3 / 0.71)):
+        want = np.stack([ndimage.gaussian_filter(m, sigma, order=order, mode=mode, truncate=truncate) for m in maps])
+        assert np.allclose(B._gauss(maps, sigma, order, mode, truncate), want, atol=1e-12)
+    down = B._gaussian_pyramid(maps, 2)[1]
+    want = np.stack([ndimage.convolve1d(ndimage.convolve1d(m, B._PYR_KERNEL, axis=0, mode="mirror"),
+                                        B._PYR_KERNEL, axis=1, mode="mirror")[::2, ::2] for m in maps])
+    assert down.shape == (2, 10, 7) and np.allclose(down, want, atol=1e-12)
+    up = B._upsample_matrix(20, 10) @ down[0] @ B._upsample_matrix(13, 7).T
+    assert np.allclose(up, ndimage.zoom(down[0], (2.0, 13 / 7), order=1, mode="nearest"), atol=1e-12)
 
 
 # --- the registry and its parsing ----------------------------------------------------------------

@@ -18,7 +18,6 @@ papers' tokenizer: tokens come from the bottleneck alone).
 from __future__ import annotations
 
 import bisect
-import weakref
 
 import torch
 import torch.nn as nn
@@ -42,9 +41,10 @@ class KARL(Tokenizer):
         self.eps_embed = nn.Embedding(len(EPS_BINS), w)
         self.halting_head = HaltingHead(w, config.halt_hidden, EPS_BINS, detail=3 if self.code is not None else 0)
         self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
-        # The last halting detail and the images it was made for: it does not depend on ε, and
-        # scoring several ε runs the encoder on the same batch once per ε.
-        self._detail_memo: tuple[weakref.ref, tuple[int, int], torch.Tensor] | None = None
+        # The last halting detail, with a copy of the images it was made for: it does not depend on
+        # ε, and scoring several ε runs the encoder on the same batch once per ε. Comparing the
+        # images costs one pass over them, a small part of making the detail.
+        self._detail_memo: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     # --- encoder -------------------------------------------------------------------------------
     def _encoder_mask(self, t: int, device: torch.device) -> torch.Tensor:
@@ -107,9 +107,10 @@ class KARL(Tokenizer):
         (all T_max tokens) when the caller has it already."""
         if self.code is None:
             return None
-        key = (images._version, num_tokens)
-        if self._detail_memo is not None and self._detail_memo[0]() is images and self._detail_memo[1] == key:
-            return self._detail_memo[2]
+        memo = self._detail_memo
+        if memo is not None and memo[1] == num_tokens and memo[0].shape == images.shape \
+                and memo[0].device == images.device and torch.equal(memo[0], images):
+            return memo[2]
         codes = self.code.analyse(images) if codes is None else codes
         rms = self.code.detail_left(images, codes)[:, :num_tokens, None]
         # A token halts when the budgets below it already meet ε: the head reads the L1 of the budget
@@ -121,7 +122,7 @@ class KARL(Tokenizer):
         before = torch.cat([none[:, None], after[:, :-1]], dim=1)
         l1 = torch.log(torch.stack([before, after], dim=-1) + 1e-4)
         detail = torch.cat([rms, l1[:, self._budget_of_token(num_tokens, images.device)]], dim=-1)
-        self._detail_memo = (weakref.ref(images), key, detail)
+        self._detail_memo = (images.detach().clone(), num_tokens, detail)
         return detail
 
     def _budget_of_token(self, num_tokens: int, device: torch.device) -> torch.Tensor:

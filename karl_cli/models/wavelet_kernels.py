@@ -134,63 +134,75 @@ def order(values: np.ndarray, from_tokens: bool, var: np.ndarray, kids: np.ndarr
     return pos, val
 
 
-@numba.njit(cache=True)
-def _pixel_error(y: np.ndarray, x: np.ndarray, basis: np.ndarray, mean: np.ndarray, r: int, c: int) -> float:
-    """Σ over the 3 channels of |clamp(basis @ y[:, r, c] + mean, 0, 1) - x[:, r, c]| at one pixel."""
+@numba.njit(cache=True, inline="always")
+def _pixel_error(rgb: np.ndarray, x: np.ndarray, r: int, c: int) -> float:
+    """Σ over the 3 channels of |clamp(rgb[r, c], 0, 1) - x[r, c]|."""
     e = 0.0
     for ch in range(3):
-        v = basis[ch, 0] * y[0, r, c] + basis[ch, 1] * y[1, r, c] + basis[ch, 2] * y[2, r, c] + mean[ch]
-        v = min(max(v, 0.0), 1.0)
-        e += abs(v - x[ch, r, c])
+        e += abs(min(max(rgb[r, c, ch], 0.0), 1.0) - x[r, c, ch])
     return e
 
 
+@numba.njit(cache=True, inline="always")
+def _add_block(rgb: np.ndarray, r0: int, c0: int, h: int, a0: float, a1: float, a2: float) -> None:
+    """Add (a0, a1, a2) to the colour of every pixel of the h x h block at (r0, c0)."""
+    for r in range(r0, r0 + h):
+        for c in range(c0, c0 + h):
+            rgb[r, c, 0] += a0
+            rgb[r, c, 1] += a1
+            rgb[r, c, 2] += a2
+
+
 @numba.njit(cache=True)
-def _prefix_l1_one(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.ndarray, basis: np.ndarray,
+def _prefix_l1_one(image: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.ndarray, basis: np.ndarray,
                    mean: np.ndarray, channel: np.ndarray, side: np.ndarray, orient: np.ndarray,
                    row: np.ndarray, col: np.ndarray, out: np.ndarray) -> None:
     """One image's prefix errors (``prefix_l1`` below) into out (len(ends),)."""
-    res = x.shape[1]
-    y = np.zeros((3, res, res), np.float64)           # the reconstruction in the code's colour space
+    res = image.shape[1]
+    x = np.empty((res, res, 3), np.float64)            # the image, pixel-major
+    rgb = np.empty((res, res, 3), np.float64)          # the reconstruction so far, pixel-major
+    for r in range(res):
+        for c in range(res):
+            for ch in range(3):
+                x[r, c, ch] = image[ch, r, c]
+                rgb[r, c, ch] = mean[ch]
     err = np.empty((res, res), np.float64)
-    cells = res // 2
-    mark = np.full((cells, cells), -1, np.int64)     # the prefix at which a 2 x 2 cell was last re-scored
-    touched = np.empty(cells * cells, np.int64)
     total = 0.0
     for r in range(res):
         for c in range(res):
-            err[r, c] = _pixel_error(y, x, basis, mean, r, c)
+            err[r, c] = _pixel_error(rgb, x, r, c)
             total += err[r, c]
+    cells = res // 2
+    mark = np.full((cells, cells), -1, np.int64)     # the prefix at which a 2 x 2 cell was last re-scored
+    touched = np.empty(cells * cells, np.int64)
     k = pos.shape[1]
     sent = 0
     for s in range(ends.shape[0]):
         # Add the coefficients of tokens sent..ends[s]-1 to the reconstruction: a detail coefficient
-        # (channel, orientation, i, j) at side length m adds ±value·m/R over its block of (R/m)² pixels,
-        # the sign set by the quadrant (orthonormal Haar; the inverse of ``haar_forward``); a colour
-        # mean adds value/R everywhere.
+        # (channel, orientation, i, j) at side length m adds ±value·m/R over its block of (R/m)²
+        # pixels, the sign set by the quadrant (orthonormal Haar; the inverse of ``haar_forward``); a
+        # colour mean adds value/R everywhere. A code channel adds along its basis colour.
         for t in range(sent, ends[s]):
             for j in range(k):
                 p = pos[t, j]
                 ch, m, v = channel[p], side[p], values[t, j]
+                b0, b1, b2 = basis[0, ch], basis[1, ch], basis[2, ch]
                 if m == 0:
-                    for r in range(res):
-                        for c in range(res):
-                            y[ch, r, c] += v / res
+                    a = v / res
+                    _add_block(rgb, 0, 0, res, a * b0, a * b1, a * b2)
                     continue
                 a = v * m / res
                 h = res // (2 * m)
                 r0, c0 = row[p] * 2 * h, col[p] * 2 * h
                 o = orient[p]
-                # Quadrant signs (top-left, top-right, bottom-left, bottom-right) per orientation.
+                # Quadrant signs (top-left +; top-right, bottom-left, bottom-right per orientation).
                 tr = a if o == 1 else -a
                 bl = -a if o == 1 else a if o == 0 else -a
                 br = a if o == 2 else -a
-                for dr in range(h):
-                    for dc in range(h):
-                        y[ch, r0 + dr, c0 + dc] += a
-                        y[ch, r0 + dr, c0 + h + dc] += tr
-                        y[ch, r0 + h + dr, c0 + dc] += bl
-                        y[ch, r0 + h + dr, c0 + h + dc] += br
+                _add_block(rgb, r0, c0, h, a * b0, a * b1, a * b2)
+                _add_block(rgb, r0, c0 + h, h, tr * b0, tr * b1, tr * b2)
+                _add_block(rgb, r0 + h, c0, h, bl * b0, bl * b1, bl * b2)
+                _add_block(rgb, r0 + h, c0 + h, h, br * b0, br * b1, br * b2)
         # Refresh the error of every pixel those coefficients touched, once: mark the touched 2 x 2
         # cells (the smallest block a coefficient has), then re-score their pixels.
         count = 0
@@ -220,7 +232,7 @@ def _prefix_l1_one(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.
             r0, c0 = 2 * (touched[i] // cells), 2 * (touched[i] % cells)
             for r in range(r0, r0 + 2):
                 for c in range(c0, c0 + 2):
-                    e = _pixel_error(y, x, basis, mean, r, c)
+                    e = _pixel_error(rgb, x, r, c)
                     total += e - err[r, c]
                     err[r, c] = e
         sent = ends[s]

@@ -24,7 +24,7 @@ One run prints, as medians over ``--repeats`` runs on the same images:
 - the machine (CPU model, cores, torch threads, device) and the exact command.
 
 ``--synthetic N`` writes N small images into a temporary folder (a few hundred distinct ones, the rest
-symlinks to them) and streams ``score`` into a CSV as ``karl complexity --csv`` does, sampling RSS and
+hard links to them) and streams ``score`` into a CSV as ``karl complexity --csv`` does, sampling RSS and
 Python's allocated blocks as it goes: start, after the first batch, middle, end. ``--tiny`` benchmarks a tiny
 random model saved to a temporary folder (seconds per thousand images) instead of ``--weights``.
 
@@ -294,7 +294,7 @@ def throughput(items: Sequence[Found], model: torch.nn.Module, eps: float, repea
 # --- memory over a long stream -------------------------------------------------------------------------
 def make_synthetic(folder: Path, n: int, distinct: int = 256, size: int = 96, seed: int = 0) -> Path:
     """``n`` images under ``folder`` (1,000 per subfolder): ``distinct`` generated ones (JPEG and PNG,
-    flat colour + rectangles + noise), the rest symlinks to them, cyclically."""
+    flat colour + rectangles + noise), the rest hard links to them, cyclically."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -316,7 +316,7 @@ def make_synthetic(folder: Path, n: int, distinct: int = 256, size: int = 96, se
         sub = folder / f"part{i // 1000:03d}"
         sub.mkdir(exist_ok=True)
         target = originals[i % len(originals)]
-        os.symlink(target, sub / f"l{i:06d}{target.suffix}")
+        os.link(target, sub / f"l{i:06d}{target.suffix}")   # hard links: scanning skips symlinks
     return folder
 
 

@@ -26,5 +26,5 @@ DATA="${KARL_DATA:-/work/shared/data}"
 SIZES=(--token-step 32 --max-tokens 384)
 for a in "$@"; do [[ "$a" == --resume ]] && SIZES=(); done
 exec .venv/bin/karl train "$DATA/imagenet-sample" "$DATA/debian-photos" \
-    --out "$RUN" --preset small --arch alit "${SIZES[@]}" \
+    --out "$RUN" --preset small-teacher --arch alit "${SIZES[@]}" \
     --steps 400 --batch-size 32 --lr 1.5e-3 --warmup 100 --checkpoint-every 200 "$@"

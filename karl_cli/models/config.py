@@ -111,10 +111,10 @@ class KARLConfig:
     resolution: int = 64            # images are resized to resolution x resolution
     patch_size: int = 8             # 2D token grid = (resolution / patch_size)^2
     base_channels: int = 32         # first conv width of the decoder's conv head (doubled per 2x downsampling)
-    stem_channels: int = 32         # first conv width of the encoder's conv stem that makes the 2D tokens
-    width: int = 128                # encoder width
-    enc_depth: int = 2
-    enc_heads: int = 4
+    stem_channels: int = 8          # first conv width of the encoder's conv stem that makes the 2D tokens
+    width: int = 32                 # encoder width
+    enc_depth: int = 1
+    enc_heads: int = 2
     dec_width: int = 160
     dec_depth: int = 3
     dec_heads: int = 4
@@ -123,7 +123,7 @@ class KARLConfig:
     token_step: int = 4             # budgets are multiples of this (and 1 for the wavelet code)
     latent_dim: int = 12            # continuous bottleneck per 1D token
     halt_hidden: int = 64
-    halt_threshold: float = 0.8     # a token halts when p_halt exceeds this (paper: 0.75)
+    halt_threshold: float = 0.9     # a token halts when p_halt exceeds this (paper: 0.75)
     halt_grad_scale: float = 1.0    # share of the halting loss's gradient that reaches the encoder
     direct_dim: int = 32            # learned tokens: width of the linear grid<->token shortcuts
 
@@ -229,7 +229,12 @@ PRESETS: dict[str, KARLConfig] = {
     # The CPU default model: 384 tokens at 64 px of a Haar wavelet code in an image-adaptive order
     # (wavelet.py), which the decoder refines. 384, not 256: ε 0.03 takes more than 256 tokens of this
     # code for a fifth of photos (docs/design.md §4).
+    # Its encoder serves only the halting head, so it is small (a width-32 block over a narrow conv
+    # stem), distilled by `karl distil` from one of "small-teacher"'s size (docs/design.md §6).
     "small": KARLConfig(),
+    # The same model with the encoder it was trained with (2 blocks of width 128): `karl train
+    # --preset small-teacher`, `karl calibrate`, then `karl distil` gives "small".
+    "small-teacher": KARLConfig(stem_channels=32, width=128, enc_depth=2, enc_heads=4, halt_threshold=0.8),
     # The papers' tokenizer (learned 1D tokens through the 12-d bottleneck, conv base, linear
     # grid<->token shortcuts), seconds on a CPU: for tests.
     "learned-tiny": KARLConfig(code="learned", resolution=32, base_channels=16, stem_channels=16, width=32, enc_depth=1, enc_heads=2,

@@ -56,9 +56,10 @@ def test_shipped_alit_weights_score_by_search():
     from karl_cli.models.alit import ALIT
 
     alit = load_pretrained(ROOT / "weights" / "alit-small")
-    # The peer shares the default model's sizes; it keeps the DCT code (ALIT corrects its tokens,
-    # which the default's ordered wavelet code does not allow), and its architecture and step differ.
-    small = preset("small")
+    # The peer shares the sizes the default model was trained with (before its encoder was
+    # distilled); it keeps the DCT code (ALIT corrects its tokens, which the default's ordered
+    # wavelet code does not allow), and its architecture and step differ.
+    small = preset("small-teacher")
     assert isinstance(alit, ALIT) and alit.config.has_code and alit.config.code == "dct" != small.code
     assert (alit.config.resolution, alit.config.latent_dim, alit.config.max_tokens, alit.config.width) == (
         small.resolution, small.latent_dim, small.max_tokens, small.width)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from karl_cli.models import wavelet_kernels as kernels
+import karl_cli.models.wavelet_kernels as kernels
 from karl_cli.models.config import KARLConfig
 from karl_cli.models.dct import fit_colour, log_rms_left
 

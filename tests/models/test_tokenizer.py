@@ -195,3 +195,20 @@ def test_single_pass_honours_eps_between_bins(tiny_model):
     assert bool(((off.p_halt >= lo) & (off.p_halt <= hi)).float().mean() > 0.9)
     with pytest.raises(ValueError, match="outside what a single pass can honour"):
         tiny_model.encode(x, 0.5)
+
+
+def test_decoding_in_groups_of_similar_kept_counts_changes_nothing(tiny_model):
+    from karl_cli.models import tokenizer
+
+    torch.manual_seed(0)
+    x = torch.rand(2 * tokenizer.CPU_DECODE_GROUP + 3, 3, 32, 32)
+    x[::3] = 0.5                                                  # flat images keep fewer tokens
+    enc = tiny_model.encode(x, 0.05)
+    counts = torch.tensor([1, 4, 8, 12, 16, 5])[torch.arange(x.shape[0]) % 6]   # kept prefixes of all lengths
+    keep = torch.arange(16).unsqueeze(0) < counts.unsqueeze(1)
+    enc.keep = keep
+    whole = tiny_model.decode_tokens(enc.latents, keep).clamp(0, 1)
+    grouped = tiny_model.decode(enc)
+    assert torch.allclose(grouped, whole, atol=1e-5)
+    one = tiny_model.decode(type(enc)(enc.latents[5:6], enc.p_halt[5:6], keep[5:6], enc.eps))
+    assert torch.allclose(one[0], whole[5], atol=1e-5)

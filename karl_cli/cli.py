@@ -468,7 +468,9 @@ def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
     preset_name: Optional[str] = typer.Option(None, "--preset", help="Model preset (default small): small (the "
-                                              "shipped wavelet model, 64 px, 384 tokens, 2.8 M parameters), tiny "
+                                              "shipped wavelet model, 64 px, 384 tokens, 2.0 M parameters, its "
+                                              "halting encoder distilled), small-teacher (the same with the encoder "
+                                              "it was trained with, 2.8 M: train this, then `karl distil`), tiny "
                                               "(32 px, 16 tokens: tests and trying the pipeline), learned-64 "
                                               "(learned tokens, CPU-sized), learned-128 (the GPU recipe) or "
                                               "learned-tiny."),
@@ -508,8 +510,9 @@ def train(
 ) -> None:
     """Train a tokenizer with two-phase loss-conditioned training.
 
-    Presets: tiny (32 px, T_max 16, 0.3 M parameters; for tests) and small (the shipped model: 64 px,
-    T_max 384 tokens of a Haar wavelet code, 2.8 M parameters, about 7 s per step of 32 crops on 2 CPU cores).
+    Presets: tiny (32 px, T_max 16, 0.3 M parameters; for tests), small-teacher (the shipped model as
+    trained: 64 px, T_max 384 tokens of a Haar wavelet code, 2.8 M parameters, about 7 s per step of
+    32 crops on 2 CPU cores) and small (the shipped model, its halting encoder distilled: 2.0 M).
     """
     from karl_cli.models.config import preset
     from karl_cli.training.trainer import TrainConfig, resume_conflicts
@@ -708,6 +711,9 @@ def distil(
         raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
     if not 0.0 <= max_undercut <= 1.0:
         raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} already exists and is not an empty folder; the student needs a new --out "
+                         "(it would overwrite the weights there, the teacher's included)")
     teacher = prepare_model(_load_model(weights), device)
     torch.manual_seed(seed)     # the student's fresh weights
     student = _checked(lambda: student_of(teacher, width=width, enc_depth=enc_depth, enc_heads=enc_heads,

@@ -136,8 +136,9 @@ class ALIT(Tokenizer):
         ``eps`` does not change ALIT's tokens (there is no ε conditioning); it is recorded in the
         Encoding. ``p_halt`` is zeros and ``keep`` all True: ALIT has no halting head, so
         ``Encoding.kc`` is just ``num_tokens``. For the token count an image needs, use the oracle's search.
+        Raises ValueError for images that are not a float (B, 3, R, R) tensor.
         """
-        images = images.to(self.device, self.dtype)
+        images = self.checked_images(images)
         latents = self.rollout_to(images, num_tokens or self.config.max_tokens)
         b, t = latents.shape[:2]
         zeros = torch.zeros(b, t, device=latents.device)

@@ -249,7 +249,7 @@ PRESETS: dict[str, KARLConfig] = {
                              halt_threshold=0.75, halt_grad_scale=0.0, direct_dim=32),
     # The GPU recipe (benchmarks/gpu/run.sh): 128 px, a small encoder and a larger decoder, T_max 256
     # in budgets of 32 as in the papers. Patch 16 (an 8x8 grid) keeps the shortcuts' dense maps, which
-    # scale with grid x tokens, small enough for fp16 weights under 16 MiB (7.3M parameters).
+    # scale with grid x tokens, small enough for fp16 weights under 16 MiB (7.5M parameters).
     "learned-128": KARLConfig(code="learned", resolution=128, patch_size=16, base_channels=16, stem_channels=16, width=192,
                               enc_depth=4, enc_heads=3, dec_width=256, dec_depth=4, dec_heads=4, max_tokens=256,
                               token_step=32, halt_hidden=64, halt_threshold=0.75, halt_grad_scale=0.0,

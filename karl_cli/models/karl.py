@@ -154,8 +154,8 @@ class KARL(Tokenizer):
         """One encoder pass at T_max (or ``num_tokens``) conditioned on ε, for images (B, 3, R, R)
         in [0, 1]: tokens, p_halt and kc. Any ε in ``EPS_RANGE`` (0.005–0.38) is honoured: between
         the trained bins the model is conditioned on ε itself (``eps_position``). Raises ValueError
-        for ε outside that range."""
-        images = images.to(self.device, self.dtype)
+        for ε outside that range, or for images that are not a float (B, 3, R, R) tensor."""
+        images = self.checked_images(images)
         pos = torch.full((images.shape[0],), eps_position(eps), dtype=torch.float32, device=images.device)
         latents, p_halt = self.encode_tokens(images, pos, num_tokens or self.config.max_tokens)
         return Encoding(latents.float(), p_halt, self.kept(p_halt), float(eps))

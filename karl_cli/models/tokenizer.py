@@ -111,6 +111,19 @@ class Tokenizer(Pretrained, nn.Module):
                 nn.init.zeros_(self.bottleneck[-1].bias)
 
     # --- encoder side --------------------------------------------------------------------------
+    def checked_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` on the model's device and dtype, after checking they are what the model reads:
+        a float tensor (B, 3, R, R), R the model's resolution. Raises ValueError otherwise (a uint8
+        batch would otherwise be read as values up to 255 and keep every token)."""
+        r = self.config.resolution
+        if not torch.is_tensor(images) or not images.is_floating_point():
+            what = images.dtype if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"images must be a float tensor in [0, 1] (B, 3, {r}, {r}), got {what}; "
+                             "uint8 pixels: divide by 255 (karl_cli.load_images reads files as the model needs)")
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, r, r):
+            raise ValueError(f"images must have shape (B, 3, {r}, {r}) for this model, got {tuple(images.shape)}")
+        return images.to(self.device, self.dtype)
+
     def analyse(self, images: torch.Tensor) -> torch.Tensor | None:
         """The images' linear code (B, T_max, latent_dim), or None for learned tokens."""
         return None if self.code is None else self.code.analyse(images)

@@ -212,3 +212,15 @@ def test_decoding_in_groups_of_similar_kept_counts_changes_nothing(tiny_model):
     assert torch.allclose(grouped, whole, atol=1e-5)
     one = tiny_model.decode(type(enc)(enc.latents[5:6], enc.p_halt[5:6], keep[5:6], enc.eps))
     assert torch.allclose(one[0], whole[5], atol=1e-5)
+
+
+def test_encode_refuses_pixels_it_would_misread(tiny_model):
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="divide by 255"):
+        tiny_model.encode((x * 255).to(torch.uint8), 0.05)
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        tiny_model.encode(torch.rand(2, 3, 64, 64), 0.05)
+    alit = ALIT(preset("tiny", arch="alit")).eval()
+    with pytest.raises(ValueError, match="float tensor"):
+        alit.encode((x * 255).to(torch.uint8), 0.05)
+    assert tiny_model.encode(x, 0.05).kc.shape == (2,)

@@ -72,3 +72,9 @@ def test_cli_distil_writes_a_loadable_student(tiny_weights, image_folder, tmp_pa
     bad = CliRunner().invoke(app, ["distil", str(image_folder), "--weights", str(tiny_weights), "--out",
                                    str(tmp_path / "x"), "--width", "15", "--enc-heads", "2"])
     assert bad.exit_code == 2 and not (tmp_path / "x").exists()
+    before = (tmp_path / "s" / "model.safetensors").read_bytes()
+    for taken in (tmp_path / "s", tiny_weights):            # an earlier student, the teacher itself
+        bad = CliRunner().invoke(app, ["distil", str(image_folder), "--weights", str(tiny_weights), "--out",
+                                       str(taken), "--samples", "16", "--steps", "5"])
+        assert bad.exit_code == 2 and "already exists" in bad.output
+    assert (tmp_path / "s" / "model.safetensors").read_bytes() == before

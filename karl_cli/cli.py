@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import signal
 import sys
@@ -96,6 +97,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 def _handle_errors(fn: Callable) -> Callable:
     """User errors become one clear line and their exit code, also under ``CliRunner`` (no traceback)."""
 
+    # Only commands that can resume have saved anything worth continuing from.
+    resumable = "resume" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -105,7 +109,8 @@ def _handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
-            console.print("[yellow]interrupted[/]: what was done is saved; --resume continues")
+            console.print("[yellow]interrupted[/]" + (": what was done is saved; --resume continues"
+                                                      if resumable else ""))
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as e:  # noqa: BLE001 - the one place where errors meet the user
             if _state["debug"]:

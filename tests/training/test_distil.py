@@ -78,3 +78,16 @@ def test_cli_distil_writes_a_loadable_student(tiny_weights, image_folder, tmp_pa
                                        str(taken), "--samples", "16", "--steps", "5"])
         assert bad.exit_code == 2 and "already exists" in bad.output
     assert (tmp_path / "s" / "model.safetensors").read_bytes() == before
+
+
+def test_an_interrupted_distil_does_not_promise_a_resume(tiny_weights, image_folder, tmp_path, monkeypatch):
+    import karl_cli.training.distil as distil
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distil, "distil_halting", stop)
+    res = CliRunner().invoke(app, ["distil", str(image_folder), "--weights", str(tiny_weights), "--out",
+                                   str(tmp_path / "s"), "--samples", "16"])
+    assert res.exit_code == 130 and "interrupted" in res.output and "--resume" not in res.output
+    assert not (tmp_path / "s").exists()

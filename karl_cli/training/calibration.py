@@ -21,15 +21,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from karl_cli.io.synthetic import random_family_images
 from karl_cli.models.config import EPS_BINS
 from karl_cli.models.karl import KARL
 from karl_cli.scoring.oracle import oracle_budgets
-from karl_cli.training.data import CropDataset, training_files
+from karl_cli.training.data import sample_crops
 
 
 # Halting thresholds calibration chooses from, the paper's first.
@@ -67,21 +65,10 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    files = training_files(data)
-    dataset = CropDataset(files, cfg.resolution, seed=seed, scale=(0.5, 1.0))
     g = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
     feats, details, eps_ids, targets = [], [], [], []
-    chunk = 32
     with torch.no_grad():
-        for start in range(0, samples, chunk):
-            ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
-            dataset.set_epoch(start // len(dataset))  # a new crop of each image on every pass
-            x = torch.stack([dataset[i] for i in ids]).to(model.device)
-            n_syn = int(round(x.shape[0] * synthetic))
-            if n_syn:
-                syn = random_family_images(n_syn, cfg.resolution, rng)
-                x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
+        for done, x in sample_crops(data, cfg.resolution, samples, synthetic, seed, model.device):
             oracle = oracle_budgets(model, x, EPS_BINS)                             # (B, n_bins)
             detail = model.halting_detail(x, cfg.max_tokens)
             for _ in range(bins_per_image):
@@ -93,7 +80,7 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
                 budget = oracle.gather(1, b.unsqueeze(1)).squeeze(1).cpu()
                 targets.append((torch.arange(cfg.max_tokens).unsqueeze(0) >= budget.unsqueeze(1)).float())
             if progress:
-                progress("oracle", min(start + chunk, samples), samples)
+                progress("oracle", done, samples)
     h, e, y = torch.cat(feats), torch.cat(eps_ids), torch.cat(targets)
     d = torch.cat(details) if details else None
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from karl_cli.errors import UsageError
 from karl_cli.io.images import ImageLoadError, discover_images, load_max_side
+from karl_cli.io.synthetic import random_family_images
 
 
 def training_files(folders: Iterable[str | os.PathLike]) -> list[str]:
@@ -146,3 +147,23 @@ def batches(dataset: CropDataset, batch_size: int, seed: int, start_step: int, s
 
 def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return math.ceil(n / world) // batch_size
+
+
+def sample_crops(data: Iterable[str | os.PathLike], resolution: int, samples: int, synthetic: float, seed: int,
+                 device: torch.device, chunk: int = 32) -> Iterator[tuple[int, torch.Tensor]]:
+    """``samples`` training crops (area 50-100 %) of the images in ``data``, in chunks of ``chunk``:
+    yields (crops so far, x (B, 3, R, R) in [0, 1] on ``device``), a ``synthetic`` share of each chunk
+    replaced by procedural images (flat colours to noise, ``io.synthetic``) that crops of photos
+    rarely show. A new crop of each image on every pass over the files. What calibration and
+    distillation sample their halting labels on."""
+    dataset = CropDataset(training_files(data), resolution, seed=seed, scale=(0.5, 1.0))
+    rng = np.random.default_rng(seed)
+    for start in range(0, samples, chunk):
+        ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
+        dataset.set_epoch(start // len(dataset))
+        x = torch.stack([dataset[i] for i in ids]).to(device)
+        n_syn = int(round(x.shape[0] * synthetic))
+        if n_syn:
+            syn = random_family_images(n_syn, resolution, rng)
+            x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
+        yield start + len(ids), x

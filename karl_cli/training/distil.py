@@ -18,15 +18,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from karl_cli.io.synthetic import random_family_images
 from karl_cli.models.config import EPS_BINS
 from karl_cli.models.karl import KARL
 from karl_cli.training.calibration import THRESHOLDS
-from karl_cli.training.data import CropDataset, training_files
+from karl_cli.training.data import sample_crops
 
 # The encoder's sizes a student may change; everything else is the teacher's.
 ENCODER_FIELDS = ("width", "enc_depth", "enc_heads", "stem_channels", "halt_hidden")
@@ -85,28 +83,17 @@ def distil_halting(student: KARL, teacher: KARL, data: list[str], samples: int =
     if any(getattr(cfg, f) != v for f, v in same.items()):
         raise ValueError("student and teacher must share every size outside the encoder (use student_of)")
     teacher.eval()
-    files = training_files(data)
-    dataset = CropDataset(files, cfg.resolution, seed=seed, scale=(0.5, 1.0))
     g = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
     crops, positions, targets = [], [], []
-    chunk = 32
     with torch.no_grad():
-        for start in range(0, samples, chunk):
-            ids = [(start + i) % len(dataset) for i in range(min(chunk, samples - start))]
-            dataset.set_epoch(start // len(dataset))
-            x = torch.stack([dataset[i] for i in ids]).to(teacher.device)
-            n_syn = int(round(x.shape[0] * synthetic))
-            if n_syn:
-                syn = random_family_images(n_syn, cfg.resolution, rng)
-                x[-n_syn:] = torch.from_numpy(syn).permute(0, 3, 1, 2).float().div(255.0).to(x.device)
+        for done, x in sample_crops(data, cfg.resolution, samples, synthetic, seed, teacher.device):
             for _ in range(eps_per_image):
                 pos = torch.rand(x.shape[0], generator=g) * (len(EPS_BINS) - 1)
                 crops.append(x.cpu())
                 positions.append(pos)
                 targets.append(teacher.encode_tokens(x, pos.to(x.device), cfg.max_tokens)[1].half().cpu())
             if progress:
-                progress("teacher", min(start + chunk, samples), samples)
+                progress("teacher", done, samples)
     x_all, e_all, y_all = torch.cat(crops), torch.cat(positions), torch.cat(targets)
     n = x_all.shape[0]
     perm = torch.randperm(n, generator=g)

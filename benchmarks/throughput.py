@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from karl_cli.scoring import complexity as cx
-from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
 from karl_cli.scoring.measure import collect_inputs, image_batches
 from karl_cli.io.images import Found
 from karl_cli.runtime import default_workers, machine_info, prepare_model, resolve_device

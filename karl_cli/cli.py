@@ -232,7 +232,8 @@ def complexity(
     from karl_cli.models.pretrained import model_id
     from karl_cli.scoring.baselines import parse_baselines
     from karl_cli.runtime import resolve_device
-    from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, resume_guard, score
+    from karl_cli.scoring.complexity import score
+    from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, resume_guard
     from karl_cli.scoring.measure import parse_shard
     from karl_cli.scoring.methods import check_method, method_name, validate_eps
 
@@ -321,7 +322,7 @@ def merge(
     """Join shard outputs (CSV, JSON or Parquet) into one, sorted by (path, ε). Identical duplicates
     merge quietly, an ok row replaces an error row; rows that disagree, or rows of different models,
     are refused."""
-    from karl_cli.scoring.complexity import merge_csv
+    from karl_cli.io.rows import merge_csv
 
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
     notes = [f"{counts['duplicates']} identical duplicates dropped"]
@@ -756,8 +757,7 @@ def compare(
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """KARL single pass vs. searches (KARL, ALIT) side by side: tokens, misses, L1/PSNR/SSIM, runs, time."""
-    from karl_cli.io.atomic import atomic_write_text
-    from karl_cli.io.names import safe_frame
+    from karl_cli.io.rows import write_table
     from karl_cli.scoring.compare import compare as run_compare
     from karl_cli.scoring.compare import load_models, render_table
     from karl_cli.errors import EXIT_SOME_FAILED
@@ -769,7 +769,7 @@ def compare(
                          on_progress=lambda what: status.update(f"comparing: {what}"))
     make_console().print(render_table(df))
     if csv is not None:
-        atomic_write_text(csv, safe_frame(df).to_csv(index=False))
+        write_table(df, csv, "csv")
         console.print(f"[green]wrote[/] {escape(str(csv))}")
     skipped = df.attrs.get("skipped", [])
     if skipped:

@@ -47,7 +47,7 @@ from karl_cli.scoring.measure import load_inputs, measure, measure_all
 from karl_cli.scoring.methods import check_method, default_method, oracle_method, validate_eps
 from karl_cli.scoring.oracle import budget_reconstructions
 from karl_cli.analysis.stats import spearman, spearman_difference
-from karl_cli.io.atomic import atomic_path
+from karl_cli.io.rows import write_table
 
 Progress = Callable[[int, int, str], None]   # progress(done, total, stage)
 
@@ -574,15 +574,10 @@ def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: 
 
 # --- output ----------------------------------------------------------------------------------------
 def save_rows(study: Study, csv: str | os.PathLike | None = None, json: str | os.PathLike | None = None) -> None:
-    """Write ``study.rows`` atomically as CSV (UTF-8; a non-UTF-8 file name as its original bytes) and/or
-    JSON records (missing values as null)."""
-
-    if csv is not None:
-        with atomic_path(csv) as tmp:
-            study.rows.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
-    if json is not None:
-        with atomic_path(json) as tmp:
-            study.rows.to_json(tmp, orient="records", force_ascii=True, indent=1)
+    """Write ``study.rows`` as CSV and/or JSON records (``io.rows.write_table``: atomic, valid UTF-8)."""
+    for path, fmt in ((csv, "csv"), (json, "json")):
+        if path is not None:
+            write_table(study.rows, path, fmt)
 
 
 def summary_view(study: Study) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
-from karl_cli.scoring.complexity import RowWriter, csv_header, read_rows
+from karl_cli.io.rows import RowWriter, csv_header, read_rows
 from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
 from karl_cli.scoring.methods import check_eps, validate_eps
 from karl_cli.errors import UsageError

@@ -103,7 +103,12 @@ def _handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as held:    # what _claim takes is held until the command ends
+                _held.append(held)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _held.pop()
         except (typer.Exit, typer.Abort, typer.TyperException):   # typer's own control flow
             raise
         except KeyboardInterrupt:
@@ -181,6 +186,23 @@ def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Op
     return found
 
 
+def _allow_inside_inputs_option():
+    return typer.Option(False, "--allow-inside-inputs", help="Allow output folders and figures inside (or equal "
+                        "to) an input folder; refused by default, since a later run over that folder would read them.")
+
+
+_held: list[contextlib.ExitStack] = []    # per running command (``_handle_errors``): its output locks
+
+
+def _claim(outputs, **inputs) -> None:
+    """Refuse outputs that are inputs (or write images among them) and lock them until the command ends
+    (``io.outputs.claim_outputs``). ``outputs``: (flag, path[, kind[, lock]]) tuples; None paths are skipped."""
+    from karl_cli.io.outputs import Output, claim_outputs
+
+    outs = [Output(*o) for o in outputs if o[1] is not None]
+    _held[-1].enter_context(claim_outputs(outs, **inputs))
+
+
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -226,6 +248,7 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.runtime import default_workers
@@ -251,6 +274,8 @@ def complexity(
     if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
     found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv_out), ("--json", json_out), ("--parquet", parquet_out), ("--plot", plot, "figure")],
+           inputs=paths or [], found=found, files_from=files_from, allow_inside_inputs=allow_inside_inputs)
     model = _load_model(weights)
     method = check_method(model, method)
     if not l1 and method != "single":
@@ -324,6 +349,7 @@ def merge(
     are refused."""
     from karl_cli.io.rows import merge_csv
 
+    _claim([("OUT", out)], inputs=inputs)
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
     notes = [f"{counts['duplicates']} identical duplicates dropped"]
     if counts["errors_replaced"]:
@@ -348,6 +374,7 @@ def encode(
     files_from: Optional[str] = _files_from_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
     from karl_cli.runtime import default_workers
@@ -364,7 +391,8 @@ def encode(
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
                             workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                            progress=update)
+                            progress=update, inputs=paths or [], files_from=files_from,
+                            allow_inside_inputs=allow_inside_inputs)
     console.print(f"encoded {res.ok} images at ε={eps_v:g} into {escape(str(out))} ({len(res.shards)} token files, "
                   f"index {res.index.name}, model {res.model_id})" + (f"; {res.recon} PNGs in {escape(str(recon))}" if recon else ""))
     if res.error:
@@ -412,6 +440,7 @@ def show(
 
     set_max_pixels(max_pixels)
     eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
+    _claim([("--out", out, "figure")], inputs=[image])
     dev = resolve_device(device)
     model = _load_model(weights)
     info = show_figure(model, image, out, eps_v, device=dev)
@@ -572,6 +601,7 @@ def correlate(
     max_pixels: Optional[int] = _max_pixels_option(),
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
                                             help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
@@ -588,6 +618,9 @@ def correlate(
     chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     set_max_pixels(max_pixels)
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
+    _claim([("--out", out), ("--per-image", per_image), ("--plot", plot, "folder", False)],
+           inputs=([root] if root is not None else []) + list(rated.table["path"]),
+           extra_inputs=[ratings] if ratings is not None else [], allow_inside_inputs=allow_inside_inputs)
     dev = resolve_device(device)
     model = _load_model(weights)
     method = check_method(model, method)
@@ -636,6 +669,7 @@ def calibrate(
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
+    from karl_cli.io.outputs import check_new_weights_folder
     from karl_cli.training.calibration import calibrate_halting
     from karl_cli.training.trainer import card_with_config
     from karl_cli.models.pretrained import weights_path
@@ -648,6 +682,8 @@ def calibrate(
         raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
     if not 0.0 <= max_undercut <= 1.0:
         raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
+    check_new_weights_folder(out)       # e.g. --out the folder of -w: the model there would be replaced
+    _claim([("--out", out)], inputs=data)
     model = prepare_model(_load_model(weights), device)
     if "single" not in methods_for(model):
         raise UsageError("only KARL weights have a halting head to calibrate")
@@ -694,6 +730,7 @@ def distil(
     single pass that predicts the teacher's halting."""
     import torch
 
+    from karl_cli.io.outputs import check_new_weights_folder
     from karl_cli.training.distil import distil_halting, student_of
     from karl_cli.training.trainer import card_with_config
     from karl_cli.models.pretrained import weights_path
@@ -705,9 +742,8 @@ def distil(
         raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
     if not 0.0 <= max_undercut <= 1.0:
         raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not an empty folder; the student needs a new --out "
-                         "(it would overwrite the weights there, the teacher's included)")
+    check_new_weights_folder(out)       # e.g. the teacher's own folder
+    _claim([("--out", out)], inputs=data)
     teacher = prepare_model(_load_model(weights), device)
     torch.manual_seed(seed)     # the student's fresh weights
     student = _checked(lambda: student_of(teacher, width=width, enc_depth=enc_depth, enc_heads=enc_heads,
@@ -763,6 +799,7 @@ def compare(
     from karl_cli.errors import EXIT_SOME_FAILED
 
     found = _scan(paths, include_hidden, max_pixels)
+    _claim([("--csv", csv)], inputs=paths, found=found)
     models = load_models(weights)
     with console.status("comparing") as status:
         df = run_compare(found, models, eps, batch_size=batch_size, device=device,
@@ -793,6 +830,12 @@ _DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."
 _SAMPLE_OPT = typer.Option(None, "--sample", min=1, help="Use a seeded random subset of this many images.")
 _SEED_OPT = typer.Option(0, "--seed", help="Seed of noise, shuffles, subsets and bootstraps.")
 _BATCH_OPT = typer.Option(32, "--batch-size", min=1, help="Images per model run.")
+
+
+def _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs: bool, extra=()) -> None:
+    """A study's outputs: none may be an input, figures not among them (``_claim``)."""
+    _claim([("--csv", csv_out), ("--json", json_out), ("--plot", plot, "folder", False)], inputs=list(paths or []),
+           extra_inputs=[e for e in extra if e is not None], allow_inside_inputs=allow_inside_inputs)
 
 
 def _df_table(df, title: str) -> Table:
@@ -847,11 +890,12 @@ def analyze_profile(
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    device: str = _DEVICE_OPT, allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC at every ε and L1 at every budget, per image: complexity profile and rate–distortion curve."""
     from karl_cli.analysis.studies import profile, rank_against_ratings
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs, extra=[ratings])
     model, dev = _study_setup(weights, device)
     if ratings is not None and eps and rank_eps not in eps:
         raise UsageError(f"--rank-eps {rank_eps:g} must be one of the --eps values")
@@ -884,11 +928,12 @@ def analyze_noise(
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    device: str = _DEVICE_OPT, allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC against noise strength (Gaussian σ, salt-and-pepper), at several ε."""
     from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_SIGMAS, DEFAULT_SP, noise
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("noise") as update:
         study = noise(paths or None, model, eps or DEFAULT_EPS, sigma or DEFAULT_SIGMAS, sp or DEFAULT_SP, method,
@@ -911,11 +956,12 @@ def analyze_structure(
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    device: str = _DEVICE_OPT, allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC as structure is destroyed: patch shuffles, phase randomisation, pixel permutation."""
     from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_GRIDS, structure
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("structure") as update:
         study = structure(paths or None, model, eps or DEFAULT_EPS, grid or DEFAULT_GRIDS, method, sample=sample,
@@ -940,13 +986,14 @@ def analyze_familiarity(
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    device: str = _DEVICE_OPT, allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC of familiar vs unfamiliar images: rank test (scipy) and effect size with a bootstrap CI."""
     from karl_cli.analysis.studies import CONTROLS, DEFAULT_EPS, familiarity
 
     if other and control:
         raise UsageError("--control applies to one folder; with --other the second folder is the comparison")
+    _study_outputs(list(paths) + list(other or []), csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("familiarity") as update:
         study = familiarity(paths, model, other or None, control or CONTROLS, eps or DEFAULT_EPS, method,
@@ -969,10 +1016,12 @@ def analyze_map(
     weights: Optional[Path] = _WEIGHTS_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, device: str = _DEVICE_OPT,
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Where an image spends its tokens: per block, the smallest budget whose reconstruction meets ε there."""
     from karl_cli.analysis.studies import DEFAULT_EPS, token_maps
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("map") as update:
         study = token_maps(paths, model, eps or DEFAULT_EPS, patch, sample=sample, seed=seed, device=dev,

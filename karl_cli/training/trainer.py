@@ -12,6 +12,7 @@ had reached (it is not annealed to the end), and ``--resume`` continues the same
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from karl_cli.io.atomic import atomic_path
+from karl_cli.io.outputs import OutputLock, check_new_weights_folder
 from karl_cli.models.config import KARLConfig, preset
 from karl_cli.models.layers import Block
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
@@ -256,6 +258,10 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
           init_from: str | os.PathLike | None = None) -> TrainResult:
     """Train a tokenizer on the image folders in ``data``; weights and checkpoints go to ``out``.
 
+    A new run needs a new or empty ``out`` (``outputs.check_new_weights_folder``); one process writes
+    it (``outputs.OutputLock`` on ``out``, held by rank 0 for the whole run: a second ``karl train``
+    on the same folder raises ``OutputBusy`` naming the first one's PID).
+
     ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
     checkpoint.pt (for ``resume``) and metrics.jsonl. ``init_from`` starts a new run from the tensors of
     a weights directory (fine-tuning); tensors the architecture has and the file lacks keep their init.
@@ -263,6 +269,16 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     (counted from this call, loading included), saves weights and checkpoint, and returns with
     ``stopped="time budget"``; ``resume`` continues it on the same schedule.
     """
+    # Every rank of a distributed run is given the same --out; rank 0 is the one that writes it.
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with OutputLock(out) if writer else contextlib.nullcontext():
+        return _train(data, out, model_config, train_config, device, resume, on_step, on_log, init_from)
+
+
+def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | None,
+           train_config: TrainConfig | None, device: str, resume: bool,
+           on_step: Callable[[StepReport], None] | None, on_log: Callable[[str], None] | None,
+           init_from: str | os.PathLike | None) -> TrainResult:
     t_start = time.monotonic()
     out = Path(out)
     log = on_log or (lambda s: None)
@@ -288,8 +304,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     else:
         model_config = model_config or preset("small")
         tc = train_config or TrainConfig()
-        if ckpt_path.exists():
-            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        check_new_weights_folder(out, resume_hint=ckpt_path.exists())
 
     dev = resolve_device(device)
     rank, world = _init_distributed(dev)

@@ -801,9 +801,8 @@ def compare(
     found = _scan(paths, include_hidden, max_pixels)
     _claim([("--csv", csv)], inputs=paths, found=found)
     models = load_models(weights)
-    with console.status("comparing") as status:
-        df = run_compare(found, models, eps, batch_size=batch_size, device=device,
-                         on_progress=lambda what: status.update(f"comparing: {what}"))
+    with _progress("comparing") as update:
+        df = run_compare(found, models, eps, batch_size=batch_size, device=device, progress=update)
     make_console().print(render_table(df))
     if csv is not None:
         write_table(df, csv, "csv")

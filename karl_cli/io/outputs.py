@@ -116,8 +116,9 @@ def _input_folders(inputs: Sequence[str | os.PathLike], files_from: str | os.Pat
 def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike] = (), found: Iterable[Found] = (),
                   files_from: str | os.PathLike | None = None, extra_inputs: Sequence[str | os.PathLike] = (),
                   allow_inside_inputs: bool = False) -> None:
-    """Refuse (``UsageError``, one line) an output that is an input (rule 1) or that writes images into
-    an input folder without ``allow_inside_inputs`` (rule 2); see the module docstring. ``inputs``:
+    """Refuse (``UsageError``, one line) an output that is an input (rule 1), two outputs that are one
+    file, or an output that writes images into an input folder without ``allow_inside_inputs`` (rule 2);
+    see the module docstring. ``inputs``:
     the paths as given (files, folders, tar shards, members ``shard.tar/KEY.EXT``); ``found``: the
     scan's entries; ``files_from``: the file list (``-``: stdin, whose entries are in ``found``);
     ``extra_inputs``: other files the command reads (a ratings CSV). Outputs that are None or ``-``
@@ -125,12 +126,20 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[str | os.PathLike]
     outs = [o for o in outputs if o.path is not None and os.fspath(o.path) != "-"]
     if not outs:
         return
-    keys = {_real(o.path): o for o in outs}
+    keys: dict[str, Output] = {}
+    for o in outs:
+        other = keys.setdefault(_real(o.path), o)
+        if other is not o:
+            raise UsageError(f"{other.flag} and {o.flag} name the same file ({os.fspath(o.path)}); give each "
+                             "output its own path")
+    # Outputs that exist, by identity and by name in lower case: a case-insensitive file system shows
+    # the same file under names that differ in case (only those names are worth a stat).
     ids = {i: o for o in outs if (i := _identity(o.path)) is not None}
+    names = {os.path.basename(k).lower() for k in keys} if ids else set()
     real = _RealPaths()
     for path, what in _input_files(inputs, found, files_from, extra_inputs):
         hit = keys.get(real(path))
-        if hit is None and ids:
+        if hit is None and ids and os.path.basename(path).lower() in names:
             hit = ids.get(_identity(path))
         if hit is not None:
             raise UsageError(f"{hit.flag} {os.fspath(hit.path)} would replace {what} {path}; choose another "

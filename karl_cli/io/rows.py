@@ -198,9 +198,9 @@ def _stdout_text() -> Any:
 class RowWriter:
     """Streams rows to a CSV, JSON-records or Parquet file (by suffix, ``.parquet``; in row groups, so
     memory stays flat) atomically: rows go to a temp file beside the target, renamed over it by
-    ``close()``. Leaving the ``with`` block by an exception (Ctrl-C
-    included) also renames (unless ``keep_partial=False``), so the rows done so far are kept and
-    ``resume`` continues from them. A failed write (disk full, ...) discards the temp file, leaves
+    ``close()``. Leaving the ``with`` block by an exception (Ctrl-C included) also renames once new
+    rows were written (unless ``keep_partial=False``), so the rows done so far are kept and
+    ``resume`` continues from them; before the first new row it leaves the target as it was. A failed write (disk full, ...) discards the temp file, leaves
     the target as it was and raises ``WriteError``.
 
     ``checkpoint_s``: while rows stream, publish the rows so far to the target on a clock (a copy of
@@ -454,7 +454,10 @@ class RowWriter:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        self.close(commit=exc_type is None or self.keep_partial)
+        # A run that fails before its first new row (e.g. another output cannot be opened) leaves the
+        # target as it was instead of replacing it with an empty table.
+        partial = self.keep_partial and self.count > len(self.existing)
+        self.close(commit=exc_type is None or partial)
 
 
 def row_settings(row: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,13 @@ def test_complexity_refuses_an_output_that_is_an_input(inputs, monkeypatch, args
     assert snapshot(inputs) == before    # nothing written, nothing replaced, no lock file left
 
 
+def test_two_outputs_are_two_files(inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    res = invoke("complexity", "img_000.png", "--csv", "rows.csv", "--json", "./rows.csv", "--no-l1")
+    assert res.exit_code == EXIT_USAGE and "--csv and --json name the same file" in res.output
+    assert not (inputs / "rows.csv").exists()
+
+
 def test_a_symlinked_input_is_its_target(inputs, monkeypatch):
     monkeypatch.chdir(inputs)
     os.symlink("img_001.png", "link.png")

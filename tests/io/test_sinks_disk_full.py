@@ -175,3 +175,20 @@ def test_figures(tmp_path, monkeypatch, writer):
     plt.close("all")
     assert target.read_bytes() == PREVIOUS
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
+def test_a_run_failing_before_its_first_row_keeps_the_previous_file(tmp_path, suffix):
+    """E.g. a second output that cannot be opened: the first one's target is not replaced by an empty table."""
+    target = tmp_path / f"rows{suffix}"
+    target.write_bytes(PREVIOUS)
+    with pytest.raises(RuntimeError):
+        with RowWriter(target, FIELDS):
+            raise RuntimeError("the next output could not be opened")
+    assert target.read_bytes() == PREVIOUS
+    assert leftovers(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):       # one row done: kept for --resume
+        with RowWriter(target, FIELDS) as w:
+            w.write({"path": "a.png", "eps": 0.05, "kc": 1})
+            raise KeyboardInterrupt
+    assert [r["path"] for r in rows.read_rows(target)] == ["a.png"]

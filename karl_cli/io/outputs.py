@@ -169,7 +169,7 @@ def check_new_weights_folder(out: str | os.PathLike, flag: str = "--out", resume
     what = "is a file" if not out.is_dir() else "is not empty"
     hint = ("; pass --resume to continue the run there, or choose a new " + flag) if resume_hint else (
         f"; choose a new (or empty) {flag}: writing there would replace the weights it holds")
-    raise UsageError(f"{flag} {out} {what}{hint}")
+    raise UsageError(f"{flag} {out} already exists and {what}{hint}")
 
 
 # --- locks ------------------------------------------------------------------------------------------

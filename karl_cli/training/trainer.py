@@ -352,7 +352,12 @@ def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | N
         fresh = init_weights(model, init_from)
         log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
     elif state is None and model.code is not None:
-        log(f"fitted the {model.config.code} code on {fit_code(model, dataset)} training crops")
+        # Reading the crops can take minutes on large photos, before the first step's progress.
+        def reading(done: int, total: int) -> None:
+            if done * 10 // total > (done - 1) * 10 // total:
+                log(f"fitting the {model.config.code} code: {done}/{total} training crops read")
+
+        log(f"fitted the {model.config.code} code on {fit_code(model, dataset, progress=reading)} training crops")
     ema = EMA(model, tc.ema_decay)
     step = 0
     if state is not None:
@@ -467,14 +472,18 @@ def compile_model(model: nn.Module) -> None:
 CODE_FIT_CROPS = 4096
 
 
-def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS) -> int:
+def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS,
+             progress: Callable[[int, int], None] | None = None) -> int:
     """Fit a model's linear code (colour basis, coefficient scales and order) on training crops (deterministic:
-    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number."""
+    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number.
+    ``progress(done, total)`` after each crop read."""
     n = min(len(dataset) * 2, crops)
     images = []
     for i in range(n):
         dataset.set_epoch(i // len(dataset))
         images.append(dataset[i % len(dataset)])
+        if progress:
+            progress(i + 1, n)
     model.code.fit(torch.stack(images).to(model.code.scale.device))
     return n
 

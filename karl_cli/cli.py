@@ -488,7 +488,8 @@ def main() -> None:
 @_handle_errors
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl. New or "
+                             "empty, unless --resume continues the run in it."),
     preset_name: Optional[str] = typer.Option(None, "--preset", help="Model preset (default small): small (the "
                                               "shipped wavelet model, 64 px, 384 tokens, 2.0 M parameters, its "
                                               "halting encoder distilled), small-teacher (the same with the encoder "
@@ -656,7 +657,7 @@ def calibrate(
     data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
     weights: str = typer.Option(..., "--weights", "-w", help="Weights to calibrate: a folder (e.g. from `karl "
                                 "train`) or a shipped name (karl-small)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights: a new or empty folder."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
     synthetic: float = typer.Option(0.125, "--synthetic",
@@ -710,7 +711,7 @@ def calibrate(
 def distil(
     data: List[Path] = typer.Argument(..., help="Image folders to distil on (e.g. the training data)."),
     weights: str = typer.Option(..., "--weights", "-w", help="The teacher: a wavelet KARL folder or shipped name."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights: a new or empty folder."),
     width: int = typer.Option(32, "--width", help="Student encoder width."),
     enc_depth: int = typer.Option(1, "--enc-depth", help="Student encoder blocks."),
     enc_heads: int = typer.Option(2, "--enc-heads", help="Student attention heads."),

@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
+from machine import machine_info  # noqa: E402
 from karl_cli.scoring.compare import psnr, ssim
 from karl_cli.models.pretrained import DEFAULT_MODEL, load
 from karl_cli.scoring.methods import methods_for
@@ -63,7 +65,7 @@ from karl_cli.scoring.measure import collect_inputs, image_batches
 from karl_cli.scoring.methods import validate_eps
 from karl_cli.defaults import EPS_SERIES
 from karl_cli.errors import KarlError, UsageError
-from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.analysis.correlate import POOLED_LABEL
 from karl_cli.analysis.stats import spearman
 from karl_cli.io.synthetic import FAMILIES, make_family_image

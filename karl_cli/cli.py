@@ -30,6 +30,7 @@ from karl_cli import defaults  # noqa: E402
 from karl_cli.registry import DEFAULT_MODEL, DEFAULT_PRESET, ENTRIES, list_models, names_help  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
 from karl_cli.progress import make_console  # noqa: E402
+from karl_cli.training import RESUME_MAY_CHANGE  # noqa: E402
 
 if _SIGINT_BEFORE is signal.default_int_handler:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -177,6 +178,12 @@ def _inputs(paths, files_from: Optional[str]):
     return _scan(paths, False, None, files_from) if paths or files_from is not None else None
 
 
+def _may_change() -> str:
+    """The flags a resumed `karl train` may change (``trainer.RESUME_MAY_CHANGE``), in words."""
+    *rest, last = RESUME_MAY_CHANGE
+    return ", ".join(rest) + " and " + last
+
+
 def _eps_list(values) -> str:
     return ", ".join(f"{e:g}" for e in values)
 
@@ -210,6 +217,17 @@ def _seed_option(what: str = "Seed."):
 
 def _bootstrap_option(what: str):
     return typer.Option(defaults.BOOTSTRAP, "--bootstrap", min=0, help=f"{what} (0: none).")
+
+
+def _synthetic_option():
+    return typer.Option(defaults.SYNTHETIC_SHARE, "--synthetic", help="Share of samples that are procedural images "
+                        "(flat colours to noise).")
+
+
+def _max_undercut_option(what: str):
+    lo, hi = defaults.HALT_THRESHOLDS[0], defaults.HALT_THRESHOLDS[-1]
+    return typer.Option(defaults.MAX_UNDERCUT, "--max-undercut", help=f"Pick the smallest halting threshold "
+                        f"({lo:g}-{hi:g}) at which at most this share of held-out {what} (1: keep {lo:g}).")
 
 
 def _method_option():
@@ -560,8 +578,7 @@ def train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
                                   "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
-                                "(only --steps, --epochs, --max-minutes, --workers, --compile and --device may "
-                                "change)."),
+                                f"(only {_may_change()} may change)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
                                             f"shipped name ({SHIPPED}) or a weights folder."),
 ) -> None:
@@ -581,8 +598,8 @@ def train(
         conflicts = resume_conflicts(out, preset_name, sizes, recipe)
         if conflicts:
             raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + ". A resumed run keeps its model "
-                             "and recipe (only --steps, --epochs, --workers and --device may change); drop these "
-                             "flags or start a new run with another --out")
+                             f"and recipe (only {_may_change()} may change); drop these flags or start a new run "
+                             "with another --out")
     model_config = None if resume else _checked(lambda: preset(preset_name or DEFAULT_PRESET, **sizes))
     defaults = TrainConfig()
     tc = TrainConfig(steps=steps, epochs=epochs, workers=workers, max_minutes=max_minutes, compile=compile_,
@@ -682,42 +699,31 @@ def calibrate(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
-    synthetic: float = typer.Option(0.125, "--synthetic",
-                                    help="Share of samples that are procedural images (flat colours to noise)."),
-    max_undercut: float = typer.Option(0.01, "--max-undercut",
-                                       help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
-                                            "share of held-out crops keep fewer tokens than the oracle (1: keep 0.75)."),
+    synthetic: float = _synthetic_option(),
+    max_undercut: float = _max_undercut_option("crops keep fewer tokens than the oracle"),
     seed: int = _seed_option(),
     device: str = _device_option(),
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
-    from karl_cli.training.calibration import calibrate_halting
-    from karl_cli.training.trainer import card_with_config
-    from karl_cli.models.pretrained import weights_path
+    from karl_cli.training.calibration import calibrate_halting, check_settings
+    from karl_cli.training.cards import derived_card
     from karl_cli.runtime import prepare_model
     from karl_cli.scoring.methods import methods_for
 
-    if samples < 10 or steps < 1:
-        raise UsageError("--samples must be >= 10 and --steps >= 1")
-    if not 0.0 <= synthetic < 1.0:
-        raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
-    if not 0.0 <= max_undercut <= 1.0:
-        raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
+    _checked(lambda: check_settings(samples, steps, synthetic, max_undercut))
     model = prepare_model(_load_model(weights), device)
     if "single" not in methods_for(model):
         raise UsageError("only KARL weights have a halting head to calibrate")
     with _progress("calibrate") as update:
         report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
                                    synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total, stage))
-    card_path = weights_path(weights) / "model_card.md"
-    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
-    card = card_with_config(card, model.config)     # the card's config block shows the new threshold
-    card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "
-             f"images, the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
-             f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
-             f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold {report.threshold:g} "
-             f"(held-out pairs below the oracle: {report.undercut:.1%}).\n")
+    card = derived_card(weights, model.config, "Halting calibration", (
+        f"`karl calibrate` on {samples} samples ({synthetic:.0%} procedural images, the rest crops of "
+        f"{', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
+        f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
+        f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold {report.threshold:g} "
+        f"(held-out pairs below the oracle: {report.undercut:.1%})."))
     model.save_pretrained(str(out), card=card)
     console.print(f"held-out |KC - oracle|: {report.error_before:.1f} -> {report.error_after:.1f} tokens; "
                   f"KC/oracle {report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold "
@@ -738,11 +744,8 @@ def distil(
     samples: int = typer.Option(1024, "--samples", help="Image crops to read the teacher's p_halt on."),
     eps_per_image: int = typer.Option(4, "--eps-per-image", help="ε values per crop (log-uniform over 0.005-0.38)."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the student."),
-    synthetic: float = typer.Option(0.125, "--synthetic",
-                                    help="Share of samples that are procedural images (flat colours to noise)."),
-    max_undercut: float = typer.Option(0.01, "--max-undercut",
-                                       help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
-                                            "share of held-out pairs keep fewer tokens than the teacher."),
+    synthetic: float = _synthetic_option(),
+    max_undercut: float = _max_undercut_option("pairs keep fewer tokens than the teacher"),
     seed: int = _seed_option(),
     device: str = _device_option(),
 ) -> None:
@@ -750,17 +753,12 @@ def distil(
     single pass that predicts the teacher's halting."""
     import torch
 
+    from karl_cli.training.calibration import check_settings
+    from karl_cli.training.cards import derived_card
     from karl_cli.training.distil import distil_halting, student_of
-    from karl_cli.training.trainer import card_with_config
-    from karl_cli.models.pretrained import weights_path
     from karl_cli.runtime import prepare_model
 
-    if samples < 10 or steps < 1 or eps_per_image < 1:
-        raise UsageError("--samples must be >= 10, --steps and --eps-per-image >= 1")
-    if not 0.0 <= synthetic < 1.0:
-        raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
-    if not 0.0 <= max_undercut <= 1.0:
-        raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
+    _checked(lambda: check_settings(samples, steps, synthetic, max_undercut, eps_per_image))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists and is not an empty folder; the student needs a new --out "
                          "(it would overwrite the weights there, the teacher's included)")
@@ -773,15 +771,12 @@ def distil(
                                 eps_per_image=eps_per_image, steps=steps, seed=seed, synthetic=synthetic,
                                 max_undercut=max_undercut,
                                 progress=lambda stage, done, total: update(done, total, stage))
-    card_path = weights_path(weights) / "model_card.md"
-    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
-    card = card_with_config(card, student.config)
-    card += (f"\n## Halting encoder distilled\n\n`karl distil` from {weights} on {samples} crops x {eps_per_image} ε "
-             f"({synthetic:.0%} procedural images, the rest crops of {', '.join(Path(d).name for d in data)}), "
-             f"{steps} steps, seed {seed}: encoder path {report.teacher_params:,} -> {report.student_params:,} "
-             f"parameters. Held-out |KC - teacher KC| {report.error:.1f} tokens, KC / teacher KC "
-             f"{report.ratio:.3f}, {report.undercut:.1%} of pairs below the teacher; halting threshold "
-             f"{report.threshold:g}.\n")
+    card = derived_card(weights, student.config, "Halting encoder distilled", (
+        f"`karl distil` from {weights} on {samples} crops x {eps_per_image} ε ({synthetic:.0%} procedural images, "
+        f"the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}: encoder path "
+        f"{report.teacher_params:,} -> {report.student_params:,} parameters. Held-out |KC - teacher KC| "
+        f"{report.error:.1f} tokens, KC / teacher KC {report.ratio:.3f}, {report.undercut:.1%} of pairs below the "
+        f"teacher; halting threshold {report.threshold:g}."))
     student.save_pretrained(str(out), card=card)
     console.print(f"encoder path {report.teacher_params:,} -> {report.student_params:,} parameters; held-out "
                   f"|KC - teacher KC| {report.error:.1f} tokens, KC/teacher {report.ratio:.3f}, "
@@ -859,7 +854,7 @@ def _df_table(df, title: str) -> Table:
     return table
 
 
-def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot: Optional[Path], draw) -> None:
+def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot: Optional[Path]) -> None:
     """Write, draw and summarise a study: the shared tail of every `karl analyze` command."""
     from karl_cli.analysis.studies import save_rows, summary_view
 
@@ -871,7 +866,9 @@ def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot
         if out is not None:
             console.print(f"wrote {len(study.rows)} rows to {escape(str(out))}")
     if plot is not None:
-        for png in draw(study, plot):
+        from karl_cli.analysis.study_plots import draw_study
+
+        for png in draw_study(study, plot):
             console.print(f"figure: {escape(str(png))} (+ .pdf)")
     if study.errors:
         console.print(f"[yellow]{len(study.errors)} unreadable inputs skipped[/] (e.g. "
@@ -911,7 +908,7 @@ def analyze_profile(
     with _progress("profile") as update:
         study = profile(_scan(paths, False, None, files_from), model, eps, method, curve=curve, sample=sample,
                         seed=seed, batch_size=batch_size,
-                        device=dev, progress=lambda d, t, s: update(d, t, s))
+                        device=dev, progress=update)
     if ratings is not None:
         from karl_cli.io.savoias import load_ratings
 
@@ -919,11 +916,7 @@ def analyze_profile(
         make_console().print(_df_table(rank.round(3), f"Spearman ρ with the ratings: kc_area vs KC at ε {rank_eps:g} "
                                   "(delta = ρ(area) − ρ(KC), paired bootstrap 95 % CI)"))
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import profile_figure
-        return [profile_figure(st, folder / "profile")]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("noise", cls=_Command)
@@ -948,14 +941,9 @@ def analyze_noise(
     with _progress("noise") as update:
         study = noise(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, sigma or DEFAULT_SIGMAS,
                       sp or DEFAULT_SP, method,
-                      size=size, sample=sample, seed=seed, batch_size=batch_size, device=dev,
-                      progress=lambda d, t, s: update(d, t, s))
+                      size=size, sample=sample, seed=seed, batch_size=batch_size, device=dev, progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import noise_figure
-        return [noise_figure(st, folder / "noise")]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("structure", cls=_Command)
@@ -977,13 +965,9 @@ def analyze_structure(
     with _progress("structure") as update:
         study = structure(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, grid or DEFAULT_GRIDS, method,
                           sample=sample,
-                          seed=seed, batch_size=batch_size, device=dev, progress=lambda d, t, s: update(d, t, s))
+                          seed=seed, batch_size=batch_size, device=dev, progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import structure_figure
-        return [structure_figure(st, folder / "structure", st.extra["example"], tuple(st.extra["grids"]), seed)]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("familiarity", cls=_Command)
@@ -1011,13 +995,9 @@ def analyze_familiarity(
         study = familiarity(_scan(paths, False, None, files_from), model, other or None, control or CONTROLS,
                             eps or defaults.EPS_SERIES, method,
                             n_boot=bootstrap, sample=sample, seed=seed, batch_size=batch_size, device=dev,
-                            progress=lambda d, t, s: update(d, t, s))
+                            progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import familiarity_figure
-        return [familiarity_figure(st, folder / "familiarity")]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("map", cls=_Command)
@@ -1038,14 +1018,9 @@ def analyze_map(
     with _progress("map") as update:
         study = token_maps(_scan(paths, False, None, files_from), model, eps or defaults.EPS_SERIES, patch,
                            sample=sample, seed=seed, device=dev,
-                           progress=lambda d, t, s: update(d, t, s))
+                           progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import map_figure
-        return [map_figure(img, m, folder / f"map_{i:03d}_{Path(p).stem}", Path(p).name, st.max_tokens,
-                           st.extra["patch"]) for i, (p, (img, m)) in enumerate(st.extra["maps"].items())]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 if __name__ == "__main__":
     main()

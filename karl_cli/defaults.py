@@ -14,3 +14,7 @@ IN_MEMORY_BATCH_SIZE = 32
 DEVICE = "auto"                  # CUDA when available, else CPU (runtime.resolve_device)
 BOOTSTRAP = 1000                 # resamples of every bootstrap CI
 SEED = 0                         # seed of bootstraps, noise, shuffles and subsets
+# Halting calibration and distillation (training/calibration.py, training/distil.py):
+HALT_THRESHOLDS = (0.75, 0.8, 0.85, 0.9, 0.95)   # the thresholds they choose from, the paper's first
+MAX_UNDERCUT = 0.01              # the share of held-out pairs allowed fewer tokens than the reference
+SYNTHETIC_SHARE = 0.125          # the share of their crops that are procedural images (flat colours to noise)

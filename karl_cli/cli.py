@@ -28,6 +28,7 @@ from rich.table import Table
 from karl_cli import __version__  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
 from karl_cli.progress import make_console  # noqa: E402
+from karl_cli.training.flags import RESUME_RULE  # noqa: E402
 
 if _SIGINT_BEFORE is signal.default_int_handler:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -508,8 +509,7 @@ def train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
                                   "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
-                                "(only --steps, --epochs, --max-minutes, --workers, --compile and --device may "
-                                "change)."),
+                                f"({RESUME_RULE})."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
                                             "shipped name (karl-small, alit-small) or a weights folder."),
 ) -> None:
@@ -533,8 +533,7 @@ def train(
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
         conflicts = resume_conflicts(out, preset_name, sizes, recipe)
         if conflicts:
-            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + ". A resumed run keeps its model "
-                             "and recipe (only --steps, --epochs, --workers and --device may change); drop these "
+            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + f"; {RESUME_RULE}: drop these "
                              "flags or start a new run with another --out")
     model_config = None if resume else _checked(lambda: preset(preset_name or "small", **sizes))
     defaults = TrainConfig()

@@ -31,7 +31,7 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -120,24 +120,40 @@ class Scan(list):
     """``Found`` entries sorted by path (a list), and what the scan left out of folders:
 
     ``hidden``: hidden files and folders skipped (each hidden folder counts once); ``other``: files
-    that are not images (by suffix); ``aliases``: paths that led to a file or folder already listed
-    (symbolic links), so each real file is listed once.
+    that are not images (by suffix); ``aliases``: other paths that led to a file or folder already
+    listed (symbolic links), so each real file is listed once; ``repeated``: the same path named more
+    than once (a file list or command line that repeats a line), scored once; ``replaced``: tar members
+    superseded by a later member of the same name (the last is the input, as ``tar -x`` leaves it).
     """
 
-    def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0) -> None:
+    def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0,
+                 repeated: int = 0, replaced: int = 0) -> None:
         super().__init__(found)
         self.hidden, self.other, self.aliases = hidden, other, aliases
+        self.repeated, self.replaced = repeated, replaced
+
+    def counts(self) -> dict[str, int]:
+        """The skip counts by name, to build another ``Scan`` of the same inputs: ``Scan(x, **s.counts())``."""
+        return {"hidden": self.hidden, "other": self.other, "aliases": self.aliases, "repeated": self.repeated,
+                "replaced": self.replaced}
 
     def summary(self) -> str:
         """What the scan skipped, in words; empty when nothing was."""
+        def n(k: int, one: str, many: str) -> str:
+            return f"{k} {one if k == 1 else many}"
+
         parts = []
         if self.hidden:
-            parts.append(f"{self.hidden} hidden file{'s' if self.hidden != 1 else ''} or folder"
-                         f"{'s' if self.hidden != 1 else ''} (--include-hidden scans them)")
+            parts.append(n(self.hidden, "hidden file or folder", "hidden files or folders") + " (--include-hidden scans them)")
         if self.other:
-            parts.append(f"{self.other} non-image file{'s' if self.other != 1 else ''}")
+            parts.append(n(self.other, "non-image file", "non-image files"))
         if self.aliases:
-            parts.append(f"{self.aliases} link{'s' if self.aliases != 1 else ''} to an image or folder already listed")
+            parts.append(n(self.aliases, "link", "links") + " to an image or folder already listed")
+        if self.repeated:
+            parts.append(n(self.repeated, "path", "paths") + " named more than once (each scored once)")
+        if self.replaced:
+            parts.append(n(self.replaced, "tar member", "tar members") + " replaced by a later member of the same "
+                         "name (the last is kept, as tar -x does)")
         return ("skipped " + ", ".join(parts)) if parts else ""
 
 
@@ -167,7 +183,8 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     skipped unless ``include_hidden``. A file reached under several paths (symbolic links to it or
     to a folder above it) is listed once, under the first of those paths in component order
     (``a/x.png`` before ``a-b/x.png`` before ``b/x.png``), whatever order the scan met them in;
-    each real folder is read once, so link loops end. Broken symlinks and unreadable folders come
+    each real folder is read once, so link loops end. The same path given again (also spelled
+    ``a/./x.png``) is counted as ``repeated``, another path to the same file as an alias. Broken symlinks and unreadable folders come
     back as entries with an ``error``; a missing top-level path raises FileNotFoundError. The
     returned ``Scan`` counts what was skipped. ``extra_suffixes`` (lower case, with the dot, e.g.
     ``(".tar",)``) are taken from folders as well as image suffixes.
@@ -177,7 +194,8 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     best: dict[str, tuple[tuple[str, ...], str]] = {}   # real file -> (key, path) of its first path
     met = 0
     heap: list[tuple[tuple[str, ...], str]] = []
-    hidden = other = 0
+    hidden = other = repeated = 0
+    named: set[str] = set()   # the top-level paths given, normalised: a second mention is a repeat, not a link
 
     def offer(path: str, key: tuple[str, ...]) -> None:
         nonlocal met
@@ -190,6 +208,10 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
         top = os.fsdecode(top)   # bytes paths (non-UTF-8 names) become surrogate-escaped str, like scandir's
         if not os.path.lexists(top):
             raise FileNotFoundError(f"no such file or folder: {top}")
+        if os.path.normpath(top) in named:
+            repeated += 1
+            continue
+        named.add(os.path.normpath(top))
         if os.path.isdir(top):
             heapq.heappush(heap, (_key(top), top))
         elif os.path.islink(top) and not os.path.exists(top):
@@ -232,7 +254,7 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     met -= len(best)
     for path, f in errors.items():
         found.setdefault(path, f)
-    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met)
+    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met, repeated=repeated)
 
 
 # --- pixels --------------------------------------------------------------------------------------
@@ -323,11 +345,14 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
-def _signature(path: str, data: bytes | None = None) -> str | None:
+def _signature(path: str, data: bytes | BinaryIO | None = None) -> str | None:
     """The image format a file's first bytes (or ``data``'s) claim (to tell a corrupt image from a
     non-image), or None."""
-    if data is not None:
+    if isinstance(data, bytes):
         head = data[:12]
+    elif data is not None:
+        data.seek(0)
+        head = data.read(12)
     else:
         try:
             with open(path, "rb") as f:
@@ -352,11 +377,12 @@ def _pillow_limit(limit: int) -> Iterator[None]:
 
 
 def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels: int | None = None,
-             data: bytes | None = None) -> Image.Image:
+             data: bytes | BinaryIO | None = None) -> Image.Image:
     """Read an image as an upright sRGB ``RGB`` PIL image, or raise ImageLoadError with the reason.
 
-    ``data``: the file's bytes, already read (a member of a tar shard, ``sources.py``); ``path`` then
-    only names it.
+    ``data``: the file's bytes, or a seekable binary file open on them (a member of a tar shard,
+    ``sources.open_member``: only the header is read before the size and pixel limit are checked);
+    ``path`` then only names it.
     ``draft_size`` lets JPEG decoding skip resolution it does not need (much faster for big photos).
     ``max_pixels``: refuse images with more pixels (default: ``max_pixels()``, 64 Mpx unless raised).
     """
@@ -367,13 +393,21 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
                 raise ImageLoadError("not a regular file (a pipe, device or socket)")
-        if (len(data) if data is not None else st.st_size) == 0:
+        if data is None:
+            nbytes = st.st_size
+        elif isinstance(data, bytes):
+            nbytes = len(data)
+        else:
+            nbytes = data.seek(0, io.SEEK_END)
+            data.seek(0)
+        if nbytes == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with warnings.catch_warnings(), _pillow_limit(limit):
             # Decoders warn about damaged metadata they skip; the pixels are still good, and a
             # folder of scraped images must not flood the terminal. Size is checked below.
             warnings.simplefilter("ignore")
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            source = path if data is None else io.BytesIO(data) if isinstance(data, bytes) else data
+            with Image.open(source) as img:
                 w, h = img.size
                 if w < 1 or h < 1:
                     raise ImageLoadError(f"invalid size {w}x{h}")
@@ -407,7 +441,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
 
 
 def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
-                   data: bytes | None = None) -> np.ndarray:
+                   data: bytes | BinaryIO | None = None) -> np.ndarray:
     """The whole image squashed to resolution x resolution: uint8 array (R, R, 3), sRGB.
 
     Squashing (not cropping) keeps all of the content, which is what complexity is about.

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -213,11 +215,31 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 
 
 # --- commands ------------------------------------------------------------------------------------------
+def _number(text: str) -> float:
+    """A float option's text as a float, refusing what ``float`` would silently round: a value too
+    small to hold (``1e-400`` would read as 0.0) or too large (``1e400`` as inf). A decimal comma
+    gets a hint."""
+    if isinstance(text, (int, float)):   # a default, already a number
+        return float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        hint = f" (write {text.replace(',', '.')})" if re.fullmatch(r"\s*[-+]?\d*,\d+\s*", text) else ""
+        raise typer.BadParameter(f"{text!r} is not a number{hint}") from None
+    mantissa = text.lower().split("e")[0]
+    if v == 0.0 and re.search(r"[1-9]", mantissa):
+        raise typer.BadParameter(f"{text} is too small to hold as a floating-point number (it is not 0, but "
+                                 "would be read as 0)")
+    if math.isinf(v) and "inf" not in text.lower():
+        raise typer.BadParameter(f"{text} is too large to hold as a floating-point number")
+    return v
+
+
 @app.command(cls=_Command)
 @_handle_errors
 def complexity(
     paths: Optional[List[str]] = _paths_argument(),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="Target L1 error; repeat for several (default 0.05)."),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout). Without "
                                           "--csv and --json only the summary table is printed."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
@@ -350,7 +372,7 @@ def merge(
 @_handle_errors
 def encode(
     paths: Optional[List[str]] = _paths_argument(),
-    eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
+    eps: float = typer.Option(0.05, "--eps", parser=_number, help="Target L1 error the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
@@ -410,7 +432,7 @@ def decode(
 def show(
     image: Path = typer.Argument(..., help="One image."),
     out: Path = typer.Option(..., "--out", help="The figure to write (PNG)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="ε values to show (default 0.03, 0.05, 0.09)."),
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     max_pixels: Optional[int] = _max_pixels_option(),
@@ -489,14 +511,14 @@ def train(
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
                                         "over them (default: from --epochs)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", parser=_number,
                                                 help="Wall-clock budget: stop cleanly after the step that passes it, "
                                                      "save weights and checkpoint (--resume continues). The schedule "
                                                      "stays the one over --steps, so the learning rate is not annealed."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", parser=_number, help="Passes over the data (default 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step and process "
                                              "(default 64; the folders need at least this many images)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=_number, help="Peak learning rate (default 1e-3)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default 200, at most a fifth of "
                                          "the run; a warning when longer than the run)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
@@ -562,7 +584,7 @@ def correlate(
                                           help="Savoias folder (Images/<Category>/, 'Ground truth/xlsx/')."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="CSV of any rated set: path, rating[, category]; "
                                            "relative paths resolve against the CSV's folder."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target error ε (repeat for several; default "
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="Target error ε (repeat for several; default "
                                               "0.03, the ε that ranks most like people on Savoias)."),
     method: Optional[str] = typer.Option(None, "--method", help="single (one pass: KC, soft KC), search or prefix; "
                                          "default: single, or search for models without a halting head (ALIT)."),
@@ -636,9 +658,9 @@ def calibrate(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
-    synthetic: float = typer.Option(0.125, "--synthetic",
+    synthetic: float = typer.Option(0.125, "--synthetic", parser=_number,
                                     help="Share of samples that are procedural images (flat colours to noise)."),
-    max_undercut: float = typer.Option(0.01, "--max-undercut",
+    max_undercut: float = typer.Option(0.01, "--max-undercut", parser=_number,
                                        help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
                                             "share of held-out crops keep fewer tokens than the oracle (1: keep 0.75)."),
     seed: int = typer.Option(0, "--seed"),
@@ -692,9 +714,9 @@ def distil(
     samples: int = typer.Option(1024, "--samples", help="Image crops to read the teacher's p_halt on."),
     eps_per_image: int = typer.Option(4, "--eps-per-image", help="ε values per crop (log-uniform over 0.005-0.38)."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the student."),
-    synthetic: float = typer.Option(0.125, "--synthetic",
+    synthetic: float = typer.Option(0.125, "--synthetic", parser=_number,
                                     help="Share of samples that are procedural images (flat colours to noise)."),
-    max_undercut: float = typer.Option(0.01, "--max-undercut",
+    max_undercut: float = typer.Option(0.01, "--max-undercut", parser=_number,
                                        help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
                                             "share of held-out pairs keep fewer tokens than the teacher."),
     seed: int = typer.Option(0, "--seed"),
@@ -759,7 +781,7 @@ def compare(
     paths: List[Path] = typer.Argument(..., help="Images or folders (recursive)."),
     weights: List[str] = typer.Option(..., "--weights", "-w", help="A shipped model name (karl-small, alit-small) "
                                       "or a weights folder; repeat to compare several."),
-    eps: List[float] = typer.Option([0.03, 0.05, 0.09], "--eps", help="Target error ε (repeat for several)."),
+    eps: List[float] = typer.Option([0.03, 0.05, 0.09], "--eps", parser=_number, help="Target error ε (repeat for several)."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -849,12 +871,12 @@ def _study_setup(weights: Optional[Path], device: str):
 @_handle_errors
 def analyze_profile(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders (recursive)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default: every ε bin of the model)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="ε values (repeat; default: every ε bin of the model)."),
     curve: bool = typer.Option(True, "--curve/--no-curve", help="Also L1 at every budget (rate–distortion; the "
                                "slow part: one decode per budget)."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="A Savoias root or ratings CSV: compare how "
                                            "kc_area and KC at --rank-eps rank the rated images (Spearman ρ)."),
-    rank_eps: float = typer.Option(0.03, "--rank-eps", help="The single ε kc_area is compared with."),
+    rank_eps: float = typer.Option(0.03, "--rank-eps", parser=_number, help="The single ε kc_area is compared with."),
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
@@ -887,9 +909,9 @@ def analyze_profile(
 @_handle_errors
 def analyze_noise(
     paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
-    sigma: Optional[List[float]] = typer.Option(None, "--sigma", help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
-    sp: Optional[List[float]] = typer.Option(None, "--sp", help="Salt-and-pepper shares of pixels (repeat)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    sigma: Optional[List[float]] = typer.Option(None, "--sigma", parser=_number, help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
+    sp: Optional[List[float]] = typer.Option(None, "--sp", parser=_number, help="Salt-and-pepper shares of pixels (repeat)."),
     size: int = typer.Option(256, "--size", min=8, help="Procedural images' side, and the cap on given images' "
                              "shorter side, in px: noise is added at this size and at the model input."),
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
@@ -917,7 +939,7 @@ def analyze_noise(
 @_handle_errors
 def analyze_structure(
     paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="ε values (repeat; default 0.03, 0.05, 0.09)."),
     grid: Optional[List[int]] = typer.Option(None, "--grid", help="Patch-shuffle grids (repeat; default 2 4 8 16 32)."),
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
@@ -946,7 +968,7 @@ def analyze_familiarity(
     other: Optional[List[str]] = typer.Option(None, "--other", help="Out-of-distribution images/folder (repeat); "
                                               "without it each image is compared with its controls."),
     control: Optional[List[str]] = typer.Option(None, "--control", help="flip, invert or swap (repeat; default all)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="ε values (repeat; default 0.03, 0.05, 0.09)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the effect size's CI."),
     weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
@@ -975,7 +997,7 @@ def analyze_familiarity(
 @_handle_errors
 def analyze_map(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    eps: Optional[List[float]] = typer.Option(None, "--eps", parser=_number, help="ε values (repeat; default 0.03, 0.05, 0.09)."),
     patch: int = typer.Option(4, "--patch", min=1, help="Block side in model-input pixels (must divide it; 1: per pixel)."),
     weights: Optional[Path] = _WEIGHTS_OPT,
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,

@@ -100,11 +100,18 @@ def _to_float(v) -> float | None:
     return float(s.replace(",", "."))
 
 
+def _header_names(row) -> list[str]:
+    return [str(h).strip().lower() if h is not None else "" for h in (row or ())]
+
+
 def read_ratings_xlsx(path: str | os.PathLike) -> list[float | None]:
     """The ``gt`` column of a Savoias ground-truth workbook: element i is the rating of image i.
 
-    The first sheet is read; row 1 is a header if it is not a number; with several columns the one
-    named ``gt`` is used. Empty cells are None (kept, so later rows are not shifted).
+    The ratings are the column whose row-1 header is ``gt`` (case and surrounding spaces ignored), on
+    the one sheet that has such a column, whatever the sheet's name or place (a user's own ``kc``
+    sheet beside it is never read as ratings). No sheet with a ``gt`` column, several such sheets, or
+    several ``gt`` columns on one sheet raise UsageError naming the sheets. Empty cells are None (kept,
+    so later rows are not shifted); text that is not a number raises UsageError naming the row.
     """
     import openpyxl
     from zipfile import BadZipFile
@@ -115,31 +122,32 @@ def read_ratings_xlsx(path: str | os.PathLike) -> list[float | None]:
     except (OSError, BadZipFile, KeyError, ValueError) as e:
         raise UsageError(f"{path} is not a readable .xlsx workbook: {e}") from None
     try:
-        rows = [list(r) for r in wb.worksheets[0].iter_rows(values_only=True)]
+        headed = []   # (sheet, column index) of every column headed gt
+        for ws in wb.worksheets:
+            first = next(ws.iter_rows(max_row=1, values_only=True), ())
+            headed.extend((ws, i) for i, n in enumerate(_header_names(first)) if n == "gt")
+        sheets = ", ".join(repr(ws.title) for ws in wb.worksheets)
+        if not headed:
+            raise UsageError(f"{path}: no sheet has a column headed 'gt' in row 1 (sheets: {sheets}); Savoias "
+                             "ratings are the column headed gt")
+        if len(headed) > 1:
+            where = ", ".join(f"{ws.title!r} column {openpyxl.utils.get_column_letter(i + 1)}" for ws, i in headed)
+            raise UsageError(f"{path}: several columns headed 'gt' ({where}); keep the ratings in one")
+        ws, col = headed[0]
+        rows = [list(r) for r in ws.iter_rows(min_row=2, values_only=True)]
     finally:
         wb.close()
     while rows and all(v is None for v in rows[-1]):
         rows.pop()
-    if not rows:
-        raise UsageError(f"{path} has no rows")
-    col, start = 0, 0
-    header = rows[0]
-    try:
-        _to_float(header[0] if header else None)
-    except ValueError:
-        start = 1
-        names = [str(h).strip().lower() if h is not None else "" for h in header]
-        if "gt" in names:
-            col = names.index("gt")
-        elif sum(1 for n in names if n) > 1:
-            raise UsageError(f"{path}: several columns ({', '.join(n for n in names if n)}) and none named 'gt'")
     out: list[float | None] = []
-    for i, row in enumerate(rows[start:]):
+    for i, row in enumerate(rows):
         cell = row[col] if col < len(row) else None
         try:
             out.append(_to_float(cell))
         except ValueError:
-            raise UsageError(f"{path}: row {i + start + 1} holds {cell!r}, not a rating") from None
+            raise UsageError(f"{path}: sheet {ws.title!r} row {i + 2} holds {cell!r}, not a rating") from None
+    if not out:
+        raise UsageError(f"{path}: sheet {ws.title!r} has a 'gt' header and no ratings below it")
     return out
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from karl_cli.errors import UsageError
 from karl_cli.io.images import is_hidden, is_image_name
-from karl_cli.io.names import unescape_path
+from karl_cli.io.names import find_normalised, nfc, unescape_path
 
 # xlsx key -> image folder, in the order the categories are shown.
 SAVOIAS_CATEGORIES: dict[str, str] = {
@@ -152,13 +152,14 @@ def read_ratings_xlsx(path: str | os.PathLike) -> list[float | None]:
 
 
 def _find_dir(parent: Path, name: str) -> Path | None:
+    """The folder ``name`` in ``parent``, as written or else compared case-insensitively under NFC."""
     exact = parent / name
     if exact.is_dir():
         return exact
     if parent.is_dir():
-        want = name.lower()
+        want = nfc(name).casefold()
         for d in sorted(parent.iterdir()):
-            if d.is_dir() and d.name.lower() == want:
+            if d.is_dir() and nfc(d.name).casefold() == want:
                 return d
     return None
 
@@ -281,28 +282,42 @@ def load_savoias(root: str | os.PathLike, include_hidden: bool = False) -> Rated
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")   # C:\x, C:/x or \\server\share
 
 
-def _resolve(raw: str, base: Path) -> tuple[Path, str]:
+_NORMALISED = "matched a file whose name is stored in another Unicode normalisation (NFC vs NFD, e.g. written on macOS)"
+
+
+def _resolve(raw: str, base: Path, listings: dict | None = None) -> tuple[Path, str]:
     """The file a ratings-CSV path names, and how it was read when not as written ('' if as written).
 
-    Relative paths resolve against ``base``. On POSIX a path with backslashes that names no file as
-    written is tried as karl's escaped form (``names.escape_path``, as in karl's own outputs) and
-    then with ``\\`` as the folder separator (a CSV made on Windows).
+    Relative paths resolve against ``base``. A path that names no file as written is matched with its
+    names compared under Unicode NFC (``names.find_normalised``; ``listings`` caches folder contents).
+    On POSIX a path with backslashes that names no file is tried as karl's escaped form
+    (``names.escape_path``, as in karl's own outputs) and then with ``\\`` as the folder separator (a
+    CSV made on Windows), each also under NFC.
     """
     def full(text: str) -> Path:
         p = Path(os.path.expanduser(text))
         return p if p.is_absolute() else base / p
 
+    def existing(p: Path) -> tuple[Path | None, str]:
+        if p.is_file():
+            return p, ""
+        q = find_normalised(p, listings)
+        return (Path(q), _NORMALISED) if q is not None and os.path.isfile(q) else (None, "")
+
     first = full(raw)
-    if "\\" not in raw or os.sep == "\\" or first.is_file():
+    hit, how = existing(first)
+    if hit is not None:
+        return hit, how
+    if "\\" not in raw or os.sep == "\\":
         return first, ""
-    unescaped = full(unescape_path(raw))
-    if unescaped.is_file():
-        return unescaped, ""
-    slashed = raw.replace("\\", "/")
+    hit, how = existing(full(unescape_path(raw)))
+    if hit is not None:
+        return hit, how
+    slashed = full(raw.replace("\\", "/"))
     if _WINDOWS_ABS.match(raw):
-        return full(slashed), ("are absolute Windows paths (like C:\\data\\x.png) and cannot be found here: "
-                               "write them relative to the CSV's folder, with / or \\ between folders")
-    return full(slashed), "were read with \\ as the folder separator (Windows paths)"
+        return slashed, ("are absolute Windows paths (like C:\\data\\x.png) and cannot be found here: "
+                         "write them relative to the CSV's folder, with / or \\ between folders")
+    return existing(slashed)[0] or slashed, "were read with \\ as the folder separator (Windows paths)"
 
 
 def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
@@ -328,6 +343,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     base = csv_path.resolve().parent
     has_cat = "category" in cols
     rows, missing, notes = [], [], []
+    listings: dict = {}
     read_as: dict[str, int] = {}
     empty = 0
     seen: dict[str, int] = {}
@@ -344,7 +360,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
         if rating is not None and not math.isfinite(rating):
             raise UsageError(f"{csv_path}: data row {i + 1} ({raw_path}) has a non-finite rating")
         category = str(rec[cols["category"]]).strip() if has_cat else ""
-        full, how = _resolve(raw_path, base)
+        full, how = _resolve(raw_path, base, listings)
         if how:
             read_as[how] = read_as.get(how, 0) + 1
         key = os.path.normpath(str(full))

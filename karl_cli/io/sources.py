@@ -8,7 +8,9 @@
   images); from stdin, relative to the current folder. Blank lines are skipped; a trailing CR
   (Windows lists) is dropped; nothing else is stripped, since names may end in spaces. A listed
   path that does not exist becomes an error row, never the end of the run: in a list of a million
-  paths some are always gone. A listed folder is scanned like a command-line folder; a listed
+  paths some are always gone. A listed path that names no file as written is matched with its names
+  compared under Unicode NFC (``names.find_normalised``: a list written on Linux or Windows names files
+  a Mac stored in NFD), and the row names the file as stored. A listed folder is scanned like a command-line folder; a listed
   ``.tar`` is read as a shard.
 - **Tar shards** (``.tar``, uncompressed, as WebDataset writes them): members ``KEY.EXT`` where
   several members share a key (``000123.jpg``, ``000123.txt``, ``000123.json``). Every image member
@@ -37,6 +39,7 @@ from typing import IO, BinaryIO, Iterable
 
 import numpy as np
 
+from karl_cli.io.names import find_normalised
 from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model
 
 TAR_SUFFIX = ".tar"
@@ -222,11 +225,13 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
     found: list[Found] = []
     hidden = other = aliases = repeated = replaced = 0
     scan_paths: list[str] = []
+    listings: dict = {}
     for p in listed:
-        if not os.path.lexists(p):
+        on_disk = find_normalised(p, listings)   # as written, else the same name in another Unicode form
+        if on_disk is None:
             found.append(Found(p, "no such file (listed in the file list)"))
         else:
-            scan_paths.append(p)
+            scan_paths.append(on_disk)
     scan_paths.extend(given)
     if scan_paths:
         scan = discover_images(scan_paths, include_hidden=include_hidden, extra_suffixes=(TAR_SUFFIX,))

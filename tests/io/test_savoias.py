@@ -118,3 +118,27 @@ def test_ratings_come_from_the_sheet_headed_gt(tmp_path):
         read_ratings_xlsx(book({"a": [["gt"], [1]], "b": [["x", "gt"], [0, 2]]}))
     with pytest.raises(UsageError, match="sheet 'a' row 3"):
         read_ratings_xlsx(book({"a": [["gt"], [1], ["lots"]]}))
+
+
+def test_names_match_under_unicode_normalisation(tmp_path):
+    """Issue 28.9: a ratings CSV (or file list) naming café.png in NFC finds the file stored in NFD
+    (macOS), and the reverse; the row names the file as stored."""
+    import unicodedata
+
+    from karl_cli.io.sources import gather
+    from PIL import Image
+
+    nfc, nfd = (unicodedata.normalize(f, "café") for f in ("NFC", "NFD"))
+    assert nfc != nfd
+    (tmp_path / nfd).mkdir()
+    stored = [tmp_path / nfd / f"{nfd}.png", tmp_path / nfd / "plain.png", tmp_path / f"{nfc}-2.png"]
+    for p in stored:
+        Image.new("RGB", (4, 4)).save(p)
+    csv = tmp_path / "r.csv"
+    csv.write_text(f"path,rating\n{nfc}/{nfc}.png,3\n{nfc}/plain.png,4\n{nfd}-2.png,5\n", encoding="utf-8")
+    rs = load_ratings(ratings=csv)
+    assert rs.table["path"].tolist() == [str(p) for p in stored] and len(rs.missing) == 0
+    assert any("Unicode normalisation" in n for n in rs.notes)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{nfc}/{nfc}.png\n{nfd}-2.png\n", encoding="utf-8")
+    assert [f.path for f in gather(files_from=lst)] == sorted([str(stored[0]), str(stored[2])])

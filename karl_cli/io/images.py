@@ -13,10 +13,17 @@ stretched to an image's own minimum and maximum):
   by 2**bits - 1;
 - 32-bit integer samples (mode ``I`` from a TIFF declaring 32 bits) divided by 2**31 - 1 (mode ``I``
   from a file that declares no depth is read as 16-bit);
-- floating-point samples (mode ``F``) read as 0-1 (the scikit-image convention for float images):
-  values outside are clipped, NaN is 0;
+- floating-point samples (Pillow's mode ``F``; float16/32/64 TIFFs of 1-4 samples, read with
+  tifffile where Pillow cannot) read as 0-1 (the scikit-image convention for float images); NaN is 0
+  and values up to 1.001 are clipped to 1. A float image whose samples exceed that holds another scale:
+  if every sample is a whole number (8- or 16-bit data stored as float) it is divided by 255, or by
+  65535 when its maximum exceeds 255; otherwise (HDR or scientific data, no scale to read it on) it is
+  refused with its maximum named, never clipped to a white image;
+- other integer TIFF layouts Pillow cannot open (signed, 32-bit RGB) by their type's maximum;
 
-and anything negative is clipped to 0. An embedded ICC profile is honoured: the pixels are converted
+and anything negative is clipped to 0. A TIFF layout neither reader handles is reported as
+unsupported, with its sample type and shape, not as a corrupt file. HEIF/HEIC needs the pillow-heif
+plugin (registered when installed); without it such a file says so. An embedded ICC profile is honoured: the pixels are converted
 to sRGB (LittleCMS through ``PIL.ImageCms``, perceptual intent), so a wide-gamut image scores as the
 colour-managed viewer shows it; CIELAB images are converted the same way. A profile that cannot be
 read, or does not fit the pixels (a grey profile on RGB data), is ignored.
@@ -27,6 +34,7 @@ import contextlib
 import functools
 import heapq
 import io
+import logging
 import os
 import stat
 import warnings
@@ -44,6 +52,12 @@ _HEADER_ONLY = frozenset({"MPEG"})
 DEFAULT_MAX_PIXELS = 64_000_000
 _limits = {"max_pixels": DEFAULT_MAX_PIXELS}
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+try:   # HEIF/HEIC (iPhone photos) through the pillow-heif plugin, when installed; without it they are named
+    from pillow_heif import register_heif_opener
+except ImportError:
+    pass
+else:
+    register_heif_opener()
 
 
 class ImageLoadError(Exception):
@@ -267,12 +281,28 @@ def _declared_bits(img: Image.Image) -> int | None:
     return int(bits) if isinstance(bits, int) and bits > 0 else None
 
 
+# Float samples up to this are 0-1 data with rounding overshoot (clipped), not another scale.
+_FLOAT_ONE = 1.001
+
+
+def _float_full_scale(a: np.ndarray) -> float:
+    """The full-scale value of float samples ``a`` (NaN/inf already 0) by the rule of the module
+    docstring: 1, or 255 / 65535 for whole-number samples above 1; ImageLoadError otherwise."""
+    top = float(a.max()) if a.size else 0.0
+    if top <= _FLOAT_ONE:
+        return 1.0
+    if top <= 65535 and np.array_equal(a, np.round(a)):
+        return 255.0 if top <= 255 else 65535.0
+    raise ImageLoadError(f"float samples reach {top:g}: karl reads float images as 0-1 (whole numbers up to "
+                         f"255 or 65535 as 8- or 16-bit); rescale it to 0-1 first")
+
+
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
     """A 16-bit, 32-bit integer or float image as 8-bit ``L`` by the fixed rule of the module docstring."""
     a = np.asarray(img, dtype=np.float64)
     a = np.where(np.isfinite(a), a, 0.0)
     if img.mode == "F":
-        full = 1.0
+        full = _float_full_scale(a)
     else:
         bits = _declared_bits(img)
         if img.mode.startswith("I;16"):
@@ -283,6 +313,75 @@ def _scaled_to_8bit(img: Image.Image) -> Image.Image:
             full = 2.0 ** min(bits, 31) - 1
     a = np.clip(a / full, 0.0, 1.0)
     return Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), "L")
+
+
+def _tiff_by_tifffile(source: str | BinaryIO, limit: int) -> Image.Image:
+    """A TIFF Pillow cannot open (float RGB, planar, signed or 32-bit samples), first page, with
+    tifffile: 8-bit ``L``, ``LA``, ``RGB`` or ``RGBA`` by the rule of the module docstring, its ICC
+    profile kept in ``info``. ImageLoadError naming the layout when it is not grey (+ alpha) or RGB
+    (+ alpha); tifffile's own errors for a file that is not a readable TIFF."""
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        page = tif.pages[0]
+        photometric = getattr(page.photometric, "name", str(page.photometric))
+        n = page.samplesperpixel
+        grey, rgb = photometric in ("MINISBLACK", "MINISWHITE"), photometric == "RGB"
+        if page.axes not in ("YX", "YXS", "SYX") or not ((grey and n <= 2) or (rgb and n in (3, 4))):
+            raise ImageLoadError(f"unsupported TIFF layout: {n} {page.dtype} sample(s) per pixel, photometric "
+                                 f"{photometric}, shape {page.shape}")
+        h, w = page.imagelength, page.imagewidth
+        if w * h > limit:
+            raise ImageLoadError(f"too large: {w}x{h} pixels (limit {limit:,}; --max-pixels raises it)")
+        a = page.asarray()
+        icc = page.tags.get(34675)
+        profile = bytes(icc.value) if icc is not None else None
+        axes = page.axes
+    if axes == "SYX":
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype.kind not in "fiub":
+        raise ImageLoadError(f"unsupported TIFF layout: {a.dtype} samples")
+    x = a.astype(np.float64)
+    if a.dtype.kind == "f":
+        x = np.where(np.isfinite(x), x, 0.0)
+        x /= _float_full_scale(x)
+    elif a.dtype.kind in "iu":
+        x /= float(np.iinfo(a.dtype).max)
+    x = np.clip(x, 0.0, 1.0)
+    if photometric == "MINISWHITE":   # 0 is white: flip the grey sample, not the alpha
+        if x.ndim == 2:
+            x = 1.0 - x
+        else:
+            x[..., 0] = 1.0 - x[..., 0]
+    img = Image.fromarray((x * 255.0 + 0.5).astype(np.uint8))   # (H, W) L; (H, W, 2|3|4) LA, RGB, RGBA
+    if profile:
+        img.info["icc_profile"] = profile
+    return img
+
+
+def _tiff_fallback(source: str | BinaryIO, limit: int) -> Image.Image:
+    """``_tiff_by_tifffile``, with a file tifffile cannot parse either reported as a corrupt TIFF."""
+    if not isinstance(source, str):
+        source.seek(0)
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)   # it logs what it skips in a damaged file; the error below says it
+    try:
+        return _tiff_by_tifffile(source, limit)
+    except ImageLoadError:
+        raise
+    except Exception:  # noqa: BLE001 - tifffile raises TiffFileError, ValueError, IndexError, struct.error, ...
+        raise ImageLoadError("corrupt TIFF file (its header cannot be read)") from None
+    finally:
+        log.setLevel(level)
+
+
+def _heif_brand(head: bytes) -> bool:
+    """Whether a file's first bytes are an ISO-BMFF ``ftyp`` box of a HEIF/HEIC image."""
+    return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
+                                                   b"mif1", b"msf1")
 
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -361,6 +460,8 @@ def _signature(path: str, data: bytes | BinaryIO | None = None) -> str | None:
             return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
+    if _heif_brand(head):
+        return "HEIF"
     return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
 
 
@@ -407,7 +508,13 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
             # folder of scraped images must not flood the terminal. Size is checked below.
             warnings.simplefilter("ignore")
             source = path if data is None else io.BytesIO(data) if isinstance(data, bytes) else data
-            with Image.open(source) as img:
+            try:
+                opened = Image.open(source)
+            except UnidentifiedImageError:
+                if _signature(path, data) != "TIFF":
+                    raise
+                return _to_rgb(_tiff_fallback(source, limit))
+            with opened as img:
                 w, h = img.size
                 if w < 1 or h < 1:
                     raise ImageLoadError(f"invalid size {w}x{h}")
@@ -426,6 +533,9 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
         raise
     except UnidentifiedImageError:
         kind = _signature(path, data)
+        if kind == "HEIF":
+            raise ImageLoadError("HEIF/HEIC image, and no HEIF decoder is installed: pip install pillow-heif "
+                                 "(karl uses it when present)") from None
         raise ImageLoadError(f"corrupt {kind} file (its header cannot be read)" if kind
                              else "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

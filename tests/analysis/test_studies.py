@@ -128,6 +128,34 @@ def test_structure_steps_keep_the_pixels_and_the_power_spectrum():
         S.shuffle_patches(img, 5, rng)
 
 
+def test_random_variants_depend_only_on_seed_image_and_variant(tiny_model):
+    """Issue 28.13: the phase-randomised and pixel-permuted images (and each shuffle, and each noise
+    level) were drawn from one stream shared with the other grids/levels, so --grid changed them."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    full = dict(S.structure_steps(img, (2, 4, 8), seed=3))
+    for grids in ((2,), (8, 4), (16, 2)):
+        few = dict(S.structure_steps(img, grids, seed=3))
+        for name in set(full) & set(few):
+            assert np.array_equal(full[name], few[name]), (grids, name)
+    assert not np.array_equal(full["pixels"], dict(S.structure_steps(img, (2,), seed=4))["pixels"])
+    assert not np.array_equal(S.permute_pixels(img, S.variant_rng(3, img, "pixels")),
+                              S.permute_pixels(img, S.variant_rng(3, img, "phase")))
+    # Whole studies: the rows of a step do not change with the grid list, the other images or their order.
+    a = S.structure(None, tiny_model, eps=[0.09], grids=(2, 4, 8), seed=0).rows
+    b = S.structure(None, tiny_model, eps=[0.09], grids=(2,), seed=0).rows
+    for step in ("original", "shuffle 2x2", "phase", "pixels"):
+        ka = a[a.step == step].set_index("source")["kc"]
+        kb = b[b.step == step].set_index("source")["kc"]
+        assert ka.equals(kb.loc[ka.index]), step
+    n1 = S.noise(None, tiny_model, eps=[0.09], sigmas=[0.1], sp=[], size=32).rows
+    n2 = S.noise(None, tiny_model, eps=[0.09], sigmas=[0.05, 0.1], sp=[0.02], size=32).rows
+    key = ["source", "kind", "strength", "where"]
+    m = n1.merge(n2, on=key, suffixes=("_1", "_2"))
+    assert len(m) == len(n1) and (m["seen_1"] == m["seen_2"]).all() and (m["kc_1"] == m["kc_2"]).all()
+
+
 def test_rank_tests_and_effect_sizes():
     a = np.arange(20.0)
     up = S.compare_kc(a, a + 5, paired=True, n_boot=200)

@@ -58,19 +58,14 @@ def test_shuffled_patches_never_cheaper_than_a_smooth_gradient(shipped, tmp_path
         assert kc["pixels"] > kc["original"]
 
 
-@pytest.mark.parametrize("method", [
-    "prefix",
-    # A real defect the profile found: the shipped halting head keeps 5 tokens for noise at ε 0.28
-    # and 8 at ε 0.32 (its loosest bins disagree); the profile reports it rather than hiding it.
-    pytest.param("single", marks=pytest.mark.xfail(strict=True, reason="shipped head: noise KC 5 -> 8 at ε .28 -> .32")),
-])
+@pytest.mark.parametrize("method", ["prefix", "single"])   # single: issue 28.12 (noise rose 5 -> 8 at ε .28 -> .32)
 def test_profile_kc_never_rises_as_eps_loosens(shipped, tmp_path, method):
     rng = np.random.default_rng(1)
     paths = [_png(tmp_path / "gradient.png", _gradient()),
              _png(tmp_path / "noise.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))]
     make_images(tmp_path / "shapes", 2, size=64)
     study = S.profile([*paths, tmp_path / "shapes"], shipped, method=method, curve=False)
-    assert study.findings[0].startswith(f"KC is non-increasing in ε for {4 if method == 'prefix' else 3} of 4")
+    assert study.findings[0].startswith("KC is non-increasing in ε for 4 of 4")
     kc = study.rows[[f"kc@{e:g}" for e in study.extra["eps"]]].to_numpy()
     assert kc.shape == (4, len(EPS_BINS))
     assert (np.diff(kc, axis=1) <= 0).all()

@@ -28,16 +28,15 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from karl_cli.io.atomic import atomic_path
 from karl_cli.analysis.stats import correlation, spearman_difference
 from karl_cli.errors import UsageError
-from karl_cli.io.names import safe_frame
+from karl_cli.io.rows import write_table
 from karl_cli.io.savoias import RatedSet, load_ratings
 from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import resolve_device
 from karl_cli.scoring import complexity
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, parse_baselines
-from karl_cli.scoring.methods import check_eps, check_method, method_name
+from karl_cli.scoring.methods import check_eps, check_method, method_name, validate_eps
 
 RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi", "best_baseline", "vs_best",
@@ -136,8 +135,7 @@ class ScoreCache:
         if not self._dirty:
             return
         df = pd.DataFrame(list(self._rows.values()), columns=CACHE_COLUMNS)
-        with atomic_path(self.path) as tmp:
-            df.to_csv(tmp, index=False)
+        write_table(df, self.path, "csv")
         self._dirty = False
 
 
@@ -186,14 +184,9 @@ class CorrelationResult:
         ``pandas.read_csv`` reads with its defaults (a non-UTF-8 file name is written escaped, as
         ``names.escape_path`` says; category names and errors likewise)."""
         if out is not None:
-            _write_csv(self.results, out)
+            write_table(self.results, out, "csv")
         if per_image is not None:
-            _write_csv(self.per_image, per_image)
-
-
-def _write_csv(df: pd.DataFrame, target: str | os.PathLike) -> None:
-    with atomic_path(target) as tmp:
-        safe_frame(df).to_csv(tmp, index=False, encoding="utf-8")
+            write_table(self.per_image, per_image, "csv")
 
 
 def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: str | os.PathLike | None = None,
@@ -219,7 +212,7 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
         raise UsageError("--bootstrap must be >= 0")
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
-    eps_list = complexity.validate_eps(eps)
+    eps_list = validate_eps(eps)
     names = parse_baselines(baselines)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
     if model is None:

@@ -27,9 +27,12 @@
   read and memory does not grow with the member or the shard. An image member that is not a regular
   file (a link or device member), or whose bytes do not decode, is an error row; a shard that is cut
   short or damaged keeps the members before the damage and adds one error row for the shard itself.
+  A path ``shard.tar/KEY.EXT`` (as rows name members) names that one member, on the command line or
+  in a list, so a row's path can be read again.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -40,7 +43,8 @@ from typing import IO, BinaryIO, Iterable
 import numpy as np
 
 from karl_cli.io.names import find_normalised
-from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model
+from karl_cli.io.images import (Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model,
+                                load_max_side)
 
 TAR_SUFFIX = ".tar"
 
@@ -180,13 +184,34 @@ def open_member(m: TarMember) -> BinaryIO:
     return io.BufferedReader(_MemberFile(f, m.offset, m.size), buffer_size=1 << 16)
 
 
-def load_found(f: Found, resolution: int, max_pixels: int | None = None) -> np.ndarray:
-    """``images.load_for_model`` for any input entry: a file, or a member of a tar shard (read from
-    the shard, never unpacked). uint8 (R, R, 3) sRGB; ImageLoadError with the reason otherwise."""
-    if isinstance(f, TarMember):
-        with open_member(f) as fh:
-            return load_for_model(f.path, resolution, max_pixels, data=fh)
-    return load_for_model(f.path, resolution, max_pixels)
+def load_found(f: Found, resolution: int | None, max_pixels: int | None = None, max_side: int | None = None
+               ) -> np.ndarray:
+    """Any input entry's pixels: a file, or a member of a tar shard (decoded from a window on the
+    shard, ``open_member``, never unpacked). With ``resolution``: ``images.load_for_model``, uint8
+    (R, R, 3) sRGB; else ``images.load_max_side`` with ``max_side`` (uint8 (H, W, 3)). ImageLoadError
+    with the reason otherwise."""
+    if resolution is None and max_side is None:
+        raise ValueError("give resolution or max_side")
+    with open_member(f) if isinstance(f, TarMember) else contextlib.nullcontext() as data:
+        if resolution is not None:
+            return load_for_model(f.path, resolution, max_pixels, data=data)
+        return load_max_side(f.path, max_side, max_pixels, data=data)
+
+
+def split_member(path: str) -> tuple[str, str] | None:
+    """``(shard, member)`` when ``path`` names a member of a tar shard (``shard.tar/KEY.EXT``, as rows
+    name them) rather than a file on disk; None otherwise."""
+    if os.path.lexists(path):
+        return None
+    head = path
+    while True:
+        head, _ = os.path.split(head)
+        if not head or head == os.path.dirname(head):
+            return None
+        if is_tar(head) and os.path.isfile(head):
+            return head, path[len(head) + 1:]
+        if os.path.lexists(head):
+            return None
 
 
 def read_files_list(list_path: str | os.PathLike, stdin: IO[bytes] | None = None) -> list[str]:
@@ -212,9 +237,10 @@ def read_files_list(list_path: str | os.PathLike, stdin: IO[bytes] | None = None
 
 def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLike | None = None,
            include_hidden: bool = False, stdin: IO[bytes] | None = None) -> Scan:
-    """Every input entry named by ``paths`` (files, folders, tar shards) and the list ``files_from``,
-    sorted by path, each path once, with the counts of what was skipped (hidden, non-image, links,
-    paths named more than once, tar members replaced by a later one of the same name).
+    """Every input entry named by ``paths`` (files, folders, tar shards, members ``shard.tar/KEY.EXT``)
+    and the list ``files_from``, sorted by path, each path once, with the counts of what was skipped
+    (hidden, non-image, links, paths named more than once, tar members replaced by a later one of the
+    same name).
 
     A missing command-line path raises FileNotFoundError (a typo should stop the run at once); a
     missing path from a list is an error entry. Tar shards, named or met in a folder scan, are
@@ -225,24 +251,35 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
     found: list[Found] = []
     hidden = other = aliases = repeated = replaced = 0
     scan_paths: list[str] = []
+    members: dict[str, list[str]] = {}   # shard -> the members named as paths (each shard is read once)
     listings: dict = {}
     for p in listed:
-        on_disk = find_normalised(p, listings)   # as written, else the same name in another Unicode form
-        if on_disk is None:
+        if (m := split_member(p)) is not None:
+            members.setdefault(m[0], []).append(m[1])
+        elif (on_disk := find_normalised(p, listings)) is None:   # as written, else in another Unicode form
             found.append(Found(p, "no such file (listed in the file list)"))
         else:
             scan_paths.append(on_disk)
-    scan_paths.extend(given)
+    for p in given:
+        if (m := split_member(p)) is not None:
+            members.setdefault(m[0], []).append(m[1])
+        else:
+            scan_paths.append(p)
+    for shard, wanted in members.items():
+        have = {f.path: f for f in scan_tar(shard, include_hidden=True)}
+        for name in wanted:
+            p = f"{shard}/{member_name(name)}"   # as scan_tar names it (./x.jpg is x.jpg)
+            found.append(have.get(p) or Found(p, f"no such member in the tar shard {shard}"))
     if scan_paths:
         scan = discover_images(scan_paths, include_hidden=include_hidden, extra_suffixes=(TAR_SUFFIX,))
         hidden, other, aliases, repeated = scan.hidden, scan.other, scan.aliases, scan.repeated
         for f in scan:
             if f.error is None and is_tar(f.path) and os.path.isfile(f.path):
-                members = scan_tar(f.path, include_hidden)
-                hidden += members.hidden
-                other += members.other
-                replaced += members.replaced
-                found.extend(members)
+                shard = scan_tar(f.path, include_hidden)
+                hidden += shard.hidden
+                other += shard.other
+                replaced += shard.replaced
+                found.extend(shard)
             else:
                 found.append(f)
     uniq: dict[str, Found] = {}

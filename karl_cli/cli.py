@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ from karl_cli import defaults  # noqa: E402
 from karl_cli.registry import DEFAULT_MODEL, DEFAULT_PRESET, ENTRIES, list_models, names_help  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
 from karl_cli.progress import make_console  # noqa: E402
-from karl_cli.training import RESUME_MAY_CHANGE  # noqa: E402
+from karl_cli.training.flags import RESUME_RULE  # noqa: E402
 
 if _SIGINT_BEFORE is signal.default_int_handler:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -178,10 +180,25 @@ def _inputs(paths, files_from: Optional[str]):
     return _scan(paths, False, None, files_from) if paths or files_from is not None else None
 
 
-def _may_change() -> str:
-    """The flags a resumed `karl train` may change (``trainer.RESUME_MAY_CHANGE``), in words."""
-    *rest, last = RESUME_MAY_CHANGE
-    return ", ".join(rest) + " and " + last
+def _number(text: str) -> float:
+    """A float option's text as a float, refusing what ``float`` would silently round: a value too
+    small to hold (``1e-400`` would read as 0.0) or too large (``1e400`` as inf). A decimal comma
+    gets a hint."""
+    if isinstance(text, (int, float)):   # a default, already a number
+        return float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        hint = f" (write {text.replace(',', '.')})" if re.fullmatch(r"\s*[-+]?\d*,\d+\s*", text) else ""
+        raise typer.BadParameter(f"{text!r} is not a number{hint}") from None
+    mantissa = text.lower().split("e")[0]
+    if v == 0.0 and re.search(r"[1-9]", mantissa):
+        raise typer.BadParameter(f"{text} is too small to hold as a floating-point number (it is not 0, but "
+                                 "would be read as 0)")
+    if math.isinf(v) and "inf" not in text.lower():
+        raise typer.BadParameter(f"{text} is too large to hold as a floating-point number")
+    return v
+
 
 
 def _eps_list(values) -> str:
@@ -191,7 +208,7 @@ def _eps_list(values) -> str:
 def _eps_option(default=(defaults.EPS,), what: str = "Target error ε (pixel L1, 0-1 scale)"):
     """--eps, repeatable; ``default`` (a tuple, or a phrase) is named in the help and applied by the command."""
     said = default if isinstance(default, str) else _eps_list(default)
-    return typer.Option(None, "--eps", help=f"{what}; repeat for several (default {said}).")
+    return typer.Option(None, "--eps", parser=_number, help=f"{what}; repeat for several (default {said}).")
 
 
 def _device_option():
@@ -220,13 +237,13 @@ def _bootstrap_option(what: str):
 
 
 def _synthetic_option():
-    return typer.Option(defaults.SYNTHETIC_SHARE, "--synthetic", help="Share of samples that are procedural images "
+    return typer.Option(defaults.SYNTHETIC_SHARE, "--synthetic", parser=_number, help="Share of samples that are procedural images "
                         "(flat colours to noise).")
 
 
 def _max_undercut_option(what: str):
     lo, hi = defaults.HALT_THRESHOLDS[0], defaults.HALT_THRESHOLDS[-1]
-    return typer.Option(defaults.MAX_UNDERCUT, "--max-undercut", help=f"Pick the smallest halting threshold "
+    return typer.Option(defaults.MAX_UNDERCUT, "--max-undercut", parser=_number, help=f"Pick the smallest halting threshold "
                         f"({lo:g}-{hi:g}) at which at most this share of held-out {what} (1: keep {lo:g}).")
 
 
@@ -266,6 +283,7 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 
 
 # --- commands ------------------------------------------------------------------------------------------
+
 @app.command(cls=_Command)
 @_handle_errors
 def complexity(
@@ -402,7 +420,7 @@ def merge(
 @_handle_errors
 def encode(
     paths: Optional[List[str]] = _paths_argument(),
-    eps: float = typer.Option(defaults.EPS, "--eps", help="Target error ε the tokens are chosen for."),
+    eps: float = typer.Option(defaults.EPS, "--eps", parser=_number, help="Target error ε the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
     weights: Optional[str] = _weights_option(),
@@ -558,14 +576,14 @@ def train(
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
                                         "over them (default: from --epochs)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", parser=_number,
                                                 help="Wall-clock budget: stop cleanly after the step that passes it, "
                                                      "save weights and checkpoint (--resume continues). The schedule "
                                                      "stays the one over --steps, so the learning rate is not annealed."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", parser=_number, help="Passes over the data (default 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step and process "
                                              "(default 64; the folders need at least this many images)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=_number, help="Peak learning rate (default 1e-3)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default 200, at most a fifth of "
                                          "the run; a warning when longer than the run)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
@@ -578,7 +596,7 @@ def train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
                                   "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
-                                f"(only {_may_change()} may change)."),
+                                f"({RESUME_RULE})."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
                                             f"shipped name ({SHIPPED}) or a weights folder."),
 ) -> None:
@@ -597,9 +615,8 @@ def train(
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
         conflicts = resume_conflicts(out, preset_name, sizes, recipe)
         if conflicts:
-            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + ". A resumed run keeps its model "
-                             f"and recipe (only {_may_change()} may change); drop these flags or start a new run "
-                             "with another --out")
+            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + f"; {RESUME_RULE}: drop these "
+                             "flags or start a new run with another --out")
     model_config = None if resume else _checked(lambda: preset(preset_name or DEFAULT_PRESET, **sizes))
     defaults = TrainConfig()
     tc = TrainConfig(steps=steps, epochs=epochs, workers=workers, max_minutes=max_minutes, compile=compile_,
@@ -893,7 +910,7 @@ def analyze_profile(
                                "slow part: one decode per budget)."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="A Savoias root or ratings CSV: compare how "
                                            "kc_area and KC at --rank-eps rank the rated images (Spearman ρ)."),
-    rank_eps: float = typer.Option(defaults.CORRELATE_EPS, "--rank-eps", help="The single ε kc_area is compared with."),
+    rank_eps: float = typer.Option(defaults.CORRELATE_EPS, "--rank-eps", parser=_number, help="The single ε kc_area is compared with."),
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
@@ -925,8 +942,8 @@ def analyze_noise(
     paths: Optional[List[str]] = _paths_argument("Images (default: built-in procedural images)"),
     files_from: Optional[str] = _files_from_option(),
     eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
-    sigma: Optional[List[float]] = typer.Option(None, "--sigma", help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
-    sp: Optional[List[float]] = typer.Option(None, "--sp", help="Salt-and-pepper shares of pixels (repeat)."),
+    sigma: Optional[List[float]] = typer.Option(None, "--sigma", parser=_number, help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
+    sp: Optional[List[float]] = typer.Option(None, "--sp", parser=_number, help="Salt-and-pepper shares of pixels (repeat)."),
     size: int = typer.Option(256, "--size", min=8, help="Procedural images' side, and the cap on given images' "
                              "shorter side, in px: noise is added at this size and at the model input."),
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),

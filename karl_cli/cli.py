@@ -110,7 +110,12 @@ def _handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as held:    # what _claim takes is held until the command ends
+                _held.append(held)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _held.pop()
         except (typer.Exit, typer.Abort, typer.TyperException):   # typer's own control flow
             raise
         except KeyboardInterrupt:
@@ -266,6 +271,23 @@ def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Op
     return found
 
 
+def _allow_inside_inputs_option():
+    return typer.Option(False, "--allow-inside-inputs", help="Allow output folders and figures inside (or equal "
+                        "to) an input folder; refused by default, since a later run over that folder would read them.")
+
+
+_held: list[contextlib.ExitStack] = []    # per running command (``_handle_errors``): its output locks
+
+
+def _claim(outputs, **inputs) -> None:
+    """Refuse outputs that are inputs (or write images among them) and lock them until the command ends
+    (``io.outputs.claim_outputs``). ``outputs``: (flag, path[, kind[, lock]]) tuples; None paths are skipped."""
+    from karl_cli.io.outputs import Output, claim_outputs
+
+    outs = [Output(*o) for o in outputs if o[1] is not None]
+    _held[-1].enter_context(claim_outputs(outs, **inputs))
+
+
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -309,6 +331,7 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.runtime import default_workers
@@ -334,6 +357,8 @@ def complexity(
     if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
     found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv_out), ("--json", json_out), ("--parquet", parquet_out), ("--plot", plot, "figure")],
+           inputs=paths or [], found=found, files_from=files_from, allow_inside_inputs=allow_inside_inputs)
     model = _load_model(weights)
     method = check_method(model, method)
     if not l1 and method != "single":
@@ -407,6 +432,7 @@ def merge(
     are refused."""
     from karl_cli.io.rows import merge_csv
 
+    _claim([("OUT", out)], inputs=inputs)
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
     notes = [f"{counts['duplicates']} identical duplicates dropped"]
     if counts["errors_replaced"]:
@@ -431,6 +457,7 @@ def encode(
     files_from: Optional[str] = _files_from_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
     from karl_cli.runtime import default_workers
@@ -447,7 +474,8 @@ def encode(
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
                             workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                            progress=update)
+                            progress=update, inputs=paths or [], files_from=files_from,
+                            allow_inside_inputs=allow_inside_inputs)
     console.print(f"encoded {res.ok} images at ε={eps_v:g} into {escape(str(out))} ({len(res.shards)} token files, "
                   f"index {res.index.name}, model {res.model_id})" + (f"; {res.recon} PNGs in {escape(str(recon))}" if recon else ""))
     if res.error:
@@ -494,6 +522,7 @@ def show(
 
     set_max_pixels(max_pixels)
     eps_v = validate_eps(eps or defaults.EPS_SERIES)
+    _claim([("--out", out, "figure")], inputs=[image])
     dev = resolve_device(device)
     model = _load_model(weights)
     info = show_figure(model, image, out, eps_v, device=dev)
@@ -564,7 +593,8 @@ def main() -> None:
 @_handle_errors
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl. New or "
+                             "empty, unless --resume continues the run in it."),
     preset_name: Optional[str] = typer.Option(None, "--preset", help=f"Model preset (default {DEFAULT_PRESET}): "
                                               + names_help("preset") + "."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: karl (default) or alit."),
@@ -662,6 +692,7 @@ def correlate(
     max_pixels: Optional[int] = _max_pixels_option(),
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
                                             help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
@@ -678,6 +709,9 @@ def correlate(
     chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     set_max_pixels(max_pixels)
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
+    _claim([("--out", out), ("--per-image", per_image), ("--plot", plot, "folder", False)],
+           inputs=([root] if root is not None else []) + list(rated.table["path"]),
+           extra_inputs=[ratings] if ratings is not None else [], allow_inside_inputs=allow_inside_inputs)
     dev = resolve_device(device)
     model = _load_model(weights)
     method = check_method(model, method)
@@ -713,7 +747,7 @@ def calibrate(
     data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
     weights: str = _weights_option("Weights to calibrate: a folder (e.g. from `karl train`) or a shipped name.",
                                    required=True),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights: a new or empty folder."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
     synthetic: float = _synthetic_option(),
@@ -723,12 +757,15 @@ def calibrate(
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
+    from karl_cli.io.outputs import check_new_weights_folder
     from karl_cli.training.calibration import calibrate_halting, check_settings
     from karl_cli.training.cards import derived_card
     from karl_cli.runtime import prepare_model
     from karl_cli.scoring.methods import methods_for
 
     _checked(lambda: check_settings(samples, steps, synthetic, max_undercut))
+    check_new_weights_folder(out)       # e.g. --out the folder of -w: the model there would be replaced
+    _claim([("--out", out)], inputs=data)
     model = prepare_model(_load_model(weights), device)
     if "single" not in methods_for(model):
         raise UsageError("only KARL weights have a halting head to calibrate")
@@ -753,7 +790,7 @@ def calibrate(
 def distil(
     data: List[Path] = typer.Argument(..., help="Image folders to distil on (e.g. the training data)."),
     weights: str = _weights_option("The teacher: a wavelet KARL folder or shipped name.", required=True),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights: a new or empty folder."),
     width: int = typer.Option(32, "--width", help="Student encoder width."),
     enc_depth: int = typer.Option(1, "--enc-depth", help="Student encoder blocks."),
     enc_heads: int = typer.Option(2, "--enc-heads", help="Student attention heads."),
@@ -770,15 +807,15 @@ def distil(
     single pass that predicts the teacher's halting."""
     import torch
 
+    from karl_cli.io.outputs import check_new_weights_folder
     from karl_cli.training.calibration import check_settings
     from karl_cli.training.cards import derived_card
     from karl_cli.training.distil import distil_halting, student_of
     from karl_cli.runtime import prepare_model
 
     _checked(lambda: check_settings(samples, steps, synthetic, max_undercut, eps_per_image))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not an empty folder; the student needs a new --out "
-                         "(it would overwrite the weights there, the teacher's included)")
+    check_new_weights_folder(out)       # e.g. the teacher's own folder
+    _claim([("--out", out)], inputs=data)
     teacher = prepare_model(_load_model(weights), device)
     torch.manual_seed(seed)     # the student's fresh weights
     student = _checked(lambda: student_of(teacher, width=width, enc_depth=enc_depth, enc_heads=enc_heads,
@@ -832,10 +869,11 @@ def compare(
     from karl_cli.errors import EXIT_SOME_FAILED
 
     found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv)], inputs=paths, found=found)
     models = load_models(weights)
-    with console.status("comparing") as status:
+    with _progress("comparing") as update:
         df = run_compare(found, models, eps or defaults.EPS_SERIES, batch_size=batch_size, device=device,
-                         on_progress=lambda what: status.update(f"comparing: {what}"))
+                         progress=update)
     make_console().print(render_table(df))
     if csv is not None:
         write_table(df, csv, "csv")
@@ -857,6 +895,12 @@ _JSON_OPT = typer.Option(None, "--json", help="Write the rows as JSON records to
 _PLOT_OPT = typer.Option(None, "--plot", help="Write figures (PNG 300 dpi + PDF) into this folder.")
 _SAMPLE_OPT = typer.Option(None, "--sample", min=1, help="Use a seeded random subset of this many images.")
 _STUDY_SEED = "Seed of noise, shuffles, subsets and bootstraps."
+
+
+def _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs: bool, extra=()) -> None:
+    """A study's outputs: none may be an input, figures not among them (``_claim``)."""
+    _claim([("--csv", csv_out), ("--json", json_out), ("--plot", plot, "folder", False)], inputs=list(paths or []),
+           extra_inputs=[e for e in extra if e is not None], allow_inside_inputs=allow_inside_inputs)
 
 
 def _df_table(df, title: str) -> Table:
@@ -914,11 +958,12 @@ def analyze_profile(
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC at every ε and L1 at every budget, per image: complexity profile and rate–distortion curve."""
     from karl_cli.analysis.studies import profile, rank_against_ratings
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs, extra=[ratings])
     model, dev = _study_setup(weights, device)
     if ratings is not None and eps and rank_eps not in eps:
         raise UsageError(f"--rank-eps {rank_eps:g} must be one of the --eps values")
@@ -949,11 +994,12 @@ def analyze_noise(
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC against noise strength (Gaussian σ, salt-and-pepper), at several ε."""
     from karl_cli.analysis.studies import DEFAULT_SIGMAS, DEFAULT_SP, noise
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("noise") as update:
         study = noise(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, sigma or DEFAULT_SIGMAS,
@@ -973,11 +1019,12 @@ def analyze_structure(
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC as structure is destroyed: patch shuffles, phase randomisation, pixel permutation."""
     from karl_cli.analysis.studies import DEFAULT_GRIDS, structure
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("structure") as update:
         study = structure(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, grid or DEFAULT_GRIDS, method,
@@ -1000,13 +1047,14 @@ def analyze_familiarity(
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC of familiar vs unfamiliar images: rank test (scipy) and effect size with a bootstrap CI."""
     from karl_cli.analysis.studies import CONTROLS, familiarity
 
     if other and control:
         raise UsageError("--control applies to one folder; with --other the second folder is the comparison")
+    _study_outputs(list(paths) + list(other or []), csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("familiarity") as update:
         study = familiarity(_scan(paths, False, None, files_from), model, other or None, control or CONTROLS,
@@ -1026,11 +1074,12 @@ def analyze_map(
     patch: int = typer.Option(4, "--patch", min=1, help="Block side in model-input pixels (must divide it; 1: per pixel)."),
     weights: Optional[str] = _weights_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED), device: str = _device_option(),
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Where an image spends its tokens: per block, the smallest budget whose reconstruction meets ε there."""
     from karl_cli.analysis.studies import token_maps
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("map") as update:
         study = token_maps(_scan(paths, False, None, files_from), model, eps or defaults.EPS_SERIES, patch,

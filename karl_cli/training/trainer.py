@@ -12,6 +12,7 @@ had reached (it is not annealed to the end), and ``--resume`` continues the same
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from karl_cli.io.atomic import atomic_path
+from karl_cli.io.outputs import OutputLock, check_new_weights_folder
 from karl_cli.models.config import KARLConfig, preset
 from karl_cli.models.layers import Block
 from karl_cli.training.flags import RECIPE_FLAGS, RESUME_MAY_CHANGE, SIZE_FLAGS
@@ -252,6 +254,10 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
           init_from: str | os.PathLike | None = None) -> TrainResult:
     """Train a tokenizer on the image folders in ``data``; weights and checkpoints go to ``out``.
 
+    A new run needs a new or empty ``out`` (``outputs.check_new_weights_folder``); one process writes
+    it (``outputs.OutputLock`` on ``out``, held by rank 0 for the whole run: a second ``karl train``
+    on the same folder raises ``OutputBusy`` naming the first one's PID).
+
     ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
     checkpoint.pt (for ``resume``) and metrics.jsonl. ``init_from`` starts a new run from the tensors of
     a weights directory (fine-tuning); tensors the architecture has and the file lacks keep their init.
@@ -259,6 +265,16 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     (counted from this call, loading included), saves weights and checkpoint, and returns with
     ``stopped="time budget"``; ``resume`` continues it on the same schedule.
     """
+    # Every rank of a distributed run is given the same --out; rank 0 is the one that writes it.
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with OutputLock(out) if writer else contextlib.nullcontext():
+        return _train(data, out, model_config, train_config, device, resume, on_step, on_log, init_from)
+
+
+def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | None,
+           train_config: TrainConfig | None, device: str, resume: bool,
+           on_step: Callable[[StepReport], None] | None, on_log: Callable[[str], None] | None,
+           init_from: str | os.PathLike | None) -> TrainResult:
     t_start = time.monotonic()
     out = Path(out)
     log = on_log or (lambda s: None)
@@ -284,8 +300,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     else:
         model_config = model_config or preset("small")
         tc = train_config or TrainConfig()
-        if ckpt_path.exists():
-            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        check_new_weights_folder(out, resume_hint=ckpt_path.exists())
 
     dev = resolve_device(device)
     rank, world = _init_distributed(dev)
@@ -333,7 +348,12 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         fresh = init_weights(model, init_from)
         log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
     elif state is None and model.code is not None:
-        log(f"fitted the {model.config.code} code on {fit_code(model, dataset)} training crops")
+        # Reading the crops can take minutes on large photos, before the first step's progress.
+        def reading(done: int, total: int) -> None:
+            if done * 10 // total > (done - 1) * 10 // total:
+                log(f"fitting the {model.config.code} code: {done}/{total} training crops read")
+
+        log(f"fitted the {model.config.code} code on {fit_code(model, dataset, progress=reading)} training crops")
     ema = EMA(model, tc.ema_decay)
     step = 0
     if state is not None:
@@ -448,14 +468,18 @@ def compile_model(model: nn.Module) -> None:
 CODE_FIT_CROPS = 4096
 
 
-def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS) -> int:
+def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS,
+             progress: Callable[[int, int], None] | None = None) -> int:
     """Fit a model's linear code (colour basis, coefficient scales and order) on training crops (deterministic:
-    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number."""
+    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number.
+    ``progress(done, total)`` after each crop read."""
     n = min(len(dataset) * 2, crops)
     images = []
     for i in range(n):
         dataset.set_epoch(i // len(dataset))
         images.append(dataset[i % len(dataset)])
+        if progress:
+            progress(i + 1, n)
     model.code.fit(torch.stack(images).to(model.code.scale.device))
     return n
 

@@ -148,7 +148,11 @@ def test_interrupt_and_resume_continue_the_same_run(image_folder, tmp_path):
 
 
 def test_refuses_to_overwrite_a_run_and_resume_without_checkpoint(image_folder, tmp_path):
-    train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu")
+    lines = []
+    train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu", on_log=lines.append)
+    # Reading the code's crops (minutes on large photos) reports progress before the first step.
+    assert "fitting the wavelet code: 48/48 training crops read" in lines
+    assert sum(line.startswith("fitting the wavelet code:") for line in lines) == 10
     with pytest.raises(UsageError, match="--resume"):
         train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu")
     with pytest.raises(UsageError, match="nothing to resume"):

@@ -43,6 +43,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
+from karl_cli.defaults import BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
 from karl_cli.io.rows import INT_FIELDS, row_key
@@ -63,7 +64,7 @@ def _fmt(v: float, digits: int) -> float | None:
 
 def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found], model: torch.nn.Module,
           eps_list: float | Iterable[float], method: str = "single", baselines: bool | str | Iterable[str] = False,
-          batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
+          batch_size: int = BATCH_SIZE, workers: int = 0, device: str | torch.device | None = None,
           shard: str | Sequence[int] | None = None, skip: Iterable[tuple[str, float]] | None = None,
           progress: Progress | None = None, l1: bool = True) -> Iterator[dict[str, Any]]:
     """Yield one row per (image, ε), image by image in sorted path order (see the module docstring).

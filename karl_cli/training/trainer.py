@@ -33,6 +33,7 @@ from karl_cli.io.atomic import atomic_path
 from karl_cli.io.outputs import OutputLock, check_new_weights_folder
 from karl_cli.models.config import KARLConfig, preset
 from karl_cli.models.layers import Block
+from karl_cli.training.flags import RECIPE_FLAGS, RESUME_MAY_CHANGE, SIZE_FLAGS
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
 from karl_cli.runtime import resolve_device
 from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
@@ -153,11 +154,6 @@ class EMA:
 
 
 # --- the run -------------------------------------------------------------------------------------
-# TrainConfig fields a resumed run keeps (its recipe), with the flag that sets each.
-RECIPE_FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup", "seed": "--seed",
-                "checkpoint_every": "--checkpoint-every", "cache": "--cache/--no-cache"}
-# KARLConfig fields that `karl train` sets by flag.
-SIZE_FLAGS = {"arch": "--arch", "max_tokens": "--max-tokens", "token_step": "--token-step", "code": "--code"}
 
 
 def read_run(out: str | os.PathLike) -> tuple[KARLConfig, TrainConfig, int]:
@@ -194,8 +190,8 @@ def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, siz
     phrase per flag naming it (empty: nothing contradicts). ``preset_name``: the --preset given (it
     must describe the run's sizes, with the run's own --arch, --max-tokens, --token-step and
     --code); ``sizes``: KARLConfig fields given by flag (``SIZE_FLAGS``); ``recipe``:
-    TrainConfig fields given by flag (``RECIPE_FLAGS``). A resumed run may change only its length
-    (--steps, --epochs), --workers and --device."""
+    TrainConfig fields given by flag (``RECIPE_FLAGS``); fields the rule lets change
+    (``flags.RESUME_RULE``) are never conflicts."""
     cfg, tc, _ = read_run(out)
     problems = []
     for name, value in (sizes or {}).items():
@@ -213,7 +209,7 @@ def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, siz
                             + ", ".join(f"{k} {mine.get(k)} vs {want.to_dict()[k]}" for k in diff[:3])
                             + (", ..." if len(diff) > 3 else "") + ")")
     for name, value in (recipe or {}).items():
-        if getattr(tc, name) != value:
+        if name not in RESUME_MAY_CHANGE and getattr(tc, name) != value:
             problems.append(f"{RECIPE_FLAGS.get(name, name)} {_flag_value(value)} (the run has "
                             f"{_flag_value(getattr(tc, name))})")
     return problems
@@ -296,7 +292,7 @@ def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | N
             raise UsageError(f"cannot resume {out}: the given model config differs from the run's ({', '.join(diff[:3])})")
         model_config, tc = state["_model_config"], state["_train_config"]
         if train_config is not None:
-            # A resumed run keeps its recipe; only the length and the worker count may change.
+            # flags.RESUME_RULE: the recipe is kept; the fields it names come from this invocation.
             length = ({"steps": train_config.steps, "epochs": None} if train_config.steps else
                       {"steps": None, "epochs": train_config.epochs} if train_config.epochs else {})
             tc = dataclasses.replace(tc, workers=train_config.workers, max_minutes=train_config.max_minutes,

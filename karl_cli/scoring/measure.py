@@ -215,9 +215,11 @@ def load_images(paths: Iterable[str | os.PathLike], resolution: int) -> torch.Te
     arrays = []
     for p in paths:
         try:
-            (entry,) = gather([p]) if not os.path.isdir(p) else (Found(os.fsdecode(p), "a folder, not an image"),)
-            arrays.append(read_pixels(entry, resolution))
-        except (ImageLoadError, FileNotFoundError, ValueError) as e:
+            found = gather([p]) if not os.path.isdir(p) else []
+            if len(found) != 1:
+                raise ImageLoadError("not one image (a folder or a tar shard); name a file or a member shard.tar/KEY.EXT")
+            arrays.append(read_pixels(found[0], resolution))
+        except (ImageLoadError, FileNotFoundError) as e:
             why = "file not found" if isinstance(e, FileNotFoundError) else str(e)
             raise ImageLoadError(f"{os.fsdecode(p)}: {why}") from None
     if not arrays:

@@ -7,6 +7,7 @@ import os
 
 from PIL import Image
 import pandas as pd
+import pytest
 
 from karl_cli.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from karl_cli.io.names import unescape_path
@@ -44,6 +45,7 @@ def test_cli_complexity_over_the_zoo(zoo, weights, tmp_path):
     assert "plain.png,0.05" in res.output and res.stdout_bytes.count(b"/caf\\xe9.png,0.05,") == 1
 
 
+@pytest.mark.slow
 def test_cli_complexity_with_workers_over_the_zoo(zoo, weights, tmp_path):
     invoke("complexity", zoo.root, "--weights", weights, "--csv", tmp_path / "w.csv", "--workers", "1",
            "--batch-size", "8", ok_codes=[EXIT_SOME_FAILED])
@@ -110,6 +112,7 @@ def test_cli_compare_over_the_zoo(zoo, weights, tmp_path):
     assert f"{len(zoo.bad)} images could not be read" in res.output
 
 
+@pytest.mark.slow
 def test_cli_train_over_the_zoo(zoo, tmp_path):
     res = invoke("train", zoo.root, "--out", tmp_path / "run", "--preset", "tiny", "--steps", "2",
                  "--batch-size", "4", "--warmup", "1", ok_codes=[EXIT_OK])

@@ -19,6 +19,8 @@ from karl_cli.io.rows import read_rows
 from conftest import make_images
 from faults import invoke, weights, wide_console  # noqa: F401 - fixtures
 
+pytestmark = pytest.mark.slow   # runs karl in subprocesses and kills them mid-run
+
 
 # --- kills: the output stays parsable, --resume finishes without duplicates or gaps --------------------
 SLOW_KARL = textwrap.dedent("""

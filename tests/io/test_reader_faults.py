@@ -116,6 +116,7 @@ def fuzz_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(head=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00",
                              b"RIFF\x00\x00\x00\x00WEBPVP8 "]),
@@ -126,6 +127,7 @@ def test_fuzz_random_bytes(fuzz_dir, head, body, suffix):
     _reader_contract(p)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(mode=st.sampled_from(MODES), fmt=st.sampled_from(FORMATS), w=st.integers(1, 64), h=st.integers(1, 64),
        seed=st.integers(0, 2**16), cut=st.one_of(st.none(), st.floats(0.0, 1.0)),

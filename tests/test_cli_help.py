@@ -37,6 +37,7 @@ def test_help_shows_no_value_for_flags_and_no_doubled_brackets(command):
         assert "[SAVOIAS_ROOT]" in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.2, 0.6, 1.5])
 def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path, tiny_weights, delay):
     make_images(tmp_path / "imgs", 2)

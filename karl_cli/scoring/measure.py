@@ -215,9 +215,12 @@ def load_images(paths: Iterable[str | os.PathLike], resolution: int) -> torch.Te
     arrays = []
     for p in paths:
         try:
-            (entry,) = gather([p]) if not os.path.isdir(p) else (Found(os.fsdecode(p), "a folder, not an image"),)
-            arrays.append(read_pixels(entry, resolution))
-        except (ImageLoadError, FileNotFoundError, ValueError) as e:
+            found = gather([p]) if not os.path.isdir(p) else []
+            if len(found) != 1:
+                raise ImageLoadError("not one image (a folder or a tar shard); name a file or a member "
+                                     "shard.tar/KEY.EXT")
+            arrays.append(read_pixels(found[0], resolution))
+        except (ImageLoadError, FileNotFoundError) as e:
             why = "file not found" if isinstance(e, FileNotFoundError) else str(e)
             raise ImageLoadError(f"{os.fsdecode(p)}: {why}") from None
     if not arrays:
@@ -242,7 +245,7 @@ class Measurement:
     decoder_runs: torch.Tensor  # (B, E) long: decoder passes spent on the pair
     recon: torch.Tensor | None = None      # (B, E, 3, R, R) on the model's device, with keep_recon
     p_halt: torch.Tensor | None = None     # (B, E, T_max) float32, single with keep_halting
-    encodings: list[Encoding] | None = None  # one per ε (single with keep_encodings)
+    encodings: list[Encoding | None] | None = None  # per ε, of the needed rows (None: none needed); single
 
     @property
     def met(self) -> torch.Tensor:
@@ -293,10 +296,12 @@ def measure(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[
         if keep_recon and not whole:
             recon = torch.zeros(b, n_eps, *x.shape[1:], device=dev)
         p_halt = torch.zeros(b, n_eps, t_max) if keep_halting else None
-        encodings: list[Encoding] | None = [] if keep_encodings else None
+        encodings: list[Encoding | None] | None = [] if keep_encodings else None
         for j, e in enumerate(eps_list):
             sel = need[:, j].nonzero().squeeze(1)
             if sel.numel() == 0:
+                if encodings is not None:
+                    encodings.append(None)
                 continue
             # A subset is encoded alone (not masked out of the whole batch) so resumed runs do no extra work.
             xs = x if sel.numel() == b else x.index_select(0, sel.to(dev))

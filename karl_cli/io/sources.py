@@ -43,7 +43,7 @@ from typing import IO, BinaryIO, Iterable
 import numpy as np
 
 from karl_cli.io.names import find_normalised
-from karl_cli.io.images import (Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model,
+from karl_cli.io.images import (HEIF_SUFFIXES, Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model,
                                 load_max_side)
 
 TAR_SUFFIX = ".tar"
@@ -91,7 +91,7 @@ def scan_tar(path: str | os.PathLike, include_hidden: bool = False) -> Scan:
     path = os.fsdecode(path)
     members: dict[str, Found] = {}   # normalised name -> its last member (dicts keep archive order)
     damage: list[Found] = []
-    hidden = other = replaced = 0
+    hidden = other = replaced = heif = 0
     last: tarfile.TarInfo | None = None
     try:
         # "r:" (uncompressed, seekable): iterating reads a header and seeks over the member's data.
@@ -107,6 +107,7 @@ def scan_tar(path: str | os.PathLike, include_hidden: bool = False) -> Scan:
                     continue
                 if not is_image_name(name):
                     other += 1
+                    heif += os.path.splitext(name)[1].lower() in HEIF_SUFFIXES
                     continue
                 if name in members:
                     replaced += 1
@@ -128,7 +129,7 @@ def scan_tar(path: str | os.PathLike, include_hidden: bool = False) -> Scan:
     except (tarfile.TarError, OSError, EOFError) as e:
         what = "cut short or damaged" if members else "unreadable"
         damage.append(Found(path, f"tar shard {what}: {e}"))
-    return Scan([*members.values(), *damage], hidden=hidden, other=other, replaced=replaced)
+    return Scan([*members.values(), *damage], hidden=hidden, other=other, replaced=replaced, heif=heif)
 
 
 class _MemberFile(io.RawIOBase):
@@ -249,7 +250,7 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
     given = [os.fsdecode(p) for p in paths]
     listed = read_files_list(files_from, stdin) if files_from is not None else []
     found: list[Found] = []
-    hidden = other = aliases = repeated = replaced = 0
+    hidden = other = aliases = repeated = replaced = heif = 0
     scan_paths: list[str] = []
     members: dict[str, list[str]] = {}   # shard -> the members named as paths (each shard is read once)
     listings: dict = {}
@@ -272,13 +273,14 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
             found.append(have.get(p) or Found(p, f"no such member in the tar shard {shard}"))
     if scan_paths:
         scan = discover_images(scan_paths, include_hidden=include_hidden, extra_suffixes=(TAR_SUFFIX,))
-        hidden, other, aliases, repeated = scan.hidden, scan.other, scan.aliases, scan.repeated
+        hidden, other, aliases, repeated, heif = scan.hidden, scan.other, scan.aliases, scan.repeated, scan.heif
         for f in scan:
             if f.error is None and is_tar(f.path) and os.path.isfile(f.path):
                 shard = scan_tar(f.path, include_hidden)
                 hidden += shard.hidden
                 other += shard.other
                 replaced += shard.replaced
+                heif += shard.heif
                 found.extend(shard)
             else:
                 found.append(f)
@@ -288,4 +290,4 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
             repeated += 1   # a missing path listed twice
         else:
             uniq[f.path] = f
-    return Scan((uniq[k] for k in sorted(uniq)), hidden, other, aliases, repeated, replaced)
+    return Scan((uniq[k] for k in sorted(uniq)), hidden, other, aliases, repeated, replaced, heif)

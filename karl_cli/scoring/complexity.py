@@ -1,7 +1,6 @@
 """Scoring images: the KC of every (image, ε), streamed as rows (written by ``io/rows.py``).
 
-    from karl_cli.scoring.complexity import score
-    from karl_cli.io.rows import write_csv
+    from karl_cli.scoring.complexity import score, write_csv
     rows = score(["imgs/"], model, [0.03, 0.05], baselines="all")
     write_csv(rows, "out.csv")
 
@@ -46,7 +45,7 @@ import torch
 from karl_cli.defaults import BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
-from karl_cli.io.rows import INT_FIELDS, row_key
+from karl_cli.io.rows import INT_FIELDS, row_key, write_csv
 from karl_cli.models.pretrained import model_id
 from karl_cli.runtime import prepare_model, resolve_device
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, parse_baselines
@@ -54,6 +53,8 @@ from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, imag
 from karl_cli.scoring.methods import check_eps, check_method, validate_eps
 
 BASELINE_FIELDS = list(DEFAULT_BASELINES)     # the columns of baselines=True
+# write_csv lives in io/rows.py; it stays importable from here, beside score, as karl 0.1 documented it.
+__all__ = ["BASELINE_FIELDS", "score", "write_csv"]
 
 
 # --- the rows ------------------------------------------------------------------------------------

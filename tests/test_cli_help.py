@@ -23,6 +23,16 @@ def test_version():
     assert res.exit_code == 0 and res.output.strip() == f"karl {__version__}"
 
 
+def test_version_is_one_number_everywhere():
+    """`python -m karl_cli --version`, `karl --version` and the installed metadata (pyproject reads
+    karl_cli.__version__) say the same."""
+    import importlib.metadata
+
+    out = subprocess.run([sys.executable, "-m", "karl_cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"karl {__version__}", out.stderr
+    assert importlib.metadata.version("karl") == __version__
+
+
 ANALYZE = [["analyze"], *(["analyze", s] for s in ("profile", "noise", "structure", "familiarity", "map"))]
 
 

@@ -199,6 +199,21 @@ def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _image_table(rows: list[dict], method: str) -> Table:
+    """One image's rows: its KC (of T_max), soft KC and L1 per ε, titled with its path."""
+    path = str(rows[0]["path"]) if rows else ""
+    table = Table(title=escape(path), title_justify="left", caption=f"KC per ε, method {method}",
+                  caption_justify="left", header_style="bold")
+    for name in ("ε", "KC", "of T_max", "soft KC", "L1"):
+        table.add_column(name, justify="right")
+    for r in sorted(rows, key=lambda r: float(r["eps"])):
+        if r.get("status") != "ok":
+            table.add_row(f"{r['eps']:g}", f"[red]error[/]: {escape(str(r.get('error')))}", "", "", "")
+            continue
+        table.add_row(f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), _fmt(r["kc_soft"], ".2f"), _fmt(r["l1"], ".4f"))
+    return table
+
+
 def _summary_table(stats: list[dict], method: str) -> Table:
     table = Table(title=f"KC per ε (method: {method})", title_justify="left", header_style="bold")
     for name in ("ε", "ok", "errors", "KC mean", "median", "q10", "q90", "L1 mean", "missed ε"):
@@ -269,6 +284,8 @@ def complexity(
         raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
     fields = ROW_FIELDS + list(chosen)
     summary = Summary()
+    one_image = len(found) == 1 and not resume   # one image: its own KC per ε, not statistics of one
+    image_rows: list[dict] = []
     plot_rows: list[dict] = []
     existing: list[dict] = []
     with contextlib.ExitStack() as stack:
@@ -299,9 +316,11 @@ def complexity(
                 for sink in sinks:
                     sink.write(row)
                 summary.add(row)
+                if one_image:
+                    image_rows.append(row)
                 if plot:
                     plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
-    console.print(_summary_table(summary.table(), method))
+    console.print(_image_table(image_rows, method) if one_image and image_rows else _summary_table(summary.table(), method))
     unreachable = [f"{st['eps']:g}" for st in summary.table() if st["miss"] is not None and st["miss"] > 0.5]
     if unreachable:
         # Most images missing ε means the model cannot reconstruct that well: KC then sits at T_max.

@@ -9,7 +9,8 @@
   (Windows lists) is dropped; nothing else is stripped, since names may end in spaces. A listed
   path that does not exist becomes an error row, never the end of the run: in a list of a million
   paths some are always gone. A listed folder is scanned like a command-line folder; a listed
-  ``.tar`` is read as a shard.
+  ``.tar`` is read as a shard. A **Parquet list** (``LIST.parquet``) holds the paths in its text
+  column ``path`` (other columns are ignored; empty cells skipped), with the same rules.
 - **Tar shards** (``.tar``, uncompressed, as WebDataset writes them): members ``KEY.EXT`` where
   several members share a key (``000123.jpg``, ``000123.txt``, ``000123.json``). Every image member
   (a suffix Pillow decodes, ``images.image_suffixes``) is one input with the path
@@ -30,10 +31,14 @@ from dataclasses import dataclass
 from typing import IO, Iterable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from karl_cli.errors import UsageError
 from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model
 
 TAR_SUFFIX = ".tar"
+PARQUET_LIST_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,14 @@ class TarMember(Found):
     tar: str = ""
     offset: int = 0
     size: int = 0
+
+
+@dataclass(frozen=True)
+class Blob(Found):
+    """An input whose file bytes are already in memory (``data``; e.g. a row of Ray's
+    ``read_binary_files``); ``path`` only names it."""
+
+    data: bytes = b""
 
 
 def is_tar(path: str | os.PathLike) -> bool:
@@ -110,17 +123,37 @@ def read_member(m: TarMember) -> bytes:
 
 
 def load_found(f: Found, resolution: int, max_pixels: int | None = None) -> np.ndarray:
-    """``images.load_for_model`` for any input entry: a file, or a member of a tar shard (read from
-    the shard, never unpacked). uint8 (R, R, 3) sRGB; ImageLoadError with the reason otherwise."""
+    """``images.load_for_model`` for any input entry: a file, a member of a tar shard (read from
+    the shard, never unpacked), or a ``Blob`` of bytes. uint8 (R, R, 3) sRGB; ImageLoadError with the reason otherwise."""
     if isinstance(f, TarMember):
         return load_for_model(f.path, resolution, max_pixels, data=read_member(f))
-    return load_for_model(f.path, resolution, max_pixels)
+    return load_for_model(f.path, resolution, max_pixels, data=f.data if isinstance(f, Blob) else None)
+
+
+def _read_parquet_list(list_path: str) -> list[str]:
+    """The ``path`` column of a Parquet file list, relative paths joined to the list's folder; null
+    and empty cells skipped. UsageError when the file is not Parquet or has no text column ``path``."""
+    if not os.path.exists(list_path):
+        raise FileNotFoundError(2, "No such file or directory", list_path)
+    try:
+        schema = pq.read_schema(list_path)
+        field = schema.field("path") if "path" in schema.names else None
+        if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            raise UsageError(f"the Parquet file list {list_path} needs a text column 'path' (it has: "
+                             f"{', '.join(schema.names) or 'no columns'})")
+        paths = pq.read_table(list_path, columns=["path"]).column("path").to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise UsageError(f"{list_path} is not a readable Parquet file list: {e}") from None
+    base = os.path.dirname(list_path)
+    return [p if os.path.isabs(p) or not base else os.path.join(base, p) for p in paths if p]
 
 
 def read_files_list(list_path: str | os.PathLike, stdin: IO[bytes] | None = None) -> list[str]:
-    """The paths in a file list (``-``: stdin), relative ones joined to the list's folder (see the
-    module docstring). Raises FileNotFoundError for a missing list."""
+    """The paths in a file list (``-``: stdin; a ``.parquet`` file: its ``path`` column), relative ones
+    joined to the list's folder (see the module docstring). Raises FileNotFoundError for a missing list."""
     list_path = os.fsdecode(list_path)
+    if list_path.lower().endswith(PARQUET_LIST_SUFFIX):
+        return _read_parquet_list(list_path)
     if list_path == "-":
         raw = (stdin or sys.stdin.buffer).read()
         base = ""

@@ -58,7 +58,9 @@ from karl_cli.scoring.compare import psnr, ssim
 from karl_cli.models.pretrained import DEFAULT_MODEL, load
 from karl_cli.scoring.methods import methods_for
 from karl_cli.scoring.oracle import budget_reconstructions, smallest_budget
-from karl_cli.scoring.complexity import collect_inputs, image_batches, score, validate_eps
+from karl_cli.scoring.complexity import score
+from karl_cli.scoring.measure import collect_inputs, image_batches
+from karl_cli.scoring.methods import validate_eps
 from karl_cli.errors import KarlError, UsageError
 from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
 from karl_cli.analysis.correlate import POOLED_LABEL

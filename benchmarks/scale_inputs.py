@@ -28,11 +28,12 @@ import torch
 from PIL import Image
 
 from karl_cli.models.pretrained import load_pretrained
-from karl_cli.runtime import machine_info, prepare_model, resolve_device
-from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, score
+from karl_cli.runtime import default_workers, machine_info, prepare_model, resolve_device
+from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, score
+from karl_cli.scoring.measure import collect_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import DEFAULT_WEIGHTS, _default_workers, peak_rss_mb, rss_mb, workers_rss_mb  # noqa: E402
+from throughput import DEFAULT_WEIGHTS, peak_rss_mb, rss_mb, workers_rss_mb  # noqa: E402
 
 
 def distinct_images(n: int, size: int = 96, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)
     device = resolve_device(args.device)
-    workers = _default_workers(device) if args.workers is None else args.workers
+    workers = default_workers(device) if args.workers is None else args.workers
     with tempfile.TemporaryDirectory(prefix="karl-scale-") as tmp:
         tmp_p = Path(tmp)
         if args.tiny:

@@ -134,20 +134,6 @@ def _error_text(e: BaseException) -> str:
     return (f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback, and please report it)")
 
 
-def _default_workers(device=None) -> int:
-    """Image-decoding processes when --workers is not given.
-
-    CUDA: cores - 1, at most 16 (decoding is the limit there). CPU: a quarter of the cores, at most 4:
-    the model needs the cores (decoding a photo costs ~2 ms of CPU, the small model's single pass
-    ~15 ms), and a worker that preempts torch's threads slows every parallel op. Measured on 2 cores
-    (benchmarks/throughput.py): 0 workers beat 1 by 12-25%, idle or loaded.
-    """
-    cores = os.cpu_count() or 1
-    if str(getattr(device, "type", device)).split(":")[0] == "cuda":
-        return max(0, min(16, cores - 1))
-    return min(4, cores // 4)
-
-
 def _load_model(weights: Optional[str]):
     """The model ``--weights`` names (``pretrained.load``): a shipped name or a folder; None: the default."""
     from karl_cli.models.pretrained import load
@@ -186,7 +172,7 @@ def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Op
     """The images under ``paths`` and in the list ``files_from`` (collect_inputs), with the pixel limit
     set and what the scan skipped said."""
     from karl_cli.io.images import set_max_pixels
-    from karl_cli.scoring.complexity import collect_inputs
+    from karl_cli.scoring.measure import collect_inputs
 
     set_max_pixels(max_pixels)
     found = collect_inputs(paths or [], include_hidden=include_hidden, files_from=files_from)
@@ -257,12 +243,13 @@ def complexity(
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
+    from karl_cli.runtime import default_workers
     from karl_cli.models.pretrained import model_id
     from karl_cli.scoring.baselines import parse_baselines
     from karl_cli.runtime import resolve_device
-    from karl_cli.scoring.complexity import (ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, parse_shard,
-                                             resume_guard, score, validate_eps)
-    from karl_cli.scoring.methods import check_method, method_name
+    from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, resume_guard, score
+    from karl_cli.scoring.measure import parse_shard
+    from karl_cli.scoring.methods import check_method, method_name, validate_eps
 
     eps_v = validate_eps(eps or [0.05])
     chosen = parse_baselines(baselines)
@@ -310,7 +297,7 @@ def complexity(
             console.print(f"resuming: {len(existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
             rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
-                         workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
+                         workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
                          skip=sinks[0].done if sinks else None, progress=update, l1=l1)
             for row in rows:
                 for sink in sinks:
@@ -381,7 +368,9 @@ def encode(
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
-    from karl_cli.scoring.complexity import parse_shard, validate_eps
+    from karl_cli.runtime import default_workers
+    from karl_cli.scoring.measure import parse_shard
+    from karl_cli.scoring.methods import validate_eps
     from karl_cli.runtime import resolve_device
     from karl_cli.scoring.token_store import encode_folder
 
@@ -392,7 +381,7 @@ def encode(
     model = _load_model(weights)
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
-                            workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
+                            workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
                             progress=update)
     console.print(f"encoded {res.ok} images at ε={eps_v:g} into {escape(str(out))} ({len(res.shards)} token files, "
                   f"index {res.index.name}, model {res.model_id})" + (f"; {res.recon} PNGs in {escape(str(recon))}" if recon else ""))
@@ -426,7 +415,7 @@ def decode(
 @app.command(cls=_Command)
 @_handle_errors
 def show(
-    image: Path = typer.Argument(..., help="One image."),
+    image: str = typer.Argument(..., help="One image: a file or a tar member (shard.tar/KEY.EXT)."),
     out: Path = typer.Option(..., "--out", help="The figure to write (PNG)."),
     eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
@@ -434,7 +423,7 @@ def show(
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Draw one image, its reconstructions at growing budgets, p_halt per token and KC per ε."""
-    from karl_cli.scoring.complexity import validate_eps
+    from karl_cli.scoring.methods import validate_eps
     from karl_cli.analysis.plots import DEFAULT_SHOW_EPS, show_figure
     from karl_cli.io.images import set_max_pixels
     from karl_cli.runtime import resolve_device
@@ -442,12 +431,10 @@ def show(
     set_max_pixels(max_pixels)
     eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
     dev = resolve_device(device)
-    if not image.is_file():
-        raise UsageError(f"no such file: {image}")
     model = _load_model(weights)
     info = show_figure(model, image, out, eps_v, device=dev)
     kcs = ", ".join(f"ε={e['eps']:g}: KC {e['kc']}" for e in info["eps"])
-    console.print(f"{escape(image.name)}: {kcs} -> {escape(str(out))}")
+    console.print(f"{escape(os.path.basename(image))}: {kcs} -> {escape(str(out))}")
 
 
 def _exit_interrupted() -> None:
@@ -606,6 +593,7 @@ def correlate(
 ) -> None:
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
+    from karl_cli.runtime import default_workers
     from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
     from karl_cli.analysis.correlate import correlate as run_correlate
     from karl_cli.io.savoias import load_ratings
@@ -624,7 +612,7 @@ def correlate(
     with _progress("scoring") as update:
         result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
-                               workers=_default_workers(dev) if workers is None else workers, device=dev,
+                               workers=default_workers(dev) if workers is None else workers, device=dev,
                                cache=False if no_cache else cache, progress=update, baselines=chosen)
     result.save(out, per_image)
     make_console().print(rich_table(result))

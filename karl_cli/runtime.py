@@ -115,6 +115,22 @@ def to_model_input(batch: torch.Tensor, device: str | torch.device) -> torch.Ten
     return x.contiguous()
 
 
+def default_workers(device: str | torch.device | None = None) -> int:
+    """Image-decoding processes when --workers is not given.
+
+    CUDA: cores - 1, at most 16 (decoding is the limit there). CPU: a quarter of the cores, at most 4:
+    the model needs the cores (decoding a photo costs ~2 ms of CPU, the small model's single pass
+    ~15 ms), and a worker that preempts torch's threads slows every parallel op. Measured on 2 cores
+    (benchmarks/throughput.py): 0 workers beat 1 by 12-25%, idle or loaded.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    if str(getattr(device, "type", device)).split(":")[0] == "cuda":
+        return max(0, min(16, cores - 1))
+    return min(4, cores // 4)
+
+
 def machine_info(device: str | torch.device = "cpu") -> dict:
     """What a benchmark figure was measured on: CPU model, cores, threads, device, versions."""
     import os

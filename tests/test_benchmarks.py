@@ -129,15 +129,17 @@ def test_conv_models_run_channels_last_on_cpu(tiny_model):
 def test_default_workers_per_device(monkeypatch):
     import torch
 
-    from karl_cli import cli
+    import os
 
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 32)
-    assert cli._default_workers(torch.device("cpu")) == cli._default_workers(None) == 4
-    assert cli._default_workers(torch.device("cuda", 1)) == cli._default_workers("cuda") == 16
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
-    assert cli._default_workers(torch.device("cpu")) == 2 and cli._default_workers("cuda:0") == 7
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)    # this machine: decode in the main process
-    assert cli._default_workers(torch.device("cpu")) == 0 and cli._default_workers(torch.device("cuda")) == 1
+    from karl_cli.runtime import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert default_workers(torch.device("cpu")) == default_workers(None) == 4
+    assert default_workers(torch.device("cuda", 1)) == default_workers("cuda") == 16
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_workers(torch.device("cpu")) == 2 and default_workers("cuda:0") == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)    # this machine: decode in the main process
+    assert default_workers(torch.device("cpu")) == 0 and default_workers(torch.device("cuda")) == 1
 
 
 def test_baselines_benchmark_reports_every_measure(tmp_path, tiny_weights):

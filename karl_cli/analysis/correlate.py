@@ -37,7 +37,7 @@ from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import resolve_device
 from karl_cli.scoring import complexity
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, parse_baselines
-from karl_cli.scoring.methods import check_eps, check_method, method_name
+from karl_cli.scoring.methods import check_eps, check_method, method_name, validate_eps
 
 RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi", "best_baseline", "vs_best",
@@ -219,7 +219,7 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
         raise UsageError("--bootstrap must be >= 0")
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
-    eps_list = complexity.validate_eps(eps)
+    eps_list = validate_eps(eps)
     names = parse_baselines(baselines)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
     if model is None:

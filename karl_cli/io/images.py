@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, features
 
 # Formats Pillow opens but cannot decode the pixels of (it reads an MPEG video's header only).
@@ -430,36 +429,14 @@ def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | N
     return squash(open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data), resolution)
 
 
-def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None) -> np.ndarray:
-    """The image with its shorter side at most ``max_side`` (aspect kept): uint8 (H, W, 3), sRGB."""
-    img = open_rgb(path, draft_size=max_side, max_pixels=max_pixels)
+def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None,
+                  data: bytes | None = None) -> np.ndarray:
+    """The image with its shorter side at most ``max_side`` (aspect kept): uint8 (H, W, 3), sRGB.
+    ``max_pixels`` and ``data`` as in ``open_rgb``."""
+    img = open_rgb(path, draft_size=max_side, max_pixels=max_pixels, data=data)
     w, h = img.size
     scale = max_side / min(w, h)
     if scale < 1:
         img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC, reducing_gap=3.0)
     return np.array(img, dtype=np.uint8)
 
-
-def load_images(paths: Iterable[str | os.PathLike], resolution: int) -> torch.Tensor:
-    """Image files as the model's input: a float32 tensor (B, 3, R, R) in [0, 1], R = ``resolution``
-    (the model's ``config.resolution``), in the order given.
-
-    Each image is read as ``karl complexity`` reads it (``open_rgb``: EXIF rotation, transparency on
-    white, first frame, ...) and **squashed** to R x R with bicubic resampling: the aspect ratio is not
-    kept, so all of the content counts (no crop). The same pixels as ``score`` gives the model
-    (``runtime.to_model_input`` divides the same uint8 values by 255). Raises ImageLoadError naming
-    the first unreadable file.
-
-        model = KARL.from_pretrained("weights/karl-small")
-        x = load_images(["a.jpg", "b.png"], model.config.resolution)   # (2, 3, 64, 64)
-        kc = model.encode(x, eps=0.05).kc
-    """
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(load_for_model(p, resolution))
-        except ImageLoadError as e:
-            raise ImageLoadError(f"{os.fsdecode(p)}: {e}") from None
-    if not arrays:
-        return torch.empty(0, 3, resolution, resolution)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -22,6 +22,7 @@ import pandas as pd
 from karl_cli.errors import UsageError
 from karl_cli.io.images import is_hidden, is_image_name
 from karl_cli.io.names import unescape_path
+from karl_cli.io.sources import split_member
 
 # xlsx key -> image folder, in the order the categories are shown.
 SAVOIAS_CATEGORIES: dict[str, str] = {
@@ -300,7 +301,8 @@ def _resolve(raw: str, base: Path) -> tuple[Path, str]:
 def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     """Any rated image set: a CSV with columns ``path``, ``rating`` and optionally ``category``.
 
-    Relative paths resolve against the CSV's folder; Windows ``\\`` separators are accepted (with a
+    A path may name a member of a tar shard (``shard.tar/KEY.EXT``). Relative paths resolve against
+    the CSV's folder; Windows ``\\`` separators are accepted (with a
     note). Rows whose file does not exist are reported as missing (index = 0-based data row); rows
     with an empty or missing rating (``MISSING_MARKERS``: NA, n/a, NaN, ...) are dropped with a note.
     """
@@ -347,7 +349,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
         if rating is None:
             empty += 1
             continue
-        if not full.is_file():
+        if not full.is_file() and split_member(str(full)) is None:   # a file, or a tar member shard.tar/KEY.EXT
             missing.append({"category": category, "index": i, "rating": rating, "path": str(full)})
         else:
             rows.append({"path": str(full), "rating": rating, "category": category, "index": i})

@@ -20,7 +20,8 @@
   read from its offset in the shard, one member at a time, so memory does not grow with the shard.
   An image member that is not a regular file (a link), or whose bytes do not decode, is an error
   row; a shard that is cut short or damaged keeps the members before the damage and adds one error
-  row for the shard itself.
+  row for the shard itself. A path ``shard.tar/KEY.EXT`` (as rows name members) names that one
+  member, on the command line or in a list, so a row's path can be read again.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from karl_cli.errors import UsageError
-from karl_cli.io.images import Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model
+from karl_cli.io.images import (Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model,
+                                load_max_side)
 
 TAR_SUFFIX = ".tar"
 PARQUET_LIST_SUFFIX = ".parquet"
@@ -122,12 +124,34 @@ def read_member(m: TarMember) -> bytes:
     return data
 
 
-def load_found(f: Found, resolution: int, max_pixels: int | None = None) -> np.ndarray:
-    """``images.load_for_model`` for any input entry: a file, a member of a tar shard (read from
-    the shard, never unpacked), or a ``Blob`` of bytes. uint8 (R, R, 3) sRGB; ImageLoadError with the reason otherwise."""
-    if isinstance(f, TarMember):
-        return load_for_model(f.path, resolution, max_pixels, data=read_member(f))
-    return load_for_model(f.path, resolution, max_pixels, data=f.data if isinstance(f, Blob) else None)
+def load_found(f: Found, resolution: int | None, max_pixels: int | None = None, max_side: int | None = None
+               ) -> np.ndarray:
+    """Any input entry's pixels: a file, a member of a tar shard (read from the shard, never
+    unpacked), or a ``Blob`` of bytes already in memory. With ``resolution``:
+    ``images.load_for_model``, uint8 (R, R, 3) sRGB; else ``images.load_max_side`` with ``max_side``
+    (uint8 (H, W, 3)). ImageLoadError with the reason otherwise."""
+    data = read_member(f) if isinstance(f, TarMember) else f.data if isinstance(f, Blob) else None
+    if resolution is not None:
+        return load_for_model(f.path, resolution, max_pixels, data=data)
+    if max_side is None:
+        raise ValueError("give resolution or max_side")
+    return load_max_side(f.path, max_side, max_pixels, data=data)
+
+
+def split_member(path: str) -> tuple[str, str] | None:
+    """``(shard, member)`` when ``path`` names a member of a tar shard (``shard.tar/KEY.EXT``, as rows
+    name them) rather than a file on disk; None otherwise."""
+    if os.path.lexists(path):
+        return None
+    head = path
+    while True:
+        head, _ = os.path.split(head)
+        if not head or head == os.path.dirname(head):
+            return None
+        if is_tar(head) and os.path.isfile(head):
+            return head, path[len(head) + 1:]
+        if os.path.lexists(head):
+            return None
 
 
 def _read_parquet_list(list_path: str) -> list[str]:
@@ -173,8 +197,9 @@ def read_files_list(list_path: str | os.PathLike, stdin: IO[bytes] | None = None
 
 def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLike | None = None,
            include_hidden: bool = False, stdin: IO[bytes] | None = None) -> Scan:
-    """Every input entry named by ``paths`` (files, folders, tar shards) and the list ``files_from``,
-    sorted by path, each path once, with the counts of what was skipped (hidden, non-image, links).
+    """Every input entry named by ``paths`` (files, folders, tar shards, members ``shard.tar/KEY.EXT``)
+    and the list ``files_from``, sorted by path, each path once, with the counts of what was skipped
+    (hidden, non-image, links).
 
     A missing command-line path raises FileNotFoundError (a typo should stop the run at once); a
     missing path from a list is an error entry. Tar shards, named or met in a folder scan, are
@@ -185,12 +210,23 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
     found: list[Found] = []
     hidden = other = aliases = 0
     scan_paths: list[str] = []
+    members: dict[str, list[str]] = {}   # shard -> the members named as paths (each shard is read once)
     for p in listed:
-        if not os.path.lexists(p):
+        if (m := split_member(p)) is not None:
+            members.setdefault(m[0], []).append(p)
+        elif not os.path.lexists(p):
             found.append(Found(p, "no such file (listed in the file list)"))
         else:
             scan_paths.append(p)
-    scan_paths.extend(given)
+    for p in given:
+        if (m := split_member(p)) is not None:
+            members.setdefault(m[0], []).append(p)
+        else:
+            scan_paths.append(p)
+    for shard, wanted in members.items():
+        have = {f.path: f for f in scan_tar(shard, include_hidden=True)}
+        found.extend(have.get(p) or Found(p, f"no such member in the tar shard {shard}")
+                     for p in wanted)
     if scan_paths:
         scan = discover_images(scan_paths, include_hidden=include_hidden, extra_suffixes=(TAR_SUFFIX,))
         hidden, other, aliases = scan.hidden, scan.other, scan.aliases

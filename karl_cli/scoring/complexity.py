@@ -53,19 +53,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from karl_cli.io.atomic import WriteError, atomic_path, fsync_path, temp_beside, write_error
-from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, compute, parse_baselines
+from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, parse_baselines
 from karl_cli.errors import UsageError
-from karl_cli.io.images import Found, ImageLoadError, Scan, max_pixels
-from karl_cli.io.sources import gather, load_found
+from karl_cli.io.images import Found
 from karl_cli.io.tables import ParquetSink, parquet_columns, parquet_schema, read_parquet_rows
 from karl_cli.io.names import escape_path, safe_text, unescape_path
 from karl_cli.models.pretrained import model_id
-from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
-from karl_cli.scoring.methods import check_eps, check_method
-from karl_cli.scoring.oracle import sweep
+from karl_cli.runtime import prepare_model, resolve_device
+from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
+from karl_cli.scoring.methods import check_eps, check_method, validate_eps
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs",
               "model_id", "method"]
@@ -73,166 +71,13 @@ BASELINE_FIELDS = list(DEFAULT_BASELINES)     # the columns of baselines=True
 _INT_FIELDS = {"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset", "fh_regions"}
 _FLOAT_FIELDS = {"eps", "kc_soft", "l1"} | (set(REGISTRY) - _INT_FIELDS)
 
-Progress = Callable[[int, int], None]   # progress(images_done, images_total)
-
-
-# --- arguments -----------------------------------------------------------------------------------
-def validate_eps(eps_list: float | Iterable[float]) -> list[float]:
-    """ε values as floats, duplicates dropped (order kept); <= 0, NaN or inf raise UsageError."""
-    if isinstance(eps_list, (int, float, str)):
-        eps_list = [eps_list]
-    out: list[float] = []
-    for e in eps_list:
-        try:
-            v = float(e)
-        except (TypeError, ValueError):
-            raise UsageError(f"ε must be a number, got {e!r}") from None
-        if not math.isfinite(v) or v <= 0:
-            raise UsageError(f"ε must be a positive finite number, got {e!r}")
-        if v not in out:
-            out.append(v)
-    if not out:
-        raise UsageError("give at least one ε (e.g. --eps 0.05)")
-    return out
-
-
-def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``"K/N"`` or ``(K, N)`` -> (K, N) with 0 <= K < N; None stays None."""
-    if spec is None:
-        return None
-    try:
-        if isinstance(spec, str):
-            k_s, n_s = spec.split("/")
-            k, n = int(k_s), int(n_s)
-        else:
-            k, n = (int(v) for v in spec)
-    except (ValueError, TypeError):
-        raise UsageError(f"shard must look like K/N (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise UsageError(f"shard K/N needs 0 <= K < N, got {k}/{n}")
-    return k, n
-
-
-def apply_shard(items: Sequence[Any], shard: str | Sequence[int] | None) -> list[Any]:
-    """Items i with i % N == K (items are in sorted order, so every shard is deterministic)."""
-    parsed = parse_shard(shard)
-    if parsed is None:
-        return list(items)
-    k, n = parsed
-    return [it for i, it in enumerate(items) if i % n == k]
-
-
-def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found] = (),
-                   include_hidden: bool = False, files_from: str | os.PathLike | None = None) -> Scan:
-    """Found entries for paths (files, folders searched recursively, ``.tar`` shards: ``sources.gather``;
-    hidden ones only with ``include_hidden``), the paths listed in the file ``files_from`` (``-``:
-    stdin; a missing listed path is an error entry), or pass-through ``Found`` objects; sorted, with
-    the scan's counts of what it skipped. A missing command-line path or no inputs at all raise
-    UsageError.
-    """
-    if isinstance(paths_or_found, (str, bytes, os.PathLike, Found)):
-        paths_or_found = [paths_or_found]
-    given = list(paths_or_found)
-    found = [p for p in given if isinstance(p, Found)]
-    raw = [p for p in given if not isinstance(p, Found)]
-    scan = Scan()
-    if raw or files_from is not None:
-        try:
-            scan = gather(raw, files_from=files_from, include_hidden=include_hidden)
-        except FileNotFoundError as e:
-            raise UsageError(str(e) if not e.filename else f"no such file: {e.filename}") from None
-        found.extend(scan)
-    if not given and files_from is None:
-        raise UsageError("no input paths given")
-    if not found:
-        skipped = scan.summary()
-        where = [os.fspath(p) for p in raw] + ([f"the list {os.fspath(files_from)}"] if files_from is not None else [])
-        raise UsageError("no images found under " + ", ".join(where) + (f" ({skipped})" if skipped else ""))
-    uniq = {f.path: f for f in reversed(found)}  # first occurrence wins
-    return Scan((uniq[k] for k in sorted(uniq)), scan.hidden, scan.other, scan.aliases)
-
 
 def row_key(path: Any, eps: Any) -> tuple[str, float]:
     """The identity of a row: (path, ε rounded to 9 decimals)."""
     return str(path), round(float(eps), 9)
 
 
-# --- loading -------------------------------------------------------------------------------------
-class ImageDataset(Dataset):
-    """Reads each Found item at the model resolution; failures become error items, never exceptions.
-    ``baselines``: registry names of the measures to compute here, in the worker, on the same pixels."""
-
-    def __init__(self, items: Sequence[Found], resolution: int, baselines: Sequence[str] = ()) -> None:
-        self.items = list(items)
-        self.resolution = resolution
-        self.baselines = tuple(baselines)
-        self.max_pixels = max_pixels()   # travels to worker processes, which may not share the setting
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None, tuple[float, ...] | None]:
-        f = self.items[i]
-        if f.error:
-            return f.path, None, f.error, None
-        try:
-            arr = load_found(f, self.resolution, self.max_pixels)
-        except ImageLoadError as e:
-            return f.path, None, str(e) or "cannot read image", None
-        except Exception as e:  # noqa: BLE001 - an odd file must never stop a 10,000-image run
-            return f.path, None, f"cannot read image: {type(e).__name__}: {e}", None
-        base = compute(self.baselines, arr) if self.baselines else None
-        return f.path, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), None, base
-
-
-def collate_images(items: list[tuple]) -> dict[str, Any]:
-    """Batch of dataset items: ``images`` stacks only the readable ones (uint8 (n_ok,3,R,R) or None)."""
-    paths = [it[0] for it in items]
-    errors = [it[2] for it in items]
-    good = [it[1] for it in items if it[1] is not None]
-    return {"paths": paths, "errors": errors, "baselines": [it[3] for it in items],
-            "images": torch.stack(good) if good else None}
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def image_batches(items: Sequence[Found], resolution: int, batch_size: int = 64, workers: int = 0,
-                  baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-    """Batches in item order; ``workers`` processes decode images (and compute the ``baselines``,
-    registry names) while the model runs."""
-    if batch_size < 1:
-        raise UsageError(f"batch size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise UsageError(f"workers must be >= 0, got {workers}")
-    if not items:
-        return iter(())
-    loader = DataLoader(ImageDataset(items, resolution, baselines), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate_images, pin_memory=pin_memory,
-                        worker_init_fn=_worker_init if workers else None)
-    return iter(loader)
-
-
-# --- the model loop ------------------------------------------------------------------------------
-def _single(model: torch.nn.Module, x: torch.Tensor, eps: float, l1: bool = True) -> dict[str, torch.Tensor]:
-    """One encoder pass (KC), plus one decoder pass for the l1 check unless ``l1`` is False (NaN then)."""
-    enc = model.encode(x, eps)
-    if l1:
-        err = (model.decode(enc) - x).abs().mean(dim=(1, 2, 3)).float().cpu()
-    else:
-        err = torch.full((x.shape[0],), float("nan"))
-    return {"kc": enc.kc.cpu(), "kc_soft": enc.kc_soft.float().cpu(), "l1": err}
-
-
-def _budget_sweep(model: torch.nn.Module, x: torch.Tensor, eps: list[float], need: torch.Tensor,
-                  method: str) -> dict[str, torch.Tensor]:
-    """search / prefix for the (image, ε) pairs ``need`` (n, E) marks: one shared sweep (oracle.py)."""
-    r = sweep(model, x, eps, method, need=need)
-    return {"kc": r.kc.cpu(), "kc_soft": r.kc.float().cpu(), "l1": r.l1.cpu(),
-            "encoder_runs": r.encoder_runs.cpu(), "decoder_runs": r.decoder_runs.cpu()}
-
-
+# --- the rows ------------------------------------------------------------------------------------
 def _fmt(v: float, digits: int) -> float | None:
     v = float(v)
     return round(v, digits) if math.isfinite(v) else None
@@ -285,25 +130,9 @@ def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float
         ok_pos = [k for k, err in enumerate(errors) if err is None]
         res: dict[str, list] = {}
         if ok_pos:
-            with inference(dev):
-                x = to_model_input(batch["images"], dev)
-                need = torch.tensor([todo[k] for k in ok_pos], dtype=torch.bool)
-                if method == "single":
-                    res = {k: [[None] * len(eps_list) for _ in ok_pos] for k in ("kc", "kc_soft", "l1")}
-                    for ei, e in enumerate(eps_list):
-                        sel = need[:, ei].nonzero().squeeze(1)
-                        if sel.numel() == 0:
-                            continue
-                        xs = x if sel.numel() == len(ok_pos) else x.index_select(0, sel.to(dev))
-                        out = {k: v.tolist() for k, v in _single(model, xs, e, l1).items()}
-                        for j, s in enumerate(sel.tolist()):
-                            for k in out:
-                                res[k][s][ei] = out[k][j]
-                    res["encoder_runs"] = [[1] * len(eps_list) for _ in ok_pos]
-                    res["decoder_runs"] = [[int(l1)] * len(eps_list) for _ in ok_pos]
-                else:
-                    out = _budget_sweep(model, x, eps_list, need, method)
-                    res = {k: v.tolist() for k, v in out.items()}
+            need = torch.tensor([todo[k] for k in ok_pos], dtype=torch.bool)
+            m = measure(model, batch["images"], eps_list, method, l1=l1, need=need)
+            res = {k: getattr(m, k).tolist() for k in ("kc", "kc_soft", "l1", "encoder_runs", "decoder_runs")}
         slot = {k: j for j, k in enumerate(ok_pos)}
         for k, path in enumerate(paths):
             for ei, e in enumerate(eps_list):

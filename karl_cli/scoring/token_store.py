@@ -36,12 +36,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
-from karl_cli.scoring.complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
-                         read_rows, validate_eps)
-from karl_cli.scoring.methods import check_eps
+from karl_cli.scoring.complexity import RowWriter, csv_header, read_rows
+from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
+from karl_cli.scoring.methods import check_eps, validate_eps
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
-from karl_cli.runtime import inference, model_device, prepare_model, resolve_device, to_model_input
+from karl_cli.runtime import inference, model_device, prepare_model, resolve_device
 from karl_cli.models.tokenizer import Encoding
 from karl_cli.models.pretrained import model_id
 
@@ -208,10 +208,8 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
     with RowWriter(index_path, INDEX_FIELDS, keep_partial=False) as index:
         for batch in image_batches(items, cfg.resolution, batch_size, workers, pin_memory=dev.type == "cuda"):
             paths_b, errors = batch["paths"], batch["errors"]
-            enc = None
             if batch["images"] is not None:
-                with inference(dev):
-                    enc = model.encode(to_model_input(batch["images"], dev), eps_f)
+                (enc,) = measure(model, batch["images"], [eps_f], "single", l1=False, keep_encodings=True).encodings
                 keep = enc.keep.cpu()
                 latents = enc.latents.float().cpu()
                 kc = keep.sum(1).tolist()

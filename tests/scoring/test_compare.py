@@ -82,7 +82,7 @@ def test_compare_table(models, image_folder):
         assert s.loc[0.3, "over_target"] <= s.loc[0.1, "over_target"]
     # ALIT's search KC is its own complexity().
     from karl_cli.io.images import load_for_model
-    from karl_cli.scoring.complexity import collect_inputs
+    from karl_cli.scoring.measure import collect_inputs
     x = torch.stack([torch.from_numpy(load_for_model(f.path, 32)).permute(2, 0, 1)
                      for f in collect_inputs([image_folder])]).float() / 255
     alit_row = df[(df.model == "alit") & (df.eps == 0.3)].iloc[0]

@@ -181,6 +181,20 @@ def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Op
     return found
 
 
+ENGINES = ("single", "ray")
+
+
+def _ray_engine(address: Optional[str]):
+    """``karl_cli.distributed``, connected to the Ray cluster at ``address`` (None: a new local one);
+    a usage error saying how to install Ray when it is missing."""
+    try:
+        from karl_cli import distributed
+    except ImportError as e:
+        raise UsageError(f"--engine ray: {e}") from None
+    distributed.start(address)
+    return distributed
+
+
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -231,7 +245,8 @@ def complexity(
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 "
-                                          "up to 4 on CPU; cores-1 up to 16 on CUDA)."),
+                                          "up to 4 on CPU; cores-1 up to 16 on CUDA). With --engine ray: scoring "
+                                          "actors, one model each (default: one per GPU, else per CPU, of the cluster)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them; "
@@ -241,6 +256,10 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    engine: str = typer.Option("single", "--engine", help="single (this process and its --workers) or ray (Ray "
+                               "Data actors on this machine or a cluster; pip install 'karl[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster to join ('auto': "
+                                          "the one `ray start` runs here; default: a new local Ray on this machine)."),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.runtime import default_workers
@@ -256,7 +275,12 @@ def complexity(
     if method is not None:
         method_name(method)     # a bad name fails before the model is loaded
     shard_t = parse_shard(shard)
-    dev = resolve_device(device)
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if address is not None and engine != "ray":
+        raise UsageError("--address needs --engine ray")
+    on_ray = _ray_engine(address) if engine == "ray" else None
+    dev = resolve_device(device) if on_ray is None else device    # Ray's actors pick their own device
     outs_given = [p for p in (csv_out, json_out, parquet_out) if p is not None]
     if parquet_out == "-":
         raise UsageError("Parquet cannot stream to stdout; name a file for --parquet")
@@ -296,9 +320,14 @@ def complexity(
         if existing:
             console.print(f"resuming: {len(existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
-            rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
-                         workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                         skip=sinks[0].done if sinks else None, progress=update, l1=l1)
+            skip = sinks[0].done if sinks else None
+            if on_ray is not None:
+                rows = on_ray.score(found, weights, eps_v, method=method, baselines=chosen, batch_size=batch_size,
+                                    workers=workers, device=device, shard=shard_t, skip=skip, progress=update, l1=l1)
+            else:
+                rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
+                             workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
+                             skip=skip, progress=update, l1=l1)
             for row in rows:
                 for sink in sinks:
                     sink.write(row)

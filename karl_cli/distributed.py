@@ -25,6 +25,7 @@ Lost workers: Ray Data restarts a dead actor and resubmits its batch (actor pool
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -38,13 +39,13 @@ except ImportError as e:  # the optional extra; the CLI turns this into one line
     raise ImportError("scoring on Ray needs Ray Data: pip install 'karl[ray]' (ray[data] >= 2.60)") from e
 
 from karl_cli.errors import UsageError
-from karl_cli.io.images import Found, set_max_pixels
+from karl_cli.io.images import Found, max_pixels, set_max_pixels
 from karl_cli.io.sources import Blob, TarMember
 from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import prepare_model, resolve_device
 from karl_cli.scoring.baselines import parse_baselines
-from karl_cli.scoring.complexity import ROW_FIELDS, batch_rows, row_schema
-from karl_cli.scoring.measure import ImageDataset, collate_images, measure
+from karl_cli.scoring.complexity import ROW_FIELDS, batch_rows, pending, row_key, row_schema
+from karl_cli.scoring.measure import ImageDataset, Progress, collate_images, measure
 from karl_cli.scoring.methods import check_eps, check_method, validate_eps
 
 ENTRY_COLUMNS = ("path", "source", "offset", "size", "error")
@@ -138,11 +139,9 @@ def score_dataset(ds: "ray.data.Dataset", weights: str | os.PathLike | None = No
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     if not ray.is_initialized():
         ray.init()
+    num_gpus, default = _actors(device, num_gpus, num_cpus)
+    concurrency = default if concurrency is None else concurrency
     gpus = ray.cluster_resources().get("GPU", 0)
-    if num_gpus is None:
-        num_gpus = 1 if gpus and str(device).split(":")[0] in ("auto", "cuda") else 0
-    if concurrency is None:
-        concurrency = int(gpus // num_gpus) if num_gpus else int(ray.cluster_resources().get("CPU", 1) // num_cpus)
     if concurrency < 1:
         raise UsageError(f"concurrency must be >= 1 actor, got {concurrency} (the cluster has "
                          f"{ray.cluster_resources().get('CPU', 0):g} CPUs and {gpus:g} GPUs)")
@@ -151,6 +150,16 @@ def score_dataset(ds: "ray.data.Dataset", weights: str | os.PathLike | None = No
     return ds.map_batches(KCScorer, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
                           num_cpus=num_cpus)
+
+
+def _actors(device: str, num_gpus: float | None, num_cpus: float) -> tuple[float, int]:
+    """GPUs per actor (None: 1 when the cluster has GPUs and ``device`` is ``auto`` or CUDA, else 0) and
+    the actors the cluster holds at that size (every GPU, else every CPU / ``num_cpus``)."""
+    res = ray.cluster_resources()
+    gpus = res.get("GPU", 0)
+    if num_gpus is None:
+        num_gpus = 1 if gpus and str(device).split(":")[0] in ("auto", "cuda") else 0
+    return num_gpus, max(1, int(gpus // num_gpus) if num_gpus else int(res.get("CPU", 1) // num_cpus))
 
 
 def entries_dataset(found: Sequence[Found], batch_size: int = 64) -> "ray.data.Dataset":
@@ -177,28 +186,49 @@ def start(address: str | None = None) -> None:
     None: a new local one on this machine's cores), quietly, unless Ray is already initialised.
     Ray Data keeps the rows in order and leaves progress to karl."""
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UsageError(f"cannot start or reach Ray at {address or 'this machine'}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)     # karl shows its own progress
 
 
-def score_inputs(found: Sequence[Found], weights: str | os.PathLike | None = None,
-                 eps: float | Sequence[float] = 0.05, method: str | None = None, *, batch_size: int = 64,
-                 progress: Any = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """``karl complexity --engine ray``: the rows of the entries ``found`` scored on Ray, yielded on the
-    driver in the entries' order (for the same writers as the single process). ``progress(done,
-    total)`` counts images; ``kwargs`` go to ``score_dataset``."""
+def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found],
+          weights: str | os.PathLike | None = None, eps_list: float | Iterable[float] = 0.05,
+          method: str | None = None, baselines: bool | str | Iterable[str] = False, batch_size: int = 64,
+          workers: int | None = None, device: str = "auto", shard: str | Sequence[int] | None = None,
+          skip: Iterable[tuple[str, float]] | None = None, progress: Progress | None = None,
+          l1: bool = True) -> Iterator[dict[str, Any]]:
+    """``complexity.score`` on Ray (``karl complexity --engine ray``): the same rows, in the same order,
+    scored by ``workers`` actors (default: ``score_dataset``'s). The inputs are listed here on the
+    driver (``complexity.pending``: the same scan, shard and ``skip`` rules); the actors read them.
+    Connects with ``start()`` first if Ray is not running. Arguments are checked at the call
+    (UsageError), as ``score`` does."""
+    eps_list = validate_eps(eps_list)
+    items, done = pending(paths_or_found, eps_list, shard, skip)
+    if not items:
+        return iter(())
     start()
-    eps = validate_eps(eps)
-    total, done = len(found), 0
+    if workers is None:     # no more actors than batches: an idle actor still loads a model
+        workers = min(_actors(device, None, 1)[1], -(-len(items) // batch_size))
+    ds = score_dataset(entries_dataset(items, batch_size), weights, eps_list, method, device=device, l1=l1,
+                       baselines=baselines, batch_size=batch_size, concurrency=workers, max_pixels=max_pixels())
+    return _rows(ds, len(items), len(eps_list), done, progress)
+
+
+def _rows(ds: "ray.data.Dataset", total: int, per_image: int, done: set[tuple[str, float]],
+          progress: Progress | None) -> Iterator[dict[str, Any]]:
     if progress:
         progress(0, total)
-    rows = score_dataset(entries_dataset(found, batch_size), weights, eps, method, batch_size=batch_size, **kwargs)
-    for table in rows.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
-        out = table.to_pylist()
-        yield from out
-        done += len(out) // len(eps)
+    n = 0
+    for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows = table.to_pylist()
+        yield from (r for r in rows if row_key(r["path"], r["eps"]) not in done)
+        n += len(rows) // per_image
         if progress:
-            progress(done, total)
+            progress(n, total)

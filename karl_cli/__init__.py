@@ -16,6 +16,8 @@ _EXPORTS = {
     "KARL": "karl_cli.models.karl", "ALIT": "karl_cli.models.alit", "Encoding": "karl_cli.models.tokenizer",
     "WeightsError": "karl_cli.models.pretrained", "build_model": "karl_cli.models.pretrained",
     "load_pretrained": "karl_cli.models.pretrained", "load_images": "karl_cli.scoring.measure",
+    "create_metric": "karl_cli.scoring.metric", "list_metrics": "karl_cli.scoring.metric",
+    "KCMetric": "karl_cli.scoring.metric",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -63,3 +63,14 @@ def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path, tiny_weight
         pytest.skip("the run finished before the signal")   # a fast machine: nothing to interrupt
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err    # "interrupted" is printed, except while typer parses the arguments
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, tiny_weights, monkeypatch):
+    make_images(tmp_path / "imgs", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)            # as if karl[ray] were not installed
+    monkeypatch.delitem(sys.modules, "karl_cli.distributed", raising=False)
+    res = CliRunner().invoke(app, ["complexity", str(tmp_path / "imgs"), "--weights", str(tiny_weights),
+                                   "--engine", "ray"], terminal_width=200)
+    assert res.exit_code == 2 and "pip install 'karl[ray]'" in res.output, res.output
+    res = CliRunner().invoke(app, ["complexity", str(tmp_path / "imgs"), "--engine", "spark"], terminal_width=200)
+    assert res.exit_code == 2 and "unknown engine 'spark'" in res.output

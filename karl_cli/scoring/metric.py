@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from karl_cli.io.arrays import ACCEPTED
 from karl_cli.models.pretrained import SHIPPED_MODELS, load
 from karl_cli.runtime import prepare_model, resolve_device
 from karl_cli.scoring.measure import load_pixels, measure
@@ -77,6 +78,8 @@ class KCMetric(torch.nn.Module):
         one = eps is None and len(self.eps) == 1 or isinstance(eps, (int, float))
         eps_list = self.eps if eps is None else self._checked_eps(eps)
         pixels = load_pixels(images, self.net.config.resolution)
+        if not len(pixels):
+            raise ValueError(f"no images given: give a path, {ACCEPTED}, or a list of them")
         parts = []
         for i in range(0, len(pixels), self.batch_size):
             x = torch.from_numpy(pixels[i:i + self.batch_size]).permute(0, 3, 1, 2)

@@ -12,7 +12,8 @@ images of a batch are read and decoded in the actor (the driver sends names or b
 through the same reader and measuring core as the single process (``scoring.measure``), so the rows
 are the same: on the CPU bit for bit, given the same batches.
 
-Input rows (any Ray dataset with these columns): ``path`` (str, the name the row carries), and
+Input rows (any Ray dataset with these columns): ``path`` (str, the name the row carries; as in
+karl's own outputs, a name that is not UTF-8 is held as ``io.names.escape_path`` text), and
 optionally ``bytes`` (the file's bytes, e.g. from ``ray.data.read_binary_files(include_paths=True)``;
 ``path`` then only names them), ``source`` (the file to read when it differs from ``path``: the
 driver sends absolute paths so an actor on another node or folder finds the file), ``offset`` and
@@ -40,6 +41,7 @@ except ImportError as e:  # the optional extra; the CLI turns this into one line
 
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found, max_pixels, set_max_pixels
+from karl_cli.io.names import escape_path, safe_text, unescape_path
 from karl_cli.io.sources import Blob, TarMember
 from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import prepare_model, resolve_device
@@ -66,13 +68,13 @@ def _entry(cols: dict[str, list], i: int) -> Found:
         v = cols[k][i] if k in cols else None
         return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
 
-    path = str(get("path"))
+    path = unescape_path(str(get("path")))
     if get("error"):
         return Found(path, str(get("error")))
     data = get("bytes")
     if data is not None:
         return Blob(path, None, bytes(data))
-    source = get("source") or path
+    source = unescape_path(get("source")) if get("source") else path
     if get("offset") is not None:
         return TarMember(source, None, source, int(get("offset")), int(get("size")))
     return Found(source)
@@ -106,6 +108,9 @@ class KCScorer:
 
     def __call__(self, batch: Any) -> pa.Table:
         cols = _columns(batch)
+        if "path" not in cols:
+            raise UsageError(f"KCScorer needs a 'path' column (and optionally 'bytes', 'source', 'offset', 'size', "
+                             f"'error'); the batch has: {', '.join(cols) or 'no columns'}")
         entries = [_entry(cols, i) for i in range(len(cols["path"]))]
         items = ImageDataset(entries, self.model.config.resolution, self.baselines)
         collated = collate_images([items[i] for i in range(len(items))])
@@ -115,6 +120,8 @@ class KCScorer:
             m = measure(self.model, collated["images"], self.eps, self.method, l1=self.l1)
         rows = list(batch_rows(collated, m, self.eps, self.method, self.baselines, self.model.config.max_tokens,
                                self.model_id))
+        for r in rows:      # Arrow holds UTF-8 only: a reason may quote a non-UTF-8 name (paths are escaped already)
+            r["error"] = safe_text(r["error"]) if r["error"] else r["error"]
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -169,11 +176,11 @@ def entries_dataset(found: Sequence[Found], batch_size: int = 64) -> "ray.data.D
     cols: dict[str, list] = {k: [] for k in ENTRY_COLUMNS}
     for f in found:
         tar = isinstance(f, TarMember)
-        cols["path"].append(f.path)
-        cols["source"].append(None if f.error else os.path.abspath(f.tar if tar else f.path))
+        cols["path"].append(escape_path(f.path))
+        cols["source"].append(None if f.error else escape_path(os.path.abspath(f.tar if tar else f.path)))
         cols["offset"].append(f.offset if tar else None)
         cols["size"].append(f.size if tar else None)
-        cols["error"].append(f.error)
+        cols["error"].append(safe_text(f.error) if f.error else None)
     schema = pa.schema([("path", pa.string()), ("source", pa.string()), ("offset", pa.int64()),
                         ("size", pa.int64()), ("error", pa.string())])
     table = pa.table(cols, schema=schema)
@@ -228,7 +235,10 @@ def _rows(ds: "ray.data.Dataset", total: int, per_image: int, done: set[tuple[st
     n = 0
     for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         rows = table.to_pylist()
-        yield from (r for r in rows if row_key(r["path"], r["eps"]) not in done)
+        for r in rows:
+            r["path"] = unescape_path(r["path"])    # the name as the single process holds it
+            if row_key(r["path"], r["eps"]) not in done:
+                yield r
         n += len(rows) // per_image
         if progress:
             progress(n, total)

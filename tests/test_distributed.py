@@ -47,6 +47,7 @@ def inputs(tmp_path):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     (tmp_path / "list.txt").write_text("imgs/img_002.png\nimgs/gone.png\n")
+    os.rename(folder / "img_003.png", os.fsencode(folder) + b"/caf\xe9.png")    # a name that is not UTF-8
     return [str(folder), str(tmp_path / "shard.tar"), "--files-from", str(tmp_path / "list.txt")]
 
 

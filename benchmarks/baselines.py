@@ -30,8 +30,10 @@ from typing import Any, Sequence
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
+from machine import machine_info  # noqa: E402
 from karl_cli.models.pretrained import load_pretrained
-from karl_cli.runtime import default_workers, machine_info, resolve_device
+from karl_cli.runtime import default_workers, resolve_device
 from karl_cli.scoring.baselines import REGISTRY
 from karl_cli.scoring.complexity import score
 from karl_cli.scoring.measure import collect_inputs, read_pixels

@@ -29,8 +29,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
 from karl_cli.io.synthetic import FAMILIES, make_family_image
-from karl_cli.runtime import machine_info
 
 
 def make_images(folder: Path, n: int, size: int, seed: int = 0) -> None:

@@ -28,11 +28,13 @@ import torch
 from PIL import Image
 
 from karl_cli.models.pretrained import load_pretrained
-from karl_cli.runtime import default_workers, machine_info, prepare_model, resolve_device
-from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, score
+from karl_cli.runtime import default_workers, prepare_model, resolve_device
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
 from karl_cli.scoring.measure import collect_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 from throughput import DEFAULT_WEIGHTS, peak_rss_mb, rss_mb, workers_rss_mb  # noqa: E402
 
 

@@ -49,11 +49,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
+from machine import machine_info  # noqa: E402
 from karl_cli.scoring import complexity as cx
-from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
 from karl_cli.scoring.measure import collect_inputs, image_batches
 from karl_cli.io.images import Found
-from karl_cli.runtime import default_workers, machine_info, prepare_model, resolve_device
+from karl_cli.runtime import default_workers, prepare_model, resolve_device
 from karl_cli.models.pretrained import DEFAULT_MODEL, WeightsNotFound, load
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ optionally ``bytes`` (the file's bytes, e.g. from ``ray.data.read_binary_files(i
 driver sends absolute paths so an actor on another node or folder finds the file), ``offset`` and
 ``size`` (a tar member's bytes inside the file ``source``) and ``error`` (an input already known to be
 unreadable). An unreadable image is an error row with the reason, never a failed task. Output rows:
-``complexity.ROW_FIELDS`` (+ the chosen baselines), typed as in ``karl complexity --parquet``.
+``io.rows.ROW_FIELDS`` (+ the chosen baselines), typed as in ``karl complexity --parquet``.
 
 Lost workers: Ray Data restarts a dead actor and resubmits its batch (actor pools default to
 ``max_restarts=-1`` and ``max_task_retries=-1``); the rows come out complete and in order.
@@ -46,7 +46,8 @@ from karl_cli.io.sources import Blob, TarMember
 from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import prepare_model, resolve_device
 from karl_cli.scoring.baselines import parse_baselines
-from karl_cli.scoring.complexity import ROW_FIELDS, batch_rows, pending, row_key, row_schema
+from karl_cli.io.rows import ROW_FIELDS, row_key, row_schema
+from karl_cli.scoring.complexity import batch_rows, pending
 from karl_cli.scoring.measure import ImageDataset, Progress, collate_images, measure
 from karl_cli.scoring.methods import check_eps, check_method, validate_eps
 
@@ -82,7 +83,7 @@ def _entry(cols: dict[str, list], i: int) -> Found:
 
 class KCScorer:
     """A Ray Data callable class: one model per actor; a batch of image rows in, KC rows out
-    (``pyarrow.Table`` with ``complexity.ROW_FIELDS`` + the baselines, one row per image and ε).
+    (``pyarrow.Table`` with ``io.rows.ROW_FIELDS`` + the baselines, one row per image and ε).
 
     Arguments as ``karl complexity`` takes them: ``weights`` (a shipped name or a weights folder
     readable on every node), ``eps`` (one or more ε), ``method`` (None: the model's default),

@@ -16,7 +16,6 @@ from typing import Iterator
 import torch
 
 from karl_cli.errors import UsageError
-from karl_cli import __version__
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -129,32 +128,3 @@ def default_workers(device: str | torch.device | None = None) -> int:
     if str(getattr(device, "type", device)).split(":")[0] == "cuda":
         return max(0, min(16, cores - 1))
     return min(4, cores // 4)
-
-
-def machine_info(device: str | torch.device = "cpu") -> dict:
-    """What a benchmark figure was measured on: CPU model, cores, threads, device, versions."""
-    import os
-    import platform
-
-
-    cpu = platform.processor() or platform.machine() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")), cpu)
-    except OSError:
-        pass
-    dev = torch.device(device)
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(dev),
-        "torch": torch.__version__,
-        "karl": __version__,
-        "python": platform.python_version(),
-        "nice": os.nice(0) if hasattr(os, "nice") else 0,
-    }
-    if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev)
-    return info

@@ -97,7 +97,7 @@ def test_cli_no_l1(tiny_model, tmp_path):
     from typer.testing import CliRunner
 
     from karl_cli.cli import app
-    from karl_cli.scoring.complexity import read_rows
+    from karl_cli.io.rows import read_rows
     from karl_cli.errors import EXIT_USAGE
 
     folder, weights = tmp_path / "imgs", tmp_path / "w"

@@ -15,14 +15,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from karl_cli.analysis.style import ACCENT, DOUBLE_COLUMN, SINGLE_COLUMN, colors, figure, save, style
+from karl_cli.defaults import EPS_SERIES
 from karl_cli.errors import UsageError
 from karl_cli.io.images import ImageLoadError
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.scoring.measure import collect_inputs, measure, read_pixels
 from karl_cli.scoring.methods import check_eps, default_method, methods_for, validate_eps
 from karl_cli.scoring.oracle import budget_reconstructions
-
-DEFAULT_SHOW_EPS = (0.03, 0.05, 0.09)
 
 
 def histogram_edges(values: Sequence[float], top: int, max_bins: int = 40) -> np.ndarray:
@@ -92,7 +91,7 @@ def _tokens(t: int) -> str:
 
 
 def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: str | os.PathLike,
-                eps_list: Sequence[float] = DEFAULT_SHOW_EPS, device: str | torch.device | None = None,
+                eps_list: Sequence[float] = EPS_SERIES, device: str | torch.device | None = None,
                 budgets: Sequence[int] | None = None) -> dict[str, Any]:
     """One image under the tokenizer: the input; reconstructions at growing budgets with every token
     kept (``oracle.budget_reconstructions``: prefixes of one T_max encoding under the smallest ε bin

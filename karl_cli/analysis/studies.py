@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from scipy import stats as st
 
+from karl_cli.defaults import BOOTSTRAP, CORRELATE_EPS, EPS_SERIES, IN_MEMORY_BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.synthetic import make_family_image
 from karl_cli.models.config import EPS_BINS
@@ -47,11 +48,10 @@ from karl_cli.scoring.measure import load_inputs, measure, measure_all
 from karl_cli.scoring.methods import check_method, default_method, oracle_method, validate_eps
 from karl_cli.scoring.oracle import budget_reconstructions
 from karl_cli.analysis.stats import spearman, spearman_difference
-from karl_cli.io.atomic import atomic_path
+from karl_cli.io.rows import write_table
 
 Progress = Callable[[int, int, str], None]   # progress(done, total, stage)
 
-DEFAULT_EPS = (0.03, 0.05, 0.09)
 DEFAULT_SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_SP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DEFAULT_GRIDS = (2, 4, 8, 16, 32)
@@ -112,7 +112,8 @@ def resolve_method(model: torch.nn.Module, method: str | None) -> str:
 
 
 def measure_kc(model: torch.nn.Module, images: np.ndarray, eps: Sequence[float], method: str,
-               batch_size: int = 32, progress: Callable[[int, int], None] | None = None, l1: bool = True
+               batch_size: int = IN_MEMORY_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+               l1: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:
     """KC and reconstruction L1 of uint8 model-size images (N, R, R, 3) at each ε, through the
     measuring core (``measure.measure_all``): kc int (N, E) in 1..T_max, l1 float (N, E) in [0, 1]
@@ -121,7 +122,7 @@ def measure_kc(model: torch.nn.Module, images: np.ndarray, eps: Sequence[float],
     return m.kc.numpy(), m.l1.double().numpy()
 
 
-def rate_distortion(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32,
+def rate_distortion(model: torch.nn.Module, images: np.ndarray, batch_size: int = IN_MEMORY_BATCH_SIZE,
                     device: torch.device | None = None,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Pixel L1 (0-1 scale) of the reconstruction at every budget: float (N, len(config.budgets))."""
@@ -129,7 +130,8 @@ def rate_distortion(model: torch.nn.Module, images: np.ndarray, batch_size: int 
     out = np.zeros((len(images), len(model.config.budgets)))
     with inference(dev):
         for i in range(0, len(images), batch_size):
-            x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2))), dev)
+            chunk = np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2))
+            x = to_model_input(torch.from_numpy(chunk), dev)
             for k, (_, rec) in enumerate(budget_reconstructions(model, x)):
                 out[i:i + len(x), k] = (rec - x.float()).abs().mean(dim=(1, 2, 3)).cpu().numpy()
             if progress:
@@ -159,7 +161,7 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
 # --- profile ---------------------------------------------------------------------------------------
 def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Sequence[float] | None = None,
             method: str | None = None, curve: bool = True, sample: int | None = None, seed: int = 0,
-            batch_size: int = 32, device: str | torch.device | None = None,
+            batch_size: int = IN_MEMORY_BATCH_SIZE, device: str | torch.device | None = None,
             progress: Progress | None = None) -> Study:
     """Each image's complexity profile (KC at every ε; default: the model's ε bins) and rate–distortion
     curve (L1 at every budget; ``curve=False`` skips it, the slow part on CPU).
@@ -197,8 +199,8 @@ def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Seq
                  {"eps": eps_v, "budgets": budgets if curve else []})
 
 
-def rank_against_ratings(rows: pd.DataFrame, rated: pd.DataFrame, eps: float = 0.03, n_boot: int = 1000,
-                         seed: int = 0) -> pd.DataFrame:
+def rank_against_ratings(rows: pd.DataFrame, rated: pd.DataFrame, eps: float = CORRELATE_EPS,
+                         n_boot: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
     """Does the profile's area rank images more like people than KC at one ε? Per category and pooled:
     Spearman ρ of kc_area and of ``kc@eps`` with the ratings, and ρ(area) − ρ(KC) with its paired
     bootstrap CI (``stats.spearman_difference``). ``rated``: columns path, rating, category
@@ -239,9 +241,9 @@ def add_noise(image: np.ndarray, kind: str, strength: float, rng: np.random.Gene
     raise UsageError(f"unknown noise kind {kind!r} (gaussian or salt-pepper)")
 
 
-def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = DEFAULT_EPS,
+def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
           sigmas: Sequence[float] = DEFAULT_SIGMAS, sp: Sequence[float] = DEFAULT_SP, method: str | None = None,
-          size: int = PROCEDURAL_SIZE, sample: int | None = None, seed: int = 0, batch_size: int = 32,
+          size: int = PROCEDURAL_SIZE, sample: int | None = None, seed: int = 0, batch_size: int = IN_MEMORY_BATCH_SIZE,
           device: str | torch.device | None = None, progress: Progress | None = None) -> Study:
     """KC against noise strength (KARL paper §4.4): Gaussian σ steps (0-1 pixel scale) and salt-and-
     pepper shares, on the given images (shorter side capped at ``size`` px) or, with ``paths`` None, on
@@ -343,9 +345,9 @@ def structure_steps(image: np.ndarray, grids: Sequence[int], rng: np.random.Gene
     return steps + [("phase", randomise_phase(image, rng)), ("pixels", permute_pixels(image, rng))]
 
 
-def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = DEFAULT_EPS,
+def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
               grids: Sequence[int] = DEFAULT_GRIDS, method: str | None = None, sample: int | None = None,
-              seed: int = 0, batch_size: int = 32, device: str | torch.device | None = None,
+              seed: int = 0, batch_size: int = IN_MEMORY_BATCH_SIZE, device: str | torch.device | None = None,
               progress: Progress | None = None) -> Study:
     """KC as structure is destroyed (``structure_steps``) at the model input, so every step holds the
     same pixels the model sees (phase randomisation: the same power spectrum). Sources: the given
@@ -428,7 +430,7 @@ def _bootstrap_ci(data: tuple[np.ndarray, ...], statistic, paired: bool, n_boot:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = 1000, seed: int = 0) -> dict:
+def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
     """Rank test and effect size of KC in group b against group a.
 
     Paired (a control of each image): Wilcoxon signed-rank on b − a (zero differences dropped) and the
@@ -459,8 +461,8 @@ def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = 1000, s
 
 def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
                 other: Sequence[str | os.PathLike] | None = None, controls: Sequence[str] = CONTROLS,
-                eps: Sequence[float] = DEFAULT_EPS, method: str | None = None, n_boot: int = 1000,
-                sample: int | None = None, seed: int = 0, batch_size: int = 32,
+                eps: Sequence[float] = EPS_SERIES, method: str | None = None, n_boot: int = BOOTSTRAP,
+                sample: int | None = None, seed: int = 0, batch_size: int = IN_MEMORY_BATCH_SIZE,
                 device: str | torch.device | None = None, progress: Progress | None = None) -> Study:
     """KC of familiar against unfamiliar images (KARL paper §4.5). With ``other`` (a second set of
     images, out of distribution) the groups are ``paths`` vs ``other`` (Mann–Whitney U); without it
@@ -507,7 +509,7 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
 
 
 # --- where the tokens go ---------------------------------------------------------------------------
-def token_map(model: torch.nn.Module, image: np.ndarray, eps: Sequence[float] = DEFAULT_EPS, patch: int = 4,
+def token_map(model: torch.nn.Module, image: np.ndarray, eps: Sequence[float] = EPS_SERIES, patch: int = 4,
               device: str | torch.device | None = None) -> dict:
     """Per ``patch`` x ``patch`` block of the model input: the smallest budget whose reconstruction's
     mean absolute error over that block (all channels, 0-1 scale) is <= ε. Works for every model
@@ -539,7 +541,7 @@ def token_map(model: torch.nn.Module, image: np.ndarray, eps: Sequence[float] = 
     return {"budgets": found, "kc": oracle.kc[0].numpy(), "eps": eps_v}
 
 
-def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Sequence[float] = DEFAULT_EPS,
+def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
                patch: int = 4, sample: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                progress: Progress | None = None) -> Study:
     """``token_map`` for every image. Rows (the map's values): path, eps, row, col, y, x (the block's
@@ -574,15 +576,10 @@ def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: 
 
 # --- output ----------------------------------------------------------------------------------------
 def save_rows(study: Study, csv: str | os.PathLike | None = None, json: str | os.PathLike | None = None) -> None:
-    """Write ``study.rows`` atomically as CSV (UTF-8; a non-UTF-8 file name as its original bytes) and/or
-    JSON records (missing values as null)."""
-
-    if csv is not None:
-        with atomic_path(csv) as tmp:
-            study.rows.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
-    if json is not None:
-        with atomic_path(json) as tmp:
-            study.rows.to_json(tmp, orient="records", force_ascii=True, indent=1)
+    """Write ``study.rows`` as CSV and/or JSON records (``io.rows.write_table``: atomic, valid UTF-8)."""
+    for path, fmt in ((csv, "csv"), (json, "json")):
+        if path is not None:
+            write_table(study.rows, path, fmt)
 
 
 def summary_view(study: Study) -> pd.DataFrame:
@@ -590,7 +587,7 @@ def summary_view(study: Study) -> pd.DataFrame:
     s = study.summary
     if study.name == "profile":
         eps = study.extra["eps"]
-        show = [e for e in (0.03, 0.05, 0.09) if e in eps] or [eps[0], eps[len(eps) // 2], eps[-1]]
+        show = [e for e in EPS_SERIES if e in eps] or [eps[0], eps[len(eps) // 2], eps[-1]]
         out = []
         for folder, g in study.rows.groupby("folder", sort=True):
             rec = {"folder": folder, "images": len(g), "kc_area (median)": round(float(g["kc_area"].median()), 1)}

@@ -183,11 +183,6 @@ def _index_files(folder: Path, include_hidden: bool = False
     return chosen, other, notes, hidden
 
 
-def is_savoias_root(root: str | os.PathLike) -> bool:
-    root = Path(root)
-    return root.is_dir() and _find_dir(root, IMAGES_DIR) is not None and (root / GROUND_TRUTH_DIR).is_dir()
-
-
 def load_savoias(root: str | os.PathLike, include_hidden: bool = False) -> RatedSet:
     """Ratings of a Savoias-layout folder matched to its image files by index.
 

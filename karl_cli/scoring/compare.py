@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from karl_cli.defaults import EPS_SERIES, IN_MEMORY_BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.models.pretrained import load, weights_path
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
@@ -106,7 +107,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch.nn.Module],
-            eps_list: Sequence[float], batch_size: int = 32, device: str | torch.device | None = None,
+            eps_list: Sequence[float] = EPS_SERIES, batch_size: int = IN_MEMORY_BATCH_SIZE,
+            device: str | torch.device | None = None,
             on_progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The Table-2 comparison (see the module docstring): one row per (ε, model, method), columns
     ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason)."""

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from karl_cli.defaults import BATCH_SIZE, IN_MEMORY_BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.arrays import ACCEPTED, is_in_memory, memory_pixels
 from karl_cli.io.images import Found, ImageLoadError, Scan, max_pixels
@@ -156,7 +157,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def image_batches(items: Sequence[Found], resolution: int, batch_size: int = 64, workers: int = 0,
+def image_batches(items: Sequence[Found], resolution: int, batch_size: int = BATCH_SIZE, workers: int = 0,
                   baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
     """Batches in item order (``collate_images``); ``workers`` processes decode images (and compute the
     ``baselines``, registry names) while the model runs. UsageError for batch_size < 1 or workers < 0."""
@@ -342,7 +343,7 @@ def measure(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[
 
 
 def measure_all(model: torch.nn.Module, images: np.ndarray | torch.Tensor, eps: float | Sequence[float],
-                method: str | None = None, batch_size: int = 32, l1: bool = True,
+                method: str | None = None, batch_size: int = IN_MEMORY_BATCH_SIZE, l1: bool = True,
                 progress: Progress | None = None) -> Measurement:
     """``measure`` over N images in batches of ``batch_size``, concatenated (CPU tensors, no
     reconstructions). ``images``: uint8 (N, R, R, 3) arrays as the loaders give them, or a (N, 3, R, R)
@@ -361,5 +362,6 @@ def measure_all(model: torch.nn.Module, images: np.ndarray | torch.Tensor, eps: 
     if not parts:
         raise UsageError("no images to measure")
     first = parts[0]
-    cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in ("kc", "kc_soft", "l1", "encoder_runs", "decoder_runs")}
+    fields = ("kc", "kc_soft", "l1", "encoder_runs", "decoder_runs")
+    cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in fields}
     return Measurement(first.eps, first.method, **cat)

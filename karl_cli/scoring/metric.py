@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from karl_cli.io.arrays import ACCEPTED
-from karl_cli.models.pretrained import SHIPPED_MODELS, load
+from karl_cli.models.pretrained import load
+from karl_cli.registry import DEFAULT_MODEL, shipped_models
 from karl_cli.runtime import prepare_model, resolve_device
 from karl_cli.scoring.measure import load_pixels, measure
 from karl_cli.scoring.methods import check_eps, check_method, validate_eps
@@ -93,11 +94,11 @@ class KCMetric(torch.nn.Module):
 
 
 def list_metrics() -> list[str]:
-    """The names ``create_metric`` takes: the shipped models."""
-    return list(SHIPPED_MODELS)
+    """The names ``create_metric`` takes: the shipped models of the registry (``karl models``)."""
+    return list(shipped_models())
 
 
-def create_metric(name: str | os.PathLike = "karl-small", device: str | torch.device = "auto",
+def create_metric(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device = "auto",
                   eps: float | Sequence[float] = 0.05, method: str | None = None, batch_size: int = 64) -> KCMetric:
     """A ``KCMetric`` for a shipped model (``list_metrics()``) or a weights folder, on ``device``
     (``auto``: CUDA when available). Raises ValueError for an unknown name (naming the shipped

@@ -36,9 +36,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
-from karl_cli.scoring.complexity import RowWriter, csv_header, read_rows
+from karl_cli.io.rows import RowWriter, csv_header, read_rows
 from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
 from karl_cli.scoring.methods import check_eps, validate_eps
+from karl_cli.defaults import BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
 from karl_cli.runtime import inference, model_device, prepare_model, resolve_device
@@ -150,7 +151,7 @@ class DecodeResult:
 
 def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found], model: torch.nn.Module,
                   eps: float, out_dir: str | os.PathLike, recon_dir: str | os.PathLike | None = None,
-                  batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
+                  batch_size: int = BATCH_SIZE, workers: int = 0, device: str | torch.device | None = None,
                   shard: str | Sequence[int] | None = None, images_per_shard: int = IMAGES_PER_SHARD,
                   progress: Progress | None = None) -> EncodeResult:
     """Encode every image at ε (one encoder pass per batch) and store its kept tokens in ``out_dir``.

@@ -192,8 +192,8 @@ def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, siz
     phrase per flag naming it (empty: nothing contradicts). ``preset_name``: the --preset given (it
     must describe the run's sizes, with the run's own --arch, --max-tokens, --token-step and
     --code); ``sizes``: KARLConfig fields given by flag (``SIZE_FLAGS``); ``recipe``:
-    TrainConfig fields given by flag (``RECIPE_FLAGS``). A resumed run may change only its length
-    (--steps, --epochs), --workers and --device."""
+    TrainConfig fields given by flag (``RECIPE_FLAGS``). A resumed run may change only
+    ``training.RESUME_MAY_CHANGE``."""
     cfg, tc, _ = read_run(out)
     problems = []
     for name, value in (sizes or {}).items():
@@ -280,7 +280,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
             raise UsageError(f"cannot resume {out}: the given model config differs from the run's ({', '.join(diff[:3])})")
         model_config, tc = state["_model_config"], state["_train_config"]
         if train_config is not None:
-            # A resumed run keeps its recipe; only the length and the worker count may change.
+            # A resumed run keeps its recipe; only training.RESUME_MAY_CHANGE may change.
             length = ({"steps": train_config.steps, "epochs": None} if train_config.steps else
                       {"steps": None, "epochs": train_config.epochs} if train_config.epochs else {})
             tc = dataclasses.replace(tc, workers=train_config.workers, max_minutes=train_config.max_minutes,

@@ -25,7 +25,7 @@ from karl_cli.io.images import (DEFAULT_MAX_PIXELS, ImageLoadError, discover_ima
                                 max_pixels, open_rgb, set_max_pixels)
 from karl_cli.io.names import escape_path, unescape_path
 from karl_cli.io.savoias import load_ratings_csv, load_savoias
-from karl_cli.scoring.complexity import read_rows
+from karl_cli.io.rows import read_rows
 
 from savoias_fixture import make_savoias
 from zoo import bomb_png

@@ -13,7 +13,8 @@ from karl_cli.cli import app
 from karl_cli.errors import EXIT_SOME_FAILED, UsageError
 from karl_cli.io.images import load_for_model
 from karl_cli.io.sources import TarMember, gather, load_found, read_files_list, scan_tar
-from karl_cli.scoring.complexity import RowWriter, merge_csv, read_rows, row_key, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import RowWriter, merge_csv, read_rows, row_key
 from karl_cli.scoring.measure import collect_inputs
 
 from conftest import make_images

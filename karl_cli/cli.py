@@ -255,14 +255,12 @@ def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Op
 ENGINES = ("single", "ray")
 
 
-def _ray_engine(address: Optional[str]):
-    """``karl_cli.distributed``, connected to the Ray cluster at ``address`` (None: a new local one);
-    a usage error saying how to install Ray when it is missing."""
+def _ray_engine():
+    """``karl_cli.distributed``, or a usage error saying how to install Ray when it is missing."""
     try:
         from karl_cli import distributed
     except ImportError as e:
         raise UsageError(f"--engine ray: {e}") from None
-    distributed.start(address)
     return distributed
 
 
@@ -347,7 +345,7 @@ def complexity(
         raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if address is not None and engine != "ray":
         raise UsageError("--address needs --engine ray")
-    on_ray = _ray_engine(address) if engine == "ray" else None
+    on_ray = _ray_engine() if engine == "ray" else None
     dev = resolve_device(device) if on_ray is None else device    # Ray's actors pick their own device
     outs_given = [p for p in (csv_out, json_out, parquet_out) if p is not None]
     if parquet_out == "-":
@@ -391,7 +389,8 @@ def complexity(
             skip = sinks[0].done if sinks else None
             if on_ray is not None:
                 rows = on_ray.score(found, weights, eps_v, method=method, baselines=chosen, batch_size=batch_size,
-                                    workers=workers, device=device, shard=shard_t, skip=skip, progress=update, l1=l1)
+                                    workers=workers, device=device, shard=shard_t, skip=skip, progress=update, l1=l1,
+                                    address=address)
             else:
                 rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
                              workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,

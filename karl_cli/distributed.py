@@ -211,17 +211,17 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
           method: str | None = None, baselines: bool | str | Iterable[str] = False, batch_size: int = 64,
           workers: int | None = None, device: str = "auto", shard: str | Sequence[int] | None = None,
           skip: Iterable[tuple[str, float]] | None = None, progress: Progress | None = None,
-          l1: bool = True) -> Iterator[dict[str, Any]]:
+          l1: bool = True, address: str | None = None) -> Iterator[dict[str, Any]]:
     """``complexity.score`` on Ray (``karl complexity --engine ray``): the same rows, in the same order,
     scored by ``workers`` actors (default: ``score_dataset``'s). The inputs are listed here on the
     driver (``complexity.pending``: the same scan, shard and ``skip`` rules); the actors read them.
-    Connects with ``start()`` first if Ray is not running. Arguments are checked at the call
+    Connects with ``start(address)`` when there is work and Ray is not running yet. Arguments are checked at the call
     (UsageError), as ``score`` does."""
     eps_list = validate_eps(eps_list)
     items, done = pending(paths_or_found, eps_list, shard, skip)
     if not items:
         return iter(())
-    start()
+    start(address)
     if workers is None:     # no more actors than batches: an idle actor still loads a model
         workers = min(_actors(device, None, 1)[1], -(-len(items) // batch_size))
     ds = score_dataset(entries_dataset(items, batch_size), weights, eps_list, method, device=device, l1=l1,

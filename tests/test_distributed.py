@@ -69,6 +69,19 @@ def test_ray_engine_writes_the_rows_of_the_single_process(ray_local, tiny_weight
     assert set(errors) == {"truncated.png", "k2.png", "gone.png"}
 
 
+def test_a_ray_run_resumes_a_shard_into_the_whole(ray_local, tiny_weights, tmp_path):
+    from karl_cli.io.rows import read_rows
+
+    make_images(tmp_path / "imgs", 7)
+    base = ["complexity", tmp_path / "imgs", "--weights", tiny_weights, "--batch-size", "2", "--engine", "ray"]
+    assert _run([*base, "--csv", tmp_path / "r.csv", "--shard", "1/2"]).exit_code == 0
+    assert len(read_rows(tmp_path / "r.csv")) == 3
+    res = _run([*base, "--csv", tmp_path / "r.csv", "--resume"])
+    assert res.exit_code == 0 and "wrote 4 new rows" in res.output, res.output
+    assert _run(["complexity", tmp_path / "imgs", "--weights", tiny_weights, "--csv", tmp_path / "p.csv"]).exit_code == 0
+    assert sorted(map(str, read_rows(tmp_path / "r.csv"))) == sorted(map(str, read_rows(tmp_path / "p.csv")))
+
+
 def test_score_dataset_takes_rays_own_reader(ray_local, tiny_weights, tmp_path):
     from karl_cli.models.pretrained import load
     from karl_cli.scoring.complexity import score

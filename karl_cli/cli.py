@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ from karl_cli import defaults  # noqa: E402
 from karl_cli.registry import DEFAULT_MODEL, DEFAULT_PRESET, ENTRIES, list_models, names_help  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
 from karl_cli.progress import make_console  # noqa: E402
-from karl_cli.training import RESUME_MAY_CHANGE  # noqa: E402
+from karl_cli.training.flags import RESUME_RULE  # noqa: E402
 
 if _SIGINT_BEFORE is signal.default_int_handler:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -108,7 +110,12 @@ def _handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as held:    # what _claim takes is held until the command ends
+                _held.append(held)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _held.pop()
         except (typer.Exit, typer.Abort, typer.TyperException):   # typer's own control flow
             raise
         except KeyboardInterrupt:
@@ -178,10 +185,25 @@ def _inputs(paths, files_from: Optional[str]):
     return _scan(paths, False, None, files_from) if paths or files_from is not None else None
 
 
-def _may_change() -> str:
-    """The flags a resumed `karl train` may change (``trainer.RESUME_MAY_CHANGE``), in words."""
-    *rest, last = RESUME_MAY_CHANGE
-    return ", ".join(rest) + " and " + last
+def _number(text: str) -> float:
+    """A float option's text as a float, refusing what ``float`` would silently round: a value too
+    small to hold (``1e-400`` would read as 0.0) or too large (``1e400`` as inf). A decimal comma
+    gets a hint."""
+    if isinstance(text, (int, float)):   # a default, already a number
+        return float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        hint = f" (write {text.replace(',', '.')})" if re.fullmatch(r"\s*[-+]?\d*,\d+\s*", text) else ""
+        raise typer.BadParameter(f"{text!r} is not a number{hint}") from None
+    mantissa = text.lower().split("e")[0]
+    if v == 0.0 and re.search(r"[1-9]", mantissa):
+        raise typer.BadParameter(f"{text} is too small to hold as a floating-point number (it is not 0, but "
+                                 "would be read as 0)")
+    if math.isinf(v) and "inf" not in text.lower():
+        raise typer.BadParameter(f"{text} is too large to hold as a floating-point number")
+    return v
+
 
 
 def _eps_list(values) -> str:
@@ -191,7 +213,7 @@ def _eps_list(values) -> str:
 def _eps_option(default=(defaults.EPS,), what: str = "Target error ε (pixel L1, 0-1 scale)"):
     """--eps, repeatable; ``default`` (a tuple, or a phrase) is named in the help and applied by the command."""
     said = default if isinstance(default, str) else _eps_list(default)
-    return typer.Option(None, "--eps", help=f"{what}; repeat for several (default {said}).")
+    return typer.Option(None, "--eps", parser=_number, help=f"{what}; repeat for several (default {said}).")
 
 
 def _device_option():
@@ -223,13 +245,13 @@ def _bootstrap_option(what: str):
 
 
 def _synthetic_option():
-    return typer.Option(defaults.SYNTHETIC_SHARE, "--synthetic", help="Share of samples that are procedural images "
+    return typer.Option(defaults.SYNTHETIC_SHARE, "--synthetic", parser=_number, help="Share of samples that are procedural images "
                         "(flat colours to noise).")
 
 
 def _max_undercut_option(what: str):
     lo, hi = defaults.HALT_THRESHOLDS[0], defaults.HALT_THRESHOLDS[-1]
-    return typer.Option(defaults.MAX_UNDERCUT, "--max-undercut", help=f"Pick the smallest halting threshold "
+    return typer.Option(defaults.MAX_UNDERCUT, "--max-undercut", parser=_number, help=f"Pick the smallest halting threshold "
                         f"({lo:g}-{hi:g}) at which at most this share of held-out {what} (1: keep {lo:g}).")
 
 
@@ -264,6 +286,23 @@ def _ray_engine():
     return distributed
 
 
+def _allow_inside_inputs_option():
+    return typer.Option(False, "--allow-inside-inputs", help="Allow output folders and figures inside (or equal "
+                        "to) an input folder; refused by default, since a later run over that folder would read them.")
+
+
+_held: list[contextlib.ExitStack] = []    # per running command (``_handle_errors``): its output locks
+
+
+def _claim(outputs, **inputs) -> None:
+    """Refuse outputs that are inputs (or write images among them) and lock them until the command ends
+    (``io.outputs.claim_outputs``). ``outputs``: (flag, path[, kind[, lock]]) tuples; None paths are skipped."""
+    from karl_cli.io.outputs import Output, claim_outputs
+
+    outs = [Output(*o) for o in outputs if o[1] is not None]
+    _held[-1].enter_context(claim_outputs(outs, **inputs))
+
+
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -296,6 +335,7 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 
 
 # --- commands ------------------------------------------------------------------------------------------
+
 @app.command(cls=_Command)
 @_handle_errors
 def complexity(
@@ -321,6 +361,7 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
     engine: str = typer.Option("single", "--engine", help="single (this process and its --workers) or ray (Ray "
                                "Data actors on this machine or a cluster; pip install 'karl[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster to join ('auto': "
@@ -355,6 +396,8 @@ def complexity(
     if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
     found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv_out), ("--json", json_out), ("--parquet", parquet_out), ("--plot", plot, "figure")],
+           inputs=paths or [], found=found, files_from=files_from, allow_inside_inputs=allow_inside_inputs)
     model = _load_model(weights)
     method = check_method(model, method)
     if not l1 and method != "single":
@@ -438,6 +481,7 @@ def merge(
     are refused."""
     from karl_cli.io.rows import merge_csv
 
+    _claim([("OUT", out)], inputs=inputs)
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
     notes = [f"{counts['duplicates']} identical duplicates dropped"]
     if counts["errors_replaced"]:
@@ -451,7 +495,7 @@ def merge(
 @_handle_errors
 def encode(
     paths: Optional[List[str]] = _paths_argument(),
-    eps: float = typer.Option(defaults.EPS, "--eps", help="Target error ε the tokens are chosen for."),
+    eps: float = typer.Option(defaults.EPS, "--eps", parser=_number, help="Target error ε the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
     weights: Optional[str] = _weights_option(),
@@ -462,6 +506,7 @@ def encode(
     files_from: Optional[str] = _files_from_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
     from karl_cli.runtime import default_workers
@@ -478,7 +523,8 @@ def encode(
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
                             workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                            progress=update)
+                            progress=update, inputs=paths or [], files_from=files_from,
+                            allow_inside_inputs=allow_inside_inputs)
     console.print(f"encoded {res.ok} images at ε={eps_v:g} into {escape(str(out))} ({len(res.shards)} token files, "
                   f"index {res.index.name}, model {res.model_id})" + (f"; {res.recon} PNGs in {escape(str(recon))}" if recon else ""))
     if res.error:
@@ -525,6 +571,7 @@ def show(
 
     set_max_pixels(max_pixels)
     eps_v = validate_eps(eps or defaults.EPS_SERIES)
+    _claim([("--out", out, "figure")], inputs=[image])
     dev = resolve_device(device)
     model = _load_model(weights)
     info = show_figure(model, image, out, eps_v, device=dev)
@@ -595,7 +642,8 @@ def main() -> None:
 @_handle_errors
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl. New or "
+                             "empty, unless --resume continues the run in it."),
     preset_name: Optional[str] = typer.Option(None, "--preset", help=f"Model preset (default {DEFAULT_PRESET}): "
                                               + names_help("preset") + "."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: karl (default) or alit."),
@@ -607,14 +655,14 @@ def train(
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
                                         "over them (default: from --epochs)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", parser=_number,
                                                 help="Wall-clock budget: stop cleanly after the step that passes it, "
                                                      "save weights and checkpoint (--resume continues). The schedule "
                                                      "stays the one over --steps, so the learning rate is not annealed."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", parser=_number, help="Passes over the data (default 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step and process "
                                              "(default 64; the folders need at least this many images)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=_number, help="Peak learning rate (default 1e-3)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default 200, at most a fifth of "
                                          "the run; a warning when longer than the run)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
@@ -627,7 +675,7 @@ def train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
                                   "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
-                                f"(only {_may_change()} may change)."),
+                                f"({RESUME_RULE})."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
                                             f"shipped name ({SHIPPED}) or a weights folder."),
 ) -> None:
@@ -646,9 +694,8 @@ def train(
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
         conflicts = resume_conflicts(out, preset_name, sizes, recipe)
         if conflicts:
-            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + ". A resumed run keeps its model "
-                             f"and recipe (only {_may_change()} may change); drop these flags or start a new run "
-                             "with another --out")
+            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + f"; {RESUME_RULE}: drop these "
+                             "flags or start a new run with another --out")
     model_config = None if resume else _checked(lambda: preset(preset_name or DEFAULT_PRESET, **sizes))
     defaults = TrainConfig()
     tc = TrainConfig(steps=steps, epochs=epochs, workers=workers, max_minutes=max_minutes, compile=compile_,
@@ -694,6 +741,7 @@ def correlate(
     max_pixels: Optional[int] = _max_pixels_option(),
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
                                             help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
@@ -710,6 +758,9 @@ def correlate(
     chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     set_max_pixels(max_pixels)
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
+    _claim([("--out", out), ("--per-image", per_image), ("--plot", plot, "folder", False)],
+           inputs=([root] if root is not None else []) + list(rated.table["path"]),
+           extra_inputs=[ratings] if ratings is not None else [], allow_inside_inputs=allow_inside_inputs)
     dev = resolve_device(device)
     model = _load_model(weights)
     method = check_method(model, method)
@@ -745,7 +796,7 @@ def calibrate(
     data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
     weights: str = _weights_option("Weights to calibrate: a folder (e.g. from `karl train`) or a shipped name.",
                                    required=True),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights: a new or empty folder."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
     synthetic: float = _synthetic_option(),
@@ -755,12 +806,15 @@ def calibrate(
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
+    from karl_cli.io.outputs import check_new_weights_folder
     from karl_cli.training.calibration import calibrate_halting, check_settings
     from karl_cli.training.cards import derived_card
     from karl_cli.runtime import prepare_model
     from karl_cli.scoring.methods import methods_for
 
     _checked(lambda: check_settings(samples, steps, synthetic, max_undercut))
+    check_new_weights_folder(out)       # e.g. --out the folder of -w: the model there would be replaced
+    _claim([("--out", out)], inputs=data)
     model = prepare_model(_load_model(weights), device)
     if "single" not in methods_for(model):
         raise UsageError("only KARL weights have a halting head to calibrate")
@@ -785,7 +839,7 @@ def calibrate(
 def distil(
     data: List[Path] = typer.Argument(..., help="Image folders to distil on (e.g. the training data)."),
     weights: str = _weights_option("The teacher: a wavelet KARL folder or shipped name.", required=True),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights: a new or empty folder."),
     width: int = typer.Option(32, "--width", help="Student encoder width."),
     enc_depth: int = typer.Option(1, "--enc-depth", help="Student encoder blocks."),
     enc_heads: int = typer.Option(2, "--enc-heads", help="Student attention heads."),
@@ -802,15 +856,15 @@ def distil(
     single pass that predicts the teacher's halting."""
     import torch
 
+    from karl_cli.io.outputs import check_new_weights_folder
     from karl_cli.training.calibration import check_settings
     from karl_cli.training.cards import derived_card
     from karl_cli.training.distil import distil_halting, student_of
     from karl_cli.runtime import prepare_model
 
     _checked(lambda: check_settings(samples, steps, synthetic, max_undercut, eps_per_image))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not an empty folder; the student needs a new --out "
-                         "(it would overwrite the weights there, the teacher's included)")
+    check_new_weights_folder(out)       # e.g. the teacher's own folder
+    _claim([("--out", out)], inputs=data)
     teacher = prepare_model(_load_model(weights), device)
     torch.manual_seed(seed)     # the student's fresh weights
     student = _checked(lambda: student_of(teacher, width=width, enc_depth=enc_depth, enc_heads=enc_heads,
@@ -864,10 +918,11 @@ def compare(
     from karl_cli.errors import EXIT_SOME_FAILED
 
     found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv)], inputs=paths, found=found)
     models = load_models(weights)
-    with console.status("comparing") as status:
+    with _progress("comparing") as update:
         df = run_compare(found, models, eps or defaults.EPS_SERIES, batch_size=batch_size, device=device,
-                         on_progress=lambda what: status.update(f"comparing: {what}"))
+                         progress=update)
     make_console().print(render_table(df))
     if csv is not None:
         write_table(df, csv, "csv")
@@ -889,6 +944,12 @@ _JSON_OPT = typer.Option(None, "--json", help="Write the rows as JSON records to
 _PLOT_OPT = typer.Option(None, "--plot", help="Write figures (PNG 300 dpi + PDF) into this folder.")
 _SAMPLE_OPT = typer.Option(None, "--sample", min=1, help="Use a seeded random subset of this many images.")
 _STUDY_SEED = "Seed of noise, shuffles, subsets and bootstraps."
+
+
+def _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs: bool, extra=()) -> None:
+    """A study's outputs: none may be an input, figures not among them (``_claim``)."""
+    _claim([("--csv", csv_out), ("--json", json_out), ("--plot", plot, "folder", False)], inputs=list(paths or []),
+           extra_inputs=[e for e in extra if e is not None], allow_inside_inputs=allow_inside_inputs)
 
 
 def _df_table(df, title: str) -> Table:
@@ -942,15 +1003,16 @@ def analyze_profile(
                                "slow part: one decode per budget)."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="A Savoias root or ratings CSV: compare how "
                                            "kc_area and KC at --rank-eps rank the rated images (Spearman ρ)."),
-    rank_eps: float = typer.Option(defaults.CORRELATE_EPS, "--rank-eps", help="The single ε kc_area is compared with."),
+    rank_eps: float = typer.Option(defaults.CORRELATE_EPS, "--rank-eps", parser=_number, help="The single ε kc_area is compared with."),
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC at every ε and L1 at every budget, per image: complexity profile and rate–distortion curve."""
     from karl_cli.analysis.studies import profile, rank_against_ratings
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs, extra=[ratings])
     model, dev = _study_setup(weights, device)
     if ratings is not None and eps and rank_eps not in eps:
         raise UsageError(f"--rank-eps {rank_eps:g} must be one of the --eps values")
@@ -974,18 +1036,19 @@ def analyze_noise(
     paths: Optional[List[str]] = _paths_argument("Images (default: built-in procedural images)"),
     files_from: Optional[str] = _files_from_option(),
     eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
-    sigma: Optional[List[float]] = typer.Option(None, "--sigma", help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
-    sp: Optional[List[float]] = typer.Option(None, "--sp", help="Salt-and-pepper shares of pixels (repeat)."),
+    sigma: Optional[List[float]] = typer.Option(None, "--sigma", parser=_number, help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
+    sp: Optional[List[float]] = typer.Option(None, "--sp", parser=_number, help="Salt-and-pepper shares of pixels (repeat)."),
     size: int = typer.Option(256, "--size", min=8, help="Procedural images' side, and the cap on given images' "
                              "shorter side, in px: noise is added at this size and at the model input."),
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC against noise strength (Gaussian σ, salt-and-pepper), at several ε."""
     from karl_cli.analysis.studies import DEFAULT_SIGMAS, DEFAULT_SP, noise
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("noise") as update:
         study = noise(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, sigma or DEFAULT_SIGMAS,
@@ -1005,11 +1068,12 @@ def analyze_structure(
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC as structure is destroyed: patch shuffles, phase randomisation, pixel permutation."""
     from karl_cli.analysis.studies import DEFAULT_GRIDS, structure
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("structure") as update:
         study = structure(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, grid or DEFAULT_GRIDS, method,
@@ -1032,13 +1096,14 @@ def analyze_familiarity(
     weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
     sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
-    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC of familiar vs unfamiliar images: rank test (scipy) and effect size with a bootstrap CI."""
     from karl_cli.analysis.studies import CONTROLS, familiarity
 
     if other and control:
         raise UsageError("--control applies to one folder; with --other the second folder is the comparison")
+    _study_outputs(list(paths) + list(other or []), csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("familiarity") as update:
         study = familiarity(_scan(paths, False, None, files_from), model, other or None, control or CONTROLS,
@@ -1058,11 +1123,12 @@ def analyze_map(
     patch: int = typer.Option(4, "--patch", min=1, help="Block side in model-input pixels (must divide it; 1: per pixel)."),
     weights: Optional[str] = _weights_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED), device: str = _device_option(),
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Where an image spends its tokens: per block, the smallest budget whose reconstruction meets ε there."""
     from karl_cli.analysis.studies import token_maps
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("map") as update:
         study = token_maps(_scan(paths, False, None, files_from), model, eps or defaults.EPS_SERIES, patch,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,15 @@ def test_baselines_benchmark_reports_every_measure(tmp_path, tiny_weights):
     assert set(res["per_measure_ms"]) == set(REGISTRY) and all(_positive(v) for v in res["per_measure_ms"].values())
     assert set(res["end_to_end_s"]) == {"none", "jpeg,png", "all"} and set(res["added"]) == {"jpeg,png", "all"}
     assert all(_positive(v) for v in res["end_to_end_s"].values())
+
+
+BENCH_SCRIPTS = sorted((SCRIPT.parent).rglob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS, ids=lambda p: str(p.relative_to(SCRIPT.parent)))
+def test_every_benchmark_script_answers_help(script):
+    """The README sends users to these scripts: ``--help`` must print usage, not a traceback."""
+    res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
+                         cwd=SCRIPT.parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "usage:" in res.stdout and "Traceback" not in res.stderr

@@ -26,6 +26,7 @@ CLI writes as CSV/JSON.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -264,11 +265,11 @@ def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps
         items, bad = [(fam, procedural(fam, size, seed + k)) for k, fam in enumerate(NOISE_FAMILIES)], []
     levels = [("gaussian", float(s)) for s in sigmas] + [("salt-pepper", float(s)) for s in sp]
     meta, inputs = [], []
-    for si, (src, img) in enumerate(items):
+    for src, img in items:
         clean = to_model_size(img, r).astype(float)
-        for li, (kind, s) in enumerate(levels):
-            for wi, where in enumerate(("image", "input")):
-                rng = np.random.default_rng([seed, si, li, wi])
+        for kind, s in levels:
+            for where in ("image", "input"):
+                rng = variant_rng(seed, img, f"{kind} {s!r} {where}")
                 x = to_model_size(add_noise(img, kind, s, rng), r) if where == "image" else \
                     add_noise(to_model_size(img, r), kind, s, rng)
                 seen = float(np.sqrt((((x - clean) / 255.0) ** 2).mean())) if s else 0.0
@@ -337,12 +338,24 @@ def permute_pixels(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return flat[rng.permutation(len(flat))].reshape(image.shape)
 
 
-def structure_steps(image: np.ndarray, grids: Sequence[int], rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+def variant_rng(seed: int, image: np.ndarray, variant: str) -> np.random.Generator:
+    """The random stream of one variant of one image: it depends only on ``seed``, the image's pixels
+    and the variant's name (``"shuffle 4x4"``, ``"phase"``, ``"gaussian 0.1 image"``), never on which
+    other images, grids or strengths the same run computes, nor on their order."""
+    digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes() + b"\0" + variant.encode()).digest()
+    return np.random.default_rng([seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+
+
+def structure_steps(image: np.ndarray, grids: Sequence[int], seed: int) -> list[tuple[str, np.ndarray]]:
     """(step name, image) from intact to structureless: original, shuffle g x g for each grid
-    (coarse to fine), phase randomised, pixels permuted."""
+    (coarse to fine), phase randomised, pixels permuted. Each step draws from its own
+    ``variant_rng(seed, image, name)``, so a step's image is the same whatever ``grids`` holds."""
+    def rng(name: str) -> np.random.Generator:
+        return variant_rng(seed, image, name)
+
     steps = [("original", image)]
-    steps += [(f"shuffle {g}x{g}", shuffle_patches(image, g, rng)) for g in sorted(grids)]
-    return steps + [("phase", randomise_phase(image, rng)), ("pixels", permute_pixels(image, rng))]
+    steps += [(f"shuffle {g}x{g}", shuffle_patches(image, g, rng(f"shuffle {g}x{g}"))) for g in sorted(grids)]
+    return steps + [("phase", randomise_phase(image, rng("phase"))), ("pixels", permute_pixels(image, rng("pixels")))]
 
 
 def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
@@ -365,8 +378,8 @@ def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module,
         items, bad = [(fam, to_model_size(procedural(fam, r, seed + k), r))
                       for k, fam in enumerate(STRUCTURE_FAMILIES)], []
     meta, inputs = [], []
-    for si, (src, img) in enumerate(items):
-        for k, (step, x) in enumerate(structure_steps(img, grids, np.random.default_rng([seed, si]))):
+    for src, img in items:
+        for k, (step, x) in enumerate(structure_steps(img, grids, seed)):
             meta.append((src, step, k))
             inputs.append(x)
     kc, l1 = measure_kc(model, np.stack(inputs), eps_v, method, batch_size, _stage(progress, "structure"))

@@ -153,7 +153,7 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
         gs = fig.add_gridspec(2 if example is not None else 1, len(steps) if example is not None else 2,
                               height_ratios=[1, 2.4] if example is not None else None)
         if example is not None:
-            imgs = structure_steps(example[1], grids, np.random.default_rng([seed, 0]))
+            imgs = structure_steps(example[1], grids, seed)
             for k, (name, img) in enumerate(imgs):
                 a = fig.add_subplot(gs[0, k])
                 a.imshow(img, interpolation="nearest")

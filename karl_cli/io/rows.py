@@ -40,6 +40,7 @@ import pyarrow as pa
 from karl_cli.errors import UsageError
 from karl_cli.io.atomic import WriteError, atomic_path, fsync_path, temp_beside, write_error
 from karl_cli.io.names import escape_path, safe_frame, safe_text, unescape_path
+from karl_cli.io.outputs import OutputLock
 from karl_cli.io.tables import ParquetSink, parquet_columns, parquet_schema, read_parquet_rows
 
 ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs",
@@ -203,9 +204,9 @@ def _stdout_text() -> Any:
 class RowWriter:
     """Streams rows to a CSV, JSON-records or Parquet file (by suffix, ``.parquet``; in row groups, so
     memory stays flat) atomically: rows go to a temp file beside the target, renamed over it by
-    ``close()``. Leaving the ``with`` block by an exception (Ctrl-C
-    included) also renames (unless ``keep_partial=False``), so the rows done so far are kept and
-    ``resume`` continues from them. A failed write (disk full, ...) discards the temp file, leaves
+    ``close()``. Leaving the ``with`` block by an exception (Ctrl-C included) also renames once new
+    rows were written (unless ``keep_partial=False``), so the rows done so far are kept and
+    ``resume`` continues from them; before the first new row it leaves the target as it was. A failed write (disk full, ...) discards the temp file, leaves
     the target as it was and raises ``WriteError``.
 
     ``checkpoint_s``: while rows stream, publish the rows so far to the target on a clock (a copy of
@@ -239,6 +240,19 @@ class RowWriter:
         self.keep_partial = keep_partial
         self.existing: list[dict[str, Any]] = []
         self.done: set[tuple[str, float]] = set()
+        # One writer per file, from before resume reads it until close (``outputs.OutputLock``).
+        self._out_lock = OutputLock(self.path).acquire() if self.path is not None else None
+        try:
+            self._setup(resume, validate)
+        except BaseException:
+            self._abandon()
+            raise
+        self._clock: threading.Thread | None = None
+        if checkpoint_s and self.path is not None:
+            self._clock = threading.Thread(target=self._tick, name="karl-row-checkpoints", daemon=True)
+            self._clock.start()
+
+    def _setup(self, resume: bool, validate: Callable[[list[dict[str, Any]]], str | None] | None) -> None:
         if resume and self.path is not None and self.path.exists():
             if self.fmt in ("csv", "parquet"):
                 header = csv_header(self.path)
@@ -265,10 +279,20 @@ class RowWriter:
         self._clock_error: WriteError | None = None
         self._stop = threading.Event()
         self._open()
-        self._clock: threading.Thread | None = None
-        if checkpoint_s and self.path is not None:
-            self._clock = threading.Thread(target=self._tick, name="karl-row-checkpoints", daemon=True)
-            self._clock.start()
+
+    def _abandon(self) -> None:
+        """A constructor that fails leaves nothing behind: no temp file, no lock."""
+        f, self._f = getattr(self, "_f", None), None
+        if getattr(self, "_sink", None) is not None:
+            self._sink.discard()
+        elif f is not None and self.path is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+        if getattr(self, "_tmp", None) is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
+        if self._out_lock is not None:
+            self._out_lock.release()
 
     def _tick(self) -> None:
         """The clock: publish new rows every ``checkpoint_s`` seconds until close."""
@@ -375,7 +399,14 @@ class RowWriter:
         self._checkpoint_cost = time.monotonic() - t0
 
     def close(self, commit: bool = True) -> None:
-        """Finish the file and rename it over the target (``commit=False`` discards it)."""
+        """Finish the file and rename it over the target (``commit=False`` discards it); release the lock."""
+        try:
+            self._close(commit)
+        finally:
+            if self._out_lock is not None:
+                self._out_lock.release()
+
+    def _close(self, commit: bool) -> None:
         self._stop.set()
         if self._clock is not None and self._clock is not threading.current_thread():
             self._clock.join()
@@ -429,7 +460,10 @@ class RowWriter:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        self.close(commit=exc_type is None or self.keep_partial)
+        # A run that fails before its first new row (e.g. another output cannot be opened) leaves the
+        # target as it was instead of replacing it with an empty table.
+        partial = self.keep_partial and self.count > len(self.existing)
+        self.close(commit=exc_type is None or partial)
 
 
 def row_settings(row: dict[str, Any]) -> dict[str, Any]:

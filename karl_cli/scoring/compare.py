@@ -109,9 +109,11 @@ def _sync(dev: torch.device) -> None:
 def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch.nn.Module],
             eps_list: Sequence[float] = EPS_SERIES, batch_size: int = IN_MEMORY_BATCH_SIZE,
             device: str | torch.device | None = None,
-            on_progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+            progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """The Table-2 comparison (see the module docstring): one row per (ε, model, method), columns
-    ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason)."""
+    ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason).
+    ``progress(done, total, stage)``: images measured of all (model, method, ε) passes, after each
+    batch; ``stage`` names the pass ("karl-small search ε=0.05")."""
 
     eps_list = validate_eps(eps_list)
     if not models:
@@ -124,11 +126,13 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
         paths = [paths]
     rows, skipped_all = [], {}
     cache: dict[int, tuple[torch.Tensor, list]] = {}
+    for model in models.values():
+        if model.config.resolution not in cache:
+            cache[model.config.resolution] = _load(paths, model.config.resolution)
+    total = sum(cache[m.config.resolution][0].shape[0] * len(eps_list) * len(table_methods(m)) for m in models.values())
+    done = 0
     for name, model in models.items():
-        res = model.config.resolution
-        if res not in cache:
-            cache[res] = _load(paths, res)
-        data, skipped = cache[res]
+        data, skipped = cache[model.config.resolution]
         skipped_all.update(dict(skipped))
         dev = resolve_device(device, model)
         prepare_model(model, dev)
@@ -138,8 +142,9 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
                 measure(model, x, eps_list[:1], method, keep_recon=True)
         for eps in eps_list:
             for method in table_methods(model):
-                if on_progress:
-                    on_progress(f"{name} {method} ε={eps:g}")
+                stage = f"{name} {method} ε={eps:g}"
+                if progress:
+                    progress(done, total, stage)
                 acc: dict[str, list[torch.Tensor]] = {k: [] for k in ("kc", "l1", "psnr", "ssim", "enc", "dec")}
                 seconds = 0.0
                 for start in range(0, data.shape[0], batch_size):
@@ -157,6 +162,9 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
                         acc["ssim"].append(ssim(rec, tgt).cpu())
                         acc["enc"].append(m.encoder_runs[:, 0])
                         acc["dec"].append(m.decoder_runs[:, 0])
+                    done += x.shape[0]
+                    if progress:
+                        progress(done, total, stage)
                 cat = {k: torch.cat(v).double() for k, v in acc.items()}
                 n = int(cat["kc"].numel())
                 rows.append({"eps": eps, "model": name, "method": method, "images": n,

@@ -76,7 +76,7 @@ def collect_inputs(paths_or_found: str | os.PathLike | Iterable[str | os.PathLik
         where = [os.fspath(p) for p in raw] + ([f"the list {os.fspath(files_from)}"] if files_from is not None else [])
         raise UsageError("no images found under " + ", ".join(where) + (f" ({skipped})" if skipped else ""))
     uniq = {f.path: f for f in reversed(found)}  # first occurrence wins
-    return Scan((uniq[k] for k in sorted(uniq)), scan.hidden, scan.other, scan.aliases)
+    return Scan((uniq[k] for k in sorted(uniq)), **scan.counts())
 
 
 def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
+from karl_cli.io.outputs import Output, check_outputs
 from karl_cli.io.rows import RowWriter, csv_header, read_rows
 from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
 from karl_cli.scoring.methods import check_eps, validate_eps
@@ -153,11 +154,17 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
                   eps: float, out_dir: str | os.PathLike, recon_dir: str | os.PathLike | None = None,
                   batch_size: int = BATCH_SIZE, workers: int = 0, device: str | torch.device | None = None,
                   shard: str | Sequence[int] | None = None, images_per_shard: int = IMAGES_PER_SHARD,
-                  progress: Progress | None = None) -> EncodeResult:
+                  progress: Progress | None = None, inputs: Sequence[str | os.PathLike] | None = None,
+                  files_from: str | os.PathLike | None = None, allow_inside_inputs: bool = False) -> EncodeResult:
     """Encode every image at ε (one encoder pass per batch) and store its kept tokens in ``out_dir``.
 
     ``recon_dir`` also saves each reconstruction as PNG. Unreadable files become error rows of the
     index. ``shard`` ("K/N") encodes only files i % N == K of the sorted list.
+
+    Before any work, ``UsageError`` if ``out_dir`` or ``recon_dir`` is (or lies inside) an input folder
+    (unless ``allow_inside_inputs``) or a reconstruction would replace an input (``io.outputs``).
+    ``inputs``: the paths as the user gave them (default: the non-``Found`` items of ``paths``);
+    ``files_from``: the file list they came from, if any.
     """
     eps_v = validate_eps(eps)
     if len(eps_v) != 1:
@@ -168,8 +175,14 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
         raise UsageError("images_per_shard must be >= 1")
     dev = resolve_device(device, model)
     shard_t = parse_shard(shard)
-    every = collect_inputs(paths)
+    given = [paths] if isinstance(paths, (str, bytes, os.PathLike, Found)) else list(paths)
+    every = collect_inputs(given)
     names = recon_names([f.path for f in every])
+    named = [p for p in given if not isinstance(p, Found)] if inputs is None else inputs
+    check_outputs([Output("--out", out_dir, "folder")] + ([Output("--recon", recon_dir, "folder")] if recon_dir else []),
+                  named, every, files_from, allow_inside_inputs=allow_inside_inputs)
+    if recon_dir is not None:   # inputs given as files can share a folder with the reconstructions
+        check_outputs([Output("--recon", Path(recon_dir) / names[f.path]) for f in every], named, every, files_from)
     items = apply_shard(every, shard_t)
     prepare_model(model, dev)
     cfg = model.config

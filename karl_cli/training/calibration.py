@@ -35,13 +35,13 @@ def check_settings(samples: int, steps: int, synthetic: float, max_undercut: flo
     """The settings ``calibrate_halting`` and ``distil.distil_halting`` share, checked before any work:
     ValueError naming the first that is out of range."""
     if samples < 10:
-        raise ValueError(f"samples must be >= 10, got {samples}")
+        raise ValueError(f"samples (--samples) must be >= 10, got {samples}")
     if steps < 1 or eps_per_image < 1:
-        raise ValueError(f"steps and eps_per_image must be >= 1, got {steps} and {eps_per_image}")
+        raise ValueError(f"steps and eps_per_image (--steps, --eps-per-image) must be >= 1, got {steps} and {eps_per_image}")
     if not 0.0 <= synthetic < 1.0:
-        raise ValueError(f"synthetic must be a share in [0, 1), got {synthetic!r}")
+        raise ValueError(f"synthetic (--synthetic) must be a share in [0, 1), got {synthetic!r}")
     if not 0.0 <= max_undercut <= 1.0:
-        raise ValueError(f"max_undercut must be a share in [0, 1], got {max_undercut!r}")
+        raise ValueError(f"max_undercut (--max-undercut) must be a share in [0, 1], got {max_undercut!r}")
 
 
 def fit(params: list[torch.nn.Parameter], steps: int, lr: float, loss_at: Callable[[], torch.Tensor],

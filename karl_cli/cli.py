@@ -364,8 +364,8 @@ def complexity(
     allow_inside_inputs: bool = _allow_inside_inputs_option(),
     engine: str = typer.Option("single", "--engine", help="single (this process and its --workers) or ray (Ray "
                                "Data actors on this machine or a cluster; pip install 'karl[ray]')."),
-    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster to join ('auto': "
-                                          "the one `ray start` runs here; default: a new local Ray on this machine)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster to join ('auto' or "
+                                          "HEAD_IP:6379; default: the one `ray start` runs here, else a new local Ray)."),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.runtime import default_workers

@@ -191,7 +191,8 @@ def entries_dataset(found: Sequence[Found], batch_size: int = 64) -> "ray.data.D
 
 def start(address: str | None = None) -> None:
     """Connect to the Ray cluster at ``address`` (``auto``: the one ``ray start`` runs on this machine;
-    None: a new local one on this machine's cores), quietly, unless Ray is already initialised.
+    None: that one if it runs, else a new local Ray on this machine's cores; Ray's own rule, which
+    also reads ``$RAY_ADDRESS``), quietly, unless Ray is already initialised.
     Ray Data keeps the rows in order and leaves progress to karl."""
     if not ray.is_initialized():
         try:

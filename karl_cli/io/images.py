@@ -59,8 +59,9 @@ else:
     register_heif_opener()
 
 
-class ImageLoadError(Exception):
-    """An image that cannot be read; the message is the reason, fit for an ``error`` column."""
+class ImageLoadError(ValueError):
+    """An image that cannot be read; the message is the reason, fit for an ``error`` column (a
+    ValueError, like every refusal of a bad input in the Python API)."""
 
 
 def set_max_pixels(n: int | None) -> None:
@@ -534,8 +535,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
                 if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
                     img.draft(img.mode, (draft_size, draft_size))
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+                return upright_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -557,16 +557,28 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
         raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
-def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
-                   data: bytes | BinaryIO | None = None) -> np.ndarray:
-    """The whole image squashed to resolution x resolution: uint8 array (R, R, 3), sRGB.
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """A loaded PIL image as ``open_rgb`` returns a file's: EXIF rotation applied, then sRGB ``RGB`` by
+    the module's rules (high bit depths, ICC profile, transparency on white)."""
+    return _to_rgb(ImageOps.exif_transpose(img) or img)
 
-    Squashing (not cropping) keeps all of the content, which is what complexity is about.
-    ``max_pixels`` and ``data`` as in ``open_rgb``.
-    """
-    img = open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data)
+
+def squash(img: Image.Image, resolution: int) -> np.ndarray:
+    """An ``RGB`` image squashed to resolution x resolution (bicubic, aspect not kept): uint8 (R, R, 3).
+
+    Squashing (not cropping) keeps all of the content, which is what complexity is about. An image
+    already R x R is returned as it is."""
     img = img.resize((resolution, resolution), Image.BICUBIC, reducing_gap=3.0)
     return np.array(img, dtype=np.uint8)
+
+
+def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
+                   data: bytes | BinaryIO | None = None) -> np.ndarray:
+    """The whole image squashed to resolution x resolution (``squash``): uint8 array (R, R, 3), sRGB.
+
+    ``max_pixels`` and ``data`` as in ``open_rgb``.
+    """
+    return squash(open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data), resolution)
 
 
 def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None,

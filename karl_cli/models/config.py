@@ -259,6 +259,11 @@ PRESETS: dict[str, KARLConfig] = {
     # photos while ε 0.09 still takes more than the first budget for most; the halting gradient reaches the encoder after the trainer's warm-up. "pca-small" (the
     # shipped karl-learned-small) lets its head read the code's per-token errors; "pca-small-paper"
     # is the paper's head, which reads the encoder's outputs only. docs/design.md §5.
+    # Seconds on a CPU: for tests and `benchmarks/gpu/run.sh --smoke`, with the paper's head.
+    "pca-tiny": KARLConfig(code="pca", resolution=16, patch_size=4, base_channels=8, stem_channels=8, width=32,
+                           enc_depth=1, enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16,
+                           token_step=2, halt_hidden=16, halt_threshold=0.75, halt_grad_scale=1.0,
+                           halt_reads_code=False),
     "pca-small": KARLConfig(code="pca", resolution=32, patch_size=4, base_channels=16, stem_channels=16, width=128,
                             enc_depth=2, enc_heads=4, dec_width=128, dec_depth=2, dec_heads=4, max_tokens=48,
                             token_step=2, halt_threshold=0.75, halt_grad_scale=1.0),

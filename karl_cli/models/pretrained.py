@@ -27,7 +27,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model_card.md"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
-SHIPPED_MODELS = ("karl-small", "alit-small")   # KARL on the wavelet code (the default); ALIT
+# KARL on the wavelet code (the default); ALIT; KARL with learned tokens over a PCA start.
+SHIPPED_MODELS = ("karl-small", "alit-small", "karl-learned-small")
 DEFAULT_MODEL = "karl-small"
 
 

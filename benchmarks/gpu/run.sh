@@ -48,9 +48,9 @@ LOG="$OUT/run.log"
 FAILED=0
 
 if [ "$SMOKE" -eq 1 ]; then
-  DEVICE=cpu; PRESET=pca-tiny; BUDGET="${BUDGET:-150}"; STEPS=12; BATCH=8; LR=3e-3; WARMUP=2
+  DEVICE=cpu; PRESET=pca-tiny; BUDGET="${BUDGET:-240}"; STEPS=12; BATCH=8; LR=3e-3; WARMUP=2
   HALT_WARMUP=4; LABEL_DECODES=4; WORKERS=0; EVAL_BATCH=16; FAMILY=1; REPEATS=1; TP_LIMIT=4; BOOT=20
-  EVAL_LIMIT=12; TRAIN_MAX=45
+  EVAL_LIMIT=12; TRAIN_MAX=$((100 * BUDGET / 540))
 else
   DEVICE=cuda; PRESET=pca-small-paper; BUDGET="${BUDGET:-540}"; STEPS=4000; BATCH=256; LR=1e-3; WARMUP=100
   HALT_WARMUP=400; LABEL_DECODES=8; WORKERS=8; EVAL_BATCH=128; FAMILY=16; REPEATS=3; TP_LIMIT=200; BOOT=1000
@@ -58,8 +58,10 @@ else
   PACK="${PACK:-gpu-pack}"
 fi
 DEADLINE=$((SECONDS + BUDGET))
-# Seconds promised to what follows each step (the rest of the run's minimum).
-AFTER_TRAIN=$([ "$SMOKE" -eq 1 ] && echo 70 || echo 200)
+# Step maxima and promises are set for the 540 s GPU budget and scale with --budget (a smoke run on
+# a slow or loaded CPU asks for more time, and every step gets its share).
+s() { echo $(( $1 * BUDGET / 540 )); }
+AFTER_TRAIN=$(s 200)   # seconds promised to what follows training
 
 log() { echo "== $(date -u +%H:%M:%S) [$((DEADLINE - SECONDS)) s left] $*" | tee -a "$LOG"; }
 step() {  # step NAME MAX_SECONDS RESERVE CMD...: limit = min(MAX, time left - RESERVE); skipped under 5 s
@@ -80,7 +82,7 @@ step() {  # step NAME MAX_SECONDS RESERVE CMD...: limit = min(MAX, time left - R
 
 if [ "$SMOKE" -eq 1 ] && [ -z "$PACK" ]; then
   PACK="$WORK/pack"
-  step "smoke pack (generated images)" 120 100 "$PY" benchmarks/gpu/make_pack.py --synthetic --out "$PACK" \
+  step "smoke pack (generated images)" "$(s 120)" "$(s 300)" "$PY" benchmarks/gpu/make_pack.py --synthetic --out "$PACK" \
     --eval "$EVAL_LIMIT" --synthetic-train 24
 fi
 if [ ! -f "$PACK/pack.json" ]; then
@@ -95,7 +97,7 @@ RUN="$WORK/run"
 DEST="$OUT/karl-$PRESET"
 log "karl GPU run: smoke=$SMOKE preset=$PRESET device=$DEVICE budget=${BUDGET}s pack=$PACK out=$OUT"
 
-step "environment" 30 "$((AFTER_TRAIN + 60))" bash -c "nvidia-smi || echo 'nvidia-smi: not available'; \"$PY\" -c '
+step "environment" "$(s 30)" "$((AFTER_TRAIN + $(s 60)))" bash -c "nvidia-smi || echo 'nvidia-smi: not available'; \"$PY\" -c '
 import platform, torch
 print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"cuda\", torch.version.cuda,
       \"available\", torch.cuda.is_available())
@@ -108,7 +110,7 @@ if torch.cuda.is_available():
 # step's limit; the limit itself is what is left less what the later steps are promised.
 TRAIN_LIMIT=$((DEADLINE - SECONDS - AFTER_TRAIN))
 [ "$TRAIN_LIMIT" -gt "$TRAIN_MAX" ] && TRAIN_LIMIT=$TRAIN_MAX
-MINUTES=$(awk "BEGIN{m=($TRAIN_LIMIT-20)/60; if (m < 0.05) m = 0.05; printf \"%.3f\", m}")
+MINUTES=$(awk "BEGIN{m=($TRAIN_LIMIT-$(s 20))/60; if (m < 0.05) m = 0.05; printf \"%.3f\", m}")
 step "train $PRESET for $MINUTES min" "$TRAIN_LIMIT" "$AFTER_TRAIN" \
   "$PY" -m karl_cli train "$PACK/train" --preset "$PRESET" --out "$RUN" --device "$DEVICE" \
   --steps "$STEPS" --max-minutes "$MINUTES" --batch-size "$BATCH" --lr "$LR" --warmup "$WARMUP" \
@@ -116,28 +118,28 @@ step "train $PRESET for $MINUTES min" "$TRAIN_LIMIT" "$AFTER_TRAIN" \
 
 # The model and its training log reach $OUT before anything else can go wrong.
 if [ -f "$RUN/model.safetensors" ]; then
-  step "export weights" 30 0 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" \
+  step "export weights" "$(s 30)" 0 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" \
     --preset "$PRESET" --weights-only
-  step "quality (held-out Savoias dev, families, Savoias ρ)" 150 70 "$PY" benchmarks/quality.py "$PACK/eval" \
+  step "quality (held-out Savoias dev, families, Savoias ρ)" "$(s 150)" "$(s 70)" "$PY" benchmarks/quality.py "$PACK/eval" \
     --weights "$RUN" --eps 0.05 --eps 0.09 --savoias "$PACK/eval/ratings.csv" --no-cache \
     --bootstrap "$BOOT" --device "$DEVICE" --batch-size "$EVAL_BATCH" --family-size "$FAMILY" \
     --limit "$EVAL_LIMIT" --json "$OUT/quality.json" --markdown "$WORK/quality.md"
-  step "throughput: learned (single pass, decode-only)" 40 45 "$PY" benchmarks/throughput.py "$PACK/eval" \
+  step "throughput: learned (single pass, decode-only)" "$(s 40)" "$(s 45)" "$PY" benchmarks/throughput.py "$PACK/eval" \
     --weights "$RUN" --device "$DEVICE" --repeats "$REPEATS" --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" \
     --methods single --json "$WORK/tp-learned.json"
 else
   log "no trained weights: export, quality and learned throughput skipped"; FAILED=$((FAILED + 3))
 fi
-step "throughput: wavelet karl-small (single pass, decode-only)" 40 25 "$PY" benchmarks/throughput.py \
+step "throughput: wavelet karl-small (single pass, decode-only)" "$(s 40)" "$(s 25)" "$PY" benchmarks/throughput.py \
   "$PACK/eval" --weights weights/karl-small --device "$DEVICE" --repeats "$REPEATS" --limit "$TP_LIMIT" \
   --batch-size "$EVAL_BATCH" --methods single --json "$WORK/tp-wavelet.json"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step "pytest -m cuda (no torch.compile)" 60 15 "$PY" -m pytest -m cuda tests/test_cuda.py -q \
+  step "pytest -m cuda (no torch.compile)" "$(s 60)" "$(s 15)" "$PY" -m pytest -m cuda tests/test_cuda.py -q \
     -p no:cacheprovider -k "not compiled"
 else
   log "pytest -m cuda: skipped (no pytest here)"
 fi
-step "collect" 15 0 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" --preset "$PRESET"
+step "collect" "$(s 15)" 0 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" --preset "$PRESET"
 log "done: $FAILED failed step(s); files in $OUT"
 ls -la "$OUT" "$DEST" 2>/dev/null | tee -a "$LOG"
 exit "$FAILED"

@@ -4,6 +4,7 @@ own oracle on images it never saw.
 
     python benchmarks/learned_cpu.py split  --split DIR [--data FOLDER ...]
     python benchmarks/learned_cpu.py train  --split DIR --out RUN [--preset pca-small] [--minutes 80] [--resume]
+    python benchmarks/learned_cpu.py paper-head --split DIR --weights W --out W_PAPER [--samples 1024]
     python benchmarks/learned_cpu.py measure --weights W [--weights W2 ...] --split DIR
                                              [--savoias-dev DIR] [--limit 150] [--json OUT.json]
 
@@ -13,6 +14,9 @@ among them).
 ``train``: ``training.trainer.train`` on DIR/train with the karl-learned-small recipe (below): the
 PCA start is fitted on DIR/train's crops, then the two-phase objective with each image's T*
 (``training/objectives.py``). ``--resume`` continues a stopped run on the same schedule.
+``paper-head``: the paper's halting head (it reads the encoder's outputs only, ``halt_reads_code``
+false) on a trained model's frozen trunk, fitted by ``karl calibrate``'s procedure
+(``training.calibration``) on DIR/train: what the encoder's features alone tell about KC.
 ``measure``: for each ``--weights``, ``benchmarks/quality.py``'s single pass vs oracle at ε 0.05 and
 0.09 on DIR/heldout (the model's resolution) and on ``--limit`` Savoias dev images: Spearman ρ
 between single-pass and oracle KC (target >= 0.9), token ratio single/oracle (<= 1.10), misses of ε
@@ -93,6 +97,31 @@ def kc_spread(weights: str, folder: str, limit: int | None) -> dict[float, float
     return {e: float(np.std([single[p][e]["kc"] for p in single])) for e in EPS}
 
 
+def paper_head(weights: str, train_dir: str, out: str, samples: int) -> int:
+    """The trained model's trunk with the paper's halting head, calibrated on ``train_dir``; saved to ``out``."""
+    import dataclasses
+
+    from karl_cli.models.karl import KARL
+    from karl_cli.models.pretrained import load, save_pretrained
+    from karl_cli.training.calibration import calibrate_halting
+
+    trained = load(weights)
+    cfg = dataclasses.replace(trained.config, halt_reads_code=False)
+    model = KARL(cfg)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("halting_head.detail_in")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    t0 = time.time()
+    rep = calibrate_halting(model, [train_dir], samples=samples)
+    card = (f"# {Path(out).name}: the paper's halting head on {weights}'s trunk\n\nThe trunk (PCA start, encoder, "
+            f"bottleneck, decoder) of `{weights}`, frozen; a halting head that reads the encoder's outputs only "
+            f"(`halt_reads_code` false), fitted on oracle budgets of {samples} crops of {train_dir} "
+            f"(`training.calibration`, {time.time() - t0:.0f} s): {rep}.\n")
+    save_pretrained(model, out, card=card)
+    print(rep)
+    return 0
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| model | images | ε | ρ(single, oracle) | KC single / oracle | ratio | KC std | misses single / oracle "
             "| meets targets |")
@@ -108,13 +137,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=("split", "train", "measure"))
+    ap.add_argument("mode", choices=("split", "train", "paper-head", "measure"))
     ap.add_argument("--split", required=True, type=Path, help="Folder of the train / held-out links.")
     ap.add_argument("--data", action="append", help="Training folders (default: imagenet-sample, debian-photos).")
     ap.add_argument("--out", help="train: the run folder.")
     ap.add_argument("--preset", default="pca-small")
     ap.add_argument("--minutes", type=float, default=80.0, help="train: wall-clock budget (loading included).")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--samples", type=int, default=1024, help="paper-head: crops to compute oracle budgets on.")
     ap.add_argument("--weights", action="append", help="measure: a model (repeat).")
     ap.add_argument("--savoias-dev", default=str(SHARED / "savoias-dev" / "Images"))
     ap.add_argument("--limit", type=int, default=150, help="measure: Savoias dev images, spread over the list.")
@@ -147,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" (stopped by the {res.stopped})" if res.stopped else ""))
         return 0
     if not args.weights:
-        ap.error("measure needs --weights")
+        ap.error(f"{args.mode} needs --weights")
+    if args.mode == "paper-head":
+        if not args.out:
+            ap.error("paper-head needs --out")
+        return paper_head(args.weights[0], str(tr), args.out, args.samples)
     command = "python benchmarks/learned_cpu.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     rows, reports = [], {}
     for w in args.weights:

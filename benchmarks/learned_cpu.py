@@ -17,8 +17,8 @@ PCA start is fitted on DIR/train's crops, then the two-phase objective with each
 ``paper-head``: the paper's halting head (it reads the encoder's outputs only, ``halt_reads_code``
 false) on a trained model's frozen trunk, fitted by ``karl calibrate``'s procedure
 (``training.calibration``) on DIR/train: what the encoder's features alone tell about KC.
-``measure``: for each ``--weights``, ``benchmarks/quality.py``'s single pass vs oracle at ε 0.05 and
-0.09 on DIR/heldout (the model's resolution) and on ``--limit`` Savoias dev images: Spearman ρ
+``measure``: for each ``--weights``, the single pass vs ``--method search`` at ε 0.05 and 0.09 on
+DIR/heldout (the model's resolution) and on ``--limit`` Savoias dev images: Spearman ρ
 between single-pass and oracle KC (target >= 0.9), token ratio single/oracle (<= 1.10), misses of ε
 minus the oracle's (<= +5 points), and the spread of KC (it must vary). Prints a markdown table.
 
@@ -71,30 +71,44 @@ def split(folder: Path, data: Sequence[str]) -> tuple[Path, Path]:
     return tr, ho
 
 
-def measure(weights: str, folder: str, limit: int | None, label: str) -> dict[str, Any]:
-    """quality.py's single pass vs oracle for one model on one folder, with the Done-when checks."""
-    args = quality.parse_args([folder, "--weights", weights, "--batch-size", "32", "--device", "cpu",
-                               "--family-size", "8"] + (["--limit", str(limit)] if limit else [])
-                              + [a for e in EPS for a in ("--eps", str(e))])
-    report, _ = quality.run(args, "")
-    rows = []
-    for r in report["single_vs_oracle"]:
-        rows.append({"set": label, "weights": weights, "eps": r["eps"], "images": r["images"],
-                     "spearman": r["spearman"], "ratio": r["ratio"], "kc_single": r["kc_single"],
-                     "kc_oracle": r["kc_oracle"], "miss_single": r["miss_single"], "miss_oracle": r["oracle_unmet"],
-                     "extra_misses": r["miss_single"] - r["oracle_unmet"]})
-    return {"rows": rows, "report": report}
-
-
-def kc_spread(weights: str, folder: str, limit: int | None) -> dict[float, float]:
-    """Standard deviation of single-pass KC over the folder's images at each ε (0: one KC for all)."""
+def measure(weights: str, folder: str, limit: int | None, label: str, batch: int = 32) -> list[dict[str, Any]]:
+    """Single pass vs ``--method search`` at each ε in ``EPS`` for one model on one folder's images
+    (``limit`` spread over the sorted list): KC of both, their Spearman ρ and spread, and the share of
+    images whose reconstruction misses ε (the single pass's kept tokens; the search's T_max when no
+    budget meets ε). The quantities of ``karl compare`` and benchmarks/quality.py, computed directly:
+    one encoder pass and one decode per ε for the single pass, and the search's sweep."""
+    from karl_cli.analysis.stats import spearman
+    from karl_cli.io.images import load_images
     from karl_cli.models.pretrained import load
     from karl_cli.scoring.complexity import collect_inputs
+    from karl_cli.scoring.oracle import sweep
 
-    model = load(weights)
-    items = quality.spread([f for f in collect_inputs([folder]) if not f.error], limit)
-    single = quality.single_rows(items, model, list(EPS), 32, 0, torch.device("cpu"))
-    return {e: float(np.std([single[p][e]["kc"] for p in single])) for e in EPS}
+    model = load(weights).eval()
+    paths = [f.path for f in quality.spread([f for f in collect_inputs([folder]) if not f.error], limit)]
+    kc_s, kc_o, miss_s, miss_o = ({e: [] for e in EPS} for _ in range(4))
+    t0 = time.perf_counter()
+    for i in range(0, len(paths), batch):
+        x = load_images(paths[i:i + batch], model.config.resolution)
+        with torch.inference_mode():
+            for e in EPS:
+                enc = model.encode(x, e)
+                rec = model.decode(enc)
+                kc_s[e] += enc.kc.tolist()
+                miss_s[e] += ((rec - x).abs().mean(dim=(1, 2, 3)).double() > e).tolist()
+            sw = sweep(model, x, list(EPS), method="search")
+            for j, e in enumerate(EPS):
+                kc_o[e] += sw.kc[:, j].tolist()
+                miss_o[e] += (~sw.met[:, j]).tolist()
+    seconds = time.perf_counter() - t0
+    rows = []
+    for e in EPS:
+        s, o = np.array(kc_s[e], float), np.array(kc_o[e], float)
+        rows.append({"set": label, "weights": weights, "eps": e, "images": len(s), "spearman": spearman(s, o),
+                     "ratio": s.mean() / o.mean(), "kc_single": s.mean(), "kc_oracle": o.mean(),
+                     "kc_std": s.std(), "kc_oracle_std": o.std(), "miss_single": float(np.mean(miss_s[e])),
+                     "miss_oracle": float(np.mean(miss_o[e])),
+                     "extra_misses": float(np.mean(miss_s[e]) - np.mean(miss_o[e])), "seconds": seconds})
+    return rows
 
 
 def paper_head(weights: str, train_dir: str, out: str, samples: int) -> int:
@@ -183,21 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("paper-head needs --out")
         return paper_head(args.weights[0], str(tr), args.out, args.samples)
     command = "python benchmarks/learned_cpu.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))
-    rows, reports = [], {}
+    rows: list[dict[str, Any]] = []
     for w in args.weights:
         for label, folder, limit in (("held-out photos", str(ho), None),
                                      ("Savoias dev", args.savoias_dev, args.limit)):
-            m = measure(w, folder, limit, label)
-            spread_ = kc_spread(w, folder, limit)
-            for r in m["rows"]:
-                r["kc_std"] = spread_[r["eps"]]
-            rows += m["rows"]
-            reports[f"{w} | {label}"] = m["report"]
+            rows += measure(w, folder, limit, label)
             print(table(rows[-len(EPS):]), flush=True)
     md = (f"Machine: {quality.machine_line(machine_info('cpu'))}. Command: `{command}`.\n\n" + table(rows))
     print(md)
     if args.json:
-        Path(args.json).write_text(json.dumps(quality._jsonable({"rows": rows, "reports": reports}), indent=1,
+        Path(args.json).write_text(json.dumps(quality._jsonable({"command": command, "rows": rows}), indent=1,
                                               ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 

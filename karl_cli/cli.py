@@ -666,6 +666,10 @@ def train(
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default 200, at most a fifth of "
                                          "the run; a warning when longer than the run)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
+    halt_warmup: Optional[int] = typer.Option(None, "--halt-warmup", help="Steps before the halting loss's "
+                                              "gradient reaches the encoder (default 0)."),
+    label_decodes: Optional[int] = typer.Option(None, "--label-decodes", help="Budgets phase 1 decodes per step "
+                                                "to find each image's needed budget (default 4)."),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed (default {defaults.SEED})."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints "
                                                    "(default 200)."),
@@ -688,7 +692,8 @@ def train(
     sizes = {k: v for k, v in (("arch", arch), ("max_tokens", max_tokens), ("token_step", token_step),
                                ("code", code)) if v is not None}
     recipe = {k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("warmup_steps", warmup), ("seed", seed),
-                                ("checkpoint_every", checkpoint_every), ("cache", cache)) if v is not None}
+                                ("checkpoint_every", checkpoint_every), ("cache", cache),
+                                ("halt_warmup", halt_warmup), ("label_decodes", label_decodes)) if v is not None}
     if resume:
         if init_from is not None:
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
@@ -700,7 +705,8 @@ def train(
     defaults = TrainConfig()
     tc = TrainConfig(steps=steps, epochs=epochs, workers=workers, max_minutes=max_minutes, compile=compile_,
                      **{k: recipe.get(k, getattr(defaults, k)) for k in ("batch_size", "lr", "warmup_steps", "seed",
-                                                                         "checkpoint_every", "cache")})
+                                                                         "checkpoint_every", "cache", "halt_warmup",
+                                                                         "label_decodes")})
 
     def on_log(line: str) -> None:
         style = "yellow" if line.startswith("warning:") else "dim"

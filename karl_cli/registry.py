@@ -4,7 +4,7 @@ and the help texts naming models are formatted from it.
 
     from karl_cli.registry import list_models
     list_models()                 # every name
-    list_models("shipped")        # ['karl-small', 'alit-small']
+    list_models("shipped")        # ['karl-small', 'alit-small', 'karl-learned-small']
     list_models("preset", "learned*")
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ KINDS = ("shipped", "preset")
 ENTRIES: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("karl-small", "shipped", "KARL on a Haar wavelet code, 64 px, 384 tokens, halting encoder distilled"),
     ModelEntry("alit-small", "shipped", "ALIT peer (DCT code, recurrent rollout): KC by search only"),
+    ModelEntry("karl-learned-small", "shipped", "KARL with learned tokens over a fitted PCA start, 32 px, 48 "
+               "tokens; its halting head also reads the code's per-token errors"),
     ModelEntry("small", "preset", "the shipped wavelet model: 64 px, 384 tokens, 2.0 M parameters, its halting "
                "encoder distilled"),
     ModelEntry("small-teacher", "preset", "the same with the encoder it was trained with, 2.8 M: train this, "
@@ -37,6 +39,9 @@ ENTRIES: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("learned-64", "preset", "the papers' learned tokens, CPU-sized: 64 px, 64 tokens"),
     ModelEntry("learned-128", "preset", "the GPU recipe: learned tokens, 128 px, 256 tokens, 7.5 M parameters"),
     ModelEntry("learned-tiny", "preset", "learned tokens, 32 px, 16 tokens: tests"),
+    ModelEntry("pca-small", "preset", "karl-learned-small: learned tokens over a PCA start, 32 px, 48 tokens, "
+               "head reads the code's errors"),
+    ModelEntry("pca-small-paper", "preset", "the same with the paper's halting head (encoder outputs only)"),
 )}
 DEFAULT_MODEL = "karl-small"
 DEFAULT_PRESET = "small"

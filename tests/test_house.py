@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from karl_cli.models.pretrained import SHIPPED_MODELS
+
 
 PACKAGE = Path(__file__).resolve().parents[1] / "karl_cli"
 # Each layer may import only from the layers before it (and itself).
@@ -99,7 +101,7 @@ def test_the_wheel_carries_the_shipped_weights(tmp_path):
                     str(tmp_path), str(src)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("karl-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for model in ("karl-small", "alit-small"):
+    for model in SHIPPED_MODELS:
         for f in ("config.json", "model.safetensors", "model_card.md"):
             assert f"karl_cli/weights/{model}/{f}" in names
     assert "karl_cli/models/karl.py" in names and "karl_cli/scoring/oracle.py" in names

@@ -129,3 +129,64 @@ def test_karl_train_max_minutes_stops_and_says_how_to_continue(tmp_path):
     res = CliRunner().invoke(app, args[:-2] + ["--resume"])   # --device cpu kept, sizes left out
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 5
+
+
+# --- learned tokens over a fitted PCA start (models/pca.py; issue #26) -----------------------------
+def _pca_model(reads_code: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(preset("pca-tiny", halt_reads_code=reads_code))
+    x = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(7)) ** 2   # same images for every seed
+    model.code.fit(x)
+    return model, x
+
+
+def test_pca_start_is_deterministic_orthonormal_and_exact_at_step_zero(tmp_path):
+    (a, x), (b, _) = _pca_model(seed=0), _pca_model(seed=1)
+    assert torch.equal(a.code.basis, b.code.basis) and a.code.basis.dtype == torch.float16
+    basis = a.code.basis.float()
+    assert torch.allclose(basis @ basis.T, torch.eye(basis.shape[0]), atol=5e-3)
+    imgs = x[:6]
+    codes = a.code.analyse(imgs)
+    # The bottleneck's correction and the decoder's refinement start at zero: step 0 is the PCA code.
+    lat, _ = a.encode_tokens(imgs, torch.zeros(6, dtype=torch.long), a.config.max_tokens)
+    assert torch.allclose(lat, codes, atol=1e-5)
+    assert torch.allclose(a.decode_tokens(lat), a.code.synthesise(codes), atol=1e-5)
+    # The halting detail is exact: log RMS left after each token, pixel L1 of the clamped prefixes.
+    ends = a.config.budgets
+    for t in (2, 8):
+        rec = a.code.synthesise(codes[:, :t])
+        rms = (rec - imgs).square().mean(dim=(1, 2, 3)).sqrt()
+        assert torch.allclose(a.code.detail_left(imgs, codes)[:, t - 1].exp(), rms, rtol=2e-2, atol=1e-3)
+        l1 = (rec.clamp(0, 1) - imgs).abs().mean(dim=(1, 2, 3))
+        assert torch.allclose(a.code.prefix_l1(imgs, codes, ends)[:, ends.index(t)], l1, atol=1e-4)
+    # Saved and loaded, the fp16 components come back bit for bit.
+    a.save_pretrained(tmp_path / "m")
+    back = KARL.from_pretrained(tmp_path / "m")
+    assert torch.equal(back.code.basis, a.code.basis) and back.config.code == "pca"
+
+
+def test_pca_heads_read_the_code_or_only_the_encoder():
+    ours, x = _pca_model(reads_code=True)
+    paper, _ = _pca_model(reads_code=False)
+    assert ours.halting_head.detail_in is not None and paper.halting_head.detail_in is None
+    assert paper.halting_detail(x[:2], paper.config.max_tokens) is None
+    assert preset("pca-small").halt_grad_scale > 0 and preset("pca-small-paper").halt_grad_scale > 0
+
+
+def test_halting_gradient_reaches_the_encoder_only_after_the_warmup():
+    from karl_cli.training.objectives import TwoPhaseLoss
+
+    model, x = _pca_model(reads_code=False)
+    loss_mod = TwoPhaseLoss(model, label_decodes=3)
+    enc = model.encoder[0].qkv.weight
+
+    def halting_grad(halt_grad: bool) -> torch.Tensor:
+        model.zero_grad()
+        # Halting weight only (reconstruction terms removed by differencing two weights).
+        l_a, _ = loss_mod(x[:8], 8, torch.zeros(8, dtype=torch.long), 1.0, halt_grad)
+        l_b, _ = loss_mod(x[:8], 8, torch.zeros(8, dtype=torch.long), 0.0, halt_grad)
+        (l_a - l_b).backward()
+        return enc.grad.abs().sum() if enc.grad is not None else torch.tensor(0.0)
+
+    assert float(halting_grad(False)) == 0.0
+    assert float(halting_grad(True)) > 0.0

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""The last step of benchmarks/gpu/run.sh: gather what the run produced into ``--out``, at most 8
-files each under 16 MiB.
+"""Steps of benchmarks/gpu/run.sh: export the trained model into ``--out`` as soon as training
+stops (``--weights-only``), and at the end gather the figures; at most 8 files, each under 16 MiB.
 
-    python benchmarks/gpu/collect.py --run RUN_FOLDER --work WORK_FOLDER --out OUT [--preset learned-128]
+    python benchmarks/gpu/collect.py --run RUN_FOLDER --work WORK_FOLDER --out OUT [--preset P] [--weights-only]
 
-Writes ``karl-<preset>/`` (config.json, model.safetensors with the EMA weights in fp16, model_card.md:
-for learned-128 ``model_card_template.md`` filled with the figures and the trainer's card, otherwise
-the trainer's card with the figures appended), metrics.jsonl (the training log), throughput.json (the learned
-and the wavelet model), summary.md (quality and throughput in README form). quality.json and run.log
-are written by run.sh itself. Missing inputs (a step that failed) are noted in summary.md.
+``--weights-only`` writes ``karl-<preset>/`` (config.json, model.safetensors with the EMA weights in
+fp16, model_card.md: for pca-small-paper ``model_card_template.md`` filled with the trainer's card)
+and metrics.jsonl (the training log). Without it: throughput.json (the learned and the wavelet
+model), summary.md (quality and throughput in README form) and the figures added to the model card
+(exporting the weights first if that step did not run). quality.json and run.log are written by
+run.sh itself. Missing inputs (a step that failed) are noted in summary.md.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 MAX_FILES = 8
+# What the exported card says in place of the figures until the final collect fills them in.
+NOT_MEASURED = "(not measured: the run stopped before its evaluation)"
 MAX_BYTES = 16 * 2**20
 
 
@@ -35,6 +38,21 @@ def fp16_weights(run: Path, dest: Path) -> None:
               str(dest / "model.safetensors"))
     shutil.copy2(run / "config.json", dest / "config.json")
     (dest / "model.safetensors").chmod(0o644)
+
+
+def export(run: Path, dest: Path, preset: str, out: Path) -> None:
+    """The model (fp16) with its card, and the training log, into ``out``: what must come back even
+    if the run is cut before evaluation. The card's figures are a placeholder until the final collect."""
+    fp16_weights(run, dest)
+    trainer_card = (run / "model_card.md").read_text(encoding="utf-8")
+    if preset == "pca-small-paper":   # the recipe's card: model_card_template.md, filled in
+        card = TEMPLATE.read_text(encoding="utf-8").replace("TRAINER_CARD", trainer_card.replace("\n# ", "\n### "))
+    else:
+        card = (trainer_card + "\n## Stored\n\nThe EMA weights in fp16 (karl loads them into an fp32 model).\n\n"
+                "## Measured (benchmarks/gpu/run.sh)\n\nFIGURES\n")
+    (dest / "model_card.md").write_text(card.replace("FIGURES", NOT_MEASURED), encoding="utf-8")
+    if (run / "metrics.jsonl").is_file():
+        shutil.copy2(run / "metrics.jsonl", out / "metrics.jsonl")
 
 
 def _read(path: Path) -> Any:
@@ -60,9 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--run", required=True, type=Path)
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--preset", default="learned-128")
+    ap.add_argument("--preset", default="pca-small-paper")
+    ap.add_argument("--weights-only", action="store_true", help="Export the model and training log only.")
     args = ap.parse_args(argv)
     out, run, work = args.out, args.run, args.work
+    dest = out / f"karl-{args.preset}"
+    if args.weights_only:
+        if not (run / "model.safetensors").is_file():
+            print(f"no trained weights in {run}", file=sys.stderr)
+            return 1
+        export(run, dest, args.preset, out)
+        print(f"exported {dest} ({(dest / 'model.safetensors').stat().st_size / 2**20:.2f} MiB) and metrics.jsonl")
+        return 0
     notes = []
     summary = [f"# karl GPU run: {args.preset}", ""]
     quality_md = work / "quality.md"
@@ -72,19 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary += ["## Throughput (`benchmarks/throughput.py`)", ""]
     summary += throughput_lines("learned", tp["learned"]) + throughput_lines("wavelet (karl-small)", tp["wavelet"])
     if (run / "model.safetensors").is_file():
-        dest = out / f"karl-{args.preset}"
-        fp16_weights(run, dest)
-        trainer_card = (run / "model_card.md").read_text(encoding="utf-8")
+        if not (dest / "model.safetensors").is_file():
+            export(run, dest, args.preset, out)
         figures = "\n".join(summary[2:])
-        if args.preset == "learned-128":   # the recipe's card: model_card_template.md, filled in
-            card = (TEMPLATE.read_text(encoding="utf-8").replace("FIGURES", figures)
-                    .replace("TRAINER_CARD", trainer_card.replace("\n# ", "\n### ")))
-        else:
-            card = (trainer_card + "\n## Stored\n\nThe EMA weights in fp16 (karl loads them into an fp32 "
-                    "model).\n\n## Measured (benchmarks/gpu/run.sh)\n\n" + figures + "\n")
-        (dest / "model_card.md").write_text(card, encoding="utf-8")
-        if (run / "metrics.jsonl").is_file():
-            shutil.copy2(run / "metrics.jsonl", out / "metrics.jsonl")
+        card = (dest / "model_card.md").read_text(encoding="utf-8")
+        (dest / "model_card.md").write_text(card.replace(NOT_MEASURED, figures), encoding="utf-8")
     else:
         notes.append("no trained weights: the training step failed")
     summary += [""] + [f"- note: {n}" for n in notes]

@@ -2,21 +2,21 @@
 """Build the data pack that benchmarks/gpu/run.sh carries to a GPU machine (no network there).
 
     python benchmarks/gpu/make_pack.py [--out gpu-pack] [--data DIR ...] [--savoias ROOT]
-                                       [--eval 200] [--max-side 256] [--budget-mib 40]
+                                       [--eval 200] [--max-side 128] [--budget-mib 28] [--site]
     python benchmarks/gpu/make_pack.py --synthetic --out gpu-pack-smoke   # CI: generated images only
 
-The pack (git-ignored; ``--budget-mib``, default 40 MiB, in all):
+The pack (git-ignored; ``--budget-mib``, default 28 MiB, in all: under the 30 MiB the run may carry):
 
 - ``train/<source>/…jpg``: every readable training image of ``--data`` (default: the shared data's
-  imagenet-sample and debian-photos), shrunk to ``--max-side`` px (256: ``karl train`` decodes
-  images at twice the 128 px recipe before random resized crops) and saved as JPEG; the quality
+  imagenet-sample and debian-photos), shrunk to ``--max-side`` px (128: ``karl train`` decodes
+  images at twice the model's resolution before random resized crops, and the GPU recipe is 32 px) and saved as JPEG; the quality
   steps down from 90 until the pack fits the budget.
 - ``eval/<Category>/<i>.jpg`` + ``eval/ratings.csv`` (``path,rating,category``): ``--eval`` Savoias
   dev images spread evenly over each category's sorted list, shrunk the same way (JPEG quality 95),
   with their ratings, never training images. A CSV because the GPU machine has no openpyxl for the
   xlsx ground truth: ``karl correlate --ratings eval/ratings.csv`` reads it. Note that the JPEG
   baseline of that folder is the bytes of these re-encoded files, not of the originals.
-- ``site/``: pytest and what it needs (pure Python, copied from this environment), for ``pytest -m
+- ``site/`` (only with ``--site``, for a machine without pytest): pytest and what it needs (pure Python, copied from this environment), for ``pytest -m
   cuda`` on a machine without pytest; run.sh adds it to the path only where pytest is missing.
 - ``pack.json``: what is in the pack, from where, and the command.
 
@@ -57,8 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                     "debian-photos of the shared data).")
     ap.add_argument("--savoias", default=str(SHARED / "savoias-dev"), help="Savoias root of the evaluation images.")
     ap.add_argument("--eval", type=int, default=200, help="Evaluation images (spread over the categories).")
-    ap.add_argument("--max-side", type=int, default=256)
-    ap.add_argument("--budget-mib", type=float, default=40.0)
+    ap.add_argument("--max-side", type=int, default=128)
+    ap.add_argument("--budget-mib", type=float, default=28.0)
+    ap.add_argument("--site", action="store_true", help="Also copy pytest into site/ (for a machine without it).")
     ap.add_argument("--synthetic", action="store_true", help="A small pack of generated images (for --smoke).")
     ap.add_argument("--synthetic-train", type=int, default=48)
     return ap.parse_args(argv)
@@ -168,7 +169,7 @@ def build(args: argparse.Namespace, command: str) -> dict:
         w = csv.DictWriter(f, fieldnames=["path", "rating", "category"])
         w.writeheader()
         w.writerows(ratings)
-    if not args.synthetic:   # the smoke pack runs where pytest is installed
+    if args.site:   # only for a machine without pytest: run.sh skips the CUDA tests there otherwise
         _copy_dist("pytest", out / "site", set())
     site_bytes = sum(p.stat().st_size for p in (out / "site").rglob("*") if p.is_file())
 

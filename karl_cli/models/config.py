@@ -39,12 +39,16 @@ SMALL_EPS_BINS: int = sum(1 for e in EPS_BINS if e <= 0.04 + 1e-9)
 MODELS: dict[tuple[str, str], str] = {
     ("karl", "wavelet"): "KARL on the wavelet code",
     ("karl", "learned"): "KARL with learned tokens",
+    ("karl", "pca"): "KARL with learned tokens over a fitted linear (PCA) start",
     ("alit", "dct"): "ALIT",
 }
 # Fields a model has no use for, left out of its config.json: ALIT has no halting head, and only
 # learned tokens need the linear grid<->token shortcuts (``direct_dim``; models/layers.py).
-_UNUSED_FIELDS = {("karl", "wavelet"): ("direct_dim",), ("karl", "learned"): (),
-                  ("alit", "dct"): ("halt_hidden", "halt_threshold", "halt_grad_scale", "direct_dim")}
+# Only a model with a code can let its halting head read the code's errors (``halt_reads_code``).
+_UNUSED_FIELDS = {("karl", "wavelet"): ("direct_dim", "halt_reads_code"), ("karl", "learned"): ("halt_reads_code",),
+                  ("karl", "pca"): ("direct_dim",),
+                  ("alit", "dct"): ("halt_hidden", "halt_threshold", "halt_grad_scale", "direct_dim",
+                                    "halt_reads_code")}
 
 
 def _retired_value(name: str, arch: str, code: str) -> Any:
@@ -185,6 +189,7 @@ class KARLConfig:
     halt_threshold: float = 0.9     # a token halts when p_halt exceeds this (paper: 0.75)
     halt_grad_scale: float = 1.0    # share of the halting loss's gradient that reaches the encoder
     direct_dim: int = 32            # learned tokens: width of the linear grid<->token shortcuts
+    halt_reads_code: bool = True    # the halting head also reads the code's per-token errors (not the paper's head)
 
     def __post_init__(self) -> None:
         problems = []
@@ -192,6 +197,8 @@ class KARLConfig:
             v = getattr(self, f.name)
             if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 problems.append(f"{f.name} must be a whole number >= 1, not {v!r}")
+            elif f.type == "bool" and not isinstance(v, bool):
+                problems.append(f"{f.name} must be true or false, not {v!r}")
             elif f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
                 problems.append(f"{f.name} must be a finite number, not {v!r}")
         if problems:
@@ -293,6 +300,23 @@ PRESETS: dict[str, KARLConfig] = {
     "learned-64": KARLConfig(code="learned", resolution=64, base_channels=16, stem_channels=16, width=128, enc_depth=2, enc_heads=4,
                              dec_width=128, dec_depth=2, dec_heads=4, max_tokens=64, token_step=8,
                              halt_threshold=0.75, halt_grad_scale=0.0, direct_dim=32),
+    # Learned tokens over a fitted linear start (models/pca.py) at 32 px: T_max 48 (576 principal
+    # components of 3,072 pixel values) in budgets of 2, so the model's own oracle reaches ε 0.05 on
+    # photos while ε 0.09 still takes more than the first budget for most; the halting gradient reaches the encoder after the trainer's warm-up. "pca-small" (the
+    # shipped karl-learned-small) lets its head read the code's per-token errors; "pca-small-paper"
+    # is the paper's head, which reads the encoder's outputs only. docs/design.md §5.
+    # Seconds on a CPU: for tests and `benchmarks/gpu/run.sh --smoke`, with the paper's head.
+    "pca-tiny": KARLConfig(code="pca", resolution=16, patch_size=4, base_channels=8, stem_channels=8, width=32,
+                           enc_depth=1, enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, max_tokens=16,
+                           token_step=2, halt_hidden=16, halt_threshold=0.75, halt_grad_scale=1.0,
+                           halt_reads_code=False),
+    "pca-small": KARLConfig(code="pca", resolution=32, patch_size=4, base_channels=16, stem_channels=16, width=128,
+                            enc_depth=2, enc_heads=4, dec_width=128, dec_depth=2, dec_heads=4, max_tokens=48,
+                            token_step=2, halt_threshold=0.75, halt_grad_scale=1.0),
+    "pca-small-paper": KARLConfig(code="pca", resolution=32, patch_size=4, base_channels=16, stem_channels=16,
+                                  width=128, enc_depth=2, enc_heads=4, dec_width=128, dec_depth=2, dec_heads=4,
+                                  max_tokens=48, token_step=2, halt_threshold=0.75, halt_grad_scale=1.0,
+                                  halt_reads_code=False),
     # The GPU recipe (benchmarks/gpu/run.sh): 128 px, a small encoder and a larger decoder, T_max 256
     # in budgets of 32 as in the papers. Patch 16 (an 8x8 grid) keeps the shortcuts' dense maps, which
     # scale with grid x tokens, small enough for fp16 weights under 16 MiB (7.5M parameters).

@@ -48,7 +48,10 @@ class KARL(Tokenizer):
         super().__init__(config)
         w = config.width
         self.eps_embed = nn.Embedding(len(EPS_BINS), w)
-        self.halting_head = HaltingHead(w, config.halt_hidden, EPS_BINS, detail=3 if self.code is not None else 0)
+        # The head reads the code's per-token errors where there is a code and the config says so
+        # (the paper's head reads the encoder's outputs only: ``halt_reads_code`` false).
+        self.reads_code = self.code is not None and config.halt_reads_code
+        self.halting_head = HaltingHead(w, config.halt_hidden, EPS_BINS, detail=3 if self.reads_code else 0)
         self._enc_masks: dict[tuple[int, str], torch.Tensor] = {}
         # The last halting detail, with a copy of the images it was made for: it does not depend on
         # ε, and scoring several ε runs the encoder on the same batch once per ε. Comparing the
@@ -87,15 +90,17 @@ class KARL(Tokenizer):
             x = blk(x, mask)
         return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:]), codes
 
-    def encode_tokens(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_tokens(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int,
+                      halt_grad: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder pass at budget ``num_tokens`` for images (B, 3, R, R) in [0, 1] conditioned on ε:
         ``eps_pos`` (B,) is each image's ε bin index (long) or position between bins (float;
-        ``config.eps_position``). Returns (latents (B, T, latent_dim), p_halt (B, T))."""
+        ``config.eps_position``). Returns (latents (B, T, latent_dim), p_halt (B, T)).
+        ``halt_grad``: share of the halting loss's gradient that reaches the encoder (default: the
+        config's ``halt_grad_scale``; training passes 0 during its reconstruction warm-up)."""
         eps_pos = eps_pos.to(images.device)
         h, codes = self._encode(images, eps_pos, num_tokens)
         # How much of the halting loss's gradient reaches the shared encoder (docs/design.md §3).
-        g = self.config.halt_grad_scale
+        g = self.config.halt_grad_scale if halt_grad is None else halt_grad
         h_halt = h if g == 1.0 else h.detach() + g * (h - h.detach())
         detail = self.halting_detail(images, num_tokens, codes)
         return self.to_tokens(h, codes), self.halting_head(h_halt, eps_pos, detail)
@@ -112,11 +117,12 @@ class KARL(Tokenizer):
 
     def halting_detail(self, images: torch.Tensor, num_tokens: int, codes: torch.Tensor | None = None
                        ) -> torch.Tensor | None:
-        """The halting head's per-token detail input (B, num_tokens, 3), or None for learned tokens:
+        """The halting head's per-token detail input (B, num_tokens, 3), or None where the head reads
+        only the encoder (learned tokens without a code, ``halt_reads_code`` false):
         the log RMS error left after each token, and the log pixel L1 of the code at the budget
         below the token and at the smallest budget that includes it. ``codes``: the images' code
         (all T_max tokens) when the caller has it already."""
-        if self.code is None:
+        if not self.reads_code:
             return None
         memo = self._detail_memo
         if memo is not None and memo[1] == num_tokens and memo[0].shape == images.shape \
@@ -152,10 +158,11 @@ class KARL(Tokenizer):
         return keep
 
     def forward(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int | None = None,
-                halting: bool = False) -> ForwardOutput:
-        """Training pass. With ``halting`` the decoder sees only the tokens ``kept`` keeps."""
+                halting: bool = False, halt_grad: float | None = None) -> ForwardOutput:
+        """Training pass. With ``halting`` the decoder sees only the tokens ``kept`` keeps;
+        ``halt_grad`` as in ``encode_tokens``."""
         t = num_tokens or self.config.max_tokens
-        latents, p_halt = self.encode_tokens(images, eps_pos, t)
+        latents, p_halt = self.encode_tokens(images, eps_pos, t, halt_grad)
         keep = self.kept(p_halt.detach()) if halting else torch.ones_like(p_halt, dtype=torch.bool)
         return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
 

@@ -130,7 +130,9 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, card: str | N
     """Write config, weights (and a model card) atomically into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    # fp32, except tensors the model itself keeps in fp16 (a PCA start's components, models/pca.py).
+    state = {k: v.detach().to("cpu", torch.float16 if v.dtype == torch.float16 else torch.float32).contiguous()
+             for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "arch": model.config.arch})
     atomic_write_text(directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2) + "\n")

@@ -14,6 +14,7 @@ import torch.nn as nn
 from karl_cli.models.config import KARLConfig
 from karl_cli.models.dct import DCTCode
 from karl_cli.models.layers import Block, ConvBase, DirectPaths, conv_stem
+from karl_cli.models.pca import PCACode
 from karl_cli.models.pretrained import Pretrained
 from karl_cli.models.wavelet import WaveletCode
 
@@ -68,7 +69,7 @@ class TokenSource:
     encoder_run_per_budget: bool
 
 
-CODES = {"wavelet": WaveletCode, "dct": DCTCode}
+CODES = {"wavelet": WaveletCode, "dct": DCTCode, "pca": PCACode}
 # Rows per decoder run on a CPU (``Tokenizer.decode``): 19 -> 12 ms per image on 256 Savoias images
 # at ε 0.05 against the whole batch of 64 (docs/design.md §6).
 CPU_DECODE_GROUP = 16

@@ -67,6 +67,8 @@ class TrainConfig:
     grad_clip: float = 3.0
     ema_decay: float = 0.999
     halt_weight: float = 1.0
+    halt_warmup: int = 0              # steps before the halting loss's gradient reaches the encoder
+    label_decodes: int = 4            # phase-1 decodes per step that find each image's T* (objectives.py)
     seed: int = 0
     checkpoint_every: int = 200
     workers: int = 0
@@ -87,10 +89,11 @@ class TrainConfig:
             raise bad("--steps", self.steps, "a whole number >= 1")
         if self.epochs is not None and not (finite(self.epochs) and self.epochs > 0):
             raise bad("--epochs", self.epochs, "a positive number")
-        for name, v in (("--batch-size", self.batch_size), ("--checkpoint-every", self.checkpoint_every)):
+        for name, v in (("--batch-size", self.batch_size), ("--checkpoint-every", self.checkpoint_every),
+                        ("label_decodes", self.label_decodes)):
             if not isinstance(v, int) or v < 1:
                 raise bad(name, v, "a whole number >= 1")
-        for name, v in (("--warmup", self.warmup_steps), ("--workers", self.workers)):
+        for name, v in (("--warmup", self.warmup_steps), ("--workers", self.workers), ("halt_warmup", self.halt_warmup)):
             if name == "--warmup" and v is None:
                 continue
             if not isinstance(v, int) or v < 0:
@@ -334,7 +337,7 @@ def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | N
     model = build_model(model_config).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    loss_module: nn.Module = training_objective(model)
+    loss_module: nn.Module = training_objective(model, tc.label_decodes)
     if world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
     decay, no_decay = [], []
@@ -400,7 +403,8 @@ def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | N
             images = images.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype)
+            loss, stats = two_phase_step(loss_module, images, step, tc.seed, tc.halt_weight, autocast_dtype,
+                                          tc.halt_warmup)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {step}; stopped. The last good "
                                     f"checkpoint is {ckpt_path} (try a lower --lr)")
@@ -470,10 +474,12 @@ CODE_FIT_CROPS = 4096
 
 def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS,
              progress: Callable[[int, int], None] | None = None) -> int:
-    """Fit a model's linear code (colour basis, coefficient scales and order) on training crops (deterministic:
-    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number.
+    """Fit a model's linear code (colour basis, coefficient scales and order; a PCA code's components)
+    on training crops (deterministic: the crops of the first epochs, at most ``crops`` of them and two
+    per image, or the code's own ``fit_crops`` and ``crops_per_image``); returns their number.
     ``progress(done, total)`` after each crop read."""
-    n = min(len(dataset) * 2, crops)
+    code = model.code
+    n = min(len(dataset) * getattr(code, "crops_per_image", 2), getattr(code, "fit_crops", crops))
     images = []
     for i in range(n):
         dataset.set_epoch(i // len(dataset))

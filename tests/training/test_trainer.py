@@ -37,19 +37,22 @@ def test_phase2_is_conditioned_on_bin_of_phase1_error(tiny_model):
     calls = []
     original = tiny_model.forward
 
-    def spy(images, eps_idx, num_tokens=None, halting=False):
-        out = original(images, eps_idx, num_tokens, halting)
-        calls.append((eps_idx.clone(), num_tokens, halting, out))
+    def spy(images, eps_idx, num_tokens=None, halting=False, halt_grad=None):
+        out = original(images, eps_idx, num_tokens, halting, halt_grad)
+        calls.append((eps_idx.clone(), num_tokens, halting))
         return out
 
     tiny_model.forward = spy
     x = torch.rand(4, 3, 32, 32)
-    loss, stats = TwoPhaseLoss(tiny_model)(x, 8, torch.zeros(4, dtype=torch.long), 1.0)
-    (e1, t1, h1, o1), (e2, t2, h2, o2) = calls
-    assert (t1, h1) == (8, False) and (t2, h2) == (16, True)
-    eps0 = (o1.recon - x).abs().mean(dim=(1, 2, 3))
+    loss, stats = TwoPhaseLoss(tiny_model, label_decodes=1)(x, 8, torch.zeros(4, dtype=torch.long), 1.0)
+    ((e2, t2, h2),) = calls                                   # phase 1 encodes and decodes directly
+    assert (t2, h2) == (16, True)
+    with torch.no_grad():                                     # phase 1's ε₀: the L1 at budget 8
+        lat, _ = tiny_model.encode_tokens(x, torch.zeros(4, dtype=torch.long), 8)
+        eps0 = (tiny_model.decode_tokens(lat) - x).abs().mean(dim=(1, 2, 3))
     assert torch.equal(e2, eps_to_bin(eps0))
-    assert torch.isfinite(loss) and set(stats) >= {"rec1", "rec2", "halt", "kept2"}
+    assert torch.isfinite(loss) and set(stats) >= {"rec1", "rec2", "halt", "kept2", "needed"}
+    assert float(stats["needed"]) == 8.0                      # one decode: T* is the sampled budget
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -85,7 +85,7 @@ class Run:
         args = shlex.split(self.command)
         out = []
         for a in args:
-            a = a.replace("docs/results", str(results)).replace("docs/figures", str(figures))
+            a = a.replace("docs/results", _short(results)).replace("docs/figures", _short(figures))
             if subset is not None and a.startswith("savoias-dev-subset"):
                 a = str(subset) + a[len("savoias-dev-subset"):]
             elif savoias is not None and a.startswith(SAVOIAS_TOKEN):
@@ -127,6 +127,11 @@ def _runs() -> dict[str, Run]:
 
 
 RUNS: dict[str, Run] = _runs()
+
+
+def _short(path: Path) -> str:
+    """A path as a command names it: relative to the repository when inside it (commands run there)."""
+    return os.path.relpath(path, ROOT) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
 def machine() -> dict:
@@ -195,7 +200,7 @@ def execute(run: Run, savoias: Path | None, results: Path = RESULTS, figures: Pa
 
 def keep_output(name: str, text: str, results: Path = RESULTS) -> None:
     """Store a command's terminal output as results/NAME.txt, without its progress lines (they vary)."""
-    lines = [ln.rstrip() for ln in text.splitlines() if not re.match(r"^\S+: \d+/\d+ \(", ln)]
+    lines = [ln.rstrip() for ln in text.splitlines() if not re.search(r"\d+/\d+ \(\d+ %\), .*elapsed", ln)]
     (results / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -241,7 +246,8 @@ def output_lines(name: str, results: Path, prefix: str = "• ") -> list[str]:
 
 
 def bullets(lines: list[str]) -> str:
-    return "\n".join(f"- {ln[2:]}" for ln in lines)
+    """The command's findings lines as a Markdown list (after a blank line), or nothing."""
+    return "".join(f"\n- {ln[2:]}" for ln in lines).replace("\n", "\n\n", 1) if lines else ""
 
 
 # --- the tables ----------------------------------------------------------------------------------------
@@ -280,10 +286,21 @@ def _cell(df: pd.DataFrame, pooled: bool, category: str, method: str, eps: float
     if sel.empty:
         return "–"
     r = sel.iloc[0]
-    s = g(r[key], 2) if key == "spearman" else g(r[key], 2).replace("0.", "+0.", 1) if r[key] >= 0 else g(r[key], 2)
+    num = g if key == "spearman" else signed      # a difference carries its sign
+    s = num(r[key])
     if ci and math.isfinite(r[f"{key}_lo"]):
-        s += f" [{g(r[f'{key}_lo'])}, {g(r[f'{key}_hi'])}]"
+        s += f" [{num(r[f'{key}_lo'])}, {num(r[f'{key}_hi'])}]"
     return s
+
+
+def signed(x: float) -> str:
+    return g(x) if x < 0 or math.isnan(x) else "+" + g(x)
+
+
+def kc_method(df: pd.DataFrame) -> str:
+    """The results name of a model's KC: `karl_kc` for the single pass, `karl_search_kc` for ALIT."""
+    kcs = [m for m in dict.fromkeys(df["method"]) if str(m).startswith("karl_") and str(m).endswith("_kc")]
+    return "karl_kc" if "karl_kc" in kcs else kcs[0]
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[bool, str]]:
@@ -302,12 +319,13 @@ def t_savoias(results: Path) -> str:
     models = [m for m in shipped_models() if _correlate_frame(results, m) is not None]
     ref = _correlate_frame(results, models[0])
     eps = float(ref.loc[ref["method"] == "karl_kc", "eps"].iloc[0])
-    header = ["category", "n"] + [f"`{m}` KC" for m in models] + ["JPEG bytes/px", "PNG bytes/px",
+    header = ["category", "n"] + [f"`{m}` KC" + (" (search)" if kc_method(_correlate_frame(results, m)) != "karl_kc"
+                                                  else "") for m in models] + ["JPEG bytes/px", "PNG bytes/px",
                                                                      f"`{models[0]}` − JPEG [paired CI]"]
     rows = []
     for pooled, cat in _groups(ref):
         row = ["**all (pooled)**" if pooled else cat, _n(ref, pooled, cat)]
-        row += [_cell(_correlate_frame(results, m), pooled, cat, "karl_kc", eps) for m in models]
+        row += [_cell(f, pooled, cat, kc_method(f), eps) for f in (_correlate_frame(results, m) for m in models)]
         row += [_cell(ref, pooled, cat, "jpeg_bpp"), _cell(ref, pooled, cat, "png_bpp"),
                 _cell(ref, pooled, cat, "karl_kc", eps, key="vs_jpeg")]
         rows.append(row)
@@ -322,6 +340,7 @@ def t_battery(results: Path) -> str:
     eps = float(df.loc[df["method"] == "karl_kc", "eps"].iloc[0])
     names = [b for b in REGISTRY if (df["method"] == b).any()]
     header = ["category", "KC"] + [REGISTRY[b].label for b in names] + ["best baseline", "KC − best [paired CI]"]
+    align = "lr" + "r" * len(names) + "lr"
     rows = []
     for pooled, cat in _groups(df):
         vals = [_cell(df, pooled, cat, "karl_kc", eps, ci=False)] + [_cell(df, pooled, cat, b, ci=False) for b in names]
@@ -334,7 +353,8 @@ def t_battery(results: Path) -> str:
         rows.append(["**all (pooled)**" if pooled else cat, *vals, REGISTRY[best].label if best in REGISTRY else "–",
                      _cell(df, pooled, cat, "karl_kc", eps, key="vs_best")])
     return (f"Spearman ρ with the human ratings, ε = {eps:g} (CIs of every ρ are in "
-            f"`docs/results/correlate-{shipped_models()[0]}.csv`); bold: the best of the row.\n\n" + md_table(header, rows))
+            f"`docs/results/correlate-{shipped_models()[0]}.csv`); bold: the best of the row.\n\n"
+            + md_table(header, rows, align))
 
 
 def t_compare(results: Path) -> str:
@@ -370,7 +390,7 @@ def t_throughput(results: Path) -> str:
     return (f"{t['images']} Savoias dev images, ε {d['eps']:g}, batch {d['batch_size']}, {d['workers']} loader "
             f"workers, {d['machine']['torch_threads']} torch threads, {d['repeats']} run(s):\n\n"
             + md_table(["", "images/s", "of decode-only", "CPU ms/image", "encoder + decoder runs"], rows)
-            + f"\n\nAt these rates a million images take {million} on this machine.")
+            + f"\n\nAt these rates a million images take {million} on this machine at the load named below.")
 
 
 def t_noise(results: Path) -> str:
@@ -381,7 +401,7 @@ def t_noise(results: Path) -> str:
     for (kind, s) in dict.fromkeys((k, s) for k, s, _, _ in med.index):
         rows.append([kind, f"{s:g}"] + [f"{med[kind, s, 'input', e]:g} / {med[kind, s, 'image', e]:g}" for e in eps])
     return (md_table(["noise", "strength"] + [f"median KC ε={e:g} (input / image)" for e in eps], rows, "llrrr")
-            + "\n\n" + bullets(output_lines("noise", results)))
+            + bullets(output_lines("noise", results)))
 
 
 def t_structure(results: Path) -> str:
@@ -389,8 +409,11 @@ def t_structure(results: Path) -> str:
     eps = sorted(df["eps"].unique())
     med = df.groupby(["step_index", "step", "eps"])["kc"].median()
     rows = [[step] + [f"{med[i, step, e]:g}" for e in eps] for i, step in dict.fromkeys((i, s) for i, s, _ in med.index)]
-    return (md_table(["step"] + [f"median KC ε={e:g}" for e in eps], rows)
-            + "\n\n" + bullets(output_lines("structure", results)))
+    orig = df[df["step"] == "original"].pivot_table(index="source", columns="eps", values="kc", sort=False)
+    per_source = md_table(["original image"] + [f"KC ε={e:g}" for e in eps],
+                          [[src] + [f"{orig.loc[src, e]:g}" for e in eps] for src in orig.index])
+    return (md_table(["step"] + [f"median KC ε={e:g}" for e in eps], rows) + "\n\n" + per_source
+            + bullets(output_lines("structure", results)))
 
 
 def t_familiarity(results: Path) -> str:
@@ -400,7 +423,7 @@ def t_familiarity(results: Path) -> str:
     groups = list(dict.fromkeys(df["group"]))
     rows = [[gr] + [f"{med[gr, e]:g}" for e in eps] for gr in groups]
     return (md_table(["images", *[f"median KC ε={e:g}" for e in eps]], rows)
-            + "\n\n" + bullets(output_lines("familiarity", results)))
+            + bullets(output_lines("familiarity", results)))
 
 
 def t_map(results: Path) -> str:
@@ -411,12 +434,35 @@ def t_map(results: Path) -> str:
         b = df[df["eps"] == e]["budget"]
         rows.append([f"{e:g}", f"{b.median():g}", f"{b.max():g}", f"{b.isna().sum()}"])
     return (md_table(["ε", "median block budget", "largest block budget", "blocks never meeting ε"], rows)
-            + "\n\n" + bullets(output_lines("map", results)))
+            + bullets(output_lines("map", results)))
+
+
+def terminal_table(name: str, title: str, results: Path) -> tuple[list[str], list[list[str]]]:
+    """A table the command printed (rich box drawing) under a title line starting with ``title``:
+    (header, rows)."""
+    lines = (results / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(title))
+    header, rows = None, []
+    for ln in lines[start + 1:]:
+        if ln.startswith("┃") and header is None:
+            header = [c.strip() for c in ln.strip("┃").split("┃")]
+        elif ln.startswith("│"):
+            rows.append([c.strip() for c in ln.strip("│").split("│")])
+        elif ln.startswith("└"):
+            break
+    return header, rows
 
 
 def t_profile(results: Path) -> str:
-    lines = output_lines("profile", results)
-    return bullets(lines) if lines else "(not run yet)"
+    header, rows = terminal_table("profile", "Spearman ρ with the ratings", results)
+    cols = {h: i for i, h in enumerate(header)}
+    out = [[("**all (pooled)**" if r[0] == "pooled" else r[0]), r[cols["n"]], g(float(r[cols["rho_area"]])), g(float(r[cols["rho_kc"]])),
+            f"{signed(float(r[cols['delta']]))} [{signed(float(r[cols['delta_lo']]))}, {signed(float(r[cols['delta_hi']]))}]"]
+           for r in rows]
+    return ("Spearman ρ with the Savoias ratings of `kc_area` and of KC at ε 0.03, and their difference with a "
+            "paired bootstrap 95 % CI:\n\n"
+            + md_table(["category", "n", "ρ(kc_area)", "ρ(KC ε=0.03)", "difference [CI]"], out)
+            + bullets(output_lines("profile", results)))
 
 
 def t_models(results: Path) -> str:

@@ -47,8 +47,8 @@ FIGURES = ROOT / "docs" / "figures"
 MANIFEST = RESULTS / "manifest.json"
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 SAVOIAS_TOKEN = "savoias-dev"
-COMPARE_EVERY = 14          # the compare subset: every 14th image of the dev half's sorted images ...
-COMPARE_IMAGES = 50         # ... the first 50 of them
+COMPARE_EVERY = 24          # the compare subset: every 24th image of the dev half's sorted images ...
+COMPARE_IMAGES = 30         # ... the first 30 of them
 
 
 def doc_files() -> list[Path]:

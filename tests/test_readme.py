@@ -143,15 +143,23 @@ LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 CODE_PATH = re.compile(r"`((?:karl_cli|benchmarks|tests|docs|weights)/[\w./-]+)`(?: `(\w+)`)?")
 
 
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", text(doc), flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_links_resolve():
     for doc in DOCS:
-        for target, _ in LINK.findall(text(doc)):
+        for target, anchor in LINK.findall(text(doc)):
             if target.startswith(("http://", "https://")):
                 continue
             path = (doc.parent / target).resolve()
             if path.name in OWNED_ELSEWHERE and not path.exists():
                 continue          # pages of parallel work, linked ahead of their merge
             assert path.exists(), f"{doc.name}: broken link {target}"
+            if anchor and path.suffix == ".md":
+                assert anchor[1:] in _anchors(path), f"{doc.name}: no heading {anchor} in {target}"
 
 
 def test_named_files_and_symbols_exist():

@@ -30,12 +30,13 @@ from typing import Any, Sequence
 
 import torch
 
-from karl_cli.cli import _default_workers
-from karl_cli.io.images import load_for_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
+from machine import machine_info  # noqa: E402
 from karl_cli.models.pretrained import load_pretrained
-from karl_cli.runtime import machine_info, resolve_device
+from karl_cli.runtime import default_workers, resolve_device
 from karl_cli.scoring.baselines import REGISTRY
-from karl_cli.scoring.complexity import collect_inputs, score
+from karl_cli.scoring.complexity import score
+from karl_cli.scoring.measure import collect_inputs, read_pixels
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "weights" / "karl-small"
@@ -95,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_pretrained(args.weights, device=device)
     found = [f for f in collect_inputs([args.folder]) if f.error is None][: args.limit]
     paths = [f.path for f in found]
-    workers = _default_workers(device) if args.workers is None else args.workers
-    arrays = [load_for_model(p, model.config.resolution) for p in paths]
+    workers = default_workers(device) if args.workers is None else args.workers
+    arrays = [read_pixels(f, model.config.resolution) for f in found]
     per = per_measure_ms(arrays, args.repeats)
     e2e = end_to_end_s(paths, model, args.eps, args.batch_size, workers, args.repeats, device)
     base = e2e["none"]

@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 import quality  # noqa: E402  (benchmarks/quality.py: the measurements)
 
 from karl_cli.models.config import preset  # noqa: E402
 from karl_cli.models.pretrained import build_model  # noqa: E402
-from karl_cli.runtime import machine_info  # noqa: E402
-from karl_cli.scoring.complexity import collect_inputs  # noqa: E402
+from karl_cli.scoring.measure import collect_inputs  # noqa: E402
 from karl_cli.training.trainer import METRICS_NAME, TrainConfig, train  # noqa: E402
 
 DEFAULT_EPS = (0.05, 0.09, 0.16)

@@ -54,19 +54,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
+from machine import machine_info  # noqa: E402
 from karl_cli.scoring.compare import psnr, ssim
 from karl_cli.models.pretrained import DEFAULT_MODEL, load
 from karl_cli.scoring.methods import methods_for
 from karl_cli.scoring.oracle import budget_reconstructions, smallest_budget
-from karl_cli.scoring.complexity import collect_inputs, image_batches, score, validate_eps
+from karl_cli.scoring.complexity import score
+from karl_cli.scoring.measure import collect_inputs, image_batches
+from karl_cli.scoring.methods import validate_eps
+from karl_cli.defaults import EPS_SERIES
 from karl_cli.errors import KarlError, UsageError
-from karl_cli.runtime import inference, machine_info, prepare_model, resolve_device, to_model_input
+from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
 from karl_cli.analysis.correlate import POOLED_LABEL
 from karl_cli.analysis.stats import spearman
 from karl_cli.io.synthetic import FAMILIES, make_family_image
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_EPS = (0.03, 0.05, 0.09)
 # KARL paper (ImageNet-100, 256 px): share of images missing ε, and tokens used of 256 (KARL paper, Table 1).
 PAPER_MISS = {0.03: 0.01, 0.05: 0.10, 0.07: 0.25, 0.09: 0.18, 0.11: 0.36}
 PAPER_TOKENS = {0.03: 253 / 256, 0.05: 230 / 256, 0.09: 153 / 256}
@@ -438,7 +442,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("folder", help="Held-out images (searched recursively); not the model's training images.")
     ap.add_argument("--weights", default=DEFAULT_MODEL, help="A shipped model name or a weights folder "
                     f"(default: {DEFAULT_MODEL}).")
-    ap.add_argument("--eps", type=float, action="append", help="ε (repeat; default 0.03, 0.05, 0.09).")
+    ap.add_argument("--eps", type=float, action="append", help=f"ε (repeat; default {', '.join(map(str, EPS_SERIES))}).")
     ap.add_argument("--limit", type=int, default=None, help="Use N images spread evenly over the sorted list.")
     ap.add_argument("--savoias", default=None, metavar="ROOT", help="Also the Savoias correlation table.")
     ap.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for Savoias CIs.")
@@ -465,7 +469,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Any]:
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    eps_list = validate_eps(args.eps or DEFAULT_EPS)
+    eps_list = validate_eps(args.eps or EPS_SERIES)
     dev = resolve_device(args.device)
     model = load(args.weights)
     if "single" not in methods_for(model):

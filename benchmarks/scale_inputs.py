@@ -27,12 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from karl_cli.models.pretrained import load_pretrained
-from karl_cli.runtime import machine_info, prepare_model, resolve_device
-from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, score
+from karl_cli.models.pretrained import DEFAULT_MODEL, load
+from karl_cli.runtime import default_workers, prepare_model, resolve_device
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
+from karl_cli.scoring.measure import collect_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import DEFAULT_WEIGHTS, _default_workers, peak_rss_mb, rss_mb, workers_rss_mb  # noqa: E402
+from machine import machine_info  # noqa: E402
+from throughput import peak_rss_mb, rss_mb, workers_rss_mb  # noqa: E402
 
 
 def distinct_images(n: int, size: int = 96, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="benchmarks/scale_inputs.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--distinct", type=int, default=256)
-    p.add_argument("--weights", type=Path, default=None, help=f"Model folder (default: {DEFAULT_WEIGHTS}).")
+    p.add_argument("--weights", default=None, help=f"A shipped model name or a weights folder (default: {DEFAULT_MODEL}).")
     p.add_argument("--tiny", action="store_true", help="A tiny random model: the inputs and outputs dominate.")
     p.add_argument("--no-l1", dest="l1", action="store_false")
     p.add_argument("--batch-size", type=int, default=64)
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)
     device = resolve_device(args.device)
-    workers = _default_workers(device) if args.workers is None else args.workers
+    workers = default_workers(device) if args.workers is None else args.workers
     with tempfile.TemporaryDirectory(prefix="karl-scale-") as tmp:
         tmp_p = Path(tmp)
         if args.tiny:
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             KARL(preset("tiny")).save_pretrained(str(tmp_p / "tiny"))
             weights = tmp_p / "tiny"
         else:
-            weights = args.weights or DEFAULT_WEIGHTS
-        model = load_pretrained(weights)
+            weights = args.weights or DEFAULT_MODEL
+        model = load(weights)
         prepare_model(model, device)
         images = distinct_images(args.distinct)
         log(f"writing a {args.images}-image shard and file list ...")

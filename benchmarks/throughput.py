@@ -49,10 +49,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
+from machine import machine_info  # noqa: E402
 from karl_cli.scoring import complexity as cx
-from karl_cli.scoring.complexity import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, collect_inputs, image_batches, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
+from karl_cli.scoring.measure import collect_inputs, image_batches
 from karl_cli.io.images import Found
-from karl_cli.runtime import machine_info, prepare_model, resolve_device
+from karl_cli.runtime import default_workers, prepare_model, resolve_device
 from karl_cli.models.pretrained import DEFAULT_MODEL, WeightsNotFound, load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -398,11 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_workers(device: torch.device) -> int:
-    from karl_cli.cli import _default_workers as cli_default
-    return cli_default(device)
-
-
 def _fmt_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -488,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    workers = _default_workers(device) if args.workers is None else args.workers
+    workers = default_workers(device) if args.workers is None else args.workers
 
     with tempfile.TemporaryDirectory(prefix="karl-bench-") as tmp:
         tmp_p = Path(tmp)

@@ -15,7 +15,8 @@ _EXPORTS = {
     "eps_to_bin": "karl_cli.models.config", "preset": "karl_cli.models.config",
     "KARL": "karl_cli.models.karl", "ALIT": "karl_cli.models.alit", "Encoding": "karl_cli.models.tokenizer",
     "WeightsError": "karl_cli.models.pretrained", "build_model": "karl_cli.models.pretrained",
-    "load_pretrained": "karl_cli.models.pretrained", "load_images": "karl_cli.io.images",
+    "load_pretrained": "karl_cli.models.pretrained", "load_images": "karl_cli.scoring.measure",
+    "measure": "karl_cli.scoring.measure", "list_models": "karl_cli.registry",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -26,8 +28,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from karl_cli import __version__  # noqa: E402
+from karl_cli import defaults  # noqa: E402
+from karl_cli.registry import DEFAULT_MODEL, DEFAULT_PRESET, ENTRIES, list_models, names_help  # noqa: E402
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOME_FAILED, KarlError, UsageError  # noqa: E402
 from karl_cli.progress import make_console  # noqa: E402
+from karl_cli.training.flags import RESUME_RULE  # noqa: E402
 
 if _SIGINT_BEFORE is signal.default_int_handler:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -77,7 +82,9 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 console = make_console(stderr=True)   # uncut lines off a terminal
 _state = {"debug": False}
 
-WEIGHTS_HELP = "Model: a shipped name (karl-small, alit-small) or a weights folder (default: karl-small)."
+SHIPPED = ", ".join(list_models("shipped"))
+WEIGHTS_HELP = (f"Model: a shipped name ({SHIPPED}; `karl models` lists them) or a weights folder (default: "
+                f"{DEFAULT_MODEL}).")
 
 
 def _show_version(value: bool) -> None:
@@ -103,7 +110,12 @@ def _handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as held:    # what _claim takes is held until the command ends
+                _held.append(held)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _held.pop()
         except (typer.Exit, typer.Abort, typer.TyperException):   # typer's own control flow
             raise
         except KeyboardInterrupt:
@@ -132,20 +144,6 @@ def _error_text(e: BaseException) -> str:
         where = " ".join(str(f) for f in (e.filename, e.filename2) if f)
         return f"{e.strerror or e}" + (f": {where}" if where else "")
     return (f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback, and please report it)")
-
-
-def _default_workers(device=None) -> int:
-    """Image-decoding processes when --workers is not given.
-
-    CUDA: cores - 1, at most 16 (decoding is the limit there). CPU: a quarter of the cores, at most 4:
-    the model needs the cores (decoding a photo costs ~2 ms of CPU, the small model's single pass
-    ~15 ms), and a worker that preempts torch's threads slows every parallel op. Measured on 2 cores
-    (benchmarks/throughput.py): 0 workers beat 1 by 12-25%, idle or loaded.
-    """
-    cores = os.cpu_count() or 1
-    if str(getattr(device, "type", device)).split(":")[0] == "cuda":
-        return max(0, min(16, cores - 1))
-    return min(4, cores // 4)
 
 
 def _load_model(weights: Optional[str]):
@@ -177,22 +175,117 @@ def _files_from_option():
                         "stdin); relative paths are relative to the list's folder. Missing ones become error rows.")
 
 
-def _paths_argument():
-    return typer.Argument(None, help="Image files, folders (searched recursively) and/or .tar shards "
-                          "(WebDataset layout; read in place, rows name shard.tar/KEY.EXT).")
+def _paths_argument(what: str = "Image files"):
+    return typer.Argument(None, help=f"{what}: files, folders (searched recursively), .tar shards (WebDataset "
+                          "layout; read in place, rows name shard.tar/KEY.EXT) and/or members shard.tar/KEY.EXT.")
+
+
+def _inputs(paths, files_from: Optional[str]):
+    """The study inputs the command line names (``collect_inputs``), or None for none (built-in images)."""
+    return _scan(paths, False, None, files_from) if paths or files_from is not None else None
+
+
+def _number(text: str) -> float:
+    """A float option's text as a float, refusing what ``float`` would silently round: a value too
+    small to hold (``1e-400`` would read as 0.0) or too large (``1e400`` as inf). A decimal comma
+    gets a hint."""
+    if isinstance(text, (int, float)):   # a default, already a number
+        return float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        hint = f" (write {text.replace(',', '.')})" if re.fullmatch(r"\s*[-+]?\d*,\d+\s*", text) else ""
+        raise typer.BadParameter(f"{text!r} is not a number{hint}") from None
+    mantissa = text.lower().split("e")[0]
+    if v == 0.0 and re.search(r"[1-9]", mantissa):
+        raise typer.BadParameter(f"{text} is too small to hold as a floating-point number (it is not 0, but "
+                                 "would be read as 0)")
+    if math.isinf(v) and "inf" not in text.lower():
+        raise typer.BadParameter(f"{text} is too large to hold as a floating-point number")
+    return v
+
+
+
+def _eps_list(values) -> str:
+    return ", ".join(f"{e:g}" for e in values)
+
+
+def _eps_option(default=(defaults.EPS,), what: str = "Target error ε (pixel L1, 0-1 scale)"):
+    """--eps, repeatable; ``default`` (a tuple, or a phrase) is named in the help and applied by the command."""
+    said = default if isinstance(default, str) else _eps_list(default)
+    return typer.Option(None, "--eps", parser=_number, help=f"{what}; repeat for several (default {said}).")
+
+
+def _device_option():
+    return typer.Option(defaults.DEVICE, "--device", help="auto, cpu, cuda or cuda:N.")
+
+
+def _weights_option(help: str = WEIGHTS_HELP, required: bool = False):
+    return typer.Option(... if required else None, "--weights", "-w", help=help)
+
+
+def _batch_size_option(default: int = defaults.BATCH_SIZE):
+    return typer.Option(default, "--batch-size", "-b", min=1, help="Images per model run.")
+
+
+def _workers_option():
+    return typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 up to 4 on CPU; "
+                        "cores-1 up to 16 on CUDA).")
+
+
+def _seed_option(what: str = "Seed."):
+    return typer.Option(defaults.SEED, "--seed", help=what)
+
+
+def _bootstrap_option(what: str):
+    return typer.Option(defaults.BOOTSTRAP, "--bootstrap", min=0, help=f"{what} (0: none).")
+
+
+def _synthetic_option():
+    return typer.Option(defaults.SYNTHETIC_SHARE, "--synthetic", parser=_number, help="Share of samples that are procedural images "
+                        "(flat colours to noise).")
+
+
+def _max_undercut_option(what: str):
+    lo, hi = defaults.HALT_THRESHOLDS[0], defaults.HALT_THRESHOLDS[-1]
+    return typer.Option(defaults.MAX_UNDERCUT, "--max-undercut", parser=_number, help=f"Pick the smallest halting threshold "
+                        f"({lo:g}-{hi:g}) at which at most this share of held-out {what} (1: keep {lo:g}).")
+
+
+def _method_option():
+    return typer.Option(None, "--method", help="single (KARL's one pass), search (ALIT-style re-encoding at every "
+                        "budget) or prefix (One-D-Piece-style prefixes of one encoding); default: single, or search "
+                        "for models without a halting head (ALIT).")
 
 
 def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Optional[str] = None):
     """The images under ``paths`` and in the list ``files_from`` (collect_inputs), with the pixel limit
     set and what the scan skipped said."""
     from karl_cli.io.images import set_max_pixels
-    from karl_cli.scoring.complexity import collect_inputs
+    from karl_cli.scoring.measure import collect_inputs
 
     set_max_pixels(max_pixels)
     found = collect_inputs(paths or [], include_hidden=include_hidden, files_from=files_from)
     if found.summary():
         console.print(f"[dim]{escape(found.summary())}[/]")
     return found
+
+
+def _allow_inside_inputs_option():
+    return typer.Option(False, "--allow-inside-inputs", help="Allow output folders and figures inside (or equal "
+                        "to) an input folder; refused by default, since a later run over that folder would read them.")
+
+
+_held: list[contextlib.ExitStack] = []    # per running command (``_handle_errors``): its output locks
+
+
+def _claim(outputs, **inputs) -> None:
+    """Refuse outputs that are inputs (or write images among them) and lock them until the command ends
+    (``io.outputs.claim_outputs``). ``outputs``: (flag, path[, kind[, lock]]) tuples; None paths are skipped."""
+    from karl_cli.io.outputs import Output, claim_outputs
+
+    outs = [Output(*o) for o in outputs if o[1] is not None]
+    _held[-1].enter_context(claim_outputs(outs, **inputs))
 
 
 def _fmt(v, spec: str = ".1f") -> str:
@@ -212,11 +305,12 @@ def _summary_table(stats: list[dict], method: str) -> Table:
 
 
 # --- commands ------------------------------------------------------------------------------------------
+
 @app.command(cls=_Command)
 @_handle_errors
 def complexity(
     paths: Optional[List[str]] = _paths_argument(),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target L1 error; repeat for several (default 0.05)."),
+    eps: Optional[List[float]] = _eps_option(),
     csv_out: Optional[str] = typer.Option(None, "--csv", help="Write rows to this CSV ('-' = stdout). Without "
                                           "--csv and --json only the summary table is printed."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write rows as JSON records to this file."),
@@ -224,14 +318,11 @@ def complexity(
                                               "in row groups)."),
     files_from: Optional[str] = _files_from_option(),
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]", help=BASELINES_HELP),
-    method: Optional[str] = typer.Option(None, "--method", help="single (KARL, 1 pass), search (ALIT-style "
-                                         "re-encoding) or prefix (One-D-Piece-style prefix decoding); default: "
-                                         "single, or search for models without a halting head (ALIT)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 "
-                                          "up to 4 on CPU; cores-1 up to 16 on CUDA)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    method: Optional[str] = _method_option(),
+    weights: Optional[str] = _weights_option(),
+    batch_size: int = _batch_size_option(),
+    workers: Optional[int] = _workers_option(),
+    device: str = _device_option(),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them; "
                                 "refused if they came from another model, --method or l1 setting."),
@@ -240,16 +331,19 @@ def complexity(
                             "from the encoder pass alone, ~3x faster on CPU (method single only)."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
+    from karl_cli.runtime import default_workers
     from karl_cli.models.pretrained import model_id
     from karl_cli.scoring.baselines import parse_baselines
     from karl_cli.runtime import resolve_device
-    from karl_cli.scoring.complexity import (ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, parse_shard,
-                                             resume_guard, score, validate_eps)
-    from karl_cli.scoring.methods import check_method, method_name
+    from karl_cli.scoring.complexity import score
+    from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, resume_guard
+    from karl_cli.scoring.measure import parse_shard
+    from karl_cli.scoring.methods import check_method, method_name, validate_eps
 
-    eps_v = validate_eps(eps or [0.05])
+    eps_v = validate_eps(eps or [defaults.EPS])
     chosen = parse_baselines(baselines)
     if method is not None:
         method_name(method)     # a bad name fails before the model is loaded
@@ -263,6 +357,8 @@ def complexity(
     if resume and outs_given[0] == "-":
         raise UsageError("--resume needs an output file, not stdout")
     found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv_out), ("--json", json_out), ("--parquet", parquet_out), ("--plot", plot, "figure")],
+           inputs=paths or [], found=found, files_from=files_from, allow_inside_inputs=allow_inside_inputs)
     model = _load_model(weights)
     method = check_method(model, method)
     if not l1 and method != "single":
@@ -293,7 +389,7 @@ def complexity(
             console.print(f"resuming: {len(existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
             rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
-                         workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
+                         workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
                          skip=sinks[0].done if sinks else None, progress=update, l1=l1)
             for row in rows:
                 for sink in sinks:
@@ -334,8 +430,9 @@ def merge(
     """Join shard outputs (CSV, JSON or Parquet) into one, sorted by (path, ε). Identical duplicates
     merge quietly, an ok row replaces an error row; rows that disagree, or rows of different models,
     are refused."""
-    from karl_cli.scoring.complexity import merge_csv
+    from karl_cli.io.rows import merge_csv
 
+    _claim([("OUT", out)], inputs=inputs)
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
     notes = [f"{counts['duplicates']} identical duplicates dropped"]
     if counts["errors_replaced"]:
@@ -349,20 +446,23 @@ def merge(
 @_handle_errors
 def encode(
     paths: Optional[List[str]] = _paths_argument(),
-    eps: float = typer.Option(0.05, "--eps", help="Target L1 error the tokens are chosen for."),
+    eps: float = typer.Option(defaults.EPS, "--eps", parser=_number, help="Target error ε the tokens are chosen for."),
     out: Path = typer.Option(..., "--out", help="Folder for token files + index.csv."),
     recon: Optional[Path] = typer.Option(None, "--recon", help="Also save reconstructions as PNG here."),
-    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model run."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image-decoding processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    weights: Optional[str] = _weights_option(),
+    batch_size: int = _batch_size_option(),
+    workers: Optional[int] = _workers_option(),
+    device: str = _device_option(),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: encode only files i % N == K of the sorted list."),
     files_from: Optional[str] = _files_from_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Store every image's kept tokens (safetensors shards + index.csv)."""
-    from karl_cli.scoring.complexity import parse_shard, validate_eps
+    from karl_cli.runtime import default_workers
+    from karl_cli.scoring.measure import parse_shard
+    from karl_cli.scoring.methods import validate_eps
     from karl_cli.runtime import resolve_device
     from karl_cli.scoring.token_store import encode_folder
 
@@ -373,8 +473,9 @@ def encode(
     model = _load_model(weights)
     with _progress("encoding") as update:
         res = encode_folder(found, model, eps_v, out, recon_dir=recon, batch_size=batch_size,
-                            workers=_default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                            progress=update)
+                            workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
+                            progress=update, inputs=paths or [], files_from=files_from,
+                            allow_inside_inputs=allow_inside_inputs)
     console.print(f"encoded {res.ok} images at ε={eps_v:g} into {escape(str(out))} ({len(res.shards)} token files, "
                   f"index {res.index.name}, model {res.model_id})" + (f"; {res.recon} PNGs in {escape(str(recon))}" if recon else ""))
     if res.error:
@@ -387,9 +488,8 @@ def encode(
 def decode(
     token_dir: Path = typer.Argument(..., help="A folder written by `karl encode`."),
     out: Path = typer.Option(..., "--out", help="Folder for the reconstructed PNGs."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="The model that encoded the tokens: a shipped "
-                                          "name (karl-small, alit-small) or a weights folder (default: karl-small)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    weights: Optional[str] = _weights_option("The model that encoded the tokens. " + WEIGHTS_HELP),
+    device: str = _device_option(),
 ) -> None:
     """Rebuild images from stored tokens (bit-identical to `karl encode --recon` on the same device)."""
     from karl_cli.runtime import resolve_device
@@ -407,28 +507,50 @@ def decode(
 @app.command(cls=_Command)
 @_handle_errors
 def show(
-    image: Path = typer.Argument(..., help="One image."),
+    image: str = typer.Argument(..., help="One image: a file or a tar member (shard.tar/KEY.EXT)."),
     out: Path = typer.Option(..., "--out", help="The figure to write (PNG)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values to show (default 0.03, 0.05, 0.09)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
+    weights: Optional[str] = _weights_option(),
+    device: str = _device_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Draw one image, its reconstructions at growing budgets, p_halt per token and KC per ε."""
-    from karl_cli.scoring.complexity import validate_eps
-    from karl_cli.analysis.plots import DEFAULT_SHOW_EPS, show_figure
+    from karl_cli.scoring.methods import validate_eps
+    from karl_cli.analysis.plots import show_figure
     from karl_cli.io.images import set_max_pixels
     from karl_cli.runtime import resolve_device
 
     set_max_pixels(max_pixels)
-    eps_v = validate_eps(eps or DEFAULT_SHOW_EPS)
+    eps_v = validate_eps(eps or defaults.EPS_SERIES)
+    _claim([("--out", out, "figure")], inputs=[image])
     dev = resolve_device(device)
-    if not image.is_file():
-        raise UsageError(f"no such file: {image}")
     model = _load_model(weights)
     info = show_figure(model, image, out, eps_v, device=dev)
     kcs = ", ".join(f"ε={e['eps']:g}: KC {e['kc']}" for e in info["eps"])
-    console.print(f"{escape(image.name)}: {kcs} -> {escape(str(out))}")
+    console.print(f"{escape(os.path.basename(image))}: {kcs} -> {escape(str(out))}")
+
+
+@app.command(cls=_Command)
+@_handle_errors
+def models(
+    kind: Optional[str] = typer.Option(None, "--kind", help="shipped (weights for --weights) or preset (configs "
+                                       "for `karl train --preset`); default: both."),
+    pattern: str = typer.Argument("*", help="Shell pattern the names must match (e.g. 'learned*')."),
+) -> None:
+    """List the model names karl knows: shipped weights and training presets."""
+    from karl_cli.models.config import PRESETS
+    from karl_cli.models.pretrained import weights_path, read_config
+
+    table = Table(title="karl models", title_justify="left", header_style="bold")
+    for col in ("name", "kind", "arch", "code", "px", "T_max", "what"):
+        table.add_column(col, justify="right" if col in ("px", "T_max") else "left")
+    for name in _checked(lambda: list_models(kind, pattern)):
+        entry = ENTRIES[name]
+        cfg = PRESETS[name] if entry.kind == "preset" else read_config(weights_path(name))
+        default = name in (DEFAULT_MODEL, DEFAULT_PRESET)
+        table.add_row(name + (" (default)" if default else ""), entry.kind, cfg.arch, cfg.code, str(cfg.resolution),
+                      str(cfg.max_tokens), escape(entry.summary))
+    make_console().print(table)
 
 
 def _exit_interrupted() -> None:
@@ -471,14 +593,10 @@ def main() -> None:
 @_handle_errors
 def train(
     data: List[Path] = typer.Argument(..., help="Image folders (recursive) to train on."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl."),
-    preset_name: Optional[str] = typer.Option(None, "--preset", help="Model preset (default small): small (the "
-                                              "shipped wavelet model, 64 px, 384 tokens, 2.0 M parameters, its "
-                                              "halting encoder distilled), small-teacher (the same with the encoder "
-                                              "it was trained with, 2.8 M: train this, then `karl distil`), tiny "
-                                              "(32 px, 16 tokens: tests and trying the pipeline), learned-64 "
-                                              "(learned tokens, CPU-sized), learned-128 (the GPU recipe) or "
-                                              "learned-tiny."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: weights, checkpoint.pt, metrics.jsonl. New or "
+                             "empty, unless --resume continues the run in it."),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help=f"Model preset (default {DEFAULT_PRESET}): "
+                                              + names_help("preset") + "."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: karl (default) or alit."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="T_max (default: the preset's)."),
     token_step: Optional[int] = typer.Option(None, "--token-step",
@@ -488,37 +606,31 @@ def train(
                                        "order, the CPU default) or learned (the papers' tokenizer); ALIT: dct."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps; the cosine schedule is defined "
                                         "over them (default: from --epochs)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", parser=_number,
                                                 help="Wall-clock budget: stop cleanly after the step that passes it, "
                                                      "save weights and checkpoint (--resume continues). The schedule "
                                                      "stays the one over --steps, so the learning rate is not annealed."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 1)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", parser=_number, help="Passes over the data (default 1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step and process "
                                              "(default 64; the folders need at least this many images)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=_number, help="Peak learning rate (default 1e-3)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default 200, at most a fifth of "
                                          "the run; a warning when longer than the run)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed (default {defaults.SEED})."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints "
                                                    "(default 200)."),
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Keep decoded images in memory "
                                          "(default: cache)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = _device_option(),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks and conv base "
                                   "(a minute of compiling first; for long CUDA runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped "
-                                "(only --steps, --epochs, --max-minutes, --workers, --compile and --device may "
-                                "change)."),
+                                f"({RESUME_RULE})."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from these weights (fine-tune): a "
-                                            "shipped name (karl-small, alit-small) or a weights folder."),
+                                            f"shipped name ({SHIPPED}) or a weights folder."),
 ) -> None:
-    """Train a tokenizer with two-phase loss-conditioned training.
-
-    Presets: tiny (32 px, T_max 16, 0.3 M parameters; for tests), small-teacher (the shipped model as
-    trained: 64 px, T_max 384 tokens of a Haar wavelet code, 2.8 M parameters, about 7 s per step of
-    32 crops on 2 CPU cores) and small (the shipped model, its halting encoder distilled: 2.0 M).
-    """
+    """Train a tokenizer with two-phase loss-conditioned training (`karl models` lists the presets)."""
     from karl_cli.models.config import preset
     from karl_cli.training.trainer import TrainConfig, resume_conflicts
     from karl_cli.training.trainer import train as run_training
@@ -533,10 +645,9 @@ def train(
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
         conflicts = resume_conflicts(out, preset_name, sizes, recipe)
         if conflicts:
-            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + ". A resumed run keeps its model "
-                             "and recipe (only --steps, --epochs, --workers and --device may change); drop these "
+            raise UsageError(f"cannot resume {out}: " + "; ".join(conflicts) + f"; {RESUME_RULE}: drop these "
                              "flags or start a new run with another --out")
-    model_config = None if resume else _checked(lambda: preset(preset_name or "small", **sizes))
+    model_config = None if resume else _checked(lambda: preset(preset_name or DEFAULT_PRESET, **sizes))
     defaults = TrainConfig()
     tc = TrainConfig(steps=steps, epochs=epochs, workers=workers, max_minutes=max_minutes, compile=compile_,
                      **{k: recipe.get(k, getattr(defaults, k)) for k in ("batch_size", "lr", "warmup_steps", "seed",
@@ -563,31 +674,30 @@ def correlate(
                                           help="Savoias folder (Images/<Category>/, 'Ground truth/xlsx/')."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="CSV of any rated set: path, rating[, category]; "
                                            "relative paths resolve against the CSV's folder."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="Target error ε (repeat for several; default "
-                                              "0.03, the ε that ranks most like people on Savoias)."),
-    method: Optional[str] = typer.Option(None, "--method", help="single (one pass: KC, soft KC), search or prefix; "
-                                         "default: single, or search for models without a halting head (ALIT)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CI of ρ (0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    eps: Optional[List[float]] = _eps_option(f"{defaults.CORRELATE_EPS:g}, the ε that ranks most like people on "
+                                             "Savoias"),
+    method: Optional[str] = _method_option(),
+    bootstrap: int = _bootstrap_option("Bootstrap resamples for the 95% CI of ρ"),
+    seed: int = _seed_option("Seed of the bootstrap."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results table (CSV)."),
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores (CSV)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write figures (PNG) into this folder."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per model run."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0,
-                                          help="Image-decoding processes (default: cores/4 up to 4 on CPU; "
-                                          "cores-1 up to 16 on CUDA)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    weights: Optional[str] = _weights_option(),
+    batch_size: int = _batch_size_option(),
+    workers: Optional[int] = _workers_option(),
+    device: str = _device_option(),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Score cache folder (default ~/.cache/karl)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
     baselines: Optional[str] = typer.Option(None, "--baselines", metavar="[LIST]",
                                             help=BASELINES_HELP.replace("Add", "Compare with") + " Default: jpeg,png."),
+    allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Correlate KC and classic complexity measures with human complexity ratings; KC − the best
     baseline of each category with its paired bootstrap CI."""
-    from karl_cli.analysis.correlate import CORRELATE_EPS, rich_table
+    from karl_cli.runtime import default_workers
+    from karl_cli.analysis.correlate import rich_table
     from karl_cli.analysis.correlate import correlate as run_correlate
     from karl_cli.io.savoias import load_ratings
     from karl_cli.runtime import resolve_device
@@ -599,13 +709,16 @@ def correlate(
     chosen = parse_baselines(baselines or True)   # an unknown name fails before anything is loaded
     set_max_pixels(max_pixels)
     rated = load_ratings(root, ratings, include_hidden)   # a bad root or CSV fails before the model is loaded
+    _claim([("--out", out), ("--per-image", per_image), ("--plot", plot, "folder", False)],
+           inputs=([root] if root is not None else []) + list(rated.table["path"]),
+           extra_inputs=[ratings] if ratings is not None else [], allow_inside_inputs=allow_inside_inputs)
     dev = resolve_device(device)
     model = _load_model(weights)
     method = check_method(model, method)
     with _progress("scoring") as update:
-        result = run_correlate(rated, model=model, eps=eps or [CORRELATE_EPS], method=method, bootstrap=bootstrap,
+        result = run_correlate(rated, model=model, eps=eps or [defaults.CORRELATE_EPS], method=method, bootstrap=bootstrap,
                                seed=seed, batch_size=batch_size,
-                               workers=_default_workers(dev) if workers is None else workers, device=dev,
+                               workers=default_workers(dev) if workers is None else workers, device=dev,
                                cache=False if no_cache else cache, progress=update, baselines=chosen)
     result.save(out, per_image)
     make_console().print(rich_table(result))
@@ -632,47 +745,39 @@ def correlate(
 @_handle_errors
 def calibrate(
     data: List[Path] = typer.Argument(..., help="Image folders to calibrate on (e.g. the training data)."),
-    weights: str = typer.Option(..., "--weights", "-w", help="Weights to calibrate: a folder (e.g. from `karl "
-                                "train`) or a shipped name (karl-small)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights."),
+    weights: str = _weights_option("Weights to calibrate: a folder (e.g. from `karl train`) or a shipped name.",
+                                   required=True),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated weights: a new or empty folder."),
     samples: int = typer.Option(2048, "--samples", help="Image crops to compute oracle budgets on."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the halting head."),
-    synthetic: float = typer.Option(0.125, "--synthetic",
-                                    help="Share of samples that are procedural images (flat colours to noise)."),
-    max_undercut: float = typer.Option(0.01, "--max-undercut",
-                                       help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
-                                            "share of held-out crops keep fewer tokens than the oracle (1: keep 0.75)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    synthetic: float = _synthetic_option(),
+    max_undercut: float = _max_undercut_option("crops keep fewer tokens than the oracle"),
+    seed: int = _seed_option(),
+    device: str = _device_option(),
 ) -> None:
     """Retrain the halting head on oracle budgets (smallest prefix meeting each ε) and pick its
     threshold; tokens unchanged."""
-    from karl_cli.training.calibration import calibrate_halting
-    from karl_cli.training.trainer import card_with_config
-    from karl_cli.models.pretrained import weights_path
+    from karl_cli.io.outputs import check_new_weights_folder
+    from karl_cli.training.calibration import calibrate_halting, check_settings
+    from karl_cli.training.cards import derived_card
     from karl_cli.runtime import prepare_model
     from karl_cli.scoring.methods import methods_for
 
-    if samples < 10 or steps < 1:
-        raise UsageError("--samples must be >= 10 and --steps >= 1")
-    if not 0.0 <= synthetic < 1.0:
-        raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
-    if not 0.0 <= max_undercut <= 1.0:
-        raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
+    _checked(lambda: check_settings(samples, steps, synthetic, max_undercut))
+    check_new_weights_folder(out)       # e.g. --out the folder of -w: the model there would be replaced
+    _claim([("--out", out)], inputs=data)
     model = prepare_model(_load_model(weights), device)
     if "single" not in methods_for(model):
         raise UsageError("only KARL weights have a halting head to calibrate")
     with _progress("calibrate") as update:
         report = calibrate_halting(model, [str(d) for d in data], samples=samples, steps=steps, seed=seed,
                                    synthetic=synthetic, max_undercut=max_undercut, progress=lambda stage, done, total: update(done, total, stage))
-    card_path = weights_path(weights) / "model_card.md"
-    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
-    card = card_with_config(card, model.config)     # the card's config block shows the new threshold
-    card += (f"\n## Halting calibration\n\n`karl calibrate` on {samples} samples ({synthetic:.0%} procedural "
-             f"images, the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
-             f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
-             f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold {report.threshold:g} "
-             f"(held-out pairs below the oracle: {report.undercut:.1%}).\n")
+    card = derived_card(weights, model.config, "Halting calibration", (
+        f"`karl calibrate` on {samples} samples ({synthetic:.0%} procedural images, the rest crops of "
+        f"{', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}. Held-out |KC - oracle KC|: "
+        f"{report.error_before:.1f} -> {report.error_after:.1f} tokens; KC / oracle KC: "
+        f"{report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold {report.threshold:g} "
+        f"(held-out pairs below the oracle: {report.undercut:.1%})."))
     model.save_pretrained(str(out), card=card)
     console.print(f"held-out |KC - oracle|: {report.error_before:.1f} -> {report.error_after:.1f} tokens; "
                   f"KC/oracle {report.ratio_before:.2f} -> {report.ratio_after:.2f}; halting threshold "
@@ -684,8 +789,8 @@ def calibrate(
 @_handle_errors
 def distil(
     data: List[Path] = typer.Argument(..., help="Image folders to distil on (e.g. the training data)."),
-    weights: str = typer.Option(..., "--weights", "-w", help="The teacher: a wavelet KARL folder or shipped name."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights."),
+    weights: str = _weights_option("The teacher: a wavelet KARL folder or shipped name.", required=True),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the student's weights: a new or empty folder."),
     width: int = typer.Option(32, "--width", help="Student encoder width."),
     enc_depth: int = typer.Option(1, "--enc-depth", help="Student encoder blocks."),
     enc_heads: int = typer.Option(2, "--enc-heads", help="Student attention heads."),
@@ -693,32 +798,24 @@ def distil(
     samples: int = typer.Option(1024, "--samples", help="Image crops to read the teacher's p_halt on."),
     eps_per_image: int = typer.Option(4, "--eps-per-image", help="ε values per crop (log-uniform over 0.005-0.38)."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps for the student."),
-    synthetic: float = typer.Option(0.125, "--synthetic",
-                                    help="Share of samples that are procedural images (flat colours to noise)."),
-    max_undercut: float = typer.Option(0.01, "--max-undercut",
-                                       help="Pick the smallest halting threshold (0.75-0.95) at which at most this "
-                                            "share of held-out pairs keep fewer tokens than the teacher."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    synthetic: float = _synthetic_option(),
+    max_undercut: float = _max_undercut_option("pairs keep fewer tokens than the teacher"),
+    seed: int = _seed_option(),
+    device: str = _device_option(),
 ) -> None:
     """Distil a lighter halting encoder from a wavelet KARL: same tokens, decoder and l1; a cheaper
     single pass that predicts the teacher's halting."""
     import torch
 
+    from karl_cli.io.outputs import check_new_weights_folder
+    from karl_cli.training.calibration import check_settings
+    from karl_cli.training.cards import derived_card
     from karl_cli.training.distil import distil_halting, student_of
-    from karl_cli.training.trainer import card_with_config
-    from karl_cli.models.pretrained import weights_path
     from karl_cli.runtime import prepare_model
 
-    if samples < 10 or steps < 1 or eps_per_image < 1:
-        raise UsageError("--samples must be >= 10, --steps and --eps-per-image >= 1")
-    if not 0.0 <= synthetic < 1.0:
-        raise UsageError(f"--synthetic must be a share in [0, 1), got {synthetic}")
-    if not 0.0 <= max_undercut <= 1.0:
-        raise UsageError(f"--max-undercut must be a share in [0, 1], got {max_undercut}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not an empty folder; the student needs a new --out "
-                         "(it would overwrite the weights there, the teacher's included)")
+    _checked(lambda: check_settings(samples, steps, synthetic, max_undercut, eps_per_image))
+    check_new_weights_folder(out)       # e.g. the teacher's own folder
+    _claim([("--out", out)], inputs=data)
     teacher = prepare_model(_load_model(weights), device)
     torch.manual_seed(seed)     # the student's fresh weights
     student = _checked(lambda: student_of(teacher, width=width, enc_depth=enc_depth, enc_heads=enc_heads,
@@ -728,15 +825,12 @@ def distil(
                                 eps_per_image=eps_per_image, steps=steps, seed=seed, synthetic=synthetic,
                                 max_undercut=max_undercut,
                                 progress=lambda stage, done, total: update(done, total, stage))
-    card_path = weights_path(weights) / "model_card.md"
-    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "# karl tokenizer\n"
-    card = card_with_config(card, student.config)
-    card += (f"\n## Halting encoder distilled\n\n`karl distil` from {weights} on {samples} crops x {eps_per_image} ε "
-             f"({synthetic:.0%} procedural images, the rest crops of {', '.join(Path(d).name for d in data)}), "
-             f"{steps} steps, seed {seed}: encoder path {report.teacher_params:,} -> {report.student_params:,} "
-             f"parameters. Held-out |KC - teacher KC| {report.error:.1f} tokens, KC / teacher KC "
-             f"{report.ratio:.3f}, {report.undercut:.1%} of pairs below the teacher; halting threshold "
-             f"{report.threshold:g}.\n")
+    card = derived_card(weights, student.config, "Halting encoder distilled", (
+        f"`karl distil` from {weights} on {samples} crops x {eps_per_image} ε ({synthetic:.0%} procedural images, "
+        f"the rest crops of {', '.join(Path(d).name for d in data)}), {steps} steps, seed {seed}: encoder path "
+        f"{report.teacher_params:,} -> {report.student_params:,} parameters. Held-out |KC - teacher KC| "
+        f"{report.error:.1f} tokens, KC / teacher KC {report.ratio:.3f}, {report.undercut:.1%} of pairs below the "
+        f"teacher; halting threshold {report.threshold:g}."))
     student.save_pretrained(str(out), card=card)
     console.print(f"encoder path {report.teacher_params:,} -> {report.student_params:,} parameters; held-out "
                   f"|KC - teacher KC| {report.error:.1f} tokens, KC/teacher {report.ratio:.3f}, "
@@ -757,31 +851,32 @@ def _checked(make):
 @app.command(cls=_Command)
 @_handle_errors
 def compare(
-    paths: List[Path] = typer.Argument(..., help="Images or folders (recursive)."),
-    weights: List[str] = typer.Option(..., "--weights", "-w", help="A shipped model name (karl-small, alit-small) "
-                                      "or a weights folder; repeat to compare several."),
-    eps: List[float] = typer.Option([0.03, 0.05, 0.09], "--eps", help="Target error ε (repeat for several)."),
+    paths: Optional[List[str]] = _paths_argument(),
+    weights: List[str] = _weights_option(f"A shipped model name ({SHIPPED}) or a weights folder; repeat to compare "
+                                         "several.", required=True),
+    eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    files_from: Optional[str] = _files_from_option(),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE),
+    device: str = _device_option(),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """KARL single pass vs. searches (KARL, ALIT) side by side: tokens, misses, L1/PSNR/SSIM, runs, time."""
-    from karl_cli.io.atomic import atomic_write_text
-    from karl_cli.io.names import safe_frame
+    from karl_cli.io.rows import write_table
     from karl_cli.scoring.compare import compare as run_compare
     from karl_cli.scoring.compare import load_models, render_table
     from karl_cli.errors import EXIT_SOME_FAILED
 
-    found = _scan(paths, include_hidden, max_pixels)
+    found = _scan(paths, include_hidden, max_pixels, files_from)
+    _claim([("--csv", csv)], inputs=paths, found=found)
     models = load_models(weights)
-    with console.status("comparing") as status:
-        df = run_compare(found, models, eps, batch_size=batch_size, device=device,
-                         on_progress=lambda what: status.update(f"comparing: {what}"))
+    with _progress("comparing") as update:
+        df = run_compare(found, models, eps or defaults.EPS_SERIES, batch_size=batch_size, device=device,
+                         progress=update)
     make_console().print(render_table(df))
     if csv is not None:
-        atomic_write_text(csv, safe_frame(df).to_csv(index=False))
+        write_table(df, csv, "csv")
         console.print(f"[green]wrote[/] {escape(str(csv))}")
     skipped = df.attrs.get("skipped", [])
     if skipped:
@@ -795,16 +890,17 @@ analyze_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The papers' st
                           "profiles, noise, structure, familiarity, and where an image spends its tokens.")
 app.add_typer(analyze_app, name="analyze")
 
-_WEIGHTS_OPT = typer.Option(None, "--weights", help="Model folder (default: weights/karl-small); KARL or ALIT.")
-_METHOD_OPT = typer.Option(None, "--method", help="single (KARL's one pass), search or prefix (the oracle: smallest "
-                           "budget meeting ε); default: single, or search for ALIT.")
 _CSV_OPT = typer.Option(None, "--csv", help="Write the rows to this CSV.")
 _JSON_OPT = typer.Option(None, "--json", help="Write the rows as JSON records to this file.")
 _PLOT_OPT = typer.Option(None, "--plot", help="Write figures (PNG 300 dpi + PDF) into this folder.")
-_DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _SAMPLE_OPT = typer.Option(None, "--sample", min=1, help="Use a seeded random subset of this many images.")
-_SEED_OPT = typer.Option(0, "--seed", help="Seed of noise, shuffles, subsets and bootstraps.")
-_BATCH_OPT = typer.Option(32, "--batch-size", min=1, help="Images per model run.")
+_STUDY_SEED = "Seed of noise, shuffles, subsets and bootstraps."
+
+
+def _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs: bool, extra=()) -> None:
+    """A study's outputs: none may be an input, figures not among them (``_claim``)."""
+    _claim([("--csv", csv_out), ("--json", json_out), ("--plot", plot, "folder", False)], inputs=list(paths or []),
+           extra_inputs=[e for e in extra if e is not None], allow_inside_inputs=allow_inside_inputs)
 
 
 def _df_table(df, title: str) -> Table:
@@ -819,7 +915,7 @@ def _df_table(df, title: str) -> Table:
     return table
 
 
-def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot: Optional[Path], draw) -> None:
+def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot: Optional[Path]) -> None:
     """Write, draw and summarise a study: the shared tail of every `karl analyze` command."""
     from karl_cli.analysis.studies import save_rows, summary_view
 
@@ -831,7 +927,9 @@ def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot
         if out is not None:
             console.print(f"wrote {len(study.rows)} rows to {escape(str(out))}")
     if plot is not None:
-        for png in draw(study, plot):
+        from karl_cli.analysis.study_plots import draw_study
+
+        for png in draw_study(study, plot):
             console.print(f"figure: {escape(str(png))} (+ .pdf)")
     if study.errors:
         console.print(f"[yellow]{len(study.errors)} unreadable inputs skipped[/] (e.g. "
@@ -849,27 +947,30 @@ def _study_setup(weights: Optional[Path], device: str):
 @analyze_app.command("profile", cls=_Command)
 @_handle_errors
 def analyze_profile(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (recursive)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default: every ε bin of the model)."),
+    paths: Optional[List[str]] = _paths_argument(),
+    files_from: Optional[str] = _files_from_option(),
+    eps: Optional[List[float]] = _eps_option("every ε bin of the model"),
     curve: bool = typer.Option(True, "--curve/--no-curve", help="Also L1 at every budget (rate–distortion; the "
                                "slow part: one decode per budget)."),
     ratings: Optional[Path] = typer.Option(None, "--ratings", help="A Savoias root or ratings CSV: compare how "
                                            "kc_area and KC at --rank-eps rank the rated images (Spearman ρ)."),
-    rank_eps: float = typer.Option(0.03, "--rank-eps", help="The single ε kc_area is compared with."),
-    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    rank_eps: float = typer.Option(defaults.CORRELATE_EPS, "--rank-eps", parser=_number, help="The single ε kc_area is compared with."),
+    weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC at every ε and L1 at every budget, per image: complexity profile and rate–distortion curve."""
     from karl_cli.analysis.studies import profile, rank_against_ratings
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs, extra=[ratings])
     model, dev = _study_setup(weights, device)
     if ratings is not None and eps and rank_eps not in eps:
         raise UsageError(f"--rank-eps {rank_eps:g} must be one of the --eps values")
     with _progress("profile") as update:
-        study = profile(paths, model, eps, method, curve=curve, sample=sample, seed=seed, batch_size=batch_size,
-                        device=dev, progress=lambda d, t, s: update(d, t, s))
+        study = profile(_scan(paths, False, None, files_from), model, eps, method, curve=curve, sample=sample,
+                        seed=seed, batch_size=batch_size,
+                        device=dev, progress=update)
     if ratings is not None:
         from karl_cli.io.savoias import load_ratings
 
@@ -877,125 +978,115 @@ def analyze_profile(
         make_console().print(_df_table(rank.round(3), f"Spearman ρ with the ratings: kc_area vs KC at ε {rank_eps:g} "
                                   "(delta = ρ(area) − ρ(KC), paired bootstrap 95 % CI)"))
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import profile_figure
-        return [profile_figure(st, folder / "profile")]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("noise", cls=_Command)
 @_handle_errors
 def analyze_noise(
-    paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
-    sigma: Optional[List[float]] = typer.Option(None, "--sigma", help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
-    sp: Optional[List[float]] = typer.Option(None, "--sp", help="Salt-and-pepper shares of pixels (repeat)."),
+    paths: Optional[List[str]] = _paths_argument("Images (default: built-in procedural images)"),
+    files_from: Optional[str] = _files_from_option(),
+    eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
+    sigma: Optional[List[float]] = typer.Option(None, "--sigma", parser=_number, help="Gaussian σ steps, 0-1 pixel scale (repeat)."),
+    sp: Optional[List[float]] = typer.Option(None, "--sp", parser=_number, help="Salt-and-pepper shares of pixels (repeat)."),
     size: int = typer.Option(256, "--size", min=8, help="Procedural images' side, and the cap on given images' "
                              "shorter side, in px: noise is added at this size and at the model input."),
-    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC against noise strength (Gaussian σ, salt-and-pepper), at several ε."""
-    from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_SIGMAS, DEFAULT_SP, noise
+    from karl_cli.analysis.studies import DEFAULT_SIGMAS, DEFAULT_SP, noise
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("noise") as update:
-        study = noise(paths or None, model, eps or DEFAULT_EPS, sigma or DEFAULT_SIGMAS, sp or DEFAULT_SP, method,
-                      size=size, sample=sample, seed=seed, batch_size=batch_size, device=dev,
-                      progress=lambda d, t, s: update(d, t, s))
+        study = noise(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, sigma or DEFAULT_SIGMAS,
+                      sp or DEFAULT_SP, method,
+                      size=size, sample=sample, seed=seed, batch_size=batch_size, device=dev, progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import noise_figure
-        return [noise_figure(st, folder / "noise")]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("structure", cls=_Command)
 @_handle_errors
 def analyze_structure(
-    paths: Optional[List[str]] = typer.Argument(None, help="Images/folders (default: built-in procedural images)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    paths: Optional[List[str]] = _paths_argument("Images (default: built-in procedural images)"),
+    files_from: Optional[str] = _files_from_option(),
+    eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
     grid: Optional[List[int]] = typer.Option(None, "--grid", help="Patch-shuffle grids (repeat; default 2 4 8 16 32)."),
-    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC as structure is destroyed: patch shuffles, phase randomisation, pixel permutation."""
-    from karl_cli.analysis.studies import DEFAULT_EPS, DEFAULT_GRIDS, structure
+    from karl_cli.analysis.studies import DEFAULT_GRIDS, structure
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("structure") as update:
-        study = structure(paths or None, model, eps or DEFAULT_EPS, grid or DEFAULT_GRIDS, method, sample=sample,
-                          seed=seed, batch_size=batch_size, device=dev, progress=lambda d, t, s: update(d, t, s))
+        study = structure(_inputs(paths, files_from), model, eps or defaults.EPS_SERIES, grid or DEFAULT_GRIDS, method,
+                          sample=sample,
+                          seed=seed, batch_size=batch_size, device=dev, progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import structure_figure
-        return [structure_figure(st, folder / "structure", st.extra["example"], tuple(st.extra["grids"]), seed)]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("familiarity", cls=_Command)
 @_handle_errors
 def analyze_familiarity(
-    paths: List[str] = typer.Argument(..., help="In-distribution images/folders."),
+    paths: Optional[List[str]] = _paths_argument("In-distribution images"),
+    files_from: Optional[str] = _files_from_option(),
     other: Optional[List[str]] = typer.Option(None, "--other", help="Out-of-distribution images/folder (repeat); "
                                               "without it each image is compared with its controls."),
     control: Optional[List[str]] = typer.Option(None, "--control", help="flip, invert or swap (repeat; default all)."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the effect size's CI."),
-    weights: Optional[Path] = _WEIGHTS_OPT, method: Optional[str] = _METHOD_OPT,
+    eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
+    bootstrap: int = _bootstrap_option("Bootstrap resamples for the effect size's CI"),
+    weights: Optional[str] = _weights_option(), method: Optional[str] = _method_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, batch_size: int = _BATCH_OPT,
-    device: str = _DEVICE_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED),
+    batch_size: int = _batch_size_option(defaults.IN_MEMORY_BATCH_SIZE), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """KC of familiar vs unfamiliar images: rank test (scipy) and effect size with a bootstrap CI."""
-    from karl_cli.analysis.studies import CONTROLS, DEFAULT_EPS, familiarity
+    from karl_cli.analysis.studies import CONTROLS, familiarity
 
     if other and control:
         raise UsageError("--control applies to one folder; with --other the second folder is the comparison")
+    _study_outputs(list(paths) + list(other or []), csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("familiarity") as update:
-        study = familiarity(paths, model, other or None, control or CONTROLS, eps or DEFAULT_EPS, method,
+        study = familiarity(_scan(paths, False, None, files_from), model, other or None, control or CONTROLS,
+                            eps or defaults.EPS_SERIES, method,
                             n_boot=bootstrap, sample=sample, seed=seed, batch_size=batch_size, device=dev,
-                            progress=lambda d, t, s: update(d, t, s))
+                            progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import familiarity_figure
-        return [familiarity_figure(st, folder / "familiarity")]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 
 @analyze_app.command("map", cls=_Command)
 @_handle_errors
 def analyze_map(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
-    eps: Optional[List[float]] = typer.Option(None, "--eps", help="ε values (repeat; default 0.03, 0.05, 0.09)."),
+    paths: Optional[List[str]] = _paths_argument(),
+    files_from: Optional[str] = _files_from_option(),
+    eps: Optional[List[float]] = _eps_option(defaults.EPS_SERIES),
     patch: int = typer.Option(4, "--patch", min=1, help="Block side in model-input pixels (must divide it; 1: per pixel)."),
-    weights: Optional[Path] = _WEIGHTS_OPT,
+    weights: Optional[str] = _weights_option(),
     csv_out: Optional[Path] = _CSV_OPT, json_out: Optional[Path] = _JSON_OPT, plot: Optional[Path] = _PLOT_OPT,
-    sample: Optional[int] = _SAMPLE_OPT, seed: int = _SEED_OPT, device: str = _DEVICE_OPT,
+    sample: Optional[int] = _SAMPLE_OPT, seed: int = _seed_option(_STUDY_SEED), device: str = _device_option(), allow_inside_inputs: bool = _allow_inside_inputs_option(),
 ) -> None:
     """Where an image spends its tokens: per block, the smallest budget whose reconstruction meets ε there."""
-    from karl_cli.analysis.studies import DEFAULT_EPS, token_maps
+    from karl_cli.analysis.studies import token_maps
 
+    _study_outputs(paths, csv_out, json_out, plot, allow_inside_inputs)
     model, dev = _study_setup(weights, device)
     with _progress("map") as update:
-        study = token_maps(paths, model, eps or DEFAULT_EPS, patch, sample=sample, seed=seed, device=dev,
-                           progress=lambda d, t, s: update(d, t, s))
+        study = token_maps(_scan(paths, False, None, files_from), model, eps or defaults.EPS_SERIES, patch,
+                           sample=sample, seed=seed, device=dev,
+                           progress=update)
 
-    def draw(st, folder):
-        from karl_cli.analysis.study_plots import map_figure
-        return [map_figure(img, m, folder / f"map_{i:03d}_{Path(p).stem}", Path(p).name, st.max_tokens,
-                           st.extra["patch"]) for i, (p, (img, m)) in enumerate(st.extra["maps"].items())]
-
-    _finish_study(study, csv_out, json_out, plot, draw)
+    _finish_study(study, csv_out, json_out, plot)
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ from typing import Iterator
 import torch
 
 from karl_cli.errors import UsageError
-from karl_cli import __version__
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -115,30 +114,17 @@ def to_model_input(batch: torch.Tensor, device: str | torch.device) -> torch.Ten
     return x.contiguous()
 
 
-def machine_info(device: str | torch.device = "cpu") -> dict:
-    """What a benchmark figure was measured on: CPU model, cores, threads, device, versions."""
+def default_workers(device: str | torch.device | None = None) -> int:
+    """Image-decoding processes when --workers is not given.
+
+    CUDA: cores - 1, at most 16 (decoding is the limit there). CPU: a quarter of the cores, at most 4:
+    the model needs the cores (decoding a photo costs ~2 ms of CPU, the small model's single pass
+    ~15 ms), and a worker that preempts torch's threads slows every parallel op. Measured on 2 cores
+    (benchmarks/throughput.py): 0 workers beat 1 by 12-25%, idle or loaded.
+    """
     import os
-    import platform
 
-
-    cpu = platform.processor() or platform.machine() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")), cpu)
-    except OSError:
-        pass
-    dev = torch.device(device)
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(dev),
-        "torch": torch.__version__,
-        "karl": __version__,
-        "python": platform.python_version(),
-        "nice": os.nice(0) if hasattr(os, "nice") else 0,
-    }
-    if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev)
-    return info
+    cores = os.cpu_count() or 1
+    if str(getattr(device, "type", device)).split(":")[0] == "cuda":
+        return max(0, min(16, cores - 1))
+    return min(4, cores // 4)

@@ -18,6 +18,10 @@ def spread_halting(model: KARL) -> KARL:
             model.halting_head.detail_in.bias.zero_()
         last = model.halting_head.fc2
         last.weight.mul_(40.0)
+        # ε through the head itself (a coded model's halting features are encoded at one ε): looser
+        # bins lean towards halting, as a trained head's do.
+        n = model.halting_head.eps_bias.weight.shape[0]
+        model.halting_head.eps_bias.weight.copy_(torch.linspace(-0.3, 0.3, n)[:, None] * last.weight.sign())
         p = model.encode(x, 0.05).p_halt
         last.bias.add_(math.log(0.75 / 0.25) - torch.logit(p.clamp(1e-6, 1 - 1e-6)).median())
     return model

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,7 +99,7 @@ def test_cli_no_l1(tiny_model, tmp_path):
     from typer.testing import CliRunner
 
     from karl_cli.cli import app
-    from karl_cli.scoring.complexity import read_rows
+    from karl_cli.io.rows import read_rows
     from karl_cli.errors import EXIT_USAGE
 
     folder, weights = tmp_path / "imgs", tmp_path / "w"
@@ -129,15 +131,17 @@ def test_conv_models_run_channels_last_on_cpu(tiny_model):
 def test_default_workers_per_device(monkeypatch):
     import torch
 
-    from karl_cli import cli
+    import os
 
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 32)
-    assert cli._default_workers(torch.device("cpu")) == cli._default_workers(None) == 4
-    assert cli._default_workers(torch.device("cuda", 1)) == cli._default_workers("cuda") == 16
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
-    assert cli._default_workers(torch.device("cpu")) == 2 and cli._default_workers("cuda:0") == 7
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)    # this machine: decode in the main process
-    assert cli._default_workers(torch.device("cpu")) == 0 and cli._default_workers(torch.device("cuda")) == 1
+    from karl_cli.runtime import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert default_workers(torch.device("cpu")) == default_workers(None) == 4
+    assert default_workers(torch.device("cuda", 1)) == default_workers("cuda") == 16
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_workers(torch.device("cpu")) == 2 and default_workers("cuda:0") == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)    # this machine: decode in the main process
+    assert default_workers(torch.device("cpu")) == 0 and default_workers(torch.device("cuda")) == 1
 
 
 def test_baselines_benchmark_reports_every_measure(tmp_path, tiny_weights):
@@ -152,3 +156,15 @@ def test_baselines_benchmark_reports_every_measure(tmp_path, tiny_weights):
     assert set(res["per_measure_ms"]) == set(REGISTRY) and all(_positive(v) for v in res["per_measure_ms"].values())
     assert set(res["end_to_end_s"]) == {"none", "jpeg,png", "all"} and set(res["added"]) == {"jpeg,png", "all"}
     assert all(_positive(v) for v in res["end_to_end_s"].values())
+
+
+BENCH_SCRIPTS = sorted((SCRIPT.parent).rglob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS, ids=lambda p: str(p.relative_to(SCRIPT.parent)))
+def test_every_benchmark_script_answers_help(script):
+    """The README sends users to these scripts: ``--help`` must print usage, not a traceback."""
+    res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
+                         cwd=SCRIPT.parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "usage:" in res.stdout and "Traceback" not in res.stderr

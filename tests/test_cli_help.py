@@ -53,3 +53,40 @@ def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path, tiny_weight
         pytest.skip("the run finished before the signal")   # a fast machine: nothing to interrupt
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err    # "interrupted" is printed, except while typer parses the arguments
+
+
+def _float_options():
+    """(command words, flag, OptionInfo) for every float option of every command."""
+    import inspect
+    import typing
+
+    out = []
+
+    def walk(typer_app, words):
+        for c in typer_app.registered_commands:
+            name = c.name or c.callback.__name__.replace("_", "-")
+            hints = typing.get_type_hints(c.callback)
+            for pname, p in inspect.signature(c.callback).parameters.items():
+                if "float" in str(hints.get(pname)):
+                    out.append(([*words, name], p.default.param_decls[0], p.default))
+        for g in typer_app.registered_groups:
+            walk(g.typer_instance, [*words, g.name])
+
+    walk(app, [])
+    return out
+
+
+def test_every_float_option_refuses_values_that_round_to_0_or_inf():
+    """Issue 28.17: `--eps 1e-400` was refused as "got 0.0" (the parser had rounded it first)."""
+    from karl_cli.cli import _number
+
+    options = _float_options()
+    assert len(options) >= 15 and any(w == ["complexity"] and f == "--eps" for w, f, _ in options)
+    assert all(info.parser is _number for _, _, info in options), [f for _, f, i in options if i.parser is not _number]
+    for words, flag in ((["complexity", "x.png"], "--eps"), (["train", "x", "--out", "y"], "--lr")):
+        res = CliRunner().invoke(app, [*words, flag, "1e-400"], terminal_width=200)
+        assert res.exit_code == 2 and "1e-400 is too small" in res.output and "0.0" not in res.output, res.output
+    res = CliRunner().invoke(app, ["complexity", "x.png", "--eps", "1e400"], terminal_width=200)
+    assert res.exit_code == 2 and "1e400 is too large" in res.output
+    res = CliRunner().invoke(app, ["complexity", "x.png", "--eps", "0,05"], terminal_width=200)
+    assert res.exit_code == 2 and "(write 0.05)" in res.output

@@ -13,7 +13,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "karl_cli"
 # Each layer may import only from the layers before it (and itself).
-LAYERS = ["errors", "progress", "runtime", "io", "models", "scoring", "training", "analysis", "cli"]
+LAYERS = ["errors", "defaults", "registry", "progress", "runtime", "io", "models", "scoring", "training", "analysis",
+          "cli"]
 SAME_LEVEL = {"training": {"analysis"}, "analysis": {"training"}}   # neither may import the other
 
 

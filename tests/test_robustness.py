@@ -30,7 +30,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from karl_cli.cli import app
-from karl_cli.scoring.complexity import RowWriter, read_rows, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import RowWriter, read_rows
 from karl_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from karl_cli.io.images import ImageLoadError, discover_images, load_for_model, open_rgb
 from karl_cli.io.names import unescape_path

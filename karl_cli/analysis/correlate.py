@@ -28,16 +28,16 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from karl_cli.io.atomic import atomic_path
 from karl_cli.analysis.stats import correlation, spearman_difference
+from karl_cli.defaults import BATCH_SIZE, BOOTSTRAP, CORRELATE_EPS
 from karl_cli.errors import UsageError
-from karl_cli.io.names import safe_frame
+from karl_cli.io.rows import write_table
 from karl_cli.io.savoias import RatedSet, load_ratings
 from karl_cli.models.pretrained import load, model_id
 from karl_cli.runtime import resolve_device
 from karl_cli.scoring import complexity
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, REGISTRY, parse_baselines
-from karl_cli.scoring.methods import check_eps, check_method, method_name
+from karl_cli.scoring.methods import check_eps, check_method, method_name, validate_eps
 
 RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spearman_lo", "spearman_hi", "pearson",
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi", "best_baseline", "vs_best",
@@ -54,7 +54,6 @@ POOLED_LABEL = "all (pooled)"   # how the terminal and the figures name the pool
 # Default ε for correlating with ratings: on the Savoias dev half it ranks photos most like people do
 # (pooled ρ 0.59 at 0.03 vs 0.55 at 0.05 and 0.42 at 0.09 for the wavelet default; 0.51 vs 0.50 for
 # the old DCT one).
-CORRELATE_EPS = 0.03
 
 def file_sha256(path: str | os.PathLike) -> str | None:
     """sha256 of a file's bytes; None if it cannot be read (it is then scored but not cached)."""
@@ -136,8 +135,7 @@ class ScoreCache:
         if not self._dirty:
             return
         df = pd.DataFrame(list(self._rows.values()), columns=CACHE_COLUMNS)
-        with atomic_path(self.path) as tmp:
-            df.to_csv(tmp, index=False)
+        write_table(df, self.path, "csv")
         self._dirty = False
 
 
@@ -186,20 +184,15 @@ class CorrelationResult:
         ``pandas.read_csv`` reads with its defaults (a non-UTF-8 file name is written escaped, as
         ``names.escape_path`` says; category names and errors likewise)."""
         if out is not None:
-            _write_csv(self.results, out)
+            write_table(self.results, out, "csv")
         if per_image is not None:
-            _write_csv(self.per_image, per_image)
-
-
-def _write_csv(df: pd.DataFrame, target: str | os.PathLike) -> None:
-    with atomic_path(target) as tmp:
-        safe_frame(df).to_csv(tmp, index=False, encoding="utf-8")
+            write_table(self.per_image, per_image, "csv")
 
 
 def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: str | os.PathLike | None = None,
               model=None, weights: str | os.PathLike | None = None, eps: float | Sequence[float] = (CORRELATE_EPS,),
-              method: str = "single", bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
-              batch_size: int = 64, workers: int = 0, device: str | None = None,
+              method: str = "single", bootstrap: int = BOOTSTRAP, seed: int = 0, level: float = 0.95,
+              batch_size: int = BATCH_SIZE, workers: int = 0, device: str | None = None,
               cache: str | os.PathLike | bool | None = None, progress: Callable | None = None,
               include_hidden: bool = False, baselines: bool | str | Sequence[str] = True) -> CorrelationResult:
     """Correlate KC and the classic baselines with human ratings.
@@ -219,7 +212,7 @@ def correlate(source: str | os.PathLike | RatedSet | None = None, *, ratings: st
         raise UsageError("--bootstrap must be >= 0")
     if not 0 < level < 1:
         raise UsageError("level must lie in (0, 1)")
-    eps_list = complexity.validate_eps(eps)
+    eps_list = validate_eps(eps)
     names = parse_baselines(baselines)
     rated = source if isinstance(source, RatedSet) else load_ratings(source, ratings, include_hidden)
     if model is None:

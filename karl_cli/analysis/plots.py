@@ -15,14 +15,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from karl_cli.analysis.style import ACCENT, DOUBLE_COLUMN, SINGLE_COLUMN, colors, figure, save, style
+from karl_cli.defaults import EPS_SERIES
 from karl_cli.errors import UsageError
-from karl_cli.io.images import ImageLoadError, load_for_model
+from karl_cli.io.images import ImageLoadError
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
-from karl_cli.scoring.complexity import validate_eps
-from karl_cli.scoring.methods import check_eps, methods_for
-from karl_cli.scoring.oracle import budget_reconstructions, search
-
-DEFAULT_SHOW_EPS = (0.03, 0.05, 0.09)
+from karl_cli.scoring.measure import collect_inputs, measure, read_pixels
+from karl_cli.scoring.methods import check_eps, default_method, methods_for, validate_eps
+from karl_cli.scoring.oracle import budget_reconstructions
 
 
 def histogram_edges(values: Sequence[float], top: int, max_bins: int = 40) -> np.ndarray:
@@ -92,21 +91,26 @@ def _tokens(t: int) -> str:
 
 
 def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: str | os.PathLike,
-                eps_list: Sequence[float] = DEFAULT_SHOW_EPS, device: str | torch.device | None = None,
+                eps_list: Sequence[float] = EPS_SERIES, device: str | torch.device | None = None,
                 budgets: Sequence[int] | None = None) -> dict[str, Any]:
     """One image under the tokenizer: the input; reconstructions at growing budgets with every token
     kept (``oracle.budget_reconstructions``: prefixes of one T_max encoding under the smallest ε bin
     for KARL); the adaptive reconstruction at each ε with its KC; and, for a model with a halting head,
     p_halt per token at each ε against the halting threshold. A search-only model (ALIT) shows its
-    search's KC at each ε instead (``oracle.search``). Returns the numbers drawn."""
+    search's KC at each ε instead. KC, L1 and p_halt come from the measuring core (``measure``);
+``image_path`` may name a file or a tar member (``shard.tar/KEY.EXT``). Returns the numbers drawn."""
     eps_list = validate_eps(eps_list)
     check_eps(model, "single", eps_list)
     dev = resolve_device(device, model)
     prepare_model(model, dev)
     cfg = model.config
     single = "single" in methods_for(model)
+    found = collect_inputs([image_path])
+    if len(found) != 1:
+        raise UsageError(f"show draws one image; {os.fsdecode(image_path)} holds {len(found)} "
+                         "(name one file or one tar member, shard.tar/KEY.EXT)")
     try:
-        arr = load_for_model(image_path, cfg.resolution)
+        arr = read_pixels(found[0], cfg.resolution)
     except ImageLoadError as e:
         raise UsageError(f"cannot read {image_path}: {e}") from None
     budgets = list(budgets) if budgets else _show_budgets(cfg.budgets)
@@ -114,18 +118,10 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
         x = to_model_input(torch.from_numpy(arr.transpose(2, 0, 1).copy()).unsqueeze(0), dev)
         prefix = [(t, rec[0].permute(1, 2, 0).cpu().numpy(), float((rec - x).abs().mean()))
                   for t, rec in budget_reconstructions(model, x, budgets)]
-        adaptive = []
-        for e in eps_list:
-            if single:
-                enc = model.encode(x, e)
-                rec = model.decode(enc)
-                kc, kc_soft, p_halt = int(enc.kc[0]), float(enc.kc_soft[0]), enc.p_halt[0].float().cpu().numpy()
-            else:
-                found = search(model, x, e)
-                rec, kc, p_halt = found.recon, int(found.kc[0]), None
-                kc_soft = float(kc)
-            adaptive.append({"eps": e, "kc": kc, "kc_soft": kc_soft, "l1": float((rec - x).abs().mean()),
-                             "p_halt": p_halt, "image": rec[0].permute(1, 2, 0).float().cpu().numpy()})
+    m = measure(model, x, eps_list, default_method(model), keep_recon=True, keep_halting=single)
+    adaptive = [{"eps": e, "kc": int(m.kc[0, j]), "kc_soft": float(m.kc_soft[0, j]), "l1": float(m.l1[0, j]),
+                 "p_halt": m.p_halt[0, j].numpy() if single else None,
+                 "image": m.recon[0, j].permute(1, 2, 0).float().cpu().numpy()} for j, e in enumerate(eps_list)]
 
     ncols = max(len(budgets) + 1, len(eps_list) + 1)
     rows = 3 if single else 2

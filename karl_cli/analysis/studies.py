@@ -14,10 +14,11 @@
 - ``token_map``: per pixel patch, the smallest budget whose reconstruction meets ε there: where an
   image spends its tokens (counterpart of ICNet's per-pixel complexity maps).
 
-Every study runs on any model ``--weights`` accepts: KC comes from KARL's single pass (``method
-"single"``) or from the shared oracle (``scoring.oracle.sweep``: the smallest budget meeting ε, ALIT
-via its rollout). Curves and maps decode every budget: KARL prefixes of one T_max encoding (its
-encoder is causal in its latents), ALIT its rollout (``model.search_tokens``).
+Every study runs on any model ``--weights`` accepts and measures through the measuring core
+(``scoring.measure``): KC from KARL's single pass (``method "single"``) or from the shared oracle
+(the smallest budget meeting ε, ALIT via its rollout); inputs are read by it too (files, folders,
+tar shards). Curves and maps decode every budget (``oracle.budget_reconstructions``): KARL prefixes
+of one T_max encoding (its encoder is causal in its latents), ALIT its rollout.
 
 Images are uint8 (H, W, 3) arrays; ``to_model_size`` squashes them to the model input exactly as
 ``io.images.load_for_model`` does. Each study returns a ``Study`` whose ``rows`` DataFrame is what the
@@ -25,12 +26,13 @@ CLI writes as CSV/JSON.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,20 +40,19 @@ import torch
 from PIL import Image
 from scipy import stats as st
 
+from karl_cli.defaults import BOOTSTRAP, CORRELATE_EPS, EPS_SERIES, IN_MEMORY_BATCH_SIZE
 from karl_cli.errors import UsageError
-from karl_cli.io.images import ImageLoadError, load_for_model, load_max_side
 from karl_cli.io.synthetic import make_family_image
 from karl_cli.models.config import EPS_BINS
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
-from karl_cli.scoring.complexity import collect_inputs, validate_eps
-from karl_cli.scoring.methods import check_method, default_method
-from karl_cli.scoring.oracle import sweep
+from karl_cli.scoring.measure import load_inputs, measure, measure_all
+from karl_cli.scoring.methods import check_method, default_method, oracle_method, validate_eps
+from karl_cli.scoring.oracle import budget_reconstructions
 from karl_cli.analysis.stats import spearman, spearman_difference
-from karl_cli.io.atomic import atomic_path
+from karl_cli.io.rows import write_table
 
 Progress = Callable[[int, int, str], None]   # progress(done, total, stage)
 
-DEFAULT_EPS = (0.03, 0.05, 0.09)
 DEFAULT_SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_SP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 DEFAULT_GRIDS = (2, 4, 8, 16, 32)
@@ -105,102 +106,34 @@ def procedural(family: str, size: int, seed: int) -> np.ndarray:
     return make_family_image(family, size, np.random.default_rng(seed))
 
 
-def load_images(paths: Sequence[str | os.PathLike], resolution: int | None = None, max_side: int | None = None,
-                sample: int | None = None, seed: int = 0) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
-    """Images under ``paths`` (files, folders recursive), sorted by path: ``resolution`` squashes each
-    to the model input (as scoring does), else ``max_side`` caps the shorter side (aspect kept).
-    ``sample``: a seeded random subset of that many files. Returns ((path, uint8 array) list,
-    (path, reason) list of unreadable ones). No images at all raises UsageError."""
-    found = collect_inputs(paths)
-    if sample is not None:
-        if sample < 1:
-            raise UsageError(f"--sample must be >= 1, got {sample}")
-        if sample < len(found):
-            keep = np.sort(np.random.default_rng(seed).choice(len(found), sample, replace=False))
-            found = [found[i] for i in keep]
-    good, bad = [], []
-    for f in found:
-        if f.error:
-            bad.append((f.path, f.error))
-            continue
-        try:
-            arr = load_for_model(f.path, resolution) if resolution else load_max_side(f.path, max_side or 256)
-        except ImageLoadError as e:
-            bad.append((f.path, str(e) or "cannot read image"))
-            continue
-        except Exception as e:  # noqa: BLE001 - one odd file must not stop a study
-            bad.append((f.path, f"cannot read image: {type(e).__name__}: {e}"))
-            continue
-        good.append((f.path, arr))
-    if not good:
-        raise UsageError("none of the inputs could be read: " + "; ".join(f"{p}: {r}" for p, r in bad[:3]))
-    return good, bad
-
-
 # --- measuring -------------------------------------------------------------------------------------
 def resolve_method(model: torch.nn.Module, method: str | None) -> str:
     """``method`` checked against the model; default: ``single`` for KARL, ``search`` for ALIT."""
     return check_method(model, method or default_method(model))
 
 
-def _batches(images: np.ndarray, batch_size: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
-    for i in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2)))
-        yield i, to_model_input(chunk, device)
-
-
 def measure_kc(model: torch.nn.Module, images: np.ndarray, eps: Sequence[float], method: str,
-               batch_size: int = 32, device: torch.device | None = None,
-               progress: Callable[[int, int], None] | None = None, l1: bool = True
+               batch_size: int = IN_MEMORY_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+               l1: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:
-    """KC and reconstruction L1 of uint8 model-size images (N, R, R, 3) at each ε.
-
-    ``single``: KARL's one encoder pass per ε (T_max − halted tokens) and the L1 of its decode
-    (``l1=False``: no decode, L1 NaN; about half the time on CPU); ``search`` / ``prefix``: the
-    oracle ``sweep`` (smallest budget meeting ε, T_max if none).
-    Returns kc int (N, E) in 1..T_max and l1 float (N, E) in [0, 1].
-    """
-    eps = [float(e) for e in eps]
-    dev = resolve_device(device, model)
-    n = len(images)
-    kc = np.zeros((n, len(eps)), dtype=np.int64)
-    err = np.full((n, len(eps)), np.nan)
-    with inference(dev):
-        for i, x in _batches(images, batch_size, dev):
-            if method == "single":
-                for j, e in enumerate(eps):
-                    enc = model.encode(x, e)
-                    kc[i:i + len(x), j] = enc.kc.cpu().numpy()
-                    if l1:
-                        err[i:i + len(x), j] = (model.decode(enc) - x).abs().mean(dim=(1, 2, 3)).float().cpu().numpy()
-            else:
-                r = sweep(model, x, eps, method)
-                kc[i:i + len(x)] = r.kc.cpu().numpy()
-                err[i:i + len(x)] = r.l1.float().cpu().numpy()
-            if progress:
-                progress(min(i + batch_size, n), n)
-    return kc, err
+    """KC and reconstruction L1 of uint8 model-size images (N, R, R, 3) at each ε, through the
+    measuring core (``measure.measure_all``): kc int (N, E) in 1..T_max, l1 float (N, E) in [0, 1]
+    (NaN with ``l1=False``, single only)."""
+    m = measure_all(model, images, [float(e) for e in eps], method, batch_size, l1=l1, progress=progress)
+    return m.kc.numpy(), m.l1.double().numpy()
 
 
-def prefix_decodes(model: torch.nn.Module, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """(budget, reconstruction float (B, 3, R, R) in [0, 1]) for every budget of ``config.budgets``,
-    smallest first. KARL: prefixes of one T_max encoding at the smallest ε bin (1 encoder + k decoder
-    runs); ALIT: its rollout, one iteration per budget. Call under ``inference``."""
-    source = model.search_tokens(x, "prefix" if getattr(model, "single_pass", True) else "search")
-    rows = torch.arange(x.shape[0], device=x.device)
-    for t in model.config.budgets:
-        yield t, model.decode_tokens(source.tokens(rows, t)).float().clamp_(0.0, 1.0)
-
-
-def rate_distortion(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32,
+def rate_distortion(model: torch.nn.Module, images: np.ndarray, batch_size: int = IN_MEMORY_BATCH_SIZE,
                     device: torch.device | None = None,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Pixel L1 (0-1 scale) of the reconstruction at every budget: float (N, len(config.budgets))."""
     dev = resolve_device(device, model)
     out = np.zeros((len(images), len(model.config.budgets)))
     with inference(dev):
-        for i, x in _batches(images, batch_size, dev):
-            for k, (_, rec) in enumerate(prefix_decodes(model, x)):
+        for i in range(0, len(images), batch_size):
+            chunk = np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2))
+            x = to_model_input(torch.from_numpy(chunk), dev)
+            for k, (_, rec) in enumerate(budget_reconstructions(model, x)):
                 out[i:i + len(x), k] = (rec - x.float()).abs().mean(dim=(1, 2, 3)).cpu().numpy()
             if progress:
                 progress(min(i + batch_size, len(images)), len(images))
@@ -229,7 +162,7 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
 # --- profile ---------------------------------------------------------------------------------------
 def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Sequence[float] | None = None,
             method: str | None = None, curve: bool = True, sample: int | None = None, seed: int = 0,
-            batch_size: int = 32, device: str | torch.device | None = None,
+            batch_size: int = IN_MEMORY_BATCH_SIZE, device: str | torch.device | None = None,
             progress: Progress | None = None) -> Study:
     """Each image's complexity profile (KC at every ε; default: the model's ε bins) and rate–distortion
     curve (L1 at every budget; ``curve=False`` skips it, the slow part on CPU).
@@ -240,9 +173,10 @@ def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Seq
     """
     method, dev = _prep(model, method, device)
     eps_v = sorted(validate_eps(eps if eps else EPS_BINS))
-    items, bad = load_images(paths, resolution=model.config.resolution, sample=sample, seed=seed)
+    items, bad = load_inputs(paths, resolution=model.config.resolution, sample=sample, seed=seed)
     arr = np.stack([a for _, a in items])
-    kc, _ = measure_kc(model, arr, eps_v, method, batch_size, dev, _stage(progress, "KC per ε"), l1=False)
+    # The profile keeps KC only: a single pass skips its L1 check (the searches need their decodes).
+    kc, _ = measure_kc(model, arr, eps_v, method, batch_size, _stage(progress, "KC per ε"), l1=method != "single")
     rows = pd.DataFrame({"path": [p for p, _ in items], "folder": [Path(p).parent.name for p, _ in items]})
     rows["kc_area"] = kc_area(kc, eps_v).round(3) if len(eps_v) > 1 else np.nan
     for j, e in enumerate(eps_v):
@@ -266,8 +200,8 @@ def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Seq
                  {"eps": eps_v, "budgets": budgets if curve else []})
 
 
-def rank_against_ratings(rows: pd.DataFrame, rated: pd.DataFrame, eps: float = 0.03, n_boot: int = 1000,
-                         seed: int = 0) -> pd.DataFrame:
+def rank_against_ratings(rows: pd.DataFrame, rated: pd.DataFrame, eps: float = CORRELATE_EPS,
+                         n_boot: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
     """Does the profile's area rank images more like people than KC at one ε? Per category and pooled:
     Spearman ρ of kc_area and of ``kc@eps`` with the ratings, and ρ(area) − ρ(KC) with its paired
     bootstrap CI (``stats.spearman_difference``). ``rated``: columns path, rating, category
@@ -308,9 +242,9 @@ def add_noise(image: np.ndarray, kind: str, strength: float, rng: np.random.Gene
     raise UsageError(f"unknown noise kind {kind!r} (gaussian or salt-pepper)")
 
 
-def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = DEFAULT_EPS,
+def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
           sigmas: Sequence[float] = DEFAULT_SIGMAS, sp: Sequence[float] = DEFAULT_SP, method: str | None = None,
-          size: int = PROCEDURAL_SIZE, sample: int | None = None, seed: int = 0, batch_size: int = 32,
+          size: int = PROCEDURAL_SIZE, sample: int | None = None, seed: int = 0, batch_size: int = IN_MEMORY_BATCH_SIZE,
           device: str | torch.device | None = None, progress: Progress | None = None) -> Study:
     """KC against noise strength (KARL paper §4.4): Gaussian σ steps (0-1 pixel scale) and salt-and-
     pepper shares, on the given images (shorter side capped at ``size`` px) or, with ``paths`` None, on
@@ -326,22 +260,22 @@ def noise(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps
     eps_v = sorted(validate_eps(eps))
     r = model.config.resolution
     if paths:
-        items, bad = load_images(paths, max_side=size, sample=sample, seed=seed)
+        items, bad = load_inputs(paths, max_side=size, sample=sample, seed=seed)
     else:
         items, bad = [(fam, procedural(fam, size, seed + k)) for k, fam in enumerate(NOISE_FAMILIES)], []
     levels = [("gaussian", float(s)) for s in sigmas] + [("salt-pepper", float(s)) for s in sp]
     meta, inputs = [], []
-    for si, (src, img) in enumerate(items):
+    for src, img in items:
         clean = to_model_size(img, r).astype(float)
-        for li, (kind, s) in enumerate(levels):
-            for wi, where in enumerate(("image", "input")):
-                rng = np.random.default_rng([seed, si, li, wi])
+        for kind, s in levels:
+            for where in ("image", "input"):
+                rng = variant_rng(seed, img, f"{kind} {s!r} {where}")
                 x = to_model_size(add_noise(img, kind, s, rng), r) if where == "image" else \
                     add_noise(to_model_size(img, r), kind, s, rng)
                 seen = float(np.sqrt((((x - clean) / 255.0) ** 2).mean())) if s else 0.0
                 meta.append((src, kind, s, where, seen))
                 inputs.append(x)
-    kc, l1 = measure_kc(model, np.stack(inputs), eps_v, method, batch_size, dev, _stage(progress, "noise"))
+    kc, l1 = measure_kc(model, np.stack(inputs), eps_v, method, batch_size, _stage(progress, "noise"))
     recs = [{"source": src, "kind": kind, "strength": s, "where": where, "seen": round(seen, 5), "eps": e,
              "kc": int(kc[i, j]), "l1": round(float(l1[i, j]), 6)}
             for i, (src, kind, s, where, seen) in enumerate(meta) for j, e in enumerate(eps_v)]
@@ -404,17 +338,29 @@ def permute_pixels(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return flat[rng.permutation(len(flat))].reshape(image.shape)
 
 
-def structure_steps(image: np.ndarray, grids: Sequence[int], rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+def variant_rng(seed: int, image: np.ndarray, variant: str) -> np.random.Generator:
+    """The random stream of one variant of one image: it depends only on ``seed``, the image's pixels
+    and the variant's name (``"shuffle 4x4"``, ``"phase"``, ``"gaussian 0.1 image"``), never on which
+    other images, grids or strengths the same run computes, nor on their order."""
+    digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes() + b"\0" + variant.encode()).digest()
+    return np.random.default_rng([seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+
+
+def structure_steps(image: np.ndarray, grids: Sequence[int], seed: int) -> list[tuple[str, np.ndarray]]:
     """(step name, image) from intact to structureless: original, shuffle g x g for each grid
-    (coarse to fine), phase randomised, pixels permuted."""
+    (coarse to fine), phase randomised, pixels permuted. Each step draws from its own
+    ``variant_rng(seed, image, name)``, so a step's image is the same whatever ``grids`` holds."""
+    def rng(name: str) -> np.random.Generator:
+        return variant_rng(seed, image, name)
+
     steps = [("original", image)]
-    steps += [(f"shuffle {g}x{g}", shuffle_patches(image, g, rng)) for g in sorted(grids)]
-    return steps + [("phase", randomise_phase(image, rng)), ("pixels", permute_pixels(image, rng))]
+    steps += [(f"shuffle {g}x{g}", shuffle_patches(image, g, rng(f"shuffle {g}x{g}"))) for g in sorted(grids)]
+    return steps + [("phase", randomise_phase(image, rng("phase"))), ("pixels", permute_pixels(image, rng("pixels")))]
 
 
-def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = DEFAULT_EPS,
+def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
               grids: Sequence[int] = DEFAULT_GRIDS, method: str | None = None, sample: int | None = None,
-              seed: int = 0, batch_size: int = 32, device: str | torch.device | None = None,
+              seed: int = 0, batch_size: int = IN_MEMORY_BATCH_SIZE, device: str | torch.device | None = None,
               progress: Progress | None = None) -> Study:
     """KC as structure is destroyed (``structure_steps``) at the model input, so every step holds the
     same pixels the model sees (phase randomisation: the same power spectrum). Sources: the given
@@ -427,16 +373,16 @@ def structure(paths: Sequence[str | os.PathLike] | None, model: torch.nn.Module,
     if bad_grids:
         raise UsageError(f"grids must divide the {r} px model input and lie in 2..{r // 2}: not {bad_grids}")
     if paths:
-        items, bad = load_images(paths, resolution=r, sample=sample, seed=seed)
+        items, bad = load_inputs(paths, resolution=r, sample=sample, seed=seed)
     else:
         items, bad = [(fam, to_model_size(procedural(fam, r, seed + k), r))
                       for k, fam in enumerate(STRUCTURE_FAMILIES)], []
     meta, inputs = [], []
-    for si, (src, img) in enumerate(items):
-        for k, (step, x) in enumerate(structure_steps(img, grids, np.random.default_rng([seed, si]))):
+    for src, img in items:
+        for k, (step, x) in enumerate(structure_steps(img, grids, seed)):
             meta.append((src, step, k))
             inputs.append(x)
-    kc, l1 = measure_kc(model, np.stack(inputs), eps_v, method, batch_size, dev, _stage(progress, "structure"))
+    kc, l1 = measure_kc(model, np.stack(inputs), eps_v, method, batch_size, _stage(progress, "structure"))
     rows = pd.DataFrame([{"source": src, "step": step, "step_index": k, "eps": e, "kc": int(kc[i, j]),
                           "l1": round(float(l1[i, j]), 6)}
                          for i, (src, step, k) in enumerate(meta) for j, e in enumerate(eps_v)])
@@ -497,7 +443,7 @@ def _bootstrap_ci(data: tuple[np.ndarray, ...], statistic, paired: bool, n_boot:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = 1000, seed: int = 0) -> dict:
+def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
     """Rank test and effect size of KC in group b against group a.
 
     Paired (a control of each image): Wilcoxon signed-rank on b − a (zero differences dropped) and the
@@ -528,8 +474,8 @@ def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = 1000, s
 
 def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
                 other: Sequence[str | os.PathLike] | None = None, controls: Sequence[str] = CONTROLS,
-                eps: Sequence[float] = DEFAULT_EPS, method: str | None = None, n_boot: int = 1000,
-                sample: int | None = None, seed: int = 0, batch_size: int = 32,
+                eps: Sequence[float] = EPS_SERIES, method: str | None = None, n_boot: int = BOOTSTRAP,
+                sample: int | None = None, seed: int = 0, batch_size: int = IN_MEMORY_BATCH_SIZE,
                 device: str | torch.device | None = None, progress: Progress | None = None) -> Study:
     """KC of familiar against unfamiliar images (KARL paper §4.5). With ``other`` (a second set of
     images, out of distribution) the groups are ``paths`` vs ``other`` (Mann–Whitney U); without it
@@ -538,17 +484,17 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
     method, dev = _prep(model, method, device)
     eps_v = sorted(validate_eps(eps))
     r = model.config.resolution
-    items, bad = load_images(paths, resolution=r, sample=sample, seed=seed)
+    items, bad = load_inputs(paths, resolution=r, sample=sample, seed=seed)
     groups: list[tuple[str, list[tuple[str, np.ndarray]]]] = [("in", items)]
     if other:
-        more, bad2 = load_images(other, resolution=r, sample=sample, seed=seed)
+        more, bad2 = load_inputs(other, resolution=r, sample=sample, seed=seed)
         groups.append(("out", more))
         bad += bad2
     else:
         for c in controls:
             groups.append((c, [(p, make_control(a, c)) for p, a in items]))
     inputs = np.stack([a for _, g in groups for _, a in g])
-    kc, l1 = measure_kc(model, inputs, eps_v, method, batch_size, dev, _stage(progress, "familiarity"))
+    kc, l1 = measure_kc(model, inputs, eps_v, method, batch_size, _stage(progress, "familiarity"))
     recs, i = [], 0
     for name, g in groups:
         for p, _ in g:
@@ -576,14 +522,14 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
 
 
 # --- where the tokens go ---------------------------------------------------------------------------
-def token_map(model: torch.nn.Module, image: np.ndarray, eps: Sequence[float] = DEFAULT_EPS, patch: int = 4,
+def token_map(model: torch.nn.Module, image: np.ndarray, eps: Sequence[float] = EPS_SERIES, patch: int = 4,
               device: str | torch.device | None = None) -> dict:
     """Per ``patch`` x ``patch`` block of the model input: the smallest budget whose reconstruction's
     mean absolute error over that block (all channels, 0-1 scale) is <= ε. Works for every model
-    (``prefix_decodes``). image: uint8 (R, R, 3) at the model size.
+    (``oracle.budget_reconstructions``). image: uint8 (R, R, 3) at the model size.
 
     Returns {"budgets": float (E, R/patch, R/patch) (NaN: no budget reaches ε there),
-    "kc": int (E,) the whole image's oracle KC (``sweep``, method prefix for KARL, search for ALIT),
+    "kc": int (E,) the whole image's oracle KC (``measure``, method prefix for KARL, search for ALIT),
     "eps": list}. ``patch`` must divide R.
     """
     r = model.config.resolution
@@ -597,18 +543,18 @@ def token_map(model: torch.nn.Module, image: np.ndarray, eps: Sequence[float] = 
     eps_t = torch.tensor(eps_v, device=dev).view(-1, 1, 1)
     with inference(dev):
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None], dev)
-        for t, rec in prefix_decodes(model, x):
+        for t, rec in budget_reconstructions(model, x):
             err = (rec - x.float()).abs().mean(dim=1)                                  # (1, R, R)
             local = torch.nn.functional.avg_pool2d(err[:, None], patch)[0, 0]         # (g, g)
             new = (local[None] <= eps_t).cpu().numpy() & np.isnan(found)
             found[new] = t
             if not np.isnan(found).any():
                 break
-        oracle = sweep(model, x, eps_v, "prefix" if getattr(model, "single_pass", True) else "search")
-    return {"budgets": found, "kc": oracle.kc[0].cpu().numpy(), "eps": eps_v}
+    oracle = measure(model, x, eps_v, oracle_method(model))
+    return {"budgets": found, "kc": oracle.kc[0].numpy(), "eps": eps_v}
 
 
-def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Sequence[float] = DEFAULT_EPS,
+def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Sequence[float] = EPS_SERIES,
                patch: int = 4, sample: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                progress: Progress | None = None) -> Study:
     """``token_map`` for every image. Rows (the map's values): path, eps, row, col, y, x (the block's
@@ -618,7 +564,7 @@ def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: 
     dev = resolve_device(device, model)
     prepare_model(model, dev)
     r = model.config.resolution
-    items, bad = load_images(paths, resolution=r, sample=sample, seed=seed)
+    items, bad = load_inputs(paths, resolution=r, sample=sample, seed=seed)
     recs, summary, maps = [], [], {}
     for n, (p, img) in enumerate(items):
         m = token_map(model, img, eps, patch, dev)
@@ -636,22 +582,17 @@ def token_maps(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: 
                             "unreached": float(np.isnan(b).mean())})
         if progress:
             progress(n + 1, len(items), "maps")
-    method = "prefix" if getattr(model, "single_pass", True) else "search"
+    method = oracle_method(model)
     return Study("map", pd.concat(recs, ignore_index=True), pd.DataFrame(summary), method,
                  model.config.max_tokens, [], bad, {"maps": maps, "patch": patch, "eps": sorted(validate_eps(eps))})
 
 
 # --- output ----------------------------------------------------------------------------------------
 def save_rows(study: Study, csv: str | os.PathLike | None = None, json: str | os.PathLike | None = None) -> None:
-    """Write ``study.rows`` atomically as CSV (UTF-8; a non-UTF-8 file name as its original bytes) and/or
-    JSON records (missing values as null)."""
-
-    if csv is not None:
-        with atomic_path(csv) as tmp:
-            study.rows.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
-    if json is not None:
-        with atomic_path(json) as tmp:
-            study.rows.to_json(tmp, orient="records", force_ascii=True, indent=1)
+    """Write ``study.rows`` as CSV and/or JSON records (``io.rows.write_table``: atomic, valid UTF-8)."""
+    for path, fmt in ((csv, "csv"), (json, "json")):
+        if path is not None:
+            write_table(study.rows, path, fmt)
 
 
 def summary_view(study: Study) -> pd.DataFrame:
@@ -659,7 +600,7 @@ def summary_view(study: Study) -> pd.DataFrame:
     s = study.summary
     if study.name == "profile":
         eps = study.extra["eps"]
-        show = [e for e in (0.03, 0.05, 0.09) if e in eps] or [eps[0], eps[len(eps) // 2], eps[-1]]
+        show = [e for e in EPS_SERIES if e in eps] or [eps[0], eps[len(eps) // 2], eps[-1]]
         out = []
         for folder, g in study.rows.groupby("folder", sort=True):
             rec = {"folder": folder, "images": len(g), "kc_area (median)": round(float(g["kc_area"].median()), 1)}

@@ -153,7 +153,7 @@ def structure_figure(study: Study, stem: str | os.PathLike, example: tuple[str, 
         gs = fig.add_gridspec(2 if example is not None else 1, len(steps) if example is not None else 2,
                               height_ratios=[1, 2.4] if example is not None else None)
         if example is not None:
-            imgs = structure_steps(example[1], grids, np.random.default_rng([seed, 0]))
+            imgs = structure_steps(example[1], grids, seed)
             for k, (name, img) in enumerate(imgs):
                 a = fig.add_subplot(gs[0, k])
                 a.imshow(img, interpolation="nearest")
@@ -256,3 +256,17 @@ def map_figure(image: np.ndarray, result: dict, stem: str | os.PathLike, title: 
             cb = fig.colorbar(im, ax=list(axes[1:]), fraction=0.025, pad=0.01)
             cb.set_label(f"tokens until each {patch}×{patch} px block meets ε", fontsize=7)
         return _save(fig, stem)
+
+
+def draw_study(study: Study, folder: str | os.PathLike) -> list[Path]:
+    """Every figure of ``study`` (by its name: profile, noise, structure, familiarity, map) into
+    ``folder`` (PNG + PDF each); the files written (PNG paths)."""
+    folder = Path(folder)
+    if study.name == "structure":
+        return [structure_figure(study, folder / "structure", study.extra["example"], tuple(study.extra["grids"]),
+                                 study.extra["seed"])]
+    if study.name == "map":
+        return [map_figure(img, m, folder / f"map_{i:03d}_{Path(p).stem}", Path(p).name, study.max_tokens,
+                           study.extra["patch"]) for i, (p, (img, m)) in enumerate(study.extra["maps"].items())]
+    one = {"profile": profile_figure, "noise": noise_figure, "familiarity": familiarity_figure}[study.name]
+    return [one(study, folder / study.name)]

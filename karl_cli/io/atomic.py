@@ -45,6 +45,9 @@ def temp_beside(target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, default_mode())
+    except BaseException:
+        os.unlink(tmp)
+        raise
     finally:
         os.close(fd)
     return Path(tmp)

@@ -13,10 +13,17 @@ stretched to an image's own minimum and maximum):
   by 2**bits - 1;
 - 32-bit integer samples (mode ``I`` from a TIFF declaring 32 bits) divided by 2**31 - 1 (mode ``I``
   from a file that declares no depth is read as 16-bit);
-- floating-point samples (mode ``F``) read as 0-1 (the scikit-image convention for float images):
-  values outside are clipped, NaN is 0;
+- floating-point samples (Pillow's mode ``F``; float16/32/64 TIFFs of 1-4 samples, read with
+  tifffile where Pillow cannot) read as 0-1 (the scikit-image convention for float images); NaN is 0
+  and values up to 1.001 are clipped to 1. A float image whose samples exceed that holds another scale:
+  if every sample is a whole number (8- or 16-bit data stored as float) it is divided by 255, or by
+  65535 when its maximum exceeds 255; otherwise (HDR or scientific data, no scale to read it on) it is
+  refused with its maximum named, never clipped to a white image;
+- other integer TIFF layouts Pillow cannot open (signed, 32-bit RGB) by their type's maximum;
 
-and anything negative is clipped to 0. An embedded ICC profile is honoured: the pixels are converted
+and anything negative is clipped to 0. A TIFF layout neither reader handles is reported as
+unsupported, with its sample type and shape, not as a corrupt file. HEIF/HEIC needs the pillow-heif
+plugin (registered when installed); without it such a file says so. An embedded ICC profile is honoured: the pixels are converted
 to sRGB (LittleCMS through ``PIL.ImageCms``, perceptual intent), so a wide-gamut image scores as the
 colour-managed viewer shows it; CIELAB images are converted the same way. A profile that cannot be
 read, or does not fit the pixels (a grey profile on RGB data), is ignored.
@@ -27,14 +34,14 @@ import contextlib
 import functools
 import heapq
 import io
+import logging
 import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, features
 
 # Formats Pillow opens but cannot decode the pixels of (it reads an MPEG video's header only).
@@ -44,6 +51,12 @@ _HEADER_ONLY = frozenset({"MPEG"})
 DEFAULT_MAX_PIXELS = 64_000_000
 _limits = {"max_pixels": DEFAULT_MAX_PIXELS}
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+try:   # HEIF/HEIC (iPhone photos) through the pillow-heif plugin, when installed; without it they are named
+    from pillow_heif import register_heif_opener
+except ImportError:
+    pass
+else:
+    register_heif_opener()
 
 
 class ImageLoadError(Exception):
@@ -120,24 +133,40 @@ class Scan(list):
     """``Found`` entries sorted by path (a list), and what the scan left out of folders:
 
     ``hidden``: hidden files and folders skipped (each hidden folder counts once); ``other``: files
-    that are not images (by suffix); ``aliases``: paths that led to a file or folder already listed
-    (symbolic links), so each real file is listed once.
+    that are not images (by suffix); ``aliases``: other paths that led to a file or folder already
+    listed (symbolic links), so each real file is listed once; ``repeated``: the same path named more
+    than once (a file list or command line that repeats a line), scored once; ``replaced``: tar members
+    superseded by a later member of the same name (the last is the input, as ``tar -x`` leaves it).
     """
 
-    def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0) -> None:
+    def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0,
+                 repeated: int = 0, replaced: int = 0) -> None:
         super().__init__(found)
         self.hidden, self.other, self.aliases = hidden, other, aliases
+        self.repeated, self.replaced = repeated, replaced
+
+    def counts(self) -> dict[str, int]:
+        """The skip counts by name, to build another ``Scan`` of the same inputs: ``Scan(x, **s.counts())``."""
+        return {"hidden": self.hidden, "other": self.other, "aliases": self.aliases, "repeated": self.repeated,
+                "replaced": self.replaced}
 
     def summary(self) -> str:
         """What the scan skipped, in words; empty when nothing was."""
+        def n(k: int, one: str, many: str) -> str:
+            return f"{k} {one if k == 1 else many}"
+
         parts = []
         if self.hidden:
-            parts.append(f"{self.hidden} hidden file{'s' if self.hidden != 1 else ''} or folder"
-                         f"{'s' if self.hidden != 1 else ''} (--include-hidden scans them)")
+            parts.append(n(self.hidden, "hidden file or folder", "hidden files or folders") + " (--include-hidden scans them)")
         if self.other:
-            parts.append(f"{self.other} non-image file{'s' if self.other != 1 else ''}")
+            parts.append(n(self.other, "non-image file", "non-image files"))
         if self.aliases:
-            parts.append(f"{self.aliases} link{'s' if self.aliases != 1 else ''} to an image or folder already listed")
+            parts.append(n(self.aliases, "link", "links") + " to an image or folder already listed")
+        if self.repeated:
+            parts.append(n(self.repeated, "path", "paths") + " named more than once (each scored once)")
+        if self.replaced:
+            parts.append(n(self.replaced, "tar member", "tar members") + " replaced by a later member of the same "
+                         "name (the last is kept, as tar -x does)")
         return ("skipped " + ", ".join(parts)) if parts else ""
 
 
@@ -167,7 +196,8 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     skipped unless ``include_hidden``. A file reached under several paths (symbolic links to it or
     to a folder above it) is listed once, under the first of those paths in component order
     (``a/x.png`` before ``a-b/x.png`` before ``b/x.png``), whatever order the scan met them in;
-    each real folder is read once, so link loops end. Broken symlinks and unreadable folders come
+    each real folder is read once, so link loops end. The same path given again (also spelled
+    ``a/./x.png``) is counted as ``repeated``, another path to the same file as an alias. Broken symlinks and unreadable folders come
     back as entries with an ``error``; a missing top-level path raises FileNotFoundError. The
     returned ``Scan`` counts what was skipped. ``extra_suffixes`` (lower case, with the dot, e.g.
     ``(".tar",)``) are taken from folders as well as image suffixes.
@@ -177,7 +207,8 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     best: dict[str, tuple[tuple[str, ...], str]] = {}   # real file -> (key, path) of its first path
     met = 0
     heap: list[tuple[tuple[str, ...], str]] = []
-    hidden = other = 0
+    hidden = other = repeated = 0
+    named: set[str] = set()   # the top-level paths given, normalised: a second mention is a repeat, not a link
 
     def offer(path: str, key: tuple[str, ...]) -> None:
         nonlocal met
@@ -190,6 +221,10 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
         top = os.fsdecode(top)   # bytes paths (non-UTF-8 names) become surrogate-escaped str, like scandir's
         if not os.path.lexists(top):
             raise FileNotFoundError(f"no such file or folder: {top}")
+        if os.path.normpath(top) in named:
+            repeated += 1
+            continue
+        named.add(os.path.normpath(top))
         if os.path.isdir(top):
             heapq.heappush(heap, (_key(top), top))
         elif os.path.islink(top) and not os.path.exists(top):
@@ -232,7 +267,7 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     met -= len(best)
     for path, f in errors.items():
         found.setdefault(path, f)
-    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met)
+    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met, repeated=repeated)
 
 
 # --- pixels --------------------------------------------------------------------------------------
@@ -245,12 +280,28 @@ def _declared_bits(img: Image.Image) -> int | None:
     return int(bits) if isinstance(bits, int) and bits > 0 else None
 
 
+# Float samples up to this are 0-1 data with rounding overshoot (clipped), not another scale.
+_FLOAT_ONE = 1.001
+
+
+def _float_full_scale(a: np.ndarray) -> float:
+    """The full-scale value of float samples ``a`` (NaN/inf already 0) by the rule of the module
+    docstring: 1, or 255 / 65535 for whole-number samples above 1; ImageLoadError otherwise."""
+    top = float(a.max()) if a.size else 0.0
+    if top <= _FLOAT_ONE:
+        return 1.0
+    if top <= 65535 and np.array_equal(a, np.round(a)):
+        return 255.0 if top <= 255 else 65535.0
+    raise ImageLoadError(f"float samples reach {top:g}: karl reads float images as 0-1 (whole numbers up to "
+                         f"255 or 65535 as 8- or 16-bit); rescale it to 0-1 first")
+
+
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
     """A 16-bit, 32-bit integer or float image as 8-bit ``L`` by the fixed rule of the module docstring."""
     a = np.asarray(img, dtype=np.float64)
     a = np.where(np.isfinite(a), a, 0.0)
     if img.mode == "F":
-        full = 1.0
+        full = _float_full_scale(a)
     else:
         bits = _declared_bits(img)
         if img.mode.startswith("I;16"):
@@ -261,6 +312,75 @@ def _scaled_to_8bit(img: Image.Image) -> Image.Image:
             full = 2.0 ** min(bits, 31) - 1
     a = np.clip(a / full, 0.0, 1.0)
     return Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), "L")
+
+
+def _tiff_by_tifffile(source: str | BinaryIO, limit: int) -> Image.Image:
+    """A TIFF Pillow cannot open (float RGB, planar, signed or 32-bit samples), first page, with
+    tifffile: 8-bit ``L``, ``LA``, ``RGB`` or ``RGBA`` by the rule of the module docstring, its ICC
+    profile kept in ``info``. ImageLoadError naming the layout when it is not grey (+ alpha) or RGB
+    (+ alpha); tifffile's own errors for a file that is not a readable TIFF."""
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        page = tif.pages[0]
+        photometric = getattr(page.photometric, "name", str(page.photometric))
+        n = page.samplesperpixel
+        grey, rgb = photometric in ("MINISBLACK", "MINISWHITE"), photometric == "RGB"
+        if page.axes not in ("YX", "YXS", "SYX") or not ((grey and n <= 2) or (rgb and n in (3, 4))):
+            raise ImageLoadError(f"unsupported TIFF layout: {n} {page.dtype} sample(s) per pixel, photometric "
+                                 f"{photometric}, shape {page.shape}")
+        h, w = page.imagelength, page.imagewidth
+        if w * h > limit:
+            raise ImageLoadError(f"too large: {w}x{h} pixels (limit {limit:,}; --max-pixels raises it)")
+        a = page.asarray()
+        icc = page.tags.get(34675)
+        profile = bytes(icc.value) if icc is not None else None
+        axes = page.axes
+    if axes == "SYX":
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype.kind not in "fiub":
+        raise ImageLoadError(f"unsupported TIFF layout: {a.dtype} samples")
+    x = a.astype(np.float64)
+    if a.dtype.kind == "f":
+        x = np.where(np.isfinite(x), x, 0.0)
+        x /= _float_full_scale(x)
+    elif a.dtype.kind in "iu":
+        x /= float(np.iinfo(a.dtype).max)
+    x = np.clip(x, 0.0, 1.0)
+    if photometric == "MINISWHITE":   # 0 is white: flip the grey sample, not the alpha
+        if x.ndim == 2:
+            x = 1.0 - x
+        else:
+            x[..., 0] = 1.0 - x[..., 0]
+    img = Image.fromarray((x * 255.0 + 0.5).astype(np.uint8))   # (H, W) L; (H, W, 2|3|4) LA, RGB, RGBA
+    if profile:
+        img.info["icc_profile"] = profile
+    return img
+
+
+def _tiff_fallback(source: str | BinaryIO, limit: int) -> Image.Image:
+    """``_tiff_by_tifffile``, with a file tifffile cannot parse either reported as a corrupt TIFF."""
+    if not isinstance(source, str):
+        source.seek(0)
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)   # it logs what it skips in a damaged file; the error below says it
+    try:
+        return _tiff_by_tifffile(source, limit)
+    except ImageLoadError:
+        raise
+    except Exception:  # noqa: BLE001 - tifffile raises TiffFileError, ValueError, IndexError, struct.error, ...
+        raise ImageLoadError("corrupt TIFF file (its header cannot be read)") from None
+    finally:
+        log.setLevel(level)
+
+
+def _heif_brand(head: bytes) -> bool:
+    """Whether a file's first bytes are an ISO-BMFF ``ftyp`` box of a HEIF/HEIC image."""
+    return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
+                                                   b"mif1", b"msf1")
 
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -323,11 +443,14 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
-def _signature(path: str, data: bytes | None = None) -> str | None:
+def _signature(path: str, data: bytes | BinaryIO | None = None) -> str | None:
     """The image format a file's first bytes (or ``data``'s) claim (to tell a corrupt image from a
     non-image), or None."""
-    if data is not None:
+    if isinstance(data, bytes):
         head = data[:12]
+    elif data is not None:
+        data.seek(0)
+        head = data.read(12)
     else:
         try:
             with open(path, "rb") as f:
@@ -336,6 +459,8 @@ def _signature(path: str, data: bytes | None = None) -> str | None:
             return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
+    if _heif_brand(head):
+        return "HEIF"
     return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
 
 
@@ -352,11 +477,12 @@ def _pillow_limit(limit: int) -> Iterator[None]:
 
 
 def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels: int | None = None,
-             data: bytes | None = None) -> Image.Image:
+             data: bytes | BinaryIO | None = None) -> Image.Image:
     """Read an image as an upright sRGB ``RGB`` PIL image, or raise ImageLoadError with the reason.
 
-    ``data``: the file's bytes, already read (a member of a tar shard, ``sources.py``); ``path`` then
-    only names it.
+    ``data``: the file's bytes, or a seekable binary file open on them (a member of a tar shard,
+    ``sources.open_member``: only the header is read before the size and pixel limit are checked);
+    ``path`` then only names it.
     ``draft_size`` lets JPEG decoding skip resolution it does not need (much faster for big photos).
     ``max_pixels``: refuse images with more pixels (default: ``max_pixels()``, 64 Mpx unless raised).
     """
@@ -367,13 +493,27 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):   # a FIFO or device would block or never end
                 raise ImageLoadError("not a regular file (a pipe, device or socket)")
-        if (len(data) if data is not None else st.st_size) == 0:
+        if data is None:
+            nbytes = st.st_size
+        elif isinstance(data, bytes):
+            nbytes = len(data)
+        else:
+            nbytes = data.seek(0, io.SEEK_END)
+            data.seek(0)
+        if nbytes == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with warnings.catch_warnings(), _pillow_limit(limit):
             # Decoders warn about damaged metadata they skip; the pixels are still good, and a
             # folder of scraped images must not flood the terminal. Size is checked below.
             warnings.simplefilter("ignore")
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            source = path if data is None else io.BytesIO(data) if isinstance(data, bytes) else data
+            try:
+                opened = Image.open(source)
+            except UnidentifiedImageError:
+                if _signature(path, data) != "TIFF":
+                    raise
+                return _to_rgb(_tiff_fallback(source, limit))
+            with opened as img:
                 w, h = img.size
                 if w < 1 or h < 1:
                     raise ImageLoadError(f"invalid size {w}x{h}")
@@ -392,6 +532,9 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
         raise
     except UnidentifiedImageError:
         kind = _signature(path, data)
+        if kind == "HEIF":
+            raise ImageLoadError("HEIF/HEIC image, and no HEIF decoder is installed: pip install pillow-heif "
+                                 "(karl uses it when present)") from None
         raise ImageLoadError(f"corrupt {kind} file (its header cannot be read)" if kind
                              else "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -407,7 +550,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
 
 
 def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
-                   data: bytes | None = None) -> np.ndarray:
+                   data: bytes | BinaryIO | None = None) -> np.ndarray:
     """The whole image squashed to resolution x resolution: uint8 array (R, R, 3), sRGB.
 
     Squashing (not cropping) keeps all of the content, which is what complexity is about.
@@ -418,36 +561,14 @@ def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | N
     return np.array(img, dtype=np.uint8)
 
 
-def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None) -> np.ndarray:
-    """The image with its shorter side at most ``max_side`` (aspect kept): uint8 (H, W, 3), sRGB."""
-    img = open_rgb(path, draft_size=max_side, max_pixels=max_pixels)
+def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None,
+                  data: bytes | BinaryIO | None = None) -> np.ndarray:
+    """The image with its shorter side at most ``max_side`` (aspect kept): uint8 (H, W, 3), sRGB.
+    ``max_pixels`` and ``data`` as in ``open_rgb``."""
+    img = open_rgb(path, draft_size=max_side, max_pixels=max_pixels, data=data)
     w, h = img.size
     scale = max_side / min(w, h)
     if scale < 1:
         img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC, reducing_gap=3.0)
     return np.array(img, dtype=np.uint8)
 
-
-def load_images(paths: Iterable[str | os.PathLike], resolution: int) -> torch.Tensor:
-    """Image files as the model's input: a float32 tensor (B, 3, R, R) in [0, 1], R = ``resolution``
-    (the model's ``config.resolution``), in the order given.
-
-    Each image is read as ``karl complexity`` reads it (``open_rgb``: EXIF rotation, transparency on
-    white, first frame, ...) and **squashed** to R x R with bicubic resampling: the aspect ratio is not
-    kept, so all of the content counts (no crop). The same pixels as ``score`` gives the model
-    (``runtime.to_model_input`` divides the same uint8 values by 255). Raises ImageLoadError naming
-    the first unreadable file.
-
-        model = KARL.from_pretrained("weights/karl-small")
-        x = load_images(["a.jpg", "b.png"], model.config.resolution)   # (2, 3, 64, 64)
-        kc = model.encode(x, eps=0.05).kc
-    """
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(load_for_model(p, resolution))
-        except ImageLoadError as e:
-            raise ImageLoadError(f"{os.fsdecode(p)}: {e}") from None
-    if not arrays:
-        return torch.empty(0, 3, resolution, resolution)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 
 import pandas as pd
 
@@ -77,3 +78,46 @@ def safe_frame(df):
             esc = escape_path if col == "path" else safe_text
             df[col] = df[col].map(lambda v, esc=esc: esc(v) if isinstance(v, str) else v)
     return df
+
+
+def nfc(name: str) -> str:
+    """``name`` in Unicode normalisation form C, the one karl compares names under."""
+    return unicodedata.normalize("NFC", name)
+
+
+def find_normalised(path: str | os.PathLike, listings: dict[str, dict[str, list[str]]] | None = None) -> str | None:
+    """The existing path that ``path`` names when its parts are compared under Unicode NFC, or None.
+
+    A name typed or written by one system (``café.png`` in NFC, as most editors and Windows write it)
+    names the file another stored in NFD (macOS writes ``cafe`` + a combining accent): both are
+    the same text to a reader, different bytes to a POSIX file system. Each part that does not exist
+    as written is looked up among its folder's entries by NFC; an exact match always wins, and a part
+    that two entries match (both spellings on disk) is ambiguous: None. ``listings`` caches folder
+    contents between calls (a ratings file of thousands of rows lists each folder once).
+    """
+    p = os.fspath(path)
+    if os.path.lexists(p):
+        return p
+    cache = {} if listings is None else listings
+    parts = p.split(os.sep)
+    absolute = parts[0] == ""
+    cur = os.sep if absolute else ""
+    for part in parts[1:] if absolute else parts:
+        nxt = os.path.join(cur, part) if cur else part
+        if part in ("", ".", "..") or os.path.lexists(nxt):
+            cur = nxt
+            continue
+        folder = cur or "."
+        if folder not in cache:
+            index: dict[str, list[str]] = {}
+            try:
+                for entry in os.listdir(folder):
+                    index.setdefault(nfc(entry), []).append(entry)
+            except OSError:
+                pass
+            cache[folder] = index
+        hits = cache[folder].get(nfc(part), [])
+        if len(hits) != 1:
+            return None
+        cur = os.path.join(cur, hits[0]) if cur else hits[0]
+    return cur if os.path.lexists(cur) else None

@@ -21,7 +21,8 @@ import pandas as pd
 
 from karl_cli.errors import UsageError
 from karl_cli.io.images import is_hidden, is_image_name
-from karl_cli.io.names import unescape_path
+from karl_cli.io.names import find_normalised, nfc, unescape_path
+from karl_cli.io.sources import split_member
 
 # xlsx key -> image folder, in the order the categories are shown.
 SAVOIAS_CATEGORIES: dict[str, str] = {
@@ -100,11 +101,18 @@ def _to_float(v) -> float | None:
     return float(s.replace(",", "."))
 
 
+def _header_names(row) -> list[str]:
+    return [str(h).strip().lower() if h is not None else "" for h in (row or ())]
+
+
 def read_ratings_xlsx(path: str | os.PathLike) -> list[float | None]:
     """The ``gt`` column of a Savoias ground-truth workbook: element i is the rating of image i.
 
-    The first sheet is read; row 1 is a header if it is not a number; with several columns the one
-    named ``gt`` is used. Empty cells are None (kept, so later rows are not shifted).
+    The ratings are the column whose row-1 header is ``gt`` (case and surrounding spaces ignored), on
+    the one sheet that has such a column, whatever the sheet's name or place (a user's own ``kc``
+    sheet beside it is never read as ratings). No sheet with a ``gt`` column, several such sheets, or
+    several ``gt`` columns on one sheet raise UsageError naming the sheets. Empty cells are None (kept,
+    so later rows are not shifted); text that is not a number raises UsageError naming the row.
     """
     import openpyxl
     from zipfile import BadZipFile
@@ -115,42 +123,44 @@ def read_ratings_xlsx(path: str | os.PathLike) -> list[float | None]:
     except (OSError, BadZipFile, KeyError, ValueError) as e:
         raise UsageError(f"{path} is not a readable .xlsx workbook: {e}") from None
     try:
-        rows = [list(r) for r in wb.worksheets[0].iter_rows(values_only=True)]
+        headed = []   # (sheet, column index) of every column headed gt
+        for ws in wb.worksheets:
+            first = next(ws.iter_rows(max_row=1, values_only=True), ())
+            headed.extend((ws, i) for i, n in enumerate(_header_names(first)) if n == "gt")
+        sheets = ", ".join(repr(ws.title) for ws in wb.worksheets)
+        if not headed:
+            raise UsageError(f"{path}: no sheet has a column headed 'gt' in row 1 (sheets: {sheets}); Savoias "
+                             "ratings are the column headed gt")
+        if len(headed) > 1:
+            where = ", ".join(f"{ws.title!r} column {openpyxl.utils.get_column_letter(i + 1)}" for ws, i in headed)
+            raise UsageError(f"{path}: several columns headed 'gt' ({where}); keep the ratings in one")
+        ws, col = headed[0]
+        rows = [list(r) for r in ws.iter_rows(min_row=2, values_only=True)]
     finally:
         wb.close()
     while rows and all(v is None for v in rows[-1]):
         rows.pop()
-    if not rows:
-        raise UsageError(f"{path} has no rows")
-    col, start = 0, 0
-    header = rows[0]
-    try:
-        _to_float(header[0] if header else None)
-    except ValueError:
-        start = 1
-        names = [str(h).strip().lower() if h is not None else "" for h in header]
-        if "gt" in names:
-            col = names.index("gt")
-        elif sum(1 for n in names if n) > 1:
-            raise UsageError(f"{path}: several columns ({', '.join(n for n in names if n)}) and none named 'gt'")
     out: list[float | None] = []
-    for i, row in enumerate(rows[start:]):
+    for i, row in enumerate(rows):
         cell = row[col] if col < len(row) else None
         try:
             out.append(_to_float(cell))
         except ValueError:
-            raise UsageError(f"{path}: row {i + start + 1} holds {cell!r}, not a rating") from None
+            raise UsageError(f"{path}: sheet {ws.title!r} row {i + 2} holds {cell!r}, not a rating") from None
+    if not out:
+        raise UsageError(f"{path}: sheet {ws.title!r} has a 'gt' header and no ratings below it")
     return out
 
 
 def _find_dir(parent: Path, name: str) -> Path | None:
+    """The folder ``name`` in ``parent``, as written or else compared case-insensitively under NFC."""
     exact = parent / name
     if exact.is_dir():
         return exact
     if parent.is_dir():
-        want = name.lower()
+        want = nfc(name).casefold()
         for d in sorted(parent.iterdir()):
-            if d.is_dir() and d.name.lower() == want:
+            if d.is_dir() and nfc(d.name).casefold() == want:
                 return d
     return None
 
@@ -180,11 +190,6 @@ def _index_files(folder: Path, include_hidden: bool = False
             notes.append(f"{folder.name}: image {i} has {len(ps)} files ({', '.join(q.name for q in ps)}); "
                          f"using {ps[0].name}")
     return chosen, other, notes, hidden
-
-
-def is_savoias_root(root: str | os.PathLike) -> bool:
-    root = Path(root)
-    return root.is_dir() and _find_dir(root, IMAGES_DIR) is not None and (root / GROUND_TRUTH_DIR).is_dir()
 
 
 def load_savoias(root: str | os.PathLike, include_hidden: bool = False) -> RatedSet:
@@ -273,34 +278,49 @@ def load_savoias(root: str | os.PathLike, include_hidden: bool = False) -> Rated
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")   # C:\x, C:/x or \\server\share
 
 
-def _resolve(raw: str, base: Path) -> tuple[Path, str]:
+_NORMALISED = "matched a file whose name is stored in another Unicode normalisation (NFC vs NFD, e.g. written on macOS)"
+
+
+def _resolve(raw: str, base: Path, listings: dict | None = None) -> tuple[Path, str]:
     """The file a ratings-CSV path names, and how it was read when not as written ('' if as written).
 
-    Relative paths resolve against ``base``. On POSIX a path with backslashes that names no file as
-    written is tried as karl's escaped form (``names.escape_path``, as in karl's own outputs) and
-    then with ``\\`` as the folder separator (a CSV made on Windows).
+    Relative paths resolve against ``base``. A path that names no file as written is matched with its
+    names compared under Unicode NFC (``names.find_normalised``; ``listings`` caches folder contents).
+    On POSIX a path with backslashes that names no file is tried as karl's escaped form
+    (``names.escape_path``, as in karl's own outputs) and then with ``\\`` as the folder separator (a
+    CSV made on Windows), each also under NFC.
     """
     def full(text: str) -> Path:
         p = Path(os.path.expanduser(text))
         return p if p.is_absolute() else base / p
 
+    def existing(p: Path) -> tuple[Path | None, str]:
+        if p.is_file():
+            return p, ""
+        q = find_normalised(p, listings)
+        return (Path(q), _NORMALISED) if q is not None and os.path.isfile(q) else (None, "")
+
     first = full(raw)
-    if "\\" not in raw or os.sep == "\\" or first.is_file():
+    hit, how = existing(first)
+    if hit is not None:
+        return hit, how
+    if "\\" not in raw or os.sep == "\\":
         return first, ""
-    unescaped = full(unescape_path(raw))
-    if unescaped.is_file():
-        return unescaped, ""
-    slashed = raw.replace("\\", "/")
+    hit, how = existing(full(unescape_path(raw)))
+    if hit is not None:
+        return hit, how
+    slashed = full(raw.replace("\\", "/"))
     if _WINDOWS_ABS.match(raw):
-        return full(slashed), ("are absolute Windows paths (like C:\\data\\x.png) and cannot be found here: "
-                               "write them relative to the CSV's folder, with / or \\ between folders")
-    return full(slashed), "were read with \\ as the folder separator (Windows paths)"
+        return slashed, ("are absolute Windows paths (like C:\\data\\x.png) and cannot be found here: "
+                         "write them relative to the CSV's folder, with / or \\ between folders")
+    return existing(slashed)[0] or slashed, "were read with \\ as the folder separator (Windows paths)"
 
 
 def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     """Any rated image set: a CSV with columns ``path``, ``rating`` and optionally ``category``.
 
-    Relative paths resolve against the CSV's folder; Windows ``\\`` separators are accepted (with a
+    A path may name a member of a tar shard (``shard.tar/KEY.EXT``). Relative paths resolve against
+    the CSV's folder; Windows ``\\`` separators are accepted (with a
     note). Rows whose file does not exist are reported as missing (index = 0-based data row); rows
     with an empty or missing rating (``MISSING_MARKERS``: NA, n/a, NaN, ...) are dropped with a note.
     """
@@ -320,6 +340,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
     base = csv_path.resolve().parent
     has_cat = "category" in cols
     rows, missing, notes = [], [], []
+    listings: dict = {}
     read_as: dict[str, int] = {}
     empty = 0
     seen: dict[str, int] = {}
@@ -336,7 +357,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
         if rating is not None and not math.isfinite(rating):
             raise UsageError(f"{csv_path}: data row {i + 1} ({raw_path}) has a non-finite rating")
         category = str(rec[cols["category"]]).strip() if has_cat else ""
-        full, how = _resolve(raw_path, base)
+        full, how = _resolve(raw_path, base, listings)
         if how:
             read_as[how] = read_as.get(how, 0) + 1
         key = os.path.normpath(str(full))
@@ -347,7 +368,7 @@ def load_ratings_csv(csv_path: str | os.PathLike) -> RatedSet:
         if rating is None:
             empty += 1
             continue
-        if not full.is_file():
+        if not full.is_file() and split_member(str(full)) is None:   # a file, or a tar member shard.tar/KEY.EXT
             missing.append({"category": category, "index": i, "rating": rating, "path": str(full)})
         else:
             rows.append({"path": str(full), "rating": rating, "category": category, "index": i})

@@ -38,9 +38,18 @@ class ParquetSink:
         self.target = target
         self.schema = schema
         self.row_group_rows = row_group_rows or ROW_GROUP_ROWS
-        self.path = temp_beside(target)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, schema)
         self._rows: list[Sequence[Any]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self.path = temp_beside(target)
+        self._writer = self._open(self.path)
+
+    def _open(self, path: Path) -> pq.ParquetWriter:
+        """A writer on the new temp file ``path``; if pyarrow cannot open it (disk full, ...) the file is removed."""
+        try:
+            return pq.ParquetWriter(path, self.schema)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
     def write(self, cells: Sequence[Any]) -> None:
         self._rows.append(cells)
@@ -67,17 +76,17 @@ class ParquetSink:
         """Write every row so far as a complete Parquet file at ``dest``; streaming goes on."""
         self.finish()
         shutil.copyfile(self.path, dest)
-        done = pq.ParquetFile(self.path)
         nxt = temp_beside(self.target)
-        writer = pq.ParquetWriter(nxt, self.schema)
+        writer = self._open(nxt)
         try:
-            for i in range(done.num_row_groups):   # row group by row group: memory stays one group
-                writer.write_table(done.read_row_group(i))
+            with contextlib.closing(pq.ParquetFile(self.path)) as done:
+                for i in range(done.num_row_groups):   # row group by row group: memory stays one group
+                    writer.write_table(done.read_row_group(i))
         except BaseException:
-            writer.close()
+            with contextlib.suppress(Exception):
+                writer.close()
             nxt.unlink(missing_ok=True)
             raise
-        done.close()
         old, self.path, self._writer = self.path, nxt, writer
         old.unlink(missing_ok=True)
 

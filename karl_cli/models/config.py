@@ -61,6 +61,52 @@ def _retired_value(name: str, arch: str, code: str) -> Any:
 RETIRED_FIELDS = ("spectral", "halt_l1", "base", "one_token_budget", "eps_bins")
 
 
+# --- reading old config.json files -----------------------------------------------------------------
+# Each step brings a config dict (retired fields popped into ``legacy``) of an older karl up to date in
+# place, or raises ValueError for a model karl no longer builds.
+def _stem_as_wide_as_head(d: dict, legacy: dict, default_code: str) -> None:
+    if "base_channels" in d and "stem_channels" not in d:
+        d["stem_channels"] = d["base_channels"]
+
+
+def _spectral_false_is_learned(d: dict, legacy: dict, default_code: str) -> None:
+    if legacy.get("spectral") is False and d.get("code", "dct") == "dct":
+        d["code"] = "learned"
+
+
+def _code_by_arch(d: dict, legacy: dict, default_code: str) -> None:
+    d.setdefault("code", "dct" if d.get("arch") == "alit" else default_code)
+
+
+def _retired_hold_what_the_model_does(d: dict, legacy: dict, default_code: str) -> None:
+    arch, code = d.get("arch", "karl"), d["code"]
+    for name, value in legacy.items():
+        want = _retired_value(name, arch, code)
+        if name == "eps_bins" and isinstance(value, list):
+            value = [round(float(e), 6) for e in value if isinstance(e, (int, float))]
+        if want is not None and value != want:
+            raise ValueError(f"retired field {name!r} = {value!r}: no karl model uses it any more "
+                             f"(the {MODELS.get((arch, code), 'model')} has {name} = {want!r})")
+
+
+def _direct_dim_only_learned(d: dict, legacy: dict, default_code: str) -> None:
+    if d.get("direct_dim", 0) and d["code"] != "learned":
+        raise ValueError(f"retired field 'direct_dim' = {d['direct_dim']!r}: only learned tokens use the linear "
+                         f"shortcuts (the {MODELS.get((d.get('arch', 'karl'), d['code']), 'model')} has none)")
+
+
+# The migrations, dated (the day karl stopped writing the old form), applied in this order.
+MIGRATIONS = (
+    ("2026-12-01", "no stem_channels: the encoder's conv stem was as wide as the decoder's head (base_channels)",
+     _stem_as_wide_as_head),
+    ("2026-12-01", "learned tokens were written as spectral: false beside an unused code", _spectral_false_is_learned),
+    ("2026-12-01", "no code: ALIT's is the DCT code, KARL's the class default", _code_by_arch),
+    ("2026-12-01", "retired fields (spectral, halt_l1, base, one_token_budget, eps_bins) are read only when they "
+     "hold what the model does anyway", _retired_hold_what_the_model_does),
+    ("2026-12-01", "direct_dim (the linear grid<->token shortcuts) only with learned tokens", _direct_dim_only_learned),
+)
+
+
 def eps_to_bin(eps: float | torch.Tensor) -> int | torch.Tensor:
     """Index of the smallest bin >= eps (round up); ε above the last bin maps to the last bin.
 
@@ -191,32 +237,19 @@ class KARLConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KARLConfig":
-        """A config from ``config.json``'s object. Raises ValueError naming the field for unknown
-        keys, and for a retired field (karl ≤ 0.1) whose value describes a model karl no longer
-        builds; a retired field holding what the model does anyway is accepted."""
+        """A config from ``config.json``'s object; older forms are brought up to date by ``MIGRATIONS``.
+        Raises ValueError naming the field for unknown keys, and for a retired field (karl ≤ 0.1)
+        whose value describes a model karl no longer builds; a retired field holding what the model
+        does anyway is accepted."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known - set(RETIRED_FIELDS))
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
         d = dict(d)
-        # Before karl 0.2 the encoder's stem was as wide as the decoder's head.
-        if "base_channels" in d and "stem_channels" not in d:
-            d["stem_channels"] = d["base_channels"]
         legacy = {k: d.pop(k) for k in RETIRED_FIELDS if k in d}
-        arch = d.get("arch", cls.arch)
-        if legacy.get("spectral") is False and d.get("code", "dct") == "dct":
-            d["code"] = "learned"   # karl ≤ 0.1 wrote learned tokens as spectral: false beside an unused code
-        code = d.setdefault("code", "dct" if arch == "alit" else cls.code)
-        for name, value in legacy.items():
-            want = _retired_value(name, arch, code)
-            if name == "eps_bins" and isinstance(value, list):
-                value = [round(float(e), 6) for e in value if isinstance(e, (int, float))]
-            if want is not None and value != want:
-                raise ValueError(f"retired field {name!r} = {value!r}: no karl model uses it any more "
-                                 f"(the {MODELS.get((arch, code), 'model')} has {name} = {want!r})")
-        if d.get("direct_dim", 0) and code != "learned":
-            raise ValueError(f"retired field 'direct_dim' = {d['direct_dim']!r}: only learned tokens use the "
-                             f"linear shortcuts (the {MODELS.get((arch, code), 'model')} has none)")
+        for _, _, step in MIGRATIONS:     # in the table's order
+            step(d, legacy, cls.code)
+        arch, code = d.get("arch", cls.arch), d["code"]
         for name in _UNUSED_FIELDS.get((arch, code), ()):
             d.pop(name, None)
         return cls(**d)

@@ -28,6 +28,15 @@ from karl_cli.models.tokenizer import Encoding, ForwardOutput, TokenSource, Toke
 from karl_cli.models.layers import HaltingHead, at_position
 
 
+# The ε a coded model's encoder is conditioned on for the halting features at inference
+# (KARL.halting_at): its head reads ε directly, and the shipped model barely uses the encoder's ε token
+# (features at one ε changed 0.5 % of its counts). One set of features lets every ε share a pass and
+# makes the monotone rule exact; 0.05 (the default ε) moved the fewest counts.
+HALT_FEATURES_EPS = 0.05
+# Grid points per interval between two trained ε bins at which the halting rule reads the head.
+HALT_GRID_STEPS = 4
+
+
 @register
 class KARL(Tokenizer):
     """Single-pass adaptive image tokenizer (arXiv 2507.07995)."""
@@ -45,6 +54,8 @@ class KARL(Tokenizer):
         # ε, and scoring several ε runs the encoder on the same batch once per ε. Comparing the
         # images costs one pass over them, a small part of making the detail.
         self._detail_memo: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._halt_memo: tuple[torch.Tensor, tuple, tuple] | None = None   # see _halting_features
+        self._halt_maxima: list[torch.Tensor] = []                           # see halting_at
 
     # --- encoder -------------------------------------------------------------------------------
     def _encoder_mask(self, t: int, device: torch.device) -> torch.Tensor:
@@ -149,15 +160,69 @@ class KARL(Tokenizer):
         return ForwardOutput(self.decode_tokens(latents, keep), p_halt, keep)
 
     # --- inference API -------------------------------------------------------------------------
+    def _features_eps(self, eps: float) -> float:
+        """The ε the encoder is conditioned on for the halting features at ε: ``HALT_FEATURES_EPS`` for
+        a coded model (its head reads ε itself, through the code's errors relative to ε), ε itself
+        for the learned code (its head has only the ε-bin bias; the encoder's ε token matters)."""
+        return HALT_FEATURES_EPS if self.code is not None else float(eps)
+
+    def _halting_features(self, images: torch.Tensor, num_tokens: int, eps: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The halting head's ε-free features (B, T, hidden) from one encoder pass conditioned on
+        ``eps``, that pass's outputs (B, T, width) and the images' code. Kept for the last batch,
+        ε and weights (parameter versions), so scoring several ε of a coded model runs it once."""
+        key = (num_tokens, eps, tuple(p._version for p in self.parameters()))
+        memo = self._halt_memo
+        if memo is not None and memo[1] == key and memo[0].shape == images.shape \
+                and memo[0].device == images.device and torch.equal(memo[0], images):
+            return memo[2]
+        pos = torch.full((images.shape[0],), eps_position(eps), dtype=torch.float32, device=images.device)
+        h, codes = self._encode(images, pos, num_tokens)
+        out = (self.halting_head.features(h, self.halting_detail(images, num_tokens, codes)), h, codes)
+        self._halt_memo = (images.detach().clone(), key, out)
+        self._halt_maxima = []
+        return out
+
+    @torch.inference_mode()
+    def halting_at(self, images: torch.Tensor, eps: float, num_tokens: int | None = None) -> torch.Tensor:
+        """p_halt (B, T) at ε by the monotone halting rule (docs/design.md §2). The head is read on
+        one set of encoder features (``_features_eps``) at a fixed grid of ε positions
+        (``HALT_GRID_STEPS`` per interval between trained bins, conditioned between bins as
+        ``eps_position`` does), from the strictest up, keeping the running maximum: a token halted
+        for a stricter ε' <= ε stays halted at ε (tokens enough for ε' are enough for ε). At ε itself
+        p_halt is the blend (in logits) of the two grid maxima around ε's position. So p_halt never
+        falls and KC never rises as ε loosens: for any two ε with a coded model (one set of
+        features), and as far as the head goes with the learned code (its features are encoded at
+        each ε)."""
+        t = num_tokens or self.config.max_tokens
+        grid = eps_position(eps) * HALT_GRID_STEPS
+        j, w = int(grid), grid - int(grid)
+        feats = self._halting_features(images, t, self._features_eps(eps))[0]
+        maxima = self._halt_maxima   # running maxima at grid points 0, 1, ... for these features
+        n = min(j + (2 if w > 0 else 1), (len(EPS_BINS) - 1) * HALT_GRID_STEPS + 1)
+        if len(maxima) < n:
+            offsets = self.halting_head.eps_offset(torch.arange(len(maxima), n, device=images.device)
+                                                   / HALT_GRID_STEPS)
+            for off in offsets:
+                p = self.halting_head.at_offset(feats, off.expand(images.shape[0], -1))
+                maxima.append(p if not maxima else torch.maximum(maxima[-1], p))
+        if w == 0:
+            return maxima[j]
+        lo, hi = torch.logit(maxima[j], eps=1e-6), torch.logit(maxima[j + 1], eps=1e-6)
+        return torch.sigmoid(lo + w * (hi - lo))
+
     @torch.inference_mode()
     def encode(self, images: torch.Tensor, eps: float, num_tokens: int | None = None) -> Encoding:
-        """One encoder pass at T_max (or ``num_tokens``) conditioned on ε, for images (B, 3, R, R)
-        in [0, 1]: tokens, p_halt and kc. Any ε in ``EPS_RANGE`` (0.005–0.38) is honoured: between
-        the trained bins the model is conditioned on ε itself (``eps_position``). Raises ValueError
-        for ε outside that range, or for images that are not a float (B, 3, R, R) tensor."""
+        """One encoder pass at T_max (or ``num_tokens``) for images (B, 3, R, R) in [0, 1]: tokens,
+        p_halt and kc at ε. Any ε in ``EPS_RANGE`` (0.005–0.38) is honoured. Halting follows the
+        monotone rule of ``halting_at``, so KC is non-increasing in ε; a coded model's pass is shared
+        by every ε of the same images (its tokens are the code), the learned code encodes at ε itself
+        (between the trained bins, at ε's position). Raises ValueError for ε outside that range, or
+        for images that are not a float (B, 3, R, R) tensor."""
         images = self.checked_images(images)
-        pos = torch.full((images.shape[0],), eps_position(eps), dtype=torch.float32, device=images.device)
-        latents, p_halt = self.encode_tokens(images, pos, num_tokens or self.config.max_tokens)
+        t = num_tokens or self.config.max_tokens
+        p_halt = self.halting_at(images, eps, t)
+        latents = self.to_tokens(*self._halting_features(images, t, self._features_eps(eps))[1:])
         return Encoding(latents.float(), p_halt, self.kept(p_halt), float(eps))
 
     @torch.inference_mode()

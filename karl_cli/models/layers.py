@@ -167,10 +167,28 @@ class HaltingHead(nn.Module):
         self.fc2 = nn.Linear(hidden, 1)
 
     def forward(self, h: torch.Tensor, eps_pos: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.fc1(self.norm(h)) + at_position(self.eps_bias.weight, eps_pos).unsqueeze(1).to(h.dtype)
+        return self.at_offset(self.features(h, detail), self.eps_offset(eps_pos))
+
+    # The head is affine in its ε inputs before the tanh: z = features(h, detail) + eps_offset(ε). The
+    # split lets inference evaluate many ε on one set of features (KARL.halting_at).
+    def features(self, h: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """The part of the pre-activation that does not depend on ε: (B, T, hidden)."""
+        z = self.fc1(self.norm(h))
         if self.detail_in is not None:
             if detail is None:
                 raise ValueError("this halting head needs the per-token detail of the model's code")
-            detail = (detail - at_position(self.log_eps, eps_pos).view(-1, 1, 1)) * self.RELATIVE_GAIN
-            z = z + self.detail_in(detail.to(z.dtype))
+            z = z + self.detail_in((detail * self.RELATIVE_GAIN).to(z.dtype))
+        return z
+
+    def eps_offset(self, eps_pos: torch.Tensor) -> torch.Tensor:
+        """The part that does: the ε-bin bias minus the detail weights times log ε (B, hidden)."""
+        off = at_position(self.eps_bias.weight, eps_pos)
+        if self.detail_in is not None:
+            log_eps = at_position(self.log_eps, eps_pos).view(-1, 1)
+            off = off - self.RELATIVE_GAIN * log_eps * self.detail_in.weight.sum(dim=1)
+        return off
+
+    def at_offset(self, features: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """p_halt (B, T) float32 from ``features`` (B, T, hidden) and one ``eps_offset`` (B, hidden)."""
+        z = features + offset.unsqueeze(1).to(features.dtype)
         return torch.sigmoid(self.fc2(torch.tanh(z)).squeeze(-1).float())

@@ -21,14 +21,14 @@ from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
 from karl_cli.models.config import KARLConfig
+from karl_cli.registry import DEFAULT_MODEL, shipped_models
 from karl_cli.errors import EXIT_FAILED, EXIT_USAGE, KarlError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model_card.md"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
-SHIPPED_MODELS = ("karl-small", "alit-small")   # KARL on the wavelet code (the default); ALIT
-DEFAULT_MODEL = "karl-small"
+SHIPPED_MODELS = shipped_models()   # the names of registry.py's shipped entries
 
 
 class WeightsError(KarlError, ValueError):

@@ -16,11 +16,11 @@ For each ε and each (model, method) — KARL ``single`` (one pass), KARL ``sear
 - ``sec_per_image``: wall time of the model work (no image loading) / images, measured per
   (ε, model, method) after an untimed warm-up batch.
 
-The numbers are computed here with the models' own API in batched loops (not through
-``complexity.score``, whose rows carry no reconstructions for PSNR/SSIM). Both searches are the
-oracle's ``search`` (the shared loop of ``oracle.py``, the one ``complexity.score(method="search")``
-runs): KARL re-encodes at every budget conditioned on the smallest ε bin (the setting phase 1
-trains every budget under) and decodes all tokens; ALIT continues its rollout one iteration a step.
+Every number comes from the measuring core (``measure.measure`` with ``keep_recon``, one ε at a
+time), the one ``karl complexity`` runs; PSNR and SSIM are computed here from its reconstructions.
+Both searches are the oracle's (``oracle.sweep``): KARL re-encodes at every budget conditioned on
+the smallest ε bin (the setting phase 1 trains every budget under) and decodes all tokens; ALIT
+continues its rollout one iteration a step.
 """
 from __future__ import annotations
 
@@ -33,13 +33,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from karl_cli.defaults import EPS_SERIES, IN_MEMORY_BATCH_SIZE
 from karl_cli.errors import UsageError
-from karl_cli.io.images import ImageLoadError, load_for_model
 from karl_cli.models.pretrained import load, weights_path
 from karl_cli.runtime import inference, prepare_model, resolve_device, to_model_input
-from karl_cli.scoring.complexity import collect_inputs, validate_eps
-from karl_cli.scoring.methods import check_eps, methods_for
-from karl_cli.scoring.oracle import SearchResult, search
+from karl_cli.scoring.measure import load_inputs, measure
+from karl_cli.scoring.methods import check_eps, methods_for, validate_eps
 
 COLUMNS = ["eps", "model", "method", "images", "tokens", "over_target", "l1", "psnr", "ssim",
            "encoder_runs", "decoder_runs", "sec_per_image"]
@@ -94,41 +93,12 @@ def table_methods(model: torch.nn.Module) -> list[str]:
     return [m for m in TABLE_METHODS if m in methods_for(model)]
 
 
-def _single_pass(model: torch.nn.Module, x: torch.Tensor, eps: float) -> SearchResult:
-    enc = model.encode(x, eps)
-    rec = model.decode(enc)
-    l1 = (rec - x).abs().mean(dim=(1, 2, 3))
-    ones = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-    return SearchResult(enc.kc.to(x.device), rec, l1, l1 <= eps, ones, ones.clone())
-
-
-def run_method(model: torch.nn.Module, method: str, x: torch.Tensor, eps: float) -> SearchResult:
-    """One method on a batch of model inputs (float (B,3,R,R) in [0,1] on the model's device)."""
-    if method == SINGLE:
-        if SINGLE not in methods_for(model):
-            raise UsageError(f"{type(model).__name__} has no single-pass token count; use the search")
-        return _single_pass(model, x, eps)
-    if method == SEARCH:
-        return search(model, x, eps)
-    raise UsageError(f"unknown method {method!r}; choose {SINGLE!r} or {SEARCH!r}")
-
-
 # --- the comparison ------------------------------------------------------------------------------
-def _load(paths: Iterable[str | Path], resolution: int) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
-
-    ok, arrays, skipped = [], [], []
-    for f in collect_inputs(paths):
-        if f.error:
-            skipped.append((f.path, f.error))
-            continue
-        try:
-            arrays.append(load_for_model(f.path, resolution))
-            ok.append(f.path)
-        except ImageLoadError as e:
-            skipped.append((f.path, str(e)))
-    if not arrays:
-        return ok, None, skipped
-    return ok, torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy()), skipped
+def _load(paths: Iterable[str | Path], resolution: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """Every input at the model resolution (``measure.load_inputs``) as uint8 (N, 3, R, R), and the
+    (path, reason) of those that could not be read. UsageError when none can be."""
+    good, skipped = load_inputs(paths, resolution)
+    return torch.from_numpy(np.stack([a for _, a in good]).transpose(0, 3, 1, 2).copy()), skipped
 
 
 def _sync(dev: torch.device) -> None:
@@ -137,10 +107,13 @@ def _sync(dev: torch.device) -> None:
 
 
 def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch.nn.Module],
-            eps_list: Sequence[float], batch_size: int = 32, device: str | torch.device | None = None,
-            on_progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+            eps_list: Sequence[float] = EPS_SERIES, batch_size: int = IN_MEMORY_BATCH_SIZE,
+            device: str | torch.device | None = None,
+            progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """The Table-2 comparison (see the module docstring): one row per (ε, model, method), columns
-    ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason)."""
+    ``COLUMNS``. Unreadable images are left out; ``df.attrs["skipped"]`` lists (path, reason).
+    ``progress(done, total, stage)``: images measured of all (model, method, ε) passes, after each
+    batch; ``stage`` names the pass ("karl-small search ε=0.05")."""
 
     eps_list = validate_eps(eps_list)
     if not models:
@@ -152,25 +125,26 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
     if isinstance(paths, (str, Path)):
         paths = [paths]
     rows, skipped_all = [], {}
-    cache: dict[int, tuple[list[str], torch.Tensor | None, list]] = {}
+    cache: dict[int, tuple[torch.Tensor, list]] = {}
+    for model in models.values():
+        if model.config.resolution not in cache:
+            cache[model.config.resolution] = _load(paths, model.config.resolution)
+    total = sum(cache[m.config.resolution][0].shape[0] * len(eps_list) * len(table_methods(m)) for m in models.values())
+    done = 0
     for name, model in models.items():
-        res = model.config.resolution
-        if res not in cache:
-            cache[res] = _load(paths, res)
-        files, data, skipped = cache[res]
+        data, skipped = cache[model.config.resolution]
         skipped_all.update(dict(skipped))
-        if data is None:
-            raise UsageError("none of the images could be read: " + "; ".join(f"{p}: {w}" for p, w in skipped[:3]))
         dev = resolve_device(device, model)
         prepare_model(model, dev)
         with inference(dev):   # warm-up, untimed: first-call allocations and kernel choices
             x = to_model_input(data[: min(batch_size, 4)], dev)
             for method in table_methods(model):
-                run_method(model, method, x, eps_list[0])
+                measure(model, x, eps_list[:1], method, keep_recon=True)
         for eps in eps_list:
             for method in table_methods(model):
-                if on_progress:
-                    on_progress(f"{name} {method} ε={eps:g}")
+                stage = f"{name} {method} ε={eps:g}"
+                if progress:
+                    progress(done, total, stage)
                 acc: dict[str, list[torch.Tensor]] = {k: [] for k in ("kc", "l1", "psnr", "ssim", "enc", "dec")}
                 seconds = 0.0
                 for start in range(0, data.shape[0], batch_size):
@@ -178,16 +152,19 @@ def compare(paths: str | Path | Sequence[str | Path], models: Mapping[str, torch
                         x = to_model_input(data[start:start + batch_size], dev)
                         _sync(dev)
                         t0 = time.perf_counter()
-                        r = run_method(model, method, x, eps)
+                        m = measure(model, x, [eps], method, keep_recon=True)
                         _sync(dev)
                         seconds += time.perf_counter() - t0
-                        rec, tgt = r.recon.float(), x.float()
-                        acc["kc"].append(r.kc.cpu())
+                        rec, tgt = m.recon[:, 0].float(), x.float()
+                        acc["kc"].append(m.kc[:, 0])
                         acc["l1"].append((rec - tgt).abs().mean(dim=(1, 2, 3)).double().cpu())
                         acc["psnr"].append(psnr(rec, tgt).cpu())
                         acc["ssim"].append(ssim(rec, tgt).cpu())
-                        acc["enc"].append(r.encoder_runs.cpu())
-                        acc["dec"].append(r.decoder_runs.cpu())
+                        acc["enc"].append(m.encoder_runs[:, 0])
+                        acc["dec"].append(m.decoder_runs[:, 0])
+                    done += x.shape[0]
+                    if progress:
+                        progress(done, total, stage)
                 cat = {k: torch.cat(v).double() for k, v in acc.items()}
                 n = int(cat["kc"].numel())
                 rows.append({"eps": eps, "model": name, "method": method, "images": n,

@@ -12,7 +12,8 @@ A model says which kind it is with its ``single_pass`` attribute (KARL True, ALI
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Iterable, Sequence
 
 import torch
 
@@ -28,6 +29,25 @@ _SUPPORTED = {
 }
 
 
+def validate_eps(eps_list: float | Iterable[float]) -> list[float]:
+    """ε values as floats, duplicates dropped (order kept); <= 0, NaN or inf raise UsageError."""
+    if isinstance(eps_list, (int, float, str)):
+        eps_list = [eps_list]
+    out: list[float] = []
+    for e in eps_list:
+        try:
+            v = float(e)
+        except (TypeError, ValueError):
+            raise UsageError(f"ε must be a number, got {e!r}") from None
+        if not math.isfinite(v) or v <= 0:
+            raise UsageError(f"ε must be a positive finite number, got {e!r}")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise UsageError("give at least one ε (e.g. --eps 0.05)")
+    return out
+
+
 def methods_for(model: torch.nn.Module) -> tuple[str, ...]:
     """The methods ``model`` supports, its default first."""
     return _SUPPORTED[bool(getattr(model, "single_pass", True))]
@@ -36,6 +56,13 @@ def methods_for(model: torch.nn.Module) -> tuple[str, ...]:
 def default_method(model: torch.nn.Module) -> str:
     """``single`` for single-pass models (KARL), ``search`` for the others (ALIT)."""
     return methods_for(model)[0]
+
+
+def oracle_method(model: torch.nn.Module) -> str:
+    """Where the oracle's tokens at each budget come from (rate–distortion curves, token maps, the
+    halting targets): ``prefix`` (prefixes of one T_max encoding) where the model has prefix tokens
+    (KARL), else ``search`` (ALIT's rollout)."""
+    return "prefix" if "prefix" in methods_for(model) else "search"
 
 
 def method_name(method: str) -> str:

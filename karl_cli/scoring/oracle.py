@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from karl_cli.scoring.methods import methods_for
+from karl_cli.scoring.methods import oracle_method
 
 
 @dataclass
@@ -137,7 +137,7 @@ def budget_reconstructions(model: torch.nn.Module, images: torch.Tensor, budgets
     if unknown:
         raise ValueError(f"budgets {unknown} are not among the model's budgets")
     x = images.to(model.device, model.dtype)
-    source = model.search_tokens(x, "prefix" if "prefix" in methods_for(model) else "search")
+    source = model.search_tokens(x, oracle_method(model))
     rows = torch.arange(x.shape[0], device=x.device)
     last = max(wanted, default=0)
     for t in cfg.budgets:

@@ -36,12 +36,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from karl_cli.io.atomic import atomic_path, atomic_write_text
-from karl_cli.scoring.complexity import (Progress, RowWriter, apply_shard, collect_inputs, csv_header, image_batches, parse_shard,
-                         read_rows, validate_eps)
-from karl_cli.scoring.methods import check_eps
+from karl_cli.io.outputs import Output, check_outputs
+from karl_cli.io.rows import RowWriter, csv_header, read_rows
+from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
+from karl_cli.scoring.methods import check_eps, validate_eps
+from karl_cli.defaults import BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
-from karl_cli.runtime import inference, model_device, prepare_model, resolve_device, to_model_input
+from karl_cli.runtime import inference, model_device, prepare_model, resolve_device
 from karl_cli.models.tokenizer import Encoding
 from karl_cli.models.pretrained import model_id
 
@@ -150,13 +152,19 @@ class DecodeResult:
 
 def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found], model: torch.nn.Module,
                   eps: float, out_dir: str | os.PathLike, recon_dir: str | os.PathLike | None = None,
-                  batch_size: int = 64, workers: int = 0, device: str | torch.device | None = None,
+                  batch_size: int = BATCH_SIZE, workers: int = 0, device: str | torch.device | None = None,
                   shard: str | Sequence[int] | None = None, images_per_shard: int = IMAGES_PER_SHARD,
-                  progress: Progress | None = None) -> EncodeResult:
+                  progress: Progress | None = None, inputs: Sequence[str | os.PathLike] | None = None,
+                  files_from: str | os.PathLike | None = None, allow_inside_inputs: bool = False) -> EncodeResult:
     """Encode every image at ε (one encoder pass per batch) and store its kept tokens in ``out_dir``.
 
     ``recon_dir`` also saves each reconstruction as PNG. Unreadable files become error rows of the
     index. ``shard`` ("K/N") encodes only files i % N == K of the sorted list.
+
+    Before any work, ``UsageError`` if ``out_dir`` or ``recon_dir`` is (or lies inside) an input folder
+    (unless ``allow_inside_inputs``) or a reconstruction would replace an input (``io.outputs``).
+    ``inputs``: the paths as the user gave them (default: the non-``Found`` items of ``paths``);
+    ``files_from``: the file list they came from, if any.
     """
     eps_v = validate_eps(eps)
     if len(eps_v) != 1:
@@ -167,8 +175,14 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
         raise UsageError("images_per_shard must be >= 1")
     dev = resolve_device(device, model)
     shard_t = parse_shard(shard)
-    every = collect_inputs(paths)
+    given = [paths] if isinstance(paths, (str, bytes, os.PathLike, Found)) else list(paths)
+    every = collect_inputs(given)
     names = recon_names([f.path for f in every])
+    named = [p for p in given if not isinstance(p, Found)] if inputs is None else inputs
+    check_outputs([Output("--out", out_dir, "folder")] + ([Output("--recon", recon_dir, "folder")] if recon_dir else []),
+                  named, every, files_from, allow_inside_inputs=allow_inside_inputs)
+    if recon_dir is not None:   # inputs given as files can share a folder with the reconstructions
+        check_outputs([Output("--recon", Path(recon_dir) / names[f.path]) for f in every], named, every, files_from)
     items = apply_shard(every, shard_t)
     prepare_model(model, dev)
     cfg = model.config
@@ -208,10 +222,8 @@ def encode_folder(paths: str | os.PathLike | Iterable[str | os.PathLike | Found]
     with RowWriter(index_path, INDEX_FIELDS, keep_partial=False) as index:
         for batch in image_batches(items, cfg.resolution, batch_size, workers, pin_memory=dev.type == "cuda"):
             paths_b, errors = batch["paths"], batch["errors"]
-            enc = None
             if batch["images"] is not None:
-                with inference(dev):
-                    enc = model.encode(to_model_input(batch["images"], dev), eps_f)
+                (enc,) = measure(model, batch["images"], [eps_f], "single", l1=False, keep_encodings=True).encodings
                 keep = enc.keep.cpu()
                 latents = enc.latents.float().cpu()
                 kc = keep.sum(1).tolist()

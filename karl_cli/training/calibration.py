@@ -13,25 +13,71 @@ computed once. The result is a single pass that predicts the oracle's budget.
 
 A head trained this closely sits on the oracle's boundary, so at the paper's threshold 0.75 some
 images halt one step early and miss ε. Calibration therefore also picks the halting threshold: the
-smallest of ``THRESHOLDS`` at which few held-out pairs keep fewer tokens than the oracle.
+smallest of ``HALT_THRESHOLDS`` at which few held-out pairs keep fewer tokens than the oracle.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from karl_cli.defaults import HALT_THRESHOLDS, MAX_UNDERCUT, SYNTHETIC_SHARE
 from karl_cli.models.config import EPS_BINS
 from karl_cli.models.karl import KARL
 from karl_cli.scoring.oracle import oracle_budgets
 from karl_cli.training.data import sample_crops
+from karl_cli.training.trainer import lr_factor
 
 
-# Halting thresholds calibration chooses from, the paper's first.
-THRESHOLDS = (0.75, 0.8, 0.85, 0.9, 0.95)
+def check_settings(samples: int, steps: int, synthetic: float, max_undercut: float, eps_per_image: int = 1) -> None:
+    """The settings ``calibrate_halting`` and ``distil.distil_halting`` share, checked before any work:
+    ValueError naming the first that is out of range."""
+    if samples < 10:
+        raise ValueError(f"samples (--samples) must be >= 10, got {samples}")
+    if steps < 1 or eps_per_image < 1:
+        raise ValueError(f"steps and eps_per_image (--steps, --eps-per-image) must be >= 1, got {steps} and {eps_per_image}")
+    if not 0.0 <= synthetic < 1.0:
+        raise ValueError(f"synthetic (--synthetic) must be a share in [0, 1), got {synthetic!r}")
+    if not 0.0 <= max_undercut <= 1.0:
+        raise ValueError(f"max_undercut (--max-undercut) must be a share in [0, 1], got {max_undercut!r}")
+
+
+def fit(params: list[torch.nn.Parameter], steps: int, lr: float, loss_at: Callable[[], torch.Tensor],
+        warmup: int = 0, clip: float | None = None, progress: Callable[[str, int, int], None] | None = None,
+        stage: str = "", every: int = 10) -> None:
+    """Train ``params`` for ``steps`` AdamW steps (no weight decay) on the cosine schedule of
+    ``trainer.lr_factor`` (``warmup`` steps, down to 0): each step minimises ``loss_at()`` (which draws
+    its own batch), its gradient norm clipped to ``clip``; ``progress(stage, step, steps)`` every
+    ``every`` steps. The one optimiser loop of calibration and distillation."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, 0.0))
+    for step in range(steps):
+        loss = loss_at()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        if progress and (step + 1) % every == 0:
+            progress(stage, step + 1, steps)
+
+
+def pick_threshold(model: KARL, p_halt: torch.Tensor, reference: torch.Tensor, max_undercut: float
+                   ) -> tuple[torch.Tensor, float]:
+    """Set ``model.config.halt_threshold`` to the smallest of ``HALT_THRESHOLDS`` at which at most
+    ``max_undercut`` of the pairs keep fewer tokens than ``reference`` (the oracle's or a teacher's KC,
+    (N,)), the largest if none does. ``p_halt`` (N, T_max). Returns (KC (N,) float at that threshold,
+    the share below ``reference``)."""
+    for threshold in HALT_THRESHOLDS:
+        model.config.halt_threshold = threshold
+        kc = model.kept(p_halt).sum(1).float()
+        undercut = float((kc < reference).float().mean())
+        if undercut <= max_undercut:
+            break
+    return kc, undercut
 
 
 @dataclass
@@ -48,19 +94,16 @@ class CalibrationReport:
 
 def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_per_image: int = 8,
                       steps: int = 1500, lr: float = 2e-3, batch_size: int = 256, seed: int = 0,
-                      held_out: float = 0.1, synthetic: float = 0.125, max_undercut: float = 0.01,
+                      held_out: float = 0.1, synthetic: float = SYNTHETIC_SHARE, max_undercut: float = MAX_UNDERCUT,
                       progress: Callable[[str, int, int], None] | None = None) -> CalibrationReport:
     """Retrain ``model.halting_head`` in place on oracle budgets of ``samples`` crops from ``data``,
-    then set ``model.config.halt_threshold`` to the smallest of ``THRESHOLDS`` at which at most
+    then set ``model.config.halt_threshold`` to the smallest of ``HALT_THRESHOLDS`` at which at most
     ``max_undercut`` of the held-out pairs keep fewer tokens than the oracle (the largest if none).
 
     A ``synthetic`` share of the samples are procedural images (``synthetic.py``): flat colours to
     noise, the extremes of complexity that crops of photos rarely show.
     """
-    if not 0.0 <= synthetic < 1.0:
-        raise ValueError(f"synthetic must be a share in [0, 1), got {synthetic!r}")
-    if not 0.0 <= max_undercut <= 1.0:
-        raise ValueError(f"max_undercut must be a share in [0, 1], got {max_undercut!r}")
+    check_settings(samples, steps, synthetic, max_undercut)
     cfg = model.config
     model.eval()
     for p in model.parameters():
@@ -99,37 +142,27 @@ def calibrate_halting(model: KARL, data: list[str], samples: int = 2048, bins_pe
             return torch.cat([model.halting_head(h[rows].to(model.device).float(), e[rows].to(model.device),
                                                  detail_at(rows)).cpu() for rows in test.split(1024)])
 
-    def measure(p_halt: torch.Tensor) -> tuple[float, float, float]:
-        """|KC - oracle|, KC / oracle and the undercut share at the config's threshold."""
-        kc = model.kept(p_halt).sum(1).float()
-        return (float((kc - oracle_test).abs().mean()), float(kc.mean() / oracle_test.mean().clamp(min=1e-9)),
-                float((kc < oracle_test).float().mean()))
+    def against_oracle(kc: torch.Tensor) -> tuple[float, float]:
+        """|KC - oracle| and KC / oracle on the held-out pairs."""
+        return float((kc - oracle_test).abs().mean()), float(kc.mean() / oracle_test.mean().clamp(min=1e-9))
 
-    err_before, ratio_before, _ = measure(held_out_p_halt())
+    err_before, ratio_before = against_oracle(model.kept(held_out_p_halt()).sum(1).float())
     head = model.halting_head
     for p in head.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     head.train()
-    for step in range(steps):
+
+    def loss_at() -> torch.Tensor:
         pick = train[torch.randint(0, len(train), (batch_size,), generator=g)]
         p_halt = head(h[pick].to(model.device).float(), e[pick].to(model.device), detail_at(pick))
-        loss = F.binary_cross_entropy(p_halt, y[pick].to(model.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress and (step + 1) % 50 == 0:
-            progress("head", step + 1, steps)
+        return F.binary_cross_entropy(p_halt, y[pick].to(model.device))
+
+    fit(list(head.parameters()), steps, lr, loss_at, progress=progress, stage="head", every=50)
     head.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    p_halt = held_out_p_halt()   # a threshold only changes which tokens are kept
-    for threshold in THRESHOLDS:
-        cfg.halt_threshold = threshold
-        err_after, ratio_after, undercut = measure(p_halt)
-        if undercut <= max_undercut:
-            break
+    # A threshold only changes which tokens are kept: one p_halt serves every candidate.
+    kc, undercut = pick_threshold(model, held_out_p_halt(), oracle_test, max_undercut)
+    err_after, ratio_after = against_oracle(kc)
     return CalibrationReport(len(train), n_test, err_before, err_after, ratio_before, ratio_after,
                              cfg.halt_threshold, undercut)

@@ -8,13 +8,12 @@ images at ε spread over the whole range (between the bins too): binary cross-en
 teacher's probabilities, the student reading the same exact errors of the code. Every weight the two
 share by name and shape is copied from the teacher; the decoder's are frozen, so reconstructions, the
 ``l1`` column and the oracle do not change. The halting threshold is then the smallest of
-``calibration.THRESHOLDS`` at which at most ``max_undercut`` of held-out pairs keep fewer tokens than
+``defaults.HALT_THRESHOLDS`` at which at most ``max_undercut`` of held-out pairs keep fewer tokens than
 the teacher (fewer tokens than a calibrated teacher means missing ε).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,7 +22,8 @@ import torch.nn.functional as F
 
 from karl_cli.models.config import EPS_BINS
 from karl_cli.models.karl import KARL
-from karl_cli.training.calibration import THRESHOLDS
+from karl_cli.defaults import MAX_UNDERCUT, SYNTHETIC_SHARE
+from karl_cli.training.calibration import check_settings, fit, pick_threshold
 from karl_cli.training.data import sample_crops
 
 # The encoder's sizes a student may change; everything else is the teacher's.
@@ -72,12 +72,13 @@ def encoder_parameters(model: KARL) -> list[torch.nn.Parameter]:
 
 def distil_halting(student: KARL, teacher: KARL, data: list[str], samples: int = 1024, eps_per_image: int = 4,
                    steps: int = 1500, lr: float = 2e-3, batch_size: int = 32, seed: int = 0, held_out: float = 0.1,
-                   synthetic: float = 0.125, max_undercut: float = 0.01,
+                   synthetic: float = SYNTHETIC_SHARE, max_undercut: float = MAX_UNDERCUT,
                    progress: Callable[[str, int, int], None] | None = None) -> DistilReport:
     """Train ``student``'s encoder and halting head in place to reproduce ``teacher``'s p_halt on
     ``samples`` crops of the images in ``data`` (a ``synthetic`` share procedural, flat to noise),
     each at ``eps_per_image`` ε drawn log-uniformly over the trained range; then set the student's
     threshold (module docstring). Raises ValueError if the two differ outside the encoder."""
+    check_settings(samples, steps, synthetic, max_undercut, eps_per_image)
     cfg = student.config
     same = {f: getattr(teacher.config, f) for f in dataclasses.asdict(cfg) if f not in (*ENCODER_FIELDS, "halt_threshold")}
     if any(getattr(cfg, f) != v for f, v in same.items()):
@@ -111,25 +112,17 @@ def distil_halting(student: KARL, teacher: KARL, data: list[str], samples: int =
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     student.train()
     size = min(batch_size, len(train))
-    for step in range(steps):
+
+    def loss_at() -> torch.Tensor:
         first = int(torch.randint(0, len(train) - size + 1, (1,), generator=g))
         pick = train[first:first + size]
         t = min(cfg.max_tokens, int(kc_teacher_all[pick].max()) + margin)
         p_halt = student.encode_tokens(x_all[pick].to(student.device), e_all[pick].to(student.device), t)[1]
-        loss = F.binary_cross_entropy(p_halt, y_all[pick, :t].float().to(student.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if progress and (step + 1) % 10 == 0:
-            progress("student", step + 1, steps)
+        return F.binary_cross_entropy(p_halt, y_all[pick, :t].float().to(student.device))
+
+    fit(params, steps, lr, loss_at, warmup=max(1, steps // 20), clip=1.0, progress=progress, stage="student")
     student.eval()
     for p in student.parameters():
         p.requires_grad_(True)
@@ -138,12 +131,7 @@ def distil_halting(student: KARL, teacher: KARL, data: list[str], samples: int =
         p_student = torch.cat([student.encode_tokens(x_all[rows].to(student.device), e_all[rows].to(student.device),
                                                      cfg.max_tokens)[1].cpu() for rows in test.split(64)])
     kc_teacher = teacher.kept(y_all[test].float()).sum(1).float()
-    for threshold in THRESHOLDS:
-        cfg.halt_threshold = threshold
-        kc = student.kept(p_student).sum(1).float()
-        undercut = float((kc < kc_teacher).float().mean())
-        if undercut <= max_undercut:
-            break
+    kc, undercut = pick_threshold(student, p_student, kc_teacher, max_undercut)
     return DistilReport(len(train), n_test, sum(p.numel() for p in encoder_parameters(teacher)),
                         sum(p.numel() for p in params), float((kc - kc_teacher).abs().mean()),
                         float(kc.mean() / kc_teacher.mean().clamp(min=1e-9)), undercut, cfg.halt_threshold)

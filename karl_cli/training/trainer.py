@@ -12,6 +12,7 @@ had reached (it is not annealed to the end), and ``--resume`` continues the same
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,8 +30,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from karl_cli.io.atomic import atomic_path
+from karl_cli.io.outputs import OutputLock, check_new_weights_folder
 from karl_cli.models.config import KARLConfig, preset
 from karl_cli.models.layers import Block
+from karl_cli.training.flags import RECIPE_FLAGS, RESUME_MAY_CHANGE, SIZE_FLAGS
 from karl_cli.training.data import CropDataset, batches, batches_per_epoch, training_files
 from karl_cli.runtime import resolve_device
 from karl_cli.errors import EXIT_INTERRUPTED, KarlError, UsageError
@@ -151,11 +154,6 @@ class EMA:
 
 
 # --- the run -------------------------------------------------------------------------------------
-# TrainConfig fields a resumed run keeps (its recipe), with the flag that sets each.
-RECIPE_FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "warmup_steps": "--warmup", "seed": "--seed",
-                "checkpoint_every": "--checkpoint-every", "cache": "--cache/--no-cache"}
-# KARLConfig fields that `karl train` sets by flag.
-SIZE_FLAGS = {"arch": "--arch", "max_tokens": "--max-tokens", "token_step": "--token-step", "code": "--code"}
 
 
 def read_run(out: str | os.PathLike) -> tuple[KARLConfig, TrainConfig, int]:
@@ -192,8 +190,8 @@ def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, siz
     phrase per flag naming it (empty: nothing contradicts). ``preset_name``: the --preset given (it
     must describe the run's sizes, with the run's own --arch, --max-tokens, --token-step and
     --code); ``sizes``: KARLConfig fields given by flag (``SIZE_FLAGS``); ``recipe``:
-    TrainConfig fields given by flag (``RECIPE_FLAGS``). A resumed run may change only its length
-    (--steps, --epochs), --workers and --device."""
+    TrainConfig fields given by flag (``RECIPE_FLAGS``); fields the rule lets change
+    (``flags.RESUME_RULE``) are never conflicts."""
     cfg, tc, _ = read_run(out)
     problems = []
     for name, value in (sizes or {}).items():
@@ -211,7 +209,7 @@ def resume_conflicts(out: str | os.PathLike, preset_name: str | None = None, siz
                             + ", ".join(f"{k} {mine.get(k)} vs {want.to_dict()[k]}" for k in diff[:3])
                             + (", ..." if len(diff) > 3 else "") + ")")
     for name, value in (recipe or {}).items():
-        if getattr(tc, name) != value:
+        if name not in RESUME_MAY_CHANGE and getattr(tc, name) != value:
             problems.append(f"{RECIPE_FLAGS.get(name, name)} {_flag_value(value)} (the run has "
                             f"{_flag_value(getattr(tc, name))})")
     return problems
@@ -256,6 +254,10 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
           init_from: str | os.PathLike | None = None) -> TrainResult:
     """Train a tokenizer on the image folders in ``data``; weights and checkpoints go to ``out``.
 
+    A new run needs a new or empty ``out`` (``outputs.check_new_weights_folder``); one process writes
+    it (``outputs.OutputLock`` on ``out``, held by rank 0 for the whole run: a second ``karl train``
+    on the same folder raises ``OutputBusy`` naming the first one's PID).
+
     ``out`` then holds config.json + model.safetensors (EMA weights) + model_card.md, plus
     checkpoint.pt (for ``resume``) and metrics.jsonl. ``init_from`` starts a new run from the tensors of
     a weights directory (fine-tuning); tensors the architecture has and the file lacks keep their init.
@@ -263,6 +265,16 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     (counted from this call, loading included), saves weights and checkpoint, and returns with
     ``stopped="time budget"``; ``resume`` continues it on the same schedule.
     """
+    # Every rank of a distributed run is given the same --out; rank 0 is the one that writes it.
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with OutputLock(out) if writer else contextlib.nullcontext():
+        return _train(data, out, model_config, train_config, device, resume, on_step, on_log, init_from)
+
+
+def _train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | None,
+           train_config: TrainConfig | None, device: str, resume: bool,
+           on_step: Callable[[StepReport], None] | None, on_log: Callable[[str], None] | None,
+           init_from: str | os.PathLike | None) -> TrainResult:
     t_start = time.monotonic()
     out = Path(out)
     log = on_log or (lambda s: None)
@@ -280,7 +292,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
             raise UsageError(f"cannot resume {out}: the given model config differs from the run's ({', '.join(diff[:3])})")
         model_config, tc = state["_model_config"], state["_train_config"]
         if train_config is not None:
-            # A resumed run keeps its recipe; only the length and the worker count may change.
+            # flags.RESUME_RULE: the recipe is kept; the fields it names come from this invocation.
             length = ({"steps": train_config.steps, "epochs": None} if train_config.steps else
                       {"steps": None, "epochs": train_config.epochs} if train_config.epochs else {})
             tc = dataclasses.replace(tc, workers=train_config.workers, max_minutes=train_config.max_minutes,
@@ -288,8 +300,7 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
     else:
         model_config = model_config or preset("small")
         tc = train_config or TrainConfig()
-        if ckpt_path.exists():
-            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        check_new_weights_folder(out, resume_hint=ckpt_path.exists())
 
     dev = resolve_device(device)
     rank, world = _init_distributed(dev)
@@ -337,7 +348,12 @@ def train(data: list[str], out: str | os.PathLike, model_config: KARLConfig | No
         fresh = init_weights(model, init_from)
         log(f"initialised from {init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
     elif state is None and model.code is not None:
-        log(f"fitted the {model.config.code} code on {fit_code(model, dataset)} training crops")
+        # Reading the crops can take minutes on large photos, before the first step's progress.
+        def reading(done: int, total: int) -> None:
+            if done * 10 // total > (done - 1) * 10 // total:
+                log(f"fitting the {model.config.code} code: {done}/{total} training crops read")
+
+        log(f"fitted the {model.config.code} code on {fit_code(model, dataset, progress=reading)} training crops")
     ema = EMA(model, tc.ema_decay)
     step = 0
     if state is not None:
@@ -452,14 +468,18 @@ def compile_model(model: nn.Module) -> None:
 CODE_FIT_CROPS = 4096
 
 
-def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS) -> int:
+def fit_code(model: nn.Module, dataset: CropDataset, crops: int = CODE_FIT_CROPS,
+             progress: Callable[[int, int], None] | None = None) -> int:
     """Fit a model's linear code (colour basis, coefficient scales and order) on training crops (deterministic:
-    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number."""
+    the crops of the first epochs, at most ``crops`` of them and two per image); returns their number.
+    ``progress(done, total)`` after each crop read."""
     n = min(len(dataset) * 2, crops)
     images = []
     for i in range(n):
         dataset.set_epoch(i // len(dataset))
         images.append(dataset[i % len(dataset)])
+        if progress:
+            progress(i + 1, n)
     model.code.fit(torch.stack(images).to(model.code.scale.device))
     return n
 

@@ -7,7 +7,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from karl_cli.cli import app
-from karl_cli.scoring.complexity import read_rows, score, write_csv
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import read_rows, write_csv
 from karl_cli.errors import UsageError
 from karl_cli.io.images import load_for_model
 from karl_cli.analysis.plots import kc_histogram, show_figure

@@ -25,7 +25,7 @@ from karl_cli.io.images import (DEFAULT_MAX_PIXELS, ImageLoadError, discover_ima
                                 max_pixels, open_rgb, set_max_pixels)
 from karl_cli.io.names import escape_path, unescape_path
 from karl_cli.io.savoias import load_ratings_csv, load_savoias
-from karl_cli.scoring.complexity import read_rows
+from karl_cli.io.rows import read_rows
 
 from savoias_fixture import make_savoias
 from zoo import bomb_png
@@ -71,9 +71,51 @@ def test_float_images_read_as_0_to_1_never_stretched(tmp_path):
     Image.fromarray(a, "F").save(tmp_path / "low.tif")
     got = np.asarray(open_rgb(tmp_path / "low.tif"))[..., 0]
     assert got.tolist() == [[51, 102], [77, 64]]            # x * 255, not (x - min) / (max - min)
-    b = np.array([[-1.0, 0.5], [2.0, np.nan]], np.float32)
+    b = np.array([[-1.0, 0.5], [1.0005, np.nan]], np.float32)
     Image.fromarray(b, "F").save(tmp_path / "wide.tif")
     assert np.asarray(open_rgb(tmp_path / "wide.tif"))[..., 0].tolist() == [[0, 128], [255, 0]]
+
+
+def test_float_rgb_tiffs_are_read_not_called_corrupt(tmp_path):
+    """Issue 28.10: float32/float16/float64 RGB TIFFs (interleaved or planar, + alpha) are read on the
+    0-1 rule; whole-number samples above 1 are 8- or 16-bit data (divided by 255 or 65535); other
+    values above 1 are refused naming the maximum (not clipped to white, KC 1); a layout no reader
+    handles says 'unsupported', never 'corrupt'."""
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    a = rng.random((12, 10, 3))
+    want = (a * 255 + 0.5).astype(np.uint8)
+    rgb = {"photometric": "rgb"}
+    for name, arr, kw in (("f32.tif", a.astype(np.float32), rgb), ("f64.tif", a, rgb),
+                          ("planar.tif", np.moveaxis(a.astype(np.float32), 2, 0), {"planarconfig": "separate",
+                                                                                   "photometric": "rgb"})):
+        tifffile.imwrite(tmp_path / name, arr, **kw)
+        assert np.array_equal(np.asarray(open_rgb(tmp_path / name)), want), name
+    tifffile.imwrite(tmp_path / "f16.tif", a.astype(np.float16), **rgb)
+    assert np.abs(np.asarray(open_rgb(tmp_path / "f16.tif")).astype(int) - want).max() <= 1
+    rgba = np.concatenate([a, np.zeros((12, 10, 1))], axis=2).astype(np.float32)   # fully transparent
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    assert np.asarray(open_rgb(tmp_path / "rgba.tif")).min() == 255                 # on white
+    tifffile.imwrite(tmp_path / "u8f.tif", np.round(a * 255).astype(np.float32), **rgb)   # 8-bit as float
+    assert np.array_equal(np.asarray(open_rgb(tmp_path / "u8f.tif")), np.round(a * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "u16f.tif", np.full((4, 4, 3), 65535.0, np.float32), **rgb)
+    assert np.asarray(open_rgb(tmp_path / "u16f.tif")).min() == 255
+    tifffile.imwrite(tmp_path / "hdr.tif", (a * 4).astype(np.float32), **rgb)
+    with pytest.raises(ImageLoadError, match=r"float samples reach 3\.9.*rescale it to 0-1"):
+        open_rgb(tmp_path / "hdr.tif")
+    tifffile.imwrite(tmp_path / "cmyk.tif", rng.random((4, 4, 4)).astype(np.float32), photometric="separated")
+    with pytest.raises(ImageLoadError, match="unsupported TIFF layout.*SEPARATED"):
+        open_rgb(tmp_path / "cmyk.tif")
+
+
+def test_heic_without_a_decoder_names_the_missing_plugin(tmp_path):
+    """Issue 28.10: a HEIC file is not 'not an image': karl says pillow-heif is missing."""
+    if ".heic" in image_suffixes():
+        pytest.skip("a HEIF decoder is installed here")
+    p = tmp_path / "IMG_0001.HEIC"
+    p.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    with pytest.raises(ImageLoadError, match="HEIF/HEIC image, and no HEIF decoder is installed: pip install pillow-heif"):
+        open_rgb(p)
 
 
 # --- 4: formats -------------------------------------------------------------------------------------

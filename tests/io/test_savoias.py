@@ -92,3 +92,53 @@ def test_bad_ratings_csv_is_a_usage_error(tmp_path, frame, match):
     pd.DataFrame(frame).to_csv(csv, index=False)
     with pytest.raises(UsageError, match=match):
         load_ratings(ratings=csv)
+
+
+def test_ratings_come_from_the_sheet_headed_gt(tmp_path):
+    """Issue 28.8: a workbook whose first sheet is a user's own kc column: the ratings are the 'gt'
+    column of whichever sheet has it; none or several qualify -> refused naming the sheets."""
+    import openpyxl
+
+    def book(sheets: dict):
+        wb = openpyxl.Workbook()
+        wb.remove(wb.active)
+        for title, rows in sheets.items():
+            ws = wb.create_sheet(title)
+            for r in rows:
+                ws.append(r)
+        p = tmp_path / f"b{len(list(tmp_path.iterdir()))}.xlsx"
+        wb.save(p)
+        return p
+
+    mine = book({"kc": [["kc"], [301], [12]], "ratings": [["image", " GT "], ["0.jpg", 40], ["1.jpg", None], ["2.jpg", 7]]})
+    assert read_ratings_xlsx(mine) == [40.0, None, 7.0]
+    with pytest.raises(UsageError, match=r"no sheet has a column headed 'gt'.*sheets: 'kc', 'other'"):
+        read_ratings_xlsx(book({"kc": [["kc"], [301]], "other": [[5], [6]]}))
+    with pytest.raises(UsageError, match=r"several columns headed 'gt' \('a' column A, 'b' column B\)"):
+        read_ratings_xlsx(book({"a": [["gt"], [1]], "b": [["x", "gt"], [0, 2]]}))
+    with pytest.raises(UsageError, match="sheet 'a' row 3"):
+        read_ratings_xlsx(book({"a": [["gt"], [1], ["lots"]]}))
+
+
+def test_names_match_under_unicode_normalisation(tmp_path):
+    """Issue 28.9: a ratings CSV (or file list) naming café.png in NFC finds the file stored in NFD
+    (macOS), and the reverse; the row names the file as stored."""
+    import unicodedata
+
+    from karl_cli.io.sources import gather
+    from PIL import Image
+
+    nfc, nfd = (unicodedata.normalize(f, "café") for f in ("NFC", "NFD"))
+    assert nfc != nfd
+    (tmp_path / nfd).mkdir()
+    stored = [tmp_path / nfd / f"{nfd}.png", tmp_path / nfd / "plain.png", tmp_path / f"{nfc}-2.png"]
+    for p in stored:
+        Image.new("RGB", (4, 4)).save(p)
+    csv = tmp_path / "r.csv"
+    csv.write_text(f"path,rating\n{nfc}/{nfc}.png,3\n{nfc}/plain.png,4\n{nfd}-2.png,5\n", encoding="utf-8")
+    rs = load_ratings(ratings=csv)
+    assert rs.table["path"].tolist() == [str(p) for p in stored] and len(rs.missing) == 0
+    assert any("Unicode normalisation" in n for n in rs.notes)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{nfc}/{nfc}.png\n{nfd}-2.png\n", encoding="utf-8")
+    assert [f.path for f in gather(files_from=lst)] == sorted([str(stored[0]), str(stored[2])])

@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 
 from karl_cli.cli import app
 from karl_cli.errors import EXIT_SOME_FAILED, UsageError
-from karl_cli.io.images import load_for_model
+from karl_cli.io.images import ImageLoadError, load_for_model
 from karl_cli.io.sources import TarMember, gather, load_found, read_files_list, scan_tar
-from karl_cli.scoring.complexity import RowWriter, collect_inputs, merge_csv, read_rows, row_key, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import RowWriter, merge_csv, read_rows, row_key
+from karl_cli.scoring.measure import collect_inputs
 
 from conftest import make_images
 from karl_helpers import spread_halting
@@ -180,3 +182,94 @@ def test_cli_tar_list_parquet_shard_resume_merge(tiny_weights, shard, tmp_path):
     assert [row_key(m["path"], m["eps"]) for m in merged] == sorted(row_key(m["path"], m["eps"]) for m in merged)
     r = runner.invoke(app, ["merge", str(tmp_path / "all.csv"), str(outs[0]), str(outs[1])])
     assert r.exit_code == 0 and read_rows(tmp_path / "all.csv") == merged
+
+
+# --- issue 28: member names as tar -x writes them, repeated names, bounded reads ------------------
+def test_shard_made_with_tar_dot_is_read_with_normalised_names(tmp_path):
+    """Issue 28.6: `tar -C src -cf shard.tar .` stores ./000001.jpg (and the folder ./): '.' and
+    '..' parts are not hidden; rows read shard.tar/000001.jpg."""
+    imgs = make_images(tmp_path / "src", 2)
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w") as tf:
+        tf.add(tmp_path / "src", arcname=".")                       # ./, ./img_000.png, ./img_001.png
+        _add(tf, "./sub/../img_002.png", imgs[0].read_bytes())      # -> img_002.png
+        _add(tf, "../img_003.png", imgs[1].read_bytes())            # leading ../ dropped, as tar -x does
+        _add(tf, "./.hidden/img_004.png", imgs[1].read_bytes())     # still hidden
+    scan = scan_tar(path)
+    assert [f.path for f in scan] == [f"{path}/img_00{i}.png" for i in (0, 1, 2, 3)]
+    assert all(isinstance(f, TarMember) for f in scan) and scan.hidden == 1
+    assert (load_found(scan[0], 32) == load_for_model(imgs[0], 32)).all()
+
+
+def test_repeated_member_name_keeps_the_last_copy_like_tar_x(tmp_path):
+    """Issue 28.7: two members of one name (also ./a.png and a.png) are one input, the last one, as
+    `tar -x` leaves it; the earlier copy is counted as replaced, never called a link."""
+    imgs = make_images(tmp_path / "src", 3)
+    path = tmp_path / "dup.tar"
+    with tarfile.open(path, "w") as tf:
+        _add(tf, "a.png", imgs[0].read_bytes())
+        _add(tf, "b.png", imgs[2].read_bytes())
+        _add(tf, "./a.png", imgs[1].read_bytes())
+    scan = scan_tar(path)
+    assert [f.path for f in scan] == [f"{path}/b.png", f"{path}/a.png"] and scan.replaced == 1
+    assert (load_found(scan[1], 32) == load_for_model(imgs[1], 32)).all()
+    found = collect_inputs([path])
+    assert len(found) == 2 and found.replaced == 1 and found.aliases == 0
+    assert "1 tar member replaced by a later member of the same name" in found.summary()
+    assert "link" not in found.summary()
+
+
+def test_paths_listed_twice_are_repeats_not_links(tmp_path):
+    """Issue 28.17: a file list naming a path twice (or a/./x.png and a/x.png) says so; a symbolic
+    link to a listed file is still a link."""
+    imgs = make_images(tmp_path / "imgs", 2)
+    (tmp_path / "imgs" / "ln.png").symlink_to(imgs[0])
+    lst = tmp_path / "list.txt"
+    lst.write_text("imgs/img_000.png\nimgs/./img_000.png\nimgs/img_001.png\nimgs/img_001.png\nimgs/ln.png\n"
+                   "gone.png\ngone.png\n")
+    found = collect_inputs([], files_from=lst)
+    assert len(found) == 3 and found.repeated == 3 and found.aliases == 1
+    assert "3 paths named more than once (each scored once)" in found.summary()
+    assert "1 link to an image or folder already listed" in found.summary()
+
+
+def test_huge_member_header_checked_before_its_data_is_read(tmp_path):
+    """Issue 28.11: a 256 MiB member (sparse on disk) whose PNG header declares too many pixels is
+    refused after a bounded read; a valid image followed by a long tail reads only what it needs."""
+    import tracemalloc
+    import zlib
+
+    def png_header(w: int, h: int) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0]))
+                + (200 << 20).to_bytes(4, "big") + b"IDAT")   # the pixel data follows (zeros here)
+
+    small = io.BytesIO()
+    from PIL import Image
+    Image.new("RGB", (8, 8), (200, 30, 10)).save(small, "PNG")
+    big = 256 << 20
+    path = tmp_path / "big.tar"
+    with open(path, "wb") as f:
+        for name, head in (("bomb.png", png_header(10_000, 10_000)), ("tail.png", small.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = big
+            f.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            f.write(head)
+            f.seek(big - len(head), os.SEEK_CUR)   # a hole: no disk used, zeros read back
+        f.write(b"\0" * 1024)
+    f_size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(f_size + (-f_size) % 10240)
+    scan = scan_tar(path)
+    assert [os.path.basename(m.path) for m in scan] == ["bomb.png", "tail.png"] and all(m.size == big for m in scan)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageLoadError, match="too large"):
+            load_found(scan[0], 32)
+        arr = load_found(scan[1], 8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert tuple(arr[0, 0]) == (200, 30, 10)
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB for two 256 MiB members"

@@ -183,7 +183,7 @@ def test_cli_complexity_defaults_to_search_for_alit(alit, image_folder, tmp_path
     from typer.testing import CliRunner
 
     from karl_cli.cli import app
-    from karl_cli.scoring.complexity import read_rows
+    from karl_cli.io.rows import read_rows
     from karl_cli.errors import EXIT_USAGE
 
     alit.save_pretrained(str(tmp_path / "w"))

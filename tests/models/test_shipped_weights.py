@@ -5,7 +5,7 @@ import pytest
 
 from karl_cli import KARL, preset
 from karl_cli.scoring.complexity import score
-from karl_cli.training.calibration import THRESHOLDS
+from karl_cli.defaults import HALT_THRESHOLDS as THRESHOLDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

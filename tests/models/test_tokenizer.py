@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,3 +225,36 @@ def test_encode_refuses_pixels_it_would_misread(tiny_model):
     with pytest.raises(ValueError, match="float tensor"):
         alit.encode((x * 255).to(torch.uint8), 0.05)
     assert tiny_model.encode(x, 0.05).kc.shape == (2,)
+
+
+@pytest.mark.parametrize("code", ["wavelet", "learned"])
+def test_single_pass_kc_never_rises_as_eps_loosens(code, monkeypatch):
+    """Issue 28.12: KC(ε) is a rate-distortion curve: for any two ε (on the trained bins or between
+    them) the looser one keeps no more tokens, and p_halt never falls, by the halting rule's
+    construction; a coded model's halting pass is shared by every ε of the same images."""
+    torch.manual_seed(1)
+    model = KARL(preset("tiny" if code == "wavelet" else "learned-tiny")).eval()
+    head = model.halting_head
+    with torch.no_grad():   # a head that halts more as ε loosens, with bins that disagree (noise)
+        n = len(EPS_BINS)
+        wiggle = torch.linspace(-3.0, 3.0, n) + 2.0 * (-1.0) ** torch.arange(n)
+        head.eps_bias.weight.copy_(wiggle[:, None] * head.fc2.weight.sign())
+        head.fc2.bias.fill_(math.log(model.config.halt_threshold / (1 - model.config.halt_threshold)))
+        if code == "learned":   # its features are encoded at each ε: the guarantee is the head's, so
+            model.eps_embed.weight.zero_()   # take the encoder's ε token out to test it
+    x = torch.rand(6, 3, model.config.resolution, model.config.resolution)
+    rng = np.random.default_rng(0)
+    eps = sorted({*EPS_BINS, *np.exp(rng.uniform(np.log(0.005), np.log(0.38), 40)).tolist()})
+    calls = []
+    real = model._encode
+    monkeypatch.setattr(model, "_encode", lambda *a: calls.append(1) or real(*a))
+    enc = [model.encode(x, e) for e in eps]
+    assert len(calls) == (1 if code == "wavelet" else len(eps))   # learned: encoded at each ε
+    kc = torch.stack([e.kc for e in enc], 1)
+    p = torch.stack([e.p_halt for e in enc], 1)
+    assert (kc[:, 1:] <= kc[:, :-1]).all() and (p[:, 1:] >= p[:, :-1] - 1e-6).all()
+    assert kc[:, 0].float().mean() > kc[:, -1].float().mean()   # it does fall: not flat by accident
+    # The raw head (what encode used before) does rise somewhere here: the rule is what prevents it.
+    raw = torch.stack([model.kept(model.encode_tokens(x, torch.full((6,), eps_position(e)), model.config.max_tokens)[1]).sum(1)
+                       for e in EPS_BINS], 1)
+    assert (raw[:, 1:] > raw[:, :-1]).any()

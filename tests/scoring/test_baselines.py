@@ -13,7 +13,8 @@ from karl_cli.analysis.correlate import _results_frame
 from karl_cli.cli import bare_baselines
 from karl_cli.errors import UsageError
 from karl_cli.scoring import baselines as B
-from karl_cli.scoring.complexity import ROW_FIELDS, score
+from karl_cli.scoring.complexity import score
+from karl_cli.io.rows import ROW_FIELDS
 
 R = 64
 

@@ -82,11 +82,21 @@ def test_compare_table(models, image_folder):
         assert s.loc[0.3, "over_target"] <= s.loc[0.1, "over_target"]
     # ALIT's search KC is its own complexity().
     from karl_cli.io.images import load_for_model
-    from karl_cli.scoring.complexity import collect_inputs
+    from karl_cli.scoring.measure import collect_inputs
     x = torch.stack([torch.from_numpy(load_for_model(f.path, 32)).permute(2, 0, 1)
                      for f in collect_inputs([image_folder])]).float() / 255
     alit_row = df[(df.model == "alit") & (df.eps == 0.3)].iloc[0]
     assert alit_row.tokens == pytest.approx(float(oracle_search(models["alit"], x, 0.3).kc.float().mean()))
+
+
+def test_compare_reports_progress(models, image_folder):
+    seen = []
+    compare([image_folder], models, [0.1, 0.3], batch_size=10, progress=lambda d, t, s: seen.append((d, t, s)))
+    total = 24 * 2 * 3       # images x ε x (karl single, karl search, alit search)
+    assert {t for _, t, _ in seen} == {total} and seen[-1][0] == total
+    assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+    assert {s for _, _, s in seen} == {f"{m} {meth} ε={e:g}" for e in (0.1, 0.3)
+                                       for m, meth in (("karl", SINGLE), ("karl", SEARCH), ("alit", SEARCH))}
 
 
 def test_cli_compare(models, image_folder, tmp_path):
@@ -103,5 +113,8 @@ def test_cli_compare(models, image_folder, tmp_path):
     assert "single" in res.output and "alit" in res.output and "could not be read" in res.output
     df = pd.read_csv(out)
     assert len(df) == 3 and set(df.model) == {"karl", "alit"} and (df.images == 24).all()
+    # Off a terminal, progress is a plain line per stage and tenth, ending at every image of every pass.
+    assert "comparing karl single ε=0.2: 0/72 (0 %)" in res.output
+    assert "comparing alit search ε=0.2: 72/72 (100 %)" in res.output
     res = CliRunner().invoke(app, ["compare", str(image_folder), "--weights", str(tmp_path / "nope")])
     assert res.exit_code != 0

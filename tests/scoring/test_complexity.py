@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from karl_cli.scoring.baselines import jpeg_bpp, png_bpp
 from karl_cli.cli import app
-from karl_cli.scoring.complexity import (BASELINE_FIELDS, ROW_FIELDS, RowWriter, apply_shard, collect_inputs, merge_csv,
-                                 parse_shard, read_rows, row_key, score, summarize, validate_eps, write_csv)
+from karl_cli.scoring.complexity import BASELINE_FIELDS, score
+from karl_cli.io.rows import ROW_FIELDS, RowWriter, merge_csv, read_rows, row_key, summarize, write_csv
+from karl_cli.scoring.measure import apply_shard, collect_inputs, parse_shard
+from karl_cli.scoring.methods import validate_eps
 from karl_cli.errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from karl_cli.io.images import load_for_model
 from karl_cli.runtime import resolve_device, to_model_input

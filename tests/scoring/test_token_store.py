@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from karl_cli import KARL, load_pretrained, preset
 from karl_cli.scoring import token_store
 from karl_cli.cli import app
-from karl_cli.scoring.complexity import read_rows
+from karl_cli.io.rows import read_rows
 from karl_cli.errors import EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from karl_cli.io.images import load_for_model
 from karl_cli.runtime import to_model_input

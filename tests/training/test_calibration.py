@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from karl_cli import EPS_BINS, KARL
 from karl_cli.cli import app
 from karl_cli.scoring.oracle import oracle_budgets, search
-from karl_cli.training.calibration import THRESHOLDS, calibrate_halting
+from karl_cli.defaults import HALT_THRESHOLDS as THRESHOLDS
+from karl_cli.training.calibration import calibrate_halting
 from karl_cli.io.synthetic import FAMILIES, make_family_image, random_family_images
 
 

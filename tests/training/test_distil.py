@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from karl_cli import KARL, preset
 from karl_cli.cli import app
-from karl_cli.training.calibration import THRESHOLDS
+from karl_cli.defaults import HALT_THRESHOLDS as THRESHOLDS
 from karl_cli.training.distil import distil_halting, encoder_parameters, student_of
 
 

@@ -148,7 +148,11 @@ def test_interrupt_and_resume_continue_the_same_run(image_folder, tmp_path):
 
 
 def test_refuses_to_overwrite_a_run_and_resume_without_checkpoint(image_folder, tmp_path):
-    train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu")
+    lines = []
+    train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu", on_log=lines.append)
+    # Reading the code's crops (minutes on large photos) reports progress before the first step.
+    assert "fitting the wavelet code: 48/48 training crops read" in lines
+    assert sum(line.startswith("fitting the wavelet code:") for line in lines) == 10
     with pytest.raises(UsageError, match="--resume"):
         train([str(image_folder)], tmp_path / "r", preset("tiny"), _tc(steps=2), device="cpu")
     with pytest.raises(UsageError, match="nothing to resume"):
@@ -237,6 +241,34 @@ def test_cli_resume_refuses_flags_that_contradict_the_run(image_folder, tmp_path
     res = _karl(*base, "--resume", "--steps", 3, "--preset", "tiny", "--lr", "0.001", "--workers", 0)
     assert res.exit_code == 0, res.output
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_resume_rule_is_one_statement_for_check_error_and_help(image_folder, tmp_path):
+    """Issue 28.15: the flags a resumed run may change are stated once (flags.RESUME_RULE); the
+    refusal and --help print that statement, and every flag it names is accepted by the check."""
+    import dataclasses
+    import re
+
+    from karl_cli.training.flags import RECIPE_FLAGS, RESUME_MAY_CHANGE, RESUME_MAY_CHANGE_FLAGS, RESUME_RULE
+    from karl_cli.training.trainer import TrainConfig, resume_conflicts
+
+    def flat(text: str) -> str:
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+    assert set(RESUME_MAY_CHANGE_FLAGS) >= {"--steps", "--epochs", "--max-minutes", "--workers", "--compile",
+                                            "--device"}
+    # Every TrainConfig field is either kept (the recipe, by flag or fixed) or named by the rule.
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(RESUME_MAY_CHANGE) <= fields and not set(RESUME_MAY_CHANGE) & set(RECIPE_FLAGS)
+    assert flat(RESUME_RULE) in flat(_karl("train", "--help").output)
+    run = tmp_path / "run"
+    assert _karl("train", image_folder, "--out", run, "--batch-size", 4, "--preset", "tiny", "--steps", 2).exit_code == 0
+    res = _karl("train", image_folder, "--out", run, "--resume", "--lr", 0.5)
+    assert res.exit_code == 2 and RESUME_RULE in res.output, res.output
+    changed = {"steps": 9, "epochs": 3.0, "max_minutes": 5.0, "workers": 1, "compile": True}
+    assert resume_conflicts(run, recipe={k: changed[k] for k in RESUME_MAY_CHANGE}) == []
+    res = _karl("train", image_folder, "--out", run, "--resume", "--steps", 3, "--max-minutes", 10, "--workers", 0)
+    assert res.exit_code == 0, res.output
 
 
 def test_warmup_fits_short_runs_or_warns(image_folder, tmp_path):

@@ -95,9 +95,10 @@ class Run:
 
 
 def shipped_models() -> tuple[str, ...]:
-    """The models `--weights` names (the correlate and compare runs cover each)."""
-    from karl_cli.models.pretrained import SHIPPED_MODELS
-    return tuple(SHIPPED_MODELS)
+    """The models `--weights` names (the correlate and compare runs cover each): the registry's
+    shipped entries, the default first."""
+    from karl_cli.registry import shipped_models as names
+    return tuple(names())
 
 
 def _runs() -> dict[str, Run]:

@@ -1,6 +1,11 @@
-"""What a benchmark figure was measured on: every benchmark's JSON names its machine with this."""
+"""What a benchmark figure was measured on: every benchmark's JSON names its machine with this.
+
+    python benchmarks/machine.py [--device cuda]    # the same facts as JSON, e.g. beside a quoted figure
+"""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 
@@ -32,3 +37,13 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
     return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Print the machine facts every benchmark records, as JSON.")
+    p.add_argument("--device", default="cpu", help="Device to describe (cpu, cuda, cuda:N).")
+    print(json.dumps(machine_info(p.parse_args().device), indent=2))
+
+
+if __name__ == "__main__":
+    main()

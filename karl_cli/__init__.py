@@ -17,6 +17,8 @@ _EXPORTS = {
     "WeightsError": "karl_cli.models.pretrained", "build_model": "karl_cli.models.pretrained",
     "load_pretrained": "karl_cli.models.pretrained", "load_images": "karl_cli.scoring.measure",
     "measure": "karl_cli.scoring.measure", "list_models": "karl_cli.registry",
+    "create_metric": "karl_cli.scoring.metric", "list_metrics": "karl_cli.scoring.metric",
+    "KCMetric": "karl_cli.scoring.metric",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -228,9 +228,12 @@ def _batch_size_option(default: int = defaults.BATCH_SIZE):
     return typer.Option(default, "--batch-size", "-b", min=1, help="Images per model run.")
 
 
-def _workers_option():
+RAY_WORKERS_HELP = " With --engine ray: scoring actors, one model each (default: one per GPU, else per CPU, of the cluster)."
+
+
+def _workers_option(more: str = ""):
     return typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 up to 4 on CPU; "
-                        "cores-1 up to 16 on CUDA).")
+                        "cores-1 up to 16 on CUDA)." + more)
 
 
 def _seed_option(what: str = "Seed."):
@@ -271,6 +274,18 @@ def _scan(paths, include_hidden: bool, max_pixels: Optional[int], files_from: Op
     return found
 
 
+ENGINES = ("single", "ray")
+
+
+def _ray_engine():
+    """``karl_cli.distributed``, or a usage error saying how to install Ray when it is missing."""
+    try:
+        from karl_cli import distributed
+    except ImportError as e:
+        raise UsageError(f"--engine ray: {e}") from None
+    return distributed
+
+
 def _allow_inside_inputs_option():
     return typer.Option(False, "--allow-inside-inputs", help="Allow output folders and figures inside (or equal "
                         "to) an input folder; refused by default, since a later run over that folder would read them.")
@@ -290,6 +305,21 @@ def _claim(outputs, **inputs) -> None:
 
 def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def _image_table(rows: list[dict], method: str) -> Table:
+    """One image's rows: its KC (of T_max), soft KC and L1 per ε, titled with its path."""
+    path = str(rows[0]["path"]) if rows else ""
+    table = Table(title=escape(path), title_justify="left", caption=f"KC per ε, method {method}",
+                  caption_justify="left", header_style="bold")
+    for name in ("ε", "KC", "of T_max", "soft KC", "L1"):
+        table.add_column(name, justify="right")
+    for r in sorted(rows, key=lambda r: float(r["eps"])):
+        if r.get("status") != "ok":
+            table.add_row(f"{r['eps']:g}", f"[red]error[/]: {escape(str(r.get('error')))}", "", "", "")
+            continue
+        table.add_row(f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), _fmt(r["kc_soft"], ".2f"), _fmt(r["l1"], ".4f"))
+    return table
 
 
 def _summary_table(stats: list[dict], method: str) -> Table:
@@ -321,7 +351,7 @@ def complexity(
     method: Optional[str] = _method_option(),
     weights: Optional[str] = _weights_option(),
     batch_size: int = _batch_size_option(),
-    workers: Optional[int] = _workers_option(),
+    workers: Optional[int] = _workers_option(RAY_WORKERS_HELP),
     device: str = _device_option(),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them; "
@@ -332,6 +362,10 @@ def complexity(
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
     allow_inside_inputs: bool = _allow_inside_inputs_option(),
+    engine: str = typer.Option("single", "--engine", help="single (this process and its --workers) or ray (Ray "
+                               "Data actors on this machine or a cluster; pip install 'karl[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster to join ('auto' or "
+                                          "HEAD_IP:6379; default: the one `ray start` runs here, else a new local Ray)."),
 ) -> None:
     """Estimate the complexity (KC at ε) of every image; one row per (image, ε)."""
     from karl_cli.runtime import default_workers
@@ -348,7 +382,12 @@ def complexity(
     if method is not None:
         method_name(method)     # a bad name fails before the model is loaded
     shard_t = parse_shard(shard)
-    dev = resolve_device(device)
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if address is not None and engine != "ray":
+        raise UsageError("--address needs --engine ray")
+    on_ray = _ray_engine() if engine == "ray" else None
+    dev = resolve_device(device) if on_ray is None else device    # Ray's actors pick their own device
     outs_given = [p for p in (csv_out, json_out, parquet_out) if p is not None]
     if parquet_out == "-":
         raise UsageError("Parquet cannot stream to stdout; name a file for --parquet")
@@ -365,6 +404,8 @@ def complexity(
         raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
     fields = ROW_FIELDS + list(chosen)
     summary = Summary()
+    one_image = len(found) == 1 and not resume   # one image: its own KC per ε, not statistics of one
+    image_rows: list[dict] = []
     plot_rows: list[dict] = []
     existing: list[dict] = []
     with contextlib.ExitStack() as stack:
@@ -388,16 +429,24 @@ def complexity(
         if existing:
             console.print(f"resuming: {len(existing)} rows already in {escape(outs_given[0])} are kept")
         with _progress("scoring") as update:
-            rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
-                         workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                         skip=sinks[0].done if sinks else None, progress=update, l1=l1)
+            skip = sinks[0].done if sinks else None
+            if on_ray is not None:
+                rows = on_ray.score(found, weights, eps_v, method=method, baselines=chosen, batch_size=batch_size,
+                                    workers=workers, device=device, shard=shard_t, skip=skip, progress=update, l1=l1,
+                                    address=address)
+            else:
+                rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
+                             workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
+                             skip=skip, progress=update, l1=l1)
             for row in rows:
                 for sink in sinks:
                     sink.write(row)
                 summary.add(row)
+                if one_image:
+                    image_rows.append(row)
                 if plot:
                     plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
-    console.print(_summary_table(summary.table(), method))
+    console.print(_image_table(image_rows, method) if one_image and image_rows else _summary_table(summary.table(), method))
     unreachable = [f"{st['eps']:g}" for st in summary.table() if st["miss"] is not None and st["miss"] > 0.5]
     if unreachable:
         # Most images missing ε means the model cannot reconstruct that well: KC then sits at T_max.

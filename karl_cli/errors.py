@@ -14,5 +14,7 @@ class KarlError(Exception):
     exit_code = EXIT_FAILED
 
 
-class UsageError(KarlError):
+class UsageError(KarlError, ValueError):
+    """A bad argument or input, said in one line; a ValueError for Python callers (exit code 2 in the CLI)."""
+
     exit_code = EXIT_USAGE

@@ -23,6 +23,7 @@ def _positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow
 def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
     folder = tmp_path / "imgs"
     make_images(folder, 8)
@@ -58,6 +59,7 @@ def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
         assert text in printed
 
 
+@pytest.mark.slow
 def test_synthetic_memory_stream(throughput, tmp_path, capsys):
     res = throughput.main(["--synthetic", "300", "--tiny", "--batch-size", "32", "--workers", "0", "--threads", "1",
                            "--no-l1", "--json", "-"])
@@ -144,6 +146,7 @@ def test_default_workers_per_device(monkeypatch):
     assert default_workers(torch.device("cpu")) == 0 and default_workers(torch.device("cuda")) == 1
 
 
+@pytest.mark.slow
 def test_baselines_benchmark_reports_every_measure(tmp_path, tiny_weights):
     bench = load_script(SCRIPT.parent / "baselines.py", "karl_bench_baselines")
     folder = tmp_path / "imgs"

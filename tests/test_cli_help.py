@@ -23,6 +23,16 @@ def test_version():
     assert res.exit_code == 0 and res.output.strip() == f"karl {__version__}"
 
 
+def test_version_is_one_number_everywhere():
+    """`python -m karl_cli --version`, `karl --version` and the installed metadata (pyproject reads
+    karl_cli.__version__) say the same."""
+    import importlib.metadata
+
+    out = subprocess.run([sys.executable, "-m", "karl_cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"karl {__version__}", out.stderr
+    assert importlib.metadata.version("karl") == __version__
+
+
 ANALYZE = [["analyze"], *(["analyze", s] for s in ("profile", "noise", "structure", "familiarity", "map"))]
 
 
@@ -37,6 +47,7 @@ def test_help_shows_no_value_for_flags_and_no_doubled_brackets(command):
         assert "[SAVOIAS_ROOT]" in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.2, 0.6, 1.5])
 def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path, tiny_weights, delay):
     make_images(tmp_path / "imgs", 2)
@@ -53,6 +64,17 @@ def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path, tiny_weight
         pytest.skip("the run finished before the signal")   # a fast machine: nothing to interrupt
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err    # "interrupted" is printed, except while typer parses the arguments
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, tiny_weights, monkeypatch):
+    make_images(tmp_path / "imgs", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)            # as if karl[ray] were not installed
+    monkeypatch.delitem(sys.modules, "karl_cli.distributed", raising=False)
+    res = CliRunner().invoke(app, ["complexity", str(tmp_path / "imgs"), "--weights", str(tiny_weights),
+                                   "--engine", "ray"], terminal_width=200)
+    assert res.exit_code == 2 and "pip install 'karl[ray]'" in res.output, res.output
+    res = CliRunner().invoke(app, ["complexity", str(tmp_path / "imgs"), "--engine", "spark"], terminal_width=200)
+    assert res.exit_code == 2 and "unknown engine 'spark'" in res.output
 
 
 def _float_options():

@@ -15,6 +15,7 @@ from karl_cli.models.pretrained import load_pretrained
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_gpu_run_smoke_writes_every_figure(tmp_path):
     out = tmp_path / "out"

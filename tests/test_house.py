@@ -13,8 +13,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "karl_cli"
 # Each layer may import only from the layers before it (and itself).
-LAYERS = ["errors", "defaults", "registry", "progress", "runtime", "io", "models", "scoring", "training", "analysis",
-          "cli"]
+LAYERS = ["errors", "defaults", "registry", "progress", "runtime", "io", "models", "scoring", "distributed", "training",
+          "analysis", "cli"]
 SAME_LEVEL = {"training": {"analysis"}, "analysis": {"training"}}   # neither may import the other
 
 
@@ -93,7 +93,7 @@ def test_the_wheel_carries_the_shipped_weights(tmp_path):
     # Built from a copy: setuptools writes build/ beside pyproject.toml, which must not touch the checkout.
     root, src = PACKAGE.parent, tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "karl_cli", "weights"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "karl_cli", "weights"):
         (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(src)], check=True, capture_output=True)
@@ -103,3 +103,4 @@ def test_the_wheel_carries_the_shipped_weights(tmp_path):
         for f in ("config.json", "model.safetensors", "model_card.md"):
             assert f"karl_cli/weights/{model}/{f}" in names
     assert "karl_cli/models/karl.py" in names and "karl_cli/scoring/oracle.py" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

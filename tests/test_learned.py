@@ -62,6 +62,7 @@ def _families(folder, n: int, size: int = 32, seed: int = 0):
     return folder
 
 
+@pytest.mark.slow
 def test_time_budget_stops_cleanly_as_a_prefix_and_resumes(tmp_path):
     data = [str(_families(tmp_path / "imgs", 16))]
     tc = dict(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=100, seed=3, lr=2e-3)
@@ -88,6 +89,7 @@ def test_time_budget_must_be_positive():
         TrainConfig(max_minutes=0)
 
 
+@pytest.mark.slow
 def test_learned_tiny_learns_and_halting_ranks_flat_below_noise(tmp_path):
     """A short run on generated images: the reconstruction loss falls, and at a common ε the halting
     head keeps fewer tokens (soft KC) for flat images than for noise. Hard KC does not separate yet:
@@ -112,6 +114,7 @@ def test_learned_tiny_learns_and_halting_ranks_flat_below_noise(tmp_path):
     assert soft_flat < soft_noise
 
 
+@pytest.mark.slow
 def test_karl_train_max_minutes_stops_and_says_how_to_continue(tmp_path):
     from typer.testing import CliRunner
 

@@ -31,6 +31,7 @@ def setup(tmp_path):
     return model, tmp_path
 
 
+@pytest.mark.slow
 def test_report_fields(quality, setup, capsys):
     model, tmp = setup
     sav = make_savoias(tmp / "savoias")

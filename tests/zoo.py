@@ -100,7 +100,7 @@ def make_zoo(root: str | os.PathLike, symlinks: bool = True, unreadable: bool = 
     good("thin_line.png", _save(Image.new("L", (300, 1), 128), format="PNG"), (300, 1))
     good("gray16.tif", _save(Image.fromarray((np.arange(32 * 24, dtype=np.uint16).reshape(24, 32) * 80)), format="TIFF"),
          (32, 24))
-    good("float32.tif", _save(Image.fromarray(np.linspace(-3.5, 7.0, 20 * 16, dtype=np.float32).reshape(16, 20), "F"),
+    good("float32.tif", _save(Image.fromarray(np.linspace(-0.5, 1.0, 20 * 16, dtype=np.float32).reshape(16, 20), "F"),
                               format="TIFF"), (20, 16))
     good("float_nan.tif", _save(Image.fromarray(np.full((8, 8), np.nan, np.float32), "F"), format="TIFF"), (8, 8))
     good("cmyk.jpg", _save(rgb.convert("CMYK"), format="JPEG"), (40, 30))
@@ -117,6 +117,9 @@ def make_zoo(root: str | os.PathLike, symlinks: bool = True, unreadable: bool = 
     good("name with spaces, commas and \"quotes\".png", png, (40, 30))
     good("bitmap.bmp", _save(rgb, format="BMP"), (40, 30))
     # --- not readable ---
+    # Float samples past 1 that are not whole numbers: no scale fits them (issue 28.10), refused.
+    bad("float_out_of_range.tif", _save(Image.fromarray(np.linspace(-3.5, 7.0, 20 * 16, dtype=np.float32)
+                                                        .reshape(16, 20), "F"), format="TIFF"), "float samples reach")
     bad("empty.png", b"", "empty")
     bad("empty.jpg", b"", "empty")
     bad("truncated.png", png[: len(png) // 2], "truncated")

@@ -17,7 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from karl_cli.analysis.stats import spearman
-from karl_cli.analysis.style import ACCENT, DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, colors, figure, save, style
+from karl_cli.analysis.style import ACCENT, DOUBLE_COLUMN, PALETTE, SERIES, SINGLE_COLUMN, colors, figure, save, style
+from karl_cli.scoring.baselines import REGISTRY
 
 POINT = PALETTE[0]
 FIT = ACCENT
@@ -27,6 +28,39 @@ METHOD_LABELS = {"karl_kc": "KARL KC", "karl_kc_soft": "KARL soft KC", "karl_sea
                  "karl_prefix_kc": "prefix KC", "jpeg_bpp": "JPEG-75 bytes/px", "png_bpp": "PNG bytes/px"}
 SCORE_LABELS = {"kc": "KC (tokens)", "kc_soft": "soft KC (Σ 1 − p_halt)", "jpeg_bpp": "JPEG-75 bytes / pixel",
                 "png_bpp": "PNG bytes / pixel"}
+
+
+def method_label(method: str) -> str:
+    """The display name of a results ``method`` (``karl_kc`` -> 'KARL KC', ``webp_bpp`` -> 'WebP
+    bytes/px', ``edge_density`` -> 'edge density'): never the raw column name when one is known."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    if method in REGISTRY:
+        label = REGISTRY[method].label
+        return label[:-4] + " bytes/px" if label.endswith(" bpp") else label
+    return method
+
+
+def score_label(score: str) -> str:
+    """An axis label for a per-image score column (``kc``, ``jpeg_bpp``, ``webp_bpp``, ...)."""
+    return SCORE_LABELS.get(score) or method_label(score)
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """A distinct colour per method: KC and the JPEG/PNG baselines keep theirs (``METHOD_COLORS``),
+    the others take the unused ``SERIES`` colours in order (distinct up to 14 series)."""
+    out: dict[str, str] = {}
+    for m in methods:
+        c = METHOD_COLORS.get(m)
+        if c is not None and c not in out.values():
+            out[m] = c
+    free = iter([c for c in SERIES if c not in out.values()])
+    for k, m in enumerate(methods):
+        if m not in out:
+            out[m] = next(free, SERIES[k % len(SERIES)])
+    return out
+
+
 POOLED = None   # the ``category`` argument that means every image (the pooled rows of the results)
 POOLED_LABEL = "all (pooled)"
 
@@ -116,7 +150,7 @@ def scatter_figure(per_image: pd.DataFrame, category: str | None, eps: float | N
         eps_txt = f", ε = {eps:g}" if eps is not None and score in ("kc", "kc_soft") else ""
         rho = _rho_text(results, category, method, eps if score in ("kc", "kc_soft") else None,
                         d["_x"].to_numpy(float), d["_y"].to_numpy(float))
-        _scatter_axes(ax, d, f"{label}{eps_txt}\n{rho}", "human complexity rating", SCORE_LABELS.get(score, score),
+        _scatter_axes(ax, d, f"{label}{eps_txt}\n{rho}", "human complexity rating", score_label(score),
                       categories=cats)
         if len(d) >= 2:
             fig.legend(loc="outside lower center", ncols=3 if cats else 1, markerscale=2.0)
@@ -139,11 +173,11 @@ def grid_figure(per_image: pd.DataFrame, categories: Sequence[str], eps: float |
             d = d_all if cat is POOLED else d_all[d_all["category"] == cat]
             rho = _rho_text(results, cat, method, e_for, d["_x"].to_numpy(float), d["_y"].to_numpy(float), sep="\n")
             _scatter_axes(ax, d, f"{POOLED_LABEL if cat is POOLED else cat}\n{rho}", "rating",
-                          SCORE_LABELS.get(score, score), small=True,
+                          score_label(score), small=True,
                           categories=_categories_of(d) if cat is POOLED else None)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
-        what = METHOD_LABELS.get(method, method)
+        what = method_label(method)
         fig.suptitle(f"{what} vs human complexity rating" + (f" (ε = {eps:g})" if e_for is not None else ""))
         return fig
 
@@ -191,7 +225,7 @@ def heatmap_figure(per_image: pd.DataFrame, eps: float, category: str | None = P
                       rotation=45, ha="right")
         ax.set_yticks(np.arange(rating_bins) + 0.5,
                       [f"{r_edges[i]:.0f}–{r_edges[i + 1]:.0f} (n={int(row_sum[i, 0])})" for i in range(rating_bins)])
-        ax.set_xlabel(SCORE_LABELS.get(score, score) + " bucket")
+        ax.set_xlabel(score_label(score) + " bucket")
         ax.set_ylabel("human rating bucket")
         who = POOLED_LABEL if category is POOLED else category
         ax.set_title(f"Token count vs human rating ({who}, ε = {eps:g})\nshare of each rating bucket per token bucket")
@@ -224,7 +258,12 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
         groups = list(dict.fromkeys(zip(res["pooled"].astype(bool), res["category"])))
         groups = [g for g in groups if not g[0]] + [g for g in groups if g[0]]
         names = [POOLED_LABEL if pooled else str(c) for pooled, c in groups]
-        fig = figure(DOUBLE_COLUMN if len(groups) * max(1, len(methods)) > 12 else SINGLE_COLUMN, 2.6)
+        palette = method_colors(methods)
+        ncols = min(4, max(1, len(methods)))
+        legend_rows = -(-len(methods) // ncols)
+        # Taller with every row of legend, so the axes keep room for their y label.
+        fig = figure(DOUBLE_COLUMN if len(groups) * max(1, len(methods)) > 12 else SINGLE_COLUMN,
+                     2.6 + 0.25 * max(0, legend_rows - 1))
         ax = fig.add_subplot()
         width = 0.8 / max(1, len(methods))
         for m_i, m in enumerate(methods):
@@ -238,18 +277,18 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
                 row = hit.iloc[0]
                 if not math.isfinite(row["spearman"]):
                     ax.text(x_pos, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
-                            color=METHOD_COLORS.get(m, "black"))
+                            color=palette[m])
                 else:
                     xs.append(x_pos)
                     ys.append(row["spearman"])
                     lo.append(row["spearman_lo"])
                     hi.append(row["spearman_hi"])
             if not xs:  # every ρ undefined: keep the method in the legend, its slots say n/a
-                ax.bar([], [], color=METHOD_COLORS.get(m, None), label=METHOD_LABELS.get(m, m))
+                ax.bar([], [], color=palette[m], label=method_label(m))
                 continue
             ys_a, lo_a, hi_a = np.array(ys), np.array(lo, float), np.array(hi, float)
             err = np.vstack([np.where(np.isfinite(lo_a), ys_a - lo_a, 0), np.where(np.isfinite(hi_a), hi_a - ys_a, 0)])
-            ax.bar(xs, ys, width=width * 0.95, color=METHOD_COLORS.get(m, None), label=METHOD_LABELS.get(m, m))
+            ax.bar(xs, ys, width=width * 0.95, color=palette[m], label=method_label(m))
             ax.errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
@@ -260,7 +299,7 @@ def rho_figure(results: pd.DataFrame, eps: float | None = None, methods: Sequenc
         fig.suptitle("Correlation with human complexity ratings"
                      + (f" ({level:.0%} bootstrap CI)" if has_ci else "")
                      + (f", ε = {eps:g}" if eps is not None else ""))
-        fig.legend(loc="outside lower center", ncols=min(4, len(methods)))
+        fig.legend(loc="outside lower center", ncols=ncols)
         return fig
 
 

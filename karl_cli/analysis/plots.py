@@ -149,7 +149,8 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
                  ha="center", va="center", transform=tax.transAxes)
         for c, a in enumerate(adaptive, start=1):
             hit = "✓" if a["l1"] <= a["eps"] else "✗"
-            panel(1, c, a["image"], f"ε={a['eps']:g}: KC {a['kc']}/{cfg.max_tokens}\nL1 {a['l1']:.3f} {hit}")
+            # One fact per line: "ε=0.05: KC 108/384" on one line ran into the next panel's title.
+            panel(1, c, a["image"], f"ε={a['eps']:g}\nKC {a['kc']}/{cfg.max_tokens}\nL1 {a['l1']:.3f} {hit}")
         if single:
             ax = fig.add_subplot(grid[2, :])
             idx = np.arange(cfg.max_tokens)
@@ -166,7 +167,7 @@ def show_figure(model: torch.nn.Module, image_path: str | os.PathLike, out_png: 
             ax.set_xlabel("1D token index")
             ax.set_ylabel("p_halt")
             ax.set_title("halting probability per token (tokens above the threshold are dropped)")
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=len(adaptive) + 1)   # off the lines
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=min(len(adaptive) + 1, 3))   # off the lines
         fig.suptitle(f"KARL on {name}" if single else f"{type(model).__name__} on {name}")
         save(fig, out_png)
     return {"budgets": [{"tokens": t, "l1": l1} for t, _, l1 in prefix],

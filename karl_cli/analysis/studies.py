@@ -472,6 +472,19 @@ def compare_kc(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int = BOOTSTR
     return out
 
 
+def group_names(paths: Sequence[str | os.PathLike], other: Sequence[str | os.PathLike]) -> tuple[str, str]:
+    """Names for two groups of inputs, from what the user named: the folders' (or files') names
+    joined by '+', with parent folders added until the two differ (``a/images`` vs ``b/images``)."""
+    def name(ps: Sequence[str | os.PathLike], depth: int) -> str:
+        return "+".join("/".join(Path(os.path.abspath(p)).parts[-depth:]) for p in ps)
+
+    for depth in range(1, 6):
+        a, b = name(paths, depth), name(other, depth)
+        if a != b:
+            return a, b
+    return name(paths, 1), name(other, 1) + " (other)"
+
+
 def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
                 other: Sequence[str | os.PathLike] | None = None, controls: Sequence[str] = CONTROLS,
                 eps: Sequence[float] = EPS_SERIES, method: str | None = None, n_boot: int = BOOTSTRAP,
@@ -479,16 +492,18 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
                 device: str | torch.device | None = None, progress: Progress | None = None) -> Study:
     """KC of familiar against unfamiliar images (KARL paper §4.5). With ``other`` (a second set of
     images, out of distribution) the groups are ``paths`` vs ``other`` (Mann–Whitney U); without it
-    each image is compared with its ``controls`` (Wilcoxon signed-rank, paired). Rows: path, group,
+    each image is compared with its ``controls`` (Wilcoxon signed-rank, paired). Groups are named by
+    their folders with ``other`` (``group_names``), else ``original`` and the controls. Rows: path, group,
     eps, kc, l1. Summary (``compare_kc``): one row per (group, ε)."""
     method, dev = _prep(model, method, device)
     eps_v = sorted(validate_eps(eps))
     r = model.config.resolution
     items, bad = load_inputs(paths, resolution=r, sample=sample, seed=seed)
-    groups: list[tuple[str, list[tuple[str, np.ndarray]]]] = [("in", items)]
+    base_name, other_name = group_names(paths, other) if other else ("original", "")
+    groups: list[tuple[str, list[tuple[str, np.ndarray]]]] = [(base_name, items)]
     if other:
         more, bad2 = load_inputs(other, resolution=r, sample=sample, seed=seed)
-        groups.append(("out", more))
+        groups.append((other_name, more))
         bad += bad2
     else:
         for c in controls:
@@ -506,7 +521,7 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
     for name, _ in groups[1:]:
         parts = []
         for e in eps_v:
-            base = rows[(rows["group"] == "in") & (rows["eps"] == e)]["kc"].to_numpy()
+            base = rows[(rows["group"] == base_name) & (rows["eps"] == e)]["kc"].to_numpy()
             vs = rows[(rows["group"] == name) & (rows["eps"] == e)]["kc"].to_numpy()
             s = {"group": name, "eps": e, **compare_kc(base, vs, paired=not other, n_boot=n_boot, seed=seed)}
             summary.append(s)
@@ -516,7 +531,7 @@ def familiarity(paths: Sequence[str | os.PathLike], model: torch.nn.Module,
             parts.append(f"ε {e:g}: median KC {s['kc_median_a']:g} -> {s['kc_median_b']:g}, {s['effect_name']} "
                          f"{s['effect']:+.2f} [{s['effect_lo']:+.2f}, {s['effect_hi']:+.2f}], p {s['p']:.2g}"
                          + ("" if s["p"] < 0.05 else " (n.s.)"))
-        findings.append(f"{name} vs in: " + "; ".join(parts))
+        findings.append(f"{name} vs {base_name}: " + "; ".join(parts))
     return Study("familiarity", rows, pd.DataFrame(summary), method, model.config.max_tokens, findings, bad,
                  {"eps": eps_v, "paired": not other})
 

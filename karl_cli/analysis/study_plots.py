@@ -16,12 +16,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import LogNorm, to_rgb  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from karl_cli.analysis.studies import Study, structure_steps  # noqa: E402
 from karl_cli.io.atomic import atomic_path  # noqa: E402
 
 WIDE, NARROW = 7.0, 3.5     # inches: a two-column and a one-column figure
+UNREACHED_RGB = to_rgb("#56B4E9")   # map blocks that never meet ε: a colour the magma scale never takes
 _STYLE = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "xtick.labelsize": 7,
           "ytick.labelsize": 7, "legend.fontsize": 7, "lines.linewidth": 1.3, "axes.spines.top": False,
           "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25, "grid.linewidth": 0.5,
@@ -69,8 +71,9 @@ def profile_figure(study: Study, stem: str | os.PathLike, max_groups: int = 8) -
     rows, eps, budgets = study.rows, study.extra["eps"], study.extra["budgets"]
     groups = list(rows.groupby("folder", sort=True)) if rows["folder"].nunique() <= max_groups else [("all", rows)]
     with paper_style():
-        fig, axes = plt.subplots(1, 2 if budgets else 1, figsize=(WIDE if budgets else NARROW, 2.9), squeeze=False,
-                                 layout="constrained")
+        rows_of_legend = -(-len(groups) // (3 if budgets else 2))
+        fig, axes = plt.subplots(1, 2 if budgets else 1, figsize=(WIDE if budgets else NARROW, 2.6 + 0.16 * rows_of_legend),
+                                 squeeze=False, layout="constrained")
         ax = axes[0, 0]
         for (name, g), c in zip(groups, _colors(len(groups))):
             kc = g[[f"kc@{e:g}" for e in eps]].to_numpy(float)
@@ -99,10 +102,11 @@ def profile_figure(study: Study, stem: str | os.PathLike, max_groups: int = 8) -
             ax.set_xlabel("budget (tokens)")
             ax.set_ylabel("reconstruction L1 (0–1 scale)")
             ax.set_title("(b) rate–distortion", loc="left")
-        # Lines: median per folder; bands: 10–90 %. The legend sits below the panels, off the data.
+        # Lines: median per folder; bands: 10–90 % (said once, in the legend's title). The legend sits
+        # below the panels, off the data, in as many columns as the figure's width holds.
         handles, names = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, [f"{n} — median, 10–90 % band" for n in names], loc="outside lower center",
-                   ncols=min(len(names), 3))
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 3 if budgets else 2),
+                   title="per folder: median (line), 10–90 % of images (band)", title_fontsize=7)
         return _save(fig, stem)
 
 
@@ -226,7 +230,8 @@ def familiarity_figure(study: Study, stem: str | os.PathLike) -> Path:
 def map_figure(image: np.ndarray, result: dict, stem: str | os.PathLike, title: str = "", t_max: int | None = None,
                patch: int = 4) -> Path:
     """The input, then per ε the budget each block needs as a heat map over the image (log colour
-    scale, shared), hatched grey where no budget reaches ε; the whole image's oracle KC in each title."""
+    scale, shared), a flat sky blue (keyed in a legend) where no budget reaches ε; the whole image's
+    oracle KC in each title."""
     budgets, eps, kc = result["budgets"], result["eps"], result["kc"]
     finite = budgets[np.isfinite(budgets)]
     lo = max(1.0, float(finite.min())) if finite.size else 1.0
@@ -239,10 +244,14 @@ def map_figure(image: np.ndarray, result: dict, stem: str | os.PathLike, title: 
         axes[0].imshow(image, interpolation="nearest")
         axes[0].set_title(f"input ({r} px)" + (f"\n{title}" if title else ""), fontsize=7)
         im = None
+        unreached = 0
         for ax, e, b, k in zip(axes[1:], eps, budgets, kc):
             ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.imshow(np.where(np.isfinite(b), 0.0, 1.0), cmap="Greys", vmin=0, vmax=3, alpha=0.6,
-                      extent=(-0.5, r - 0.5, r - 0.5, -0.5), interpolation="nearest")
+            never = ~np.isfinite(b)
+            if never.any():   # blocks no budget brings under ε: a flat colour outside magma's range, keyed below
+                unreached += int(never.sum())
+                ax.imshow(np.where(never[..., None], np.array([*UNREACHED_RGB, 0.85]), 0.0),
+                          extent=(-0.5, r - 0.5, r - 0.5, -0.5), interpolation="nearest")
             im = ax.imshow(np.ma.masked_invalid(b), cmap="magma", norm=LogNorm(lo, max(hi, lo * 1.01)), alpha=0.8,
                            extent=(-0.5, r - 0.5, r - 0.5, -0.5), interpolation="nearest")
             ax.set_title(f"ε {e:g}: KC {int(k)}", fontsize=7)
@@ -255,6 +264,10 @@ def map_figure(image: np.ndarray, result: dict, stem: str | os.PathLike, title: 
         if im is not None:
             cb = fig.colorbar(im, ax=list(axes[1:]), fraction=0.025, pad=0.01)
             cb.set_label(f"tokens until each {patch}×{patch} px block meets ε", fontsize=7)
+        if unreached:
+            fig.legend([Patch(facecolor=(*UNREACHED_RGB, 0.85), edgecolor="0.3", linewidth=0.5)],
+                       [f"block never meets ε, even with all {t_max or 'the'} tokens"], loc="lower center",
+                       bbox_to_anchor=(0.5, -0.04), fontsize=7)
         return _save(fig, stem)
 
 

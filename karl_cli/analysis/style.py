@@ -38,6 +38,11 @@ RC = {
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000",
            "#999999", "#555555")
 ACCENT = "#D55E00"   # fitted lines, thresholds
+# Colours for many series side by side (bars, lines): Okabe & Ito's seven colours and a grey, then six
+# of Paul Tol's that stay apart from them (every pair at least 22 CIELAB ΔE apart); no black, which
+# hides black error bars.
+SERIES = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#999999",
+          "#332288", "#661100", "#999933", "#882255", "#AA4499", "#DDCC77")
 
 
 @contextlib.contextmanager
@@ -55,8 +60,8 @@ def figure(width: float, height: float) -> Figure:
 
 
 def colors(n: int) -> list[str]:
-    """``n`` distinct colours from ``PALETTE`` (cycling past its length)."""
-    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+    """``n`` colours from ``SERIES``, distinct up to its 14 (cycling past them)."""
+    return [SERIES[i % len(SERIES)] for i in range(n)]
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:

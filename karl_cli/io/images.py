@@ -59,8 +59,9 @@ else:
     register_heif_opener()
 
 
-class ImageLoadError(Exception):
-    """An image that cannot be read; the message is the reason, fit for an ``error`` column."""
+class ImageLoadError(ValueError):
+    """An image that cannot be read; the message is the reason, fit for an ``error`` column (a
+    ValueError, like every refusal of a bad input in the Python API)."""
 
 
 def set_max_pixels(n: int | None) -> None:
@@ -111,6 +112,10 @@ def _has_ghostscript() -> bool:
     return bool(EpsImagePlugin.has_ghostscript())
 
 
+# Suffixes of HEIF images (iPhone photos): readable once the pillow-heif plugin is installed.
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
+
+
 def is_image_name(name: str) -> bool:
     """Whether a file name has the suffix of a format Pillow can decode (``image_suffixes``)."""
     return os.path.splitext(name)[1].lower() in image_suffixes()
@@ -136,19 +141,20 @@ class Scan(list):
     that are not images (by suffix); ``aliases``: other paths that led to a file or folder already
     listed (symbolic links), so each real file is listed once; ``repeated``: the same path named more
     than once (a file list or command line that repeats a line), scored once; ``replaced``: tar members
-    superseded by a later member of the same name (the last is the input, as ``tar -x`` leaves it).
+    superseded by a later member of the same name (the last is the input, as ``tar -x`` leaves it);
+    ``heif``: HEIF/HEIC files skipped because no HEIF decoder is installed (also counted in ``other``).
     """
 
     def __init__(self, found: Iterable[Found] = (), hidden: int = 0, other: int = 0, aliases: int = 0,
-                 repeated: int = 0, replaced: int = 0) -> None:
+                 repeated: int = 0, replaced: int = 0, heif: int = 0) -> None:
         super().__init__(found)
         self.hidden, self.other, self.aliases = hidden, other, aliases
-        self.repeated, self.replaced = repeated, replaced
+        self.repeated, self.replaced, self.heif = repeated, replaced, heif
 
     def counts(self) -> dict[str, int]:
         """The skip counts by name, to build another ``Scan`` of the same inputs: ``Scan(x, **s.counts())``."""
         return {"hidden": self.hidden, "other": self.other, "aliases": self.aliases, "repeated": self.repeated,
-                "replaced": self.replaced}
+                "replaced": self.replaced, "heif": self.heif}
 
     def summary(self) -> str:
         """What the scan skipped, in words; empty when nothing was."""
@@ -159,7 +165,8 @@ class Scan(list):
         if self.hidden:
             parts.append(n(self.hidden, "hidden file or folder", "hidden files or folders") + " (--include-hidden scans them)")
         if self.other:
-            parts.append(n(self.other, "non-image file", "non-image files"))
+            parts.append(n(self.other, "non-image file", "non-image files")
+                         + (f" ({self.heif} HEIF/HEIC: no decoder installed, pip install pillow-heif)" if self.heif else ""))
         if self.aliases:
             parts.append(n(self.aliases, "link", "links") + " to an image or folder already listed")
         if self.repeated:
@@ -207,7 +214,7 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     best: dict[str, tuple[tuple[str, ...], str]] = {}   # real file -> (key, path) of its first path
     met = 0
     heap: list[tuple[tuple[str, ...], str]] = []
-    hidden = other = repeated = 0
+    hidden = other = repeated = heif = 0
     named: set[str] = set()   # the top-level paths given, normalised: a second mention is a repeat, not a link
 
     def offer(path: str, key: tuple[str, ...]) -> None:
@@ -259,6 +266,7 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
                 continue
             if not is_image_name(entry.name) and not entry.name.lower().endswith(extra):
                 other += 1
+                heif += os.path.splitext(entry.name)[1].lower() in HEIF_SUFFIXES
             elif entry.is_symlink() and not os.path.exists(path):
                 errors.setdefault(path, Found(path, "broken symlink"))
             else:
@@ -267,7 +275,8 @@ def discover_images(paths: Iterable[str | os.PathLike], include_hidden: bool = F
     met -= len(best)
     for path, f in errors.items():
         found.setdefault(path, f)
-    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met, repeated=repeated)
+    return Scan((found[k] for k in sorted(found)), hidden=hidden, other=other, aliases=met, repeated=repeated,
+                heif=heif)
 
 
 # --- pixels --------------------------------------------------------------------------------------
@@ -526,8 +535,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
                 if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
                     img.draft(img.mode, (draft_size, draft_size))
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+                return upright_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -549,16 +557,28 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None, max_pixels:
         raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
-def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
-                   data: bytes | BinaryIO | None = None) -> np.ndarray:
-    """The whole image squashed to resolution x resolution: uint8 array (R, R, 3), sRGB.
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """A loaded PIL image as ``open_rgb`` returns a file's: EXIF rotation applied, then sRGB ``RGB`` by
+    the module's rules (high bit depths, ICC profile, transparency on white)."""
+    return _to_rgb(ImageOps.exif_transpose(img) or img)
 
-    Squashing (not cropping) keeps all of the content, which is what complexity is about.
-    ``max_pixels`` and ``data`` as in ``open_rgb``.
-    """
-    img = open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data)
+
+def squash(img: Image.Image, resolution: int) -> np.ndarray:
+    """An ``RGB`` image squashed to resolution x resolution (bicubic, aspect not kept): uint8 (R, R, 3).
+
+    Squashing (not cropping) keeps all of the content, which is what complexity is about. An image
+    already R x R is returned as it is."""
     img = img.resize((resolution, resolution), Image.BICUBIC, reducing_gap=3.0)
     return np.array(img, dtype=np.uint8)
+
+
+def load_for_model(path: str | os.PathLike, resolution: int, max_pixels: int | None = None,
+                   data: bytes | BinaryIO | None = None) -> np.ndarray:
+    """The whole image squashed to resolution x resolution (``squash``): uint8 array (R, R, 3), sRGB.
+
+    ``max_pixels`` and ``data`` as in ``open_rgb``.
+    """
+    return squash(open_rgb(path, draft_size=2 * resolution, max_pixels=max_pixels, data=data), resolution)
 
 
 def load_max_side(path: str | os.PathLike, max_side: int, max_pixels: int | None = None,

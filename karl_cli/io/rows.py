@@ -123,6 +123,12 @@ def column_kind(field: str) -> str:
     return "str" if field in TEXT_FIELDS else "int" if field in INT_FIELDS else "float"
 
 
+def row_schema(fields: Sequence[str]) -> pa.Schema:
+    """The Arrow schema of rows with ``fields``, typed by ``column_kind`` (``--parquet``'s, and the rows
+    of the Ray scorer, ``karl_cli.distributed``)."""
+    return parquet_schema(fields, {f: column_kind(f) for f in fields})
+
+
 def _parquet_cell(field: str, v: Any) -> Any:
     """A row value as its Parquet column type (``column_kind``); a value that does not fit becomes null
     (numbers) or text."""
@@ -306,7 +312,7 @@ class RowWriter:
     def _open(self) -> None:
         if self.fmt == "parquet":
             try:
-                self._sink = ParquetSink(self.path, parquet_schema(self.fields, {f: column_kind(f) for f in self.fields}))
+                self._sink = ParquetSink(self.path, row_schema(self.fields))
             except OSError as e:
                 raise self._fail(e) from e
             self._tmp, self._f = self._sink.path, self._sink

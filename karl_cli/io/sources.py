@@ -11,7 +11,8 @@
   paths some are always gone. A listed path that names no file as written is matched with its names
   compared under Unicode NFC (``names.find_normalised``: a list written on Linux or Windows names files
   a Mac stored in NFD), and the row names the file as stored. A listed folder is scanned like a command-line folder; a listed
-  ``.tar`` is read as a shard.
+  ``.tar`` is read as a shard. A **Parquet list** (``LIST.parquet``) holds the paths in its text
+  column ``path`` (other columns are ignored; empty cells skipped), with the same rules.
 - **Tar shards** (``.tar``, uncompressed, as WebDataset writes them): members ``KEY.EXT`` where
   several members share a key (``000123.jpg``, ``000123.txt``, ``000123.json``). Every image member
   (a suffix Pillow decodes, ``images.image_suffixes``) is one input with the path
@@ -41,12 +42,16 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO, Iterable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from karl_cli.errors import UsageError
 from karl_cli.io.names import find_normalised
-from karl_cli.io.images import (Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model,
+from karl_cli.io.images import (HEIF_SUFFIXES, Found, ImageLoadError, Scan, discover_images, is_hidden, is_image_name, load_for_model,
                                 load_max_side)
 
 TAR_SUFFIX = ".tar"
+PARQUET_LIST_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,14 @@ class TarMember(Found):
     tar: str = ""
     offset: int = 0
     size: int = 0
+
+
+@dataclass(frozen=True)
+class Blob(Found):
+    """An input whose file bytes are already in memory (``data``; e.g. a row of Ray's
+    ``read_binary_files``); ``path`` only names it."""
+
+    data: bytes = b""
 
 
 def is_tar(path: str | os.PathLike) -> bool:
@@ -91,7 +104,7 @@ def scan_tar(path: str | os.PathLike, include_hidden: bool = False) -> Scan:
     path = os.fsdecode(path)
     members: dict[str, Found] = {}   # normalised name -> its last member (dicts keep archive order)
     damage: list[Found] = []
-    hidden = other = replaced = 0
+    hidden = other = replaced = heif = 0
     last: tarfile.TarInfo | None = None
     try:
         # "r:" (uncompressed, seekable): iterating reads a header and seeks over the member's data.
@@ -107,6 +120,7 @@ def scan_tar(path: str | os.PathLike, include_hidden: bool = False) -> Scan:
                     continue
                 if not is_image_name(name):
                     other += 1
+                    heif += os.path.splitext(name)[1].lower() in HEIF_SUFFIXES
                     continue
                 if name in members:
                     replaced += 1
@@ -128,7 +142,7 @@ def scan_tar(path: str | os.PathLike, include_hidden: bool = False) -> Scan:
     except (tarfile.TarError, OSError, EOFError) as e:
         what = "cut short or damaged" if members else "unreadable"
         damage.append(Found(path, f"tar shard {what}: {e}"))
-    return Scan([*members.values(), *damage], hidden=hidden, other=other, replaced=replaced)
+    return Scan([*members.values(), *damage], hidden=hidden, other=other, replaced=replaced, heif=heif)
 
 
 class _MemberFile(io.RawIOBase):
@@ -186,13 +200,14 @@ def open_member(m: TarMember) -> BinaryIO:
 
 def load_found(f: Found, resolution: int | None, max_pixels: int | None = None, max_side: int | None = None
                ) -> np.ndarray:
-    """Any input entry's pixels: a file, or a member of a tar shard (decoded from a window on the
-    shard, ``open_member``, never unpacked). With ``resolution``: ``images.load_for_model``, uint8
-    (R, R, 3) sRGB; else ``images.load_max_side`` with ``max_side`` (uint8 (H, W, 3)). ImageLoadError
-    with the reason otherwise."""
+    """Any input entry's pixels: a file, a member of a tar shard (decoded from a window on the
+    shard, ``open_member``, never unpacked), or a ``Blob`` of bytes already in memory. With
+    ``resolution``: ``images.load_for_model``, uint8 (R, R, 3) sRGB; else ``images.load_max_side``
+    with ``max_side`` (uint8 (H, W, 3)). ImageLoadError with the reason otherwise."""
     if resolution is None and max_side is None:
         raise ValueError("give resolution or max_side")
-    with open_member(f) if isinstance(f, TarMember) else contextlib.nullcontext() as data:
+    with open_member(f) if isinstance(f, TarMember) else contextlib.nullcontext(
+            f.data if isinstance(f, Blob) else None) as data:
         if resolution is not None:
             return load_for_model(f.path, resolution, max_pixels, data=data)
         return load_max_side(f.path, max_side, max_pixels, data=data)
@@ -214,10 +229,30 @@ def split_member(path: str) -> tuple[str, str] | None:
             return None
 
 
+def _read_parquet_list(list_path: str) -> list[str]:
+    """The ``path`` column of a Parquet file list, relative paths joined to the list's folder; null
+    and empty cells skipped. UsageError when the file is not Parquet or has no text column ``path``."""
+    if not os.path.exists(list_path):
+        raise FileNotFoundError(2, "No such file or directory", list_path)
+    try:
+        schema = pq.read_schema(list_path)
+        field = schema.field("path") if "path" in schema.names else None
+        if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            raise UsageError(f"the Parquet file list {list_path} needs a text column 'path' (it has: "
+                             f"{', '.join(schema.names) or 'no columns'})")
+        paths = pq.read_table(list_path, columns=["path"]).column("path").to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise UsageError(f"{list_path} is not a readable Parquet file list: {e}") from None
+    base = os.path.dirname(list_path)
+    return [p if os.path.isabs(p) or not base else os.path.join(base, p) for p in paths if p]
+
+
 def read_files_list(list_path: str | os.PathLike, stdin: IO[bytes] | None = None) -> list[str]:
-    """The paths in a file list (``-``: stdin), relative ones joined to the list's folder (see the
-    module docstring). Raises FileNotFoundError for a missing list."""
+    """The paths in a file list (``-``: stdin; a ``.parquet`` file: its ``path`` column), relative ones
+    joined to the list's folder (see the module docstring). Raises FileNotFoundError for a missing list."""
     list_path = os.fsdecode(list_path)
+    if list_path.lower().endswith(PARQUET_LIST_SUFFIX):
+        return _read_parquet_list(list_path)
     if list_path == "-":
         raw = (stdin or sys.stdin.buffer).read()
         base = ""
@@ -249,7 +284,7 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
     given = [os.fsdecode(p) for p in paths]
     listed = read_files_list(files_from, stdin) if files_from is not None else []
     found: list[Found] = []
-    hidden = other = aliases = repeated = replaced = 0
+    hidden = other = aliases = repeated = replaced = heif = 0
     scan_paths: list[str] = []
     members: dict[str, list[str]] = {}   # shard -> the members named as paths (each shard is read once)
     listings: dict = {}
@@ -272,13 +307,14 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
             found.append(have.get(p) or Found(p, f"no such member in the tar shard {shard}"))
     if scan_paths:
         scan = discover_images(scan_paths, include_hidden=include_hidden, extra_suffixes=(TAR_SUFFIX,))
-        hidden, other, aliases, repeated = scan.hidden, scan.other, scan.aliases, scan.repeated
+        hidden, other, aliases, repeated, heif = scan.hidden, scan.other, scan.aliases, scan.repeated, scan.heif
         for f in scan:
             if f.error is None and is_tar(f.path) and os.path.isfile(f.path):
                 shard = scan_tar(f.path, include_hidden)
                 hidden += shard.hidden
                 other += shard.other
                 replaced += shard.replaced
+                heif += shard.heif
                 found.extend(shard)
             else:
                 found.append(f)
@@ -288,4 +324,4 @@ def gather(paths: Iterable[str | os.PathLike] = (), files_from: str | os.PathLik
             repeated += 1   # a missing path listed twice
         else:
             uniq[f.path] = f
-    return Scan((uniq[k] for k in sorted(uniq)), hidden, other, aliases, repeated, replaced)
+    return Scan((uniq[k] for k in sorted(uniq)), hidden, other, aliases, repeated, replaced, heif)

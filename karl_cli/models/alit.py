@@ -37,6 +37,7 @@ from typing import Iterator
 
 import torch
 
+from karl_cli.models.config import one_eps
 from karl_cli.models.pretrained import register
 from karl_cli.models.tokenizer import Encoding, ForwardOutput, TokenSource, Tokenizer
 
@@ -136,8 +137,9 @@ class ALIT(Tokenizer):
         ``eps`` does not change ALIT's tokens (there is no ε conditioning); it is recorded in the
         Encoding. ``p_halt`` is zeros and ``keep`` all True: ALIT has no halting head, so
         ``Encoding.kc`` is just ``num_tokens``. For the token count an image needs, use the oracle's search.
-        Raises ValueError for images that are not a float (B, 3, R, R) tensor.
+        Raises ValueError for images that are not a float (B, 3, R, R) tensor, or ``eps`` that is not one number.
         """
+        eps = one_eps(eps)
         images = self.checked_images(images)
         latents = self.rollout_to(images, num_tokens or self.config.max_tokens)
         b, t = latents.shape[:2]

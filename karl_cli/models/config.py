@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,14 +128,26 @@ def eps_to_bin(eps: float | torch.Tensor) -> int | torch.Tensor:
     return len(EPS_BINS) - 1
 
 
+def one_eps(eps: Any) -> float:
+    """``eps`` as one float, or a one-line ValueError: ``encode`` conditions a pass on a single ε (several
+    ε: one call each, or ``karl_cli.create_metric``, which takes a list). A one-element tensor counts."""
+    if isinstance(eps, numbers.Real) and not isinstance(eps, bool):
+        return float(eps)
+    if torch.is_tensor(eps) and eps.numel() == 1 and not eps.dtype == torch.bool:
+        return float(eps.item())
+    size = f" of {len(eps)}" if hasattr(eps, "__len__") else ""
+    raise ValueError(f"ε must be one number (a pixel L1 target such as 0.05), got a {type(eps).__name__}{size}: "
+                     f"{eps!r}; for several ε call once per ε, or use karl_cli.create_metric(...)(images, eps=[...])")
+
+
 def eps_position(eps: float) -> float:
     """Where ε sits on the bin scale, for conditioning a KARL model on any ε in ``EPS_RANGE``:
     i + w for EPS_BINS[i] <= ε < EPS_BINS[i + 1], with w linear in log ε (an ε on a bin gives the
     bin's index exactly). The model interpolates its per-bin embeddings at that position and reads
     its error features relative to ε itself (docs/design.md §2). Raises ValueError outside
     ``EPS_RANGE``: the model was never trained there, and snapping to the nearest bin would silently
-    answer another question."""
-    eps = float(eps)
+    answer another question. A value that is not one number is a ValueError too (``one_eps``)."""
+    eps = one_eps(eps)
     lo, hi = EPS_RANGE
     if not math.isfinite(eps) or not lo - 1e-12 <= eps <= hi + 1e-12:
         raise ValueError(f"ε {eps:g} is outside what a single pass can honour ({lo:g} to {hi:g}, the trained ε "

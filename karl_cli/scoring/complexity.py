@@ -1,7 +1,6 @@
 """Scoring images: the KC of every (image, ε), streamed as rows (written by ``io/rows.py``).
 
-    from karl_cli.scoring.complexity import score
-    from karl_cli.io.rows import write_csv
+    from karl_cli.scoring.complexity import score, write_csv
     rows = score(["imgs/"], model, [0.03, 0.05], baselines="all")
     write_csv(rows, "out.csv")
 
@@ -46,14 +45,17 @@ import torch
 from karl_cli.defaults import BATCH_SIZE
 from karl_cli.errors import UsageError
 from karl_cli.io.images import Found
-from karl_cli.io.rows import INT_FIELDS, row_key
+from karl_cli.io.rows import INT_FIELDS, row_key, write_csv
 from karl_cli.models.pretrained import model_id
 from karl_cli.runtime import prepare_model, resolve_device
 from karl_cli.scoring.baselines import DEFAULT_BASELINES, parse_baselines
-from karl_cli.scoring.measure import Progress, apply_shard, collect_inputs, image_batches, measure, parse_shard
+from karl_cli.scoring.measure import (Measurement, Progress, apply_shard, collect_inputs, image_batches, measure,
+                                      parse_shard)
 from karl_cli.scoring.methods import check_eps, check_method, validate_eps
 
 BASELINE_FIELDS = list(DEFAULT_BASELINES)     # the columns of baselines=True
+# write_csv lives in io/rows.py; it stays importable from here, beside score, as karl 0.1 documented it.
+__all__ = ["BASELINE_FIELDS", "score", "write_csv"]
 
 
 # --- the rows ------------------------------------------------------------------------------------
@@ -83,15 +85,23 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     check_eps(model, method, eps_list)
     names = parse_baselines(baselines)
     dev = resolve_device(device, model)
-    shard = parse_shard(shard)
-    items = apply_shard(collect_inputs(paths_or_found), shard)
-    done = {row_key(p, e) for p, e in (skip or ())}
-    if done:
-        items = [f for f in items if not all(row_key(f.path, e) in done for e in eps_list)]
+    items, done = pending(paths_or_found, eps_list, shard, skip)
     if not l1 and method != "single":
         raise UsageError(f"skipping the l1 check works only with method 'single' ({method!r} needs the decoder)")
     prepare_model(model, dev)
     return _score_rows(items, model, eps_list, method, names, batch_size, workers, dev, done, progress, l1)
+
+
+def pending(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found], eps_list: Sequence[float],
+            shard: str | Sequence[int] | None = None, skip: Iterable[tuple[str, float]] | None = None
+            ) -> tuple[list[Found], set[tuple[str, float]]]:
+    """The input entries a run scores (``collect_inputs``, then ``shard``), less those whose every ε
+    is in ``skip`` (rows already written), and the ``row_key``s of ``skip``."""
+    items = apply_shard(collect_inputs(paths_or_found), parse_shard(shard))
+    done = {row_key(p, e) for p, e in (skip or ())}
+    if done:
+        items = [f for f in items if not all(row_key(f.path, e) in done for e in eps_list)]
+    return items, done
 
 
 def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float], method: str, baselines: tuple[str, ...],
@@ -107,31 +117,44 @@ def _score_rows(items: list[Found], model: torch.nn.Module, eps_list: list[float
         paths, errors = batch["paths"], batch["errors"]
         todo = [[row_key(p, e) not in done for e in eps_list] for p in paths]
         ok_pos = [k for k, err in enumerate(errors) if err is None]
-        res: dict[str, list] = {}
+        m = None
         if ok_pos:
             need = torch.tensor([todo[k] for k in ok_pos], dtype=torch.bool)
             m = measure(model, batch["images"], eps_list, method, l1=l1, need=need)
-            res = {k: getattr(m, k).tolist() for k in ("kc", "kc_soft", "l1", "encoder_runs", "decoder_runs")}
-        slot = {k: j for j, k in enumerate(ok_pos)}
-        for k, path in enumerate(paths):
-            for ei, e in enumerate(eps_list):
-                if not todo[k][ei]:
-                    continue
-                row: dict[str, Any] = {"path": path, "eps": e, "kc": None, "kc_soft": None,
-                                       "max_tokens": cfg.max_tokens, "l1": None, "status": "error",
-                                       "error": errors[k], "encoder_runs": 0, "decoder_runs": 0,
-                                       "model_id": mid, "method": method}
-                if k in slot:
-                    j = slot[k]
-                    row.update(kc=int(res["kc"][j][ei]), kc_soft=_fmt(res["kc_soft"][j][ei], 4),
-                               l1=_fmt(res["l1"][j][ei], 6), status="ok", error=None,
-                               encoder_runs=int(res["encoder_runs"][j][ei]),
-                               decoder_runs=int(res["decoder_runs"][j][ei]))
-                b = batch["baselines"][k]
-                for j, name in enumerate(baselines):
-                    v = _fmt(b[j], 6) if b else None
-                    row[name] = int(v) if v is not None and name in INT_FIELDS else v
-                yield row
+        yield from batch_rows(batch, m, eps_list, method, baselines, cfg.max_tokens, mid, todo)
         n_done += len(paths)
         if progress:
             progress(n_done, total)
+
+
+def batch_rows(batch: dict[str, Any], m: Measurement | None, eps_list: Sequence[float], method: str,
+               baselines: Sequence[str], max_tokens: int, mid: str, todo: list[list[bool]] | None = None
+               ) -> Iterator[dict[str, Any]]:
+    """The rows of one batch (``measure.collate_images``: ``paths``, ``errors``, ``baselines``), image
+    by image, ε by ε; ``m`` is ``measure``'s result for the batch's readable images in order (None when
+    there are none). ``todo[k][j]`` False leaves out the row of image k at ``eps_list[j]`` (default:
+    every row). The one place a row is built: the single process and the Ray actors
+    (``karl_cli.distributed``) both call it, so their rows are the same."""
+    paths, errors = batch["paths"], batch["errors"]
+    res = {} if m is None else {k: getattr(m, k).tolist() for k in ("kc", "kc_soft", "l1", "encoder_runs",
+                                                                     "decoder_runs")}
+    slot = {k: j for j, k in enumerate(kk for kk, err in enumerate(errors) if err is None)}
+    for k, path in enumerate(paths):
+        for ei, e in enumerate(eps_list):
+            if todo is not None and not todo[k][ei]:
+                continue
+            row: dict[str, Any] = {"path": path, "eps": e, "kc": None, "kc_soft": None,
+                                   "max_tokens": max_tokens, "l1": None, "status": "error",
+                                   "error": errors[k], "encoder_runs": 0, "decoder_runs": 0,
+                                   "model_id": mid, "method": method}
+            if k in slot and res:
+                j = slot[k]
+                row.update(kc=int(res["kc"][j][ei]), kc_soft=_fmt(res["kc_soft"][j][ei], 4),
+                           l1=_fmt(res["l1"][j][ei], 6), status="ok", error=None,
+                           encoder_runs=int(res["encoder_runs"][j][ei]),
+                           decoder_runs=int(res["decoder_runs"][j][ei]))
+            b = batch["baselines"][k]
+            for j, name in enumerate(baselines):
+                v = _fmt(b[j], 6) if b else None
+                row[name] = int(v) if v is not None and name in INT_FIELDS else v
+            yield row

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from karl_cli.defaults import BATCH_SIZE, IN_MEMORY_BATCH_SIZE
 from karl_cli.errors import UsageError
+from karl_cli.io.arrays import ACCEPTED, is_in_memory, memory_pixels
 from karl_cli.io.images import Found, ImageLoadError, Scan, max_pixels
 from karl_cli.io.sources import gather, load_found
 from karl_cli.models.tokenizer import Encoding
@@ -198,31 +199,56 @@ def load_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike | Found], 
     return good, bad
 
 
-def load_images(paths: Iterable[str | os.PathLike], resolution: int) -> torch.Tensor:
+def _read_path(p: str | bytes | os.PathLike, resolution: int) -> np.ndarray:
+    """One path (a file or a tar member ``shard.tar/KEY.EXT``) as uint8 (R, R, 3); ImageLoadError
+    (a ValueError) naming it when it cannot be read."""
+    try:
+        found = gather([p]) if not os.path.isdir(p) else []
+        if len(found) != 1:
+            raise ImageLoadError("not one image (a folder or a tar shard); name a file or a member "
+                                 "shard.tar/KEY.EXT")
+        return read_pixels(found[0], resolution)
+    except (ImageLoadError, FileNotFoundError, ValueError) as e:
+        why = "file not found" if isinstance(e, FileNotFoundError) else str(e)
+        raise ImageLoadError(f"{os.fsdecode(p)}: {why}") from None
+
+
+def load_pixels(images: Any, resolution: int) -> np.ndarray:
+    """Images given any way a Python caller has them, as the model's pixels: uint8 (N, R, R, 3) sRGB.
+
+    ``images``: a path (a file or a tar member ``shard.tar/KEY.EXT``, read as ``karl complexity``
+    reads it), a PIL image, a NumPy array (H, W, 3) / (N, H, W, 3) uint8 or float in [0, 1], a tensor
+    (3, H, W) / (B, 3, H, W) in [0, 1] (or uint8), or a list (any iterable) of these, in that order.
+    In-memory images go through the files' own conversion and resize (``io.arrays``), so they give
+    the pixels of the same image saved losslessly and read from the file. Raises ValueError (one
+    line) for anything else, ImageLoadError (a ValueError) naming a path that cannot be read.
+    """
+    if isinstance(images, (str, bytes, os.PathLike)) or is_in_memory(images):
+        images = [images]
+    elif not isinstance(images, Iterable):
+        raise ValueError(f"cannot read a {type(images).__name__} as an image: give a path, {ACCEPTED}, "
+                         "or a list of them")
+    out = [_read_path(x, resolution)[None] if isinstance(x, (str, bytes, os.PathLike)) else memory_pixels(x, resolution)
+           for x in images]
+    return np.concatenate(out) if out else np.empty((0, resolution, resolution, 3), np.uint8)
+
+
+def load_images(images: Any, resolution: int) -> torch.Tensor:
     """Images as the model's input: a float32 tensor (B, 3, R, R) in [0, 1], R = ``resolution`` (the
-    model's ``config.resolution``), in the order given. A path may be a file or a tar member
-    ``shard.tar/KEY.EXT``.
+    model's ``config.resolution``), in the order given: paths (files, tar members), PIL images, NumPy
+    arrays, tensors, or a list of them (``load_pixels``).
 
     Each image is read as ``karl complexity`` reads it (``images.open_rgb``: EXIF rotation,
     transparency on white, first frame, ...) and **squashed** to R x R with bicubic resampling: the
     aspect ratio is not kept, so all of the content counts (no crop). The same pixels as ``score``
-    gives the model. Raises ImageLoadError naming the first unreadable file.
+    gives the model. Raises ImageLoadError naming the first unreadable file, ValueError for an input
+    that is not an image.
 
         model = KARL.from_pretrained("weights/karl-small")
-        x = load_images(["a.jpg", "b.png"], model.config.resolution)   # (2, 3, 64, 64)
+        x = load_images(["a.jpg", pil_image], model.config.resolution)   # (2, 3, 64, 64)
         kc = model.encode(x, eps=0.05).kc
     """
-    arrays = []
-    for p in paths:
-        try:
-            (entry,) = gather([p]) if not os.path.isdir(p) else (Found(os.fsdecode(p), "a folder, not an image"),)
-            arrays.append(read_pixels(entry, resolution))
-        except (ImageLoadError, FileNotFoundError, ValueError) as e:
-            why = "file not found" if isinstance(e, FileNotFoundError) else str(e)
-            raise ImageLoadError(f"{os.fsdecode(p)}: {why}") from None
-    if not arrays:
-        return torch.empty(0, 3, resolution, resolution)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.from_numpy(load_pixels(images, resolution)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -242,7 +268,7 @@ class Measurement:
     decoder_runs: torch.Tensor  # (B, E) long: decoder passes spent on the pair
     recon: torch.Tensor | None = None      # (B, E, 3, R, R) on the model's device, with keep_recon
     p_halt: torch.Tensor | None = None     # (B, E, T_max) float32, single with keep_halting
-    encodings: list[Encoding] | None = None  # one per ε (single with keep_encodings)
+    encodings: list[Encoding | None] | None = None  # per ε, of the needed rows (None: none needed); single
 
     @property
     def met(self) -> torch.Tensor:
@@ -293,10 +319,12 @@ def measure(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[
         if keep_recon and not whole:
             recon = torch.zeros(b, n_eps, *x.shape[1:], device=dev)
         p_halt = torch.zeros(b, n_eps, t_max) if keep_halting else None
-        encodings: list[Encoding] | None = [] if keep_encodings else None
+        encodings: list[Encoding | None] | None = [] if keep_encodings else None
         for j, e in enumerate(eps_list):
             sel = need[:, j].nonzero().squeeze(1)
             if sel.numel() == 0:
+                if encodings is not None:
+                    encodings.append(None)
                 continue
             # A subset is encoded alone (not masked out of the whole batch) so resumed runs do no extra work.
             xs = x if sel.numel() == b else x.index_select(0, sel.to(dev))

@@ -33,11 +33,13 @@ from karl_cli.training.trainer import lr_factor
 
 def check_settings(samples: int, steps: int, synthetic: float, max_undercut: float, eps_per_image: int = 1) -> None:
     """The settings ``calibrate_halting`` and ``distil.distil_halting`` share, checked before any work:
-    ValueError naming the first that is out of range."""
+    ValueError naming the first that is out of range (and its command-line flag)."""
     if samples < 10:
         raise ValueError(f"samples (--samples) must be >= 10, got {samples}")
-    if steps < 1 or eps_per_image < 1:
-        raise ValueError(f"steps and eps_per_image (--steps, --eps-per-image) must be >= 1, got {steps} and {eps_per_image}")
+    if steps < 1:
+        raise ValueError(f"steps (--steps) must be >= 1, got {steps}")
+    if eps_per_image < 1:
+        raise ValueError(f"eps_per_image (--eps-per-image) must be >= 1, got {eps_per_image}")
     if not 0.0 <= synthetic < 1.0:
         raise ValueError(f"synthetic (--synthetic) must be a share in [0, 1), got {synthetic!r}")
     if not 0.0 <= max_undercut <= 1.0:

@@ -42,14 +42,14 @@ def counted(monkeypatch):
             calls["rows"] += 1
             yield row
 
-    real_encode = KARL.encode_tokens
+    real_encode = KARL._encode   # every encoder pass, whichever path (training, halting, search) runs it
 
-    def encode_tokens(self, *a, **k):
+    def encode(self, *a, **k):
         calls["encoder"] += 1
         return real_encode(self, *a, **k)
 
     monkeypatch.setattr(complexity, "score", score)
-    monkeypatch.setattr(KARL, "encode_tokens", encode_tokens)
+    monkeypatch.setattr(KARL, "_encode", encode)
     return calls
 
 

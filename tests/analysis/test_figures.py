@@ -140,3 +140,108 @@ def test_grid_and_heatmap_are_double_column():
     pooled = [ax for ax in grid.axes if ax.get_title().startswith("all (pooled)")][0]
     assert len([c for c in pooled.collections if len(c.get_offsets())]) == 3
     assert cp.heatmap_figure(per, 0.05).get_size_inches()[0] == DOUBLE_COLUMN
+
+
+# --- issue 28.18: figures a reader trips over ----------------------------------------------------------
+def _overlapping(boxes) -> list:
+    return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1) if a.overlaps(b)]
+
+
+def test_show_titles_stay_apart_at_three_digit_counts(tmp_path, monkeypatch):
+    """'KC 108/384ε=0.05': the adaptive row's titles ran into each other once counts had 3 digits."""
+    from karl_cli.models.pretrained import load
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or path)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    info = plots.show_figure(load("karl-small"), tmp_path / "noise.png", tmp_path / "s.png", [0.01, 0.02, 0.03, 0.05])
+    assert max(e["kc"] for e in info["eps"]) >= 100
+    fig = figures[0]
+    titled = [ax for ax in fig.axes if ax.get_title() and ax.get_ylabel() != "p_halt"]
+    assert not _overlapping([_bbox(ax.title, fig) for ax in titled])
+    assert all(_bbox(ax.title, fig).x1 <= fig.bbox.x1 + 1 for ax in titled)
+
+
+def _rho_all():
+    from karl_cli.scoring.baselines import REGISTRY
+    methods = ["karl_kc", "karl_kc_soft", *REGISTRY]
+    rows = []
+    for c in ["Art", "Scenes", "Suprematism", ""]:
+        for k, m in enumerate(methods):
+            rho = 0.7 - 0.1 * k
+            rows.append({"category": c, "pooled": c == "", "method": m, "eps": 0.05 if m.startswith("karl") else np.nan,
+                         "n": 20, "spearman": rho, "spearman_lo": rho - 0.2, "spearman_hi": rho + 0.2})
+    return pd.DataFrame(rows), methods
+
+
+def test_rho_bars_with_every_baseline_named_coloured_apart_and_labelled_inside():
+    """--baselines all: 13 series; the y label was clipped, webp_bpp shown raw, KC and WebP (and PNG and
+    colourfulness, JPEG and GIF) in near-identical colours."""
+    from matplotlib.colors import to_rgb
+    from skimage.color import rgb2lab
+
+    res, methods = _rho_all()
+    assert len(methods) == 13
+    fig = cp.rho_figure(res, 0.05)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(labels) == 13 and not any("_" in t for t in labels) and "WebP bytes/px" in labels
+    ylab = _bbox(ax.yaxis.label, fig)
+    assert ylab.y0 >= _bbox(ax, fig).y0 - 1 and ylab.y1 <= _bbox(ax, fig).y1 + 1   # the label is not cut
+    bars = {}
+    for patch in ax.patches:
+        bars.setdefault(patch.get_label(), patch.get_facecolor()[:3])
+    lab = rgb2lab(np.array([to_rgb(c) for c in cp.method_colors(methods).values()])[None])[0]
+    dist = np.linalg.norm(lab[:, None] - lab[None], axis=-1) + np.eye(len(lab)) * 1e9
+    assert dist.min() > 20
+    assert len({tuple(np.round(c, 3)) for c in bars.values()}) == len(bars)
+
+
+def _capture_study_figs(monkeypatch):
+    from karl_cli.analysis import study_plots as sp
+    figures = []
+
+    def keep(fig, stem):   # kept open (saving closes a pyplot figure) to measure its parts
+        figures.append(fig)
+        return stem
+
+    monkeypatch.setattr(sp, "_save", keep)
+    return sp, figures
+
+
+def test_profile_without_curves_keeps_its_width_with_seven_folders(tmp_path, monkeypatch):
+    from karl_cli.analysis.studies import Study
+    sp, figures = _capture_study_figs(monkeypatch)
+    eps = [0.03, 0.05, 0.09]
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame([{"path": f"f{k}/i{i}.png", "folder": f"folder-{k}", **{f"kc@{e:g}": int(rng.integers(1, 300))
+                                                                                  for e in eps}}
+                         for k in range(7) for i in range(5)])
+    study = Study("profile", rows, pd.DataFrame(), "single", 384, [], [], {"eps": eps, "budgets": []})
+    sp.profile_figure(study, tmp_path / "p")
+    fig = figures[0]
+    legend = fig.legends[0]
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert len(texts) == 7 and not any("median" in t for t in texts) and "median" in legend.get_title().get_text()
+    assert _bbox(legend, fig).width <= fig.bbox.width                      # nothing widens the saved figure
+    assert _bbox(fig.axes[0], fig).width > 0.6 * fig.bbox.width
+
+
+def test_map_keys_blocks_that_never_meet_eps(tmp_path, monkeypatch):
+    sp, figures = _capture_study_figs(monkeypatch)
+    b = np.full((2, 8, 8), 16.0)
+    b[1, :3, :3] = np.nan
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    sp.map_figure(img, {"budgets": b, "eps": [0.05, 0.01], "kc": np.array([16, 64])}, tmp_path / "m", t_max=64)
+    legend = figures[0].legends[0]
+    assert "never meets ε" in legend.get_texts()[0].get_text()
+    sp.map_figure(img, {"budgets": b[:1], "eps": [0.05], "kc": np.array([16])}, tmp_path / "m2", t_max=64)
+    assert not figures[1].legends                                            # nothing to key
+
+
+def test_familiarity_groups_are_named_by_their_folders(tmp_path):
+    from karl_cli.analysis.studies import group_names
+    assert group_names([tmp_path / "photos"], [tmp_path / "drawings"]) == ("photos", "drawings")
+    assert group_names([tmp_path / "a" / "images"], [tmp_path / "b" / "images"]) == ("a/images", "b/images")
+    assert group_names([tmp_path / "x", tmp_path / "y"], [tmp_path / "z"]) == ("x+y", "z")

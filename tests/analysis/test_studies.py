@@ -203,7 +203,7 @@ def test_analyze_commands_write_rows_and_figures(tiny_weights, tmp_path):
         df = pd.read_csv(out)
         assert len(df) and len(pd.read_json(tmp_path / f"{name}.json")) == len(df)
     assert len(pd.read_csv(tmp_path / "profile.csv")) == 3
-    assert set(pd.read_csv(tmp_path / "familiarity.csv")["group"]) == {"in", "flip", "invert", "swap"}
+    assert set(pd.read_csv(tmp_path / "familiarity.csv")["group"]) == {"original", "flip", "invert", "swap"}
     m = pd.read_csv(tmp_path / "map.csv")
     assert len(m) == (32 // 8) ** 2 and {"row", "col", "budget"} <= set(m.columns)
     for stem in ("profile", "noise", "structure", "familiarity", "map_000_img_002"):

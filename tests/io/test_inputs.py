@@ -116,6 +116,11 @@ def test_heic_without_a_decoder_names_the_missing_plugin(tmp_path):
     p.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
     with pytest.raises(ImageLoadError, match="HEIF/HEIC image, and no HEIF decoder is installed: pip install pillow-heif"):
         open_rgb(p)
+    (tmp_path / "b.heif").write_bytes(p.read_bytes())
+    (tmp_path / "notes.txt").write_text("x")
+    scan = discover_images([tmp_path])   # a folder scan says why it skipped them
+    assert scan.other == 3 and scan.heif == 2
+    assert "3 non-image files (2 HEIF/HEIC: no decoder installed, pip install pillow-heif)" in scan.summary()
 
 
 # --- 4: formats -------------------------------------------------------------------------------------

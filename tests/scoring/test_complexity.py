@@ -333,6 +333,20 @@ def test_complexity_without_outputs_prints_the_table(weights_dir, image_folder):
     assert res.exit_code == EXIT_USAGE and "--resume needs an output file" in res.output
 
 
+def test_one_image_prints_its_own_kc_per_eps(weights_dir, image_folder, tmp_path):
+    one = image_folder / "img_003.png"
+    res = CliRunner().invoke(app, ["complexity", str(one), "--eps", "0.05", "--eps", "0.1", "--weights",
+                                   str(weights_dir), "--workers", "0", "--csv", str(tmp_path / "o.csv")],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "o.csv")
+    assert "img_003.png" in res.output and "KC mean" not in res.output
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in res.output.splitlines() if "│" in line]
+    assert len(rows) == 2 and len(cells) == 2
+    for r in rows:      # each ε's line: ε, the row's own KC, T_max, soft KC, L1
+        assert [f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), f"{r['kc_soft']:.2f}", f"{r['l1']:.4f}"] in cells
+
+
 def test_summary():
     rows = [{"path": "a", "eps": 0.05, "kc": k, "l1": l, "status": "ok"} for k, l in [(2, 0.01), (4, 0.09), (6, 0.02)]]
     rows.append({"path": "b", "eps": 0.05, "status": "error"})

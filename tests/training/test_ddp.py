@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -21,6 +22,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_end_identical(image_folder, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)

@@ -126,6 +126,7 @@ def test_wavelet_model_trains_its_decoder_and_halting_encoder_not_its_tokens(ima
     assert (refined - x).abs().mean() < 1.05 * (bare - x).abs().mean()
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_continue_the_same_run(image_folder, tmp_path):
     straight = train([str(image_folder)], tmp_path / "a", preset("tiny"), _tc(), device="cpu")
 
@@ -196,6 +197,7 @@ def test_init_from_weights_starts_a_new_run_from_them(image_folder, tmp_path, ti
               init_from=tmp_path / "base")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(image_folder, tmp_path):
     import os
     import signal

@@ -68,7 +68,7 @@ RUN = {
     "karl train examples/ --out runs/mine --preset tiny --batch-size 8 --steps 20",
     "karl complexity examples/ --weights runs/mine",
 }
-SHELL_VARS = {"$N": "2", "$i": "0", "${SLURM_ARRAY_TASK_ID}": "0", "$((N - 1))": "1"}
+SHELL_VARS = {"$N": "2", "$i": "0", "$k": "0", "${SLURM_ARRAY_TASK_ID}": "0", "$((N - 1))": "1"}
 NOT_RUN = ("python3 -m venv", ".venv/bin/pip install", "pip install", "N=$(nvidia-smi", "ray ")
 
 
@@ -249,6 +249,7 @@ def test_bash_blocks(site):
                 continue
             if line.startswith("for ") or line in ("do", "done", "wait"):
                 continue
+            line = line.removeprefix("do ").removesuffix(" done").strip()   # a one-line loop's body
             line = line.removesuffix("&").strip()          # a background job: the command itself
             for var, value in SHELL_VARS.items():
                 line = line.replace(var, value)

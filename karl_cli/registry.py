@@ -42,6 +42,7 @@ ENTRIES: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("pca-small", "preset", "karl-learned-small: learned tokens over a PCA start, 32 px, 48 tokens, "
                "head reads the code's errors"),
     ModelEntry("pca-small-paper", "preset", "the same with the paper's halting head (encoder outputs only)"),
+    ModelEntry("pca-tiny", "preset", "learned tokens over a PCA start, 16 px: tests and the GPU run's smoke rehearsal"),
 )}
 DEFAULT_MODEL = "karl-small"
 DEFAULT_PRESET = "small"

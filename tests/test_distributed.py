@@ -97,14 +97,30 @@ def test_score_dataset_takes_rays_own_reader(ray_local, tiny_weights, tmp_path):
                for n in want)
 
 
+def _descends_from_us(pid: int) -> bool:
+    """Whether this test process is an ancestor of ``pid``: the local Ray started by ``ray_local`` runs
+    its raylet, and so its workers, under it; another Ray on the same machine (a parallel test run)
+    does not."""
+    me = os.getpid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                pid = int(f.read().rsplit(b")", 1)[1].split()[1])   # the parent's PID
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == me:
+            return True
+    return False
+
+
 def _scorer_pids() -> set[int]:
-    """Processes of KCScorer actors (Ray titles them ray::MapWorker(MapBatches(KCScorer)))."""
+    """Processes of this session's KCScorer actors (Ray titles them ray::MapWorker(MapBatches(KCScorer)))."""
     pids = set()
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if b"KCScorer" in f.read():
+                    if b"KCScorer" in f.read() and _descends_from_us(int(d)):
                         pids.add(int(d))
             except OSError:
                 pass

@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from safetensors.torch import load_file, save_file
-
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 MAX_FILES = 8
 # What the exported card says in place of the figures until the final collect fills them in.
@@ -32,6 +30,8 @@ MAX_BYTES = 16 * 2**20
 def fp16_weights(run: Path, dest: Path) -> None:
     """config.json, model.safetensors (floating tensors as fp16; karl loads them into fp32 models) and
     model_card.md of a run folder."""
+    from safetensors.torch import load_file, save_file   # torch: only where weights are written (start-up time)
+
     dest.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run / "model.safetensors"))
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},

@@ -134,12 +134,12 @@ step "throughput: wavelet karl-small (single pass, decode-only)" "$(s 40)" "$(s 
   "$PACK/eval" --weights weights/karl-small --device "$DEVICE" --repeats "$REPEATS" --limit "$TP_LIMIT" \
   --batch-size "$EVAL_BATCH" --methods single --json "$WORK/tp-wavelet.json"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step "pytest -m cuda (no torch.compile)" "$(s 60)" "$(s 15)" "$PY" -m pytest -m cuda tests/test_cuda.py -q \
+  step "pytest -m cuda (no torch.compile)" "$(s 60)" "$(s 30)" "$PY" -m pytest -m cuda tests/test_cuda.py -q \
     -p no:cacheprovider -k "not compiled"
 else
   log "pytest -m cuda: skipped (no pytest here)"
 fi
-step "collect" "$(s 15)" 0 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" --preset "$PRESET"
+step "collect" "$(s 30)" 0 "$PY" benchmarks/gpu/collect.py --run "$RUN" --work "$WORK" --out "$OUT" --preset "$PRESET"
 log "done: $FAILED failed step(s); files in $OUT"
 ls -la "$OUT" "$DEST" 2>/dev/null | tee -a "$LOG"
 exit "$FAILED"

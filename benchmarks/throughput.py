@@ -16,7 +16,7 @@ One run prints, as medians over ``--repeats`` runs on the same images:
 - the ratios single / decode-only (target >= 0.25 on CPU), kc_only / decode-only (target >= 0.5) and single vs search
   (target >= 4x faster at the same ε and model);
 - per-stage time per image, measured in one extra serial pass (``workers=0``, so nothing overlaps):
-  decode images (open + convert + resize), encoder (``KARL.encode_tokens``), decoder
+  decode images (open + convert + resize), encoder (``KARL.encode``: the encoder and halting), decoder
   (``KARL.decode_tokens``) and the rest (batching, rows); plus, in the timed single runs, how long the
   main process waited on the loader (a model starved of images shows up here);
 - peak memory: RSS of this process and of the loader workers (``getrusage``), the Python heap peak
@@ -138,7 +138,8 @@ def loader_timer(acc: dict[str, float]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def model_timer(model: torch.nn.Module, acc: dict[str, float], device: torch.device) -> Iterator[None]:
-    """Time ``encode_tokens`` / ``decode_tokens`` of ``model`` (instance attributes shadow the methods)."""
+    """Time ``encode`` (the single pass: encoder and halting) / ``decode_tokens`` of ``model`` (instance
+    attributes shadow the methods)."""
 
     def wrap(name: str, fn: Callable) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -150,12 +151,12 @@ def model_timer(model: torch.nn.Module, acc: dict[str, float], device: torch.dev
             return out
         return timed
 
-    model.encode_tokens = wrap("encoder", model.encode_tokens)
+    model.encode = wrap("encoder", model.encode)
     model.decode_tokens = wrap("decoder", model.decode_tokens)
     try:
         yield
     finally:
-        del model.encode_tokens, model.decode_tokens
+        del model.encode, model.decode_tokens
 
 
 # --- the runs ------------------------------------------------------------------------------------------

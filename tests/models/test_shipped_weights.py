@@ -2,6 +2,7 @@
 import dataclasses
 from pathlib import Path
 import pytest
+import torch
 
 from karl_cli import KARL, preset
 from karl_cli.scoring.complexity import score
@@ -68,7 +69,18 @@ def test_shipped_alit_weights_score_by_search():
     assert kc["constant"] < kc["shapes_many"] and all(r["encoder_runs"] >= 1 for r in rows)
 
 
-@pytest.mark.parametrize("name", ["karl-small", "alit-small"])
+def test_shipped_learned_weights_carry_their_pca_start_and_rank_the_examples():
+    from karl_cli.models.pretrained import load
+
+    model = load("karl-learned-small")
+    assert model.config.code == "pca" and model.code.basis.dtype == torch.float16
+    assert (ROOT / "weights" / "karl-learned-small" / "model.safetensors").stat().st_size < 12 * 2**20
+    rows = list(score([ROOT / "examples"], model, [0.05], method="single"))
+    kc = {Path(r["path"]).stem: r["kc"] for r in rows}
+    assert kc["constant"] < kc["shapes_many"] and len(set(kc.values())) > 3
+
+
+@pytest.mark.parametrize("name", ["karl-small", "alit-small", "karl-learned-small"])
 def test_model_card_agrees_with_config(name):
     """A card's config block (if it has one) and the halting threshold it states are config.json's."""
     import json

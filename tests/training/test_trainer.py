@@ -168,8 +168,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder, tmp_path, monkey
 
     real = trainer.two_phase_step
 
-    def poisoned(loss_module, images, step, seed, halt_weight, dtype):
-        loss, stats = real(loss_module, images, step, seed, halt_weight, dtype)
+    def poisoned(loss_module, images, step, *a):
+        loss, stats = real(loss_module, images, step, *a)
         return (loss * float("nan") if step >= 6 else loss), stats
 
     monkeypatch.setattr(trainer, "two_phase_step", poisoned)

@@ -475,13 +475,17 @@ def merge(
     prefer: Optional[str] = typer.Option(None, "--prefer", help="first or last: which input wins where rows of "
                                          "the same (path, ε) disagree (default: refuse and name them)."),
     mixed_models: bool = typer.Option(False, "--mixed-models", help="Merge rows of different models (model_id)."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing OUT (refused otherwise: the "
+                                 "output comes first and is never one of the files joined)."),
 ) -> None:
     """Join shard outputs (CSV, JSON or Parquet) into one, sorted by (path, ε). Identical duplicates
     merge quietly, an ok row replaces an error row; rows that disagree, or rows of different models,
     are refused."""
+    from karl_cli.io.outputs import check_new_file
     from karl_cli.io.rows import merge_csv
 
     _claim([("OUT", out)], inputs=inputs)
+    check_new_file(out, "OUT", replace)
     counts = merge_csv(out, inputs, prefer=prefer, mixed_models=mixed_models)
     notes = [f"{counts['duplicates']} identical duplicates dropped"]
     if counts["errors_replaced"]:

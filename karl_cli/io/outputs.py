@@ -172,6 +172,15 @@ def check_new_weights_folder(out: str | os.PathLike, flag: str = "--out", resume
     raise UsageError(f"{flag} {out} already exists and {what}{hint}")
 
 
+def check_new_file(out: str | os.PathLike, flag: str, replace: bool = False) -> None:
+    """An output a command writes whole from other files (``karl merge OUT INPUTS…``) must not exist
+    yet unless ``replace``: its first argument is easily taken for one of the files to join, and the
+    rows in it would be lost. ``UsageError`` naming ``flag`` otherwise."""
+    if not replace and (os.path.lexists(out)) and not os.path.isdir(out) and os.path.getsize(out) > 0:
+        raise UsageError(f"{flag} {os.fspath(out)} already exists: it would be replaced, not merged (the output "
+                         "comes first: karl merge OUT INPUTS...); choose a new file, or pass --replace")
+
+
 # --- locks ------------------------------------------------------------------------------------------
 def lock_file(target: str | os.PathLike) -> Path:
     """The sidecar lock file of ``target``: ``.NAME.lock`` in the real folder of ``target``."""

@@ -438,3 +438,17 @@ def test_cli_merge(weights_dir, image_folder, tmp_path):
     assert res.exit_code == 0, res.output
     rows = read_rows(tmp_path / "all.csv")
     assert len(rows) == 24 and [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+
+
+def test_merge_never_replaces_an_existing_file_unless_told(tmp_path):
+    """`karl merge a.csv b.csv` reads as "join a and b" but writes b's rows over a: an existing OUT is
+    refused (the file left byte for byte), and replaced only with --replace."""
+    a, b = _merge_inputs(tmp_path, [{"path": "w", "eps": 0.05, "kc": 9, "status": "ok", "model_id": "m1"}])
+    before = a.read_bytes()
+    res = _run(["merge", a, b])
+    assert res.exit_code == EXIT_USAGE and "already exists" in res.output and "--replace" in res.output
+    assert a.read_bytes() == before
+    out = tmp_path / "all.csv"
+    out.write_text("mine\n")
+    assert _run(["merge", out, a, b]).exit_code == EXIT_USAGE and out.read_text() == "mine\n"
+    assert _run(["merge", out, a, b, "--replace"]).exit_code == 0 and "mine" not in out.read_text()

@@ -130,10 +130,10 @@ def test_halting_head_reads_eps_directly(tiny_model):
     assert not torch.allclose(p_a, p_b)
 
 
-def test_three_models_and_nothing_else():
-    assert set(MODELS) == {("karl", "wavelet"), ("karl", "learned"), ("alit", "dct")}
+def test_four_models_and_nothing_else():
+    assert set(MODELS) == {("karl", "wavelet"), ("karl", "learned"), ("karl", "pca"), ("alit", "dct")}
     assert isinstance(build_model(preset("tiny")), KARL) and isinstance(build_model(preset("tiny", arch="alit")), ALIT)
-    for arch, code in (("karl", "dct"), ("alit", "wavelet"), ("alit", "learned")):
+    for arch, code in (("karl", "dct"), ("alit", "wavelet"), ("alit", "learned"), ("alit", "pca")):
         with pytest.raises(ValueError, match=f"no model has arch '{arch}' with code '{code}'"):
             preset("tiny", arch=arch, code=code)
 

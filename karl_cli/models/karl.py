@@ -35,6 +35,8 @@ from karl_cli.models.layers import HaltingHead, at_position
 HALT_FEATURES_EPS = 0.05
 # Grid points per interval between two trained ε bins at which the halting rule reads the head.
 HALT_GRID_STEPS = 4
+# Between two grid points p_halt is blended in logits, each clamped to ±logit(1 − 1e-6).
+HALT_LOGIT_LIMIT = 13.815510557964274
 
 
 @register
@@ -86,9 +88,10 @@ class KARL(Tokenizer):
             lat = lat + self.direct.read(x2d)[:, :num_tokens]
         x = torch.cat([eps_tok, x2d, lat], dim=1)
         mask = self._encoder_mask(num_tokens, images.device)
-        for blk in self.encoder:
-            x = blk(x, mask)
-        return self.enc_norm(x[:, 1 + cfg.num_2d_tokens:]), codes
+        latent_rows = slice(1 + cfg.num_2d_tokens, None)
+        for i, blk in enumerate(self.encoder):   # only the latents' rows of the last block are read
+            x = blk(x, mask, latent_rows if i == len(self.encoder) - 1 else None)
+        return self.enc_norm(x), codes
 
     def encode_tokens(self, images: torch.Tensor, eps_pos: torch.Tensor, num_tokens: int,
                       halt_grad: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,17 +208,17 @@ class KARL(Tokenizer):
         grid = eps_position(eps) * HALT_GRID_STEPS
         j, w = int(grid), grid - int(grid)
         feats = self._halting_features(images, t, self._features_eps(eps))[0]
-        maxima = self._halt_maxima   # running maxima at grid points 0, 1, ... for these features
+        maxima = self._halt_maxima   # running maxima of the logits at grid points 0, 1, ... for these features
         n = min(j + (2 if w > 0 else 1), (len(EPS_BINS) - 1) * HALT_GRID_STEPS + 1)
         if len(maxima) < n:
             offsets = self.halting_head.eps_offset(torch.arange(len(maxima), n, device=images.device)
                                                    / HALT_GRID_STEPS)
-            for off in offsets:
-                p = self.halting_head.at_offset(feats, off.expand(images.shape[0], -1))
-                maxima.append(p if not maxima else torch.maximum(maxima[-1], p))
+            maxima.extend(self.halting_head.running_max_logits(feats, offsets, maxima[-1] if maxima else None))
+        # Logits clamped where a float32 p_halt of exactly 0 or 1 would be (logit with eps 1e-6).
+        lo = maxima[j].clamp(-HALT_LOGIT_LIMIT, HALT_LOGIT_LIMIT)
         if w == 0:
-            return maxima[j]
-        lo, hi = torch.logit(maxima[j], eps=1e-6), torch.logit(maxima[j + 1], eps=1e-6)
+            return torch.sigmoid(maxima[j])
+        hi = maxima[j + 1].clamp(-HALT_LOGIT_LIMIT, HALT_LOGIT_LIMIT)
         return torch.sigmoid(lo + w * (hi - lo))
 
     @torch.inference_mode()

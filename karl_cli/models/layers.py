@@ -40,11 +40,17 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:
+        """``rows``: compute the outputs of these rows only (every row still serves as a key and value):
+        (B, len(rows), width). A last block whose other rows nobody reads skips their work."""
         b, n, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if rows is not None:
+            x, q = x[:, rows], q[:, :, rows]
+            if mask is not None:
+                mask = mask[..., rows, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+        x = x + self.proj(y.transpose(1, 2).reshape(b, q.shape[2], c))
         return x + self.mlp(self.ln2(x))
 
 
@@ -192,3 +198,32 @@ class HaltingHead(nn.Module):
         """p_halt (B, T) float32 from ``features`` (B, T, hidden) and one ``eps_offset`` (B, hidden)."""
         z = features + offset.unsqueeze(1).to(features.dtype)
         return torch.sigmoid(self.fc2(torch.tanh(z)).squeeze(-1).float())
+
+    # Rows of features per step of ``running_max_logits``: a chunk's pre-activations stay in a core's
+    # cache across its grid points (64 rows x 384 tokens x 64 hidden is 6 MiB; 8 rows about 0.8 MiB).
+    GRID_CHUNK = 8
+
+    @torch.inference_mode()
+    def running_max_logits(self, features: torch.Tensor, offsets: torch.Tensor,
+                           start: torch.Tensor | None = None) -> torch.Tensor:
+        """The running maximum over ``offsets`` (G, hidden) — ``eps_offset`` at G grid points, in order —
+        of the halting logits (the head's output before the sigmoid) for ``features`` (B, T, hidden):
+        (G, B, T) float32, entry g the largest logit at offsets 0..g (and ``start`` (B, T), a running
+        maximum carried in from earlier grid points). The same values as ``at_offset``'s logits, computed
+        for inference with tanh(z) = 2·sigmoid(2z) − 1 (a CPU evaluates sigmoid several times faster
+        than tanh) and chunked so each chunk's features stay in cache across the grid."""
+        w = self.fc2.weight.reshape(-1).to(features.dtype)
+        w2, c = 2.0 * w, self.fc2.bias.to(features.dtype) - w.sum()
+        f2, off2 = 2.0 * features, 2.0 * offsets.to(features.dtype)
+        b, t, _ = features.shape
+        out = features.new_empty(len(offsets), b, t)
+        for rows in range(0, b, self.GRID_CHUNK):
+            f = f2[rows:rows + self.GRID_CHUNK]
+            buf = torch.empty_like(f)
+            best = None if start is None else start[rows:rows + self.GRID_CHUNK].to(features.dtype)
+            for g in range(len(offsets)):
+                torch.sigmoid(torch.add(f, off2[g], out=buf), out=buf)
+                s = torch.matmul(buf, w2).add_(c)
+                dest = out[g, rows:rows + self.GRID_CHUNK]
+                best = dest.copy_(s) if best is None else torch.maximum(best, s, out=dest)
+        return out.float()

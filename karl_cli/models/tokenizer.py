@@ -193,9 +193,9 @@ class Tokenizer(Pretrained, nn.Module):
                 key_ok = torch.cat([torch.ones(b, n, dtype=torch.bool, device=z.device), real], dim=1)
                 attn_mask = key_ok[:, None, None, :]
         x = torch.cat([queries, z], dim=1)
-        for blk in self.decoder:
-            x = blk(x, attn_mask)
-        h = self.dec_norm(x[:, :n])
+        for i, blk in enumerate(self.decoder):   # only the 2D positions' rows of the last block are read
+            x = blk(x, attn_mask, slice(0, n) if i == len(self.decoder) - 1 else None)
+        h = self.dec_norm(x)
         if linear is None:
             return self.base.pixels(h, cfg.grid) + 0.5
         return self.base.pixels(h, cfg.grid, skip=linear * 2.0 - 1.0) + linear

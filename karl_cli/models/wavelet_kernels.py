@@ -110,7 +110,7 @@ def _order_one(values: np.ndarray, from_tokens: bool, var: np.ndarray, kids: np.
                 size = _push(heap, size, _entry(scratch, bits, var[c] * strength, c))
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def order(values: np.ndarray, from_tokens: bool, var: np.ndarray, kids: np.ndarray, by_prior: np.ndarray,
           roots: int, tokens: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The adaptive order of the wavelet code (docs/design.md §4) for a batch.
@@ -239,7 +239,7 @@ def _prefix_l1_one(image: np.ndarray, values: np.ndarray, pos: np.ndarray, ends:
         out[s] = total / (3 * res * res)
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def prefix_l1(x: np.ndarray, values: np.ndarray, pos: np.ndarray, ends: np.ndarray, basis: np.ndarray,
               mean: np.ndarray, channel: np.ndarray, side: np.ndarray, orient: np.ndarray, row: np.ndarray,
               col: np.ndarray) -> np.ndarray:

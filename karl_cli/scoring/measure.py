@@ -27,6 +27,8 @@ reconstruction reaches L1 <= ε, T_max where none does.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -157,10 +159,17 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+# Batches decoded ahead by the loader thread of ``workers=0``: one in the queue and one being built
+# keep the model fed without holding more than a few batches of pixels.
+PREFETCH_BATCHES = 2
+
+
 def image_batches(items: Sequence[Found], resolution: int, batch_size: int = BATCH_SIZE, workers: int = 0,
                   baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-    """Batches in item order (``collate_images``); ``workers`` processes decode images (and compute the
-    ``baselines``, registry names) while the model runs. UsageError for batch_size < 1 or workers < 0."""
+    """Batches in item order (``collate_images``), decoded (with the ``baselines``, registry names)
+    while the model runs: by ``workers`` processes, or with ``workers=0`` by one thread of this process
+    (image decoding and the model's kernels release the GIL, so the two overlap on two cores without a
+    second copy of the interpreter). UsageError for batch_size < 1 or workers < 0."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     if workers < 0:
@@ -170,7 +179,47 @@ def image_batches(items: Sequence[Found], resolution: int, batch_size: int = BAT
     loader = DataLoader(ImageDataset(items, resolution, baselines), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_images, pin_memory=pin_memory,
                         worker_init_fn=_worker_init if workers else None)
-    return iter(loader)
+    return iter(loader) if workers else prefetched(iter(loader), PREFETCH_BATCHES)
+
+
+def prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``source``'s items in order, produced ahead by a background thread, at most ``depth`` waiting.
+    An exception in the thread (an interrupt included) is raised here, at the item it stopped at;
+    closing this generator early (a break, an error in the consumer) stops the thread."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if not offer((item, None)):
+                    return
+            offer((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            offer((end, e))
+
+    worker = threading.Thread(target=produce, name="karl-image-loader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = box.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def load_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike | Found], resolution: int | None = None,

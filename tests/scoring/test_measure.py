@@ -1,6 +1,7 @@
 """The measuring core on in-memory batches: what a Ray Data scorer or a metric object calls."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,59 @@ def test_what_the_model_cannot_honour_is_refused(model, batch):
         measure(alit, batch, [0.1], "single")
     with pytest.raises(UsageError, match="l1"):
         measure(model, batch, [0.1], "search", l1=False)
+
+
+# --- the loader thread of workers=0 ------------------------------------------------------------------
+def test_prefetched_keeps_order_and_raises_where_the_source_failed():
+    from karl_cli.scoring.measure import prefetched
+
+    def source():
+        yield from range(5)
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in prefetched(source(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_prefetched_stops_its_thread_when_the_consumer_stops_early():
+    import threading
+    import time
+
+    from karl_cli.scoring.measure import prefetched
+
+    made = []
+
+    def source():
+        for i in range(10_000):
+            made.append(i)
+            yield i
+
+    gen = prefetched(source(), depth=2)
+    assert next(gen) == 0
+    gen.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "karl-image-loader" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "karl-image-loader" for t in threading.enumerate())
+    assert len(made) < 10                 # the thread ran ahead by the queue's depth, not to the end
+
+
+def test_workers_0_batches_equal_the_synchronous_loader(tmp_path):
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from karl_cli.scoring.measure import ImageDataset, collate_images, collect_inputs, image_batches
+
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    items = collect_inputs([tmp_path])
+    got = list(image_batches(items, 16, batch_size=4, workers=0))
+    want = list(DataLoader(ImageDataset(items, 16), batch_size=4, collate_fn=collate_images))
+    assert [b["paths"] for b in got] == [b["paths"] for b in want]
+    assert [b["errors"] for b in got] == [b["errors"] for b in want]
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(got, want))

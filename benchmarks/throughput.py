@@ -189,6 +189,16 @@ def score_args(method: str) -> tuple[str, dict[str, Any]]:
     return method, {"l1": True}
 
 
+def forget_last_batch(model: torch.nn.Module) -> None:
+    """Clear what the model keeps of the last batch (the ``*_memo`` attributes of it and its modules:
+    the code's last codes, the halting features) so a run over the same images does the work again, as
+    ``karl complexity`` does for every new batch. Without this, a run of one batch would be answered
+    from the warm-up's results."""
+    for m in model.modules():
+        for name in [k for k in vars(m) if k.endswith("_memo")]:
+            setattr(m, name, None)
+
+
 def run_method(items: Sequence[Found], model: torch.nn.Module, eps: float, method: str, batch_size: int,
                workers: int, device: torch.device, timers: dict[str, float] | None = None) -> dict[str, Any]:
     """One ``score`` pass, rows consumed as the CLI does (summary, no file): seconds, images, runs."""
@@ -197,6 +207,7 @@ def run_method(items: Sequence[Found], model: torch.nn.Module, eps: float, metho
     summary = Summary()
     enc_runs = dec_runs = n_rows = 0
     method, kwargs = score_args(method)
+    forget_last_batch(model)
     _sync(device)
     c0, t0 = _cpu_seconds(), time.perf_counter()
     with loader_timer(timers if timers is not None else {}):
@@ -529,7 +540,8 @@ def project(entries: Sequence[dict[str, Any]], cores: int, device: torch.device)
         decode = min(pts["decode_images"])[1]      # one image per loader process: no thread scaling
         per_mode: dict[str, Any] = {"fit": {s: {"serial_ms": f[0], "parallel_ms": f[1], "how": f[2]}
                                             for s, f in fits.items()}}
-        for target in ("cpu", "gpu"):
+        # Measured on CUDA the network stages are GPU times: no CPU-only projection from them.
+        for target in ("gpu",) if device.type == "cuda" else ("cpu", "gpu"):
             workers = default_workers_for(target, cores)
             stage_ms: dict[str, float] = {}
             for s, (serial, parallel, _) in fits.items():
@@ -816,7 +828,7 @@ def render_profile(p: dict[str, Any]) -> str:
         rows = [["mode", "machine", "workers", "kernels ms", "networks ms", "copies+rest ms", "decode ms",
                  "main ms/img", "img/s", "bound"]]
         for m, q in pr["modes"].items():
-            for target in ("cpu", "gpu"):
+            for target in [k for k in ("cpu", "gpu") if k in q]:
                 t = q[target]
                 st = t["stages_ms_per_image"]
                 rows.append([m, f"{pr['cores']} cores" + (" + GPU" if target == "gpu" else ""), str(t["workers"]),

@@ -4,6 +4,8 @@
     python benchmarks/throughput.py FOLDER [--weights DIR] [--repeats 3] [--batch-size 64] [--workers N]
                                     [--eps 0.05] [--limit N] [--device auto] [--threads N] [--json OUT]
     python benchmarks/throughput.py --synthetic 10000 --tiny      # memory stays flat over a long stream
+    python benchmarks/throughput.py FOLDER --profile [--device cuda]   # where the time goes, per stage
+    python benchmarks/throughput.py FOLDER --threads-sweep 1,2 [--project-cores 16]   # + thread scaling
 
 One run prints, as medians over ``--repeats`` runs on the same images:
 
@@ -22,6 +24,14 @@ One run prints, as medians over ``--repeats`` runs on the same images:
 - peak memory: RSS of this process and of the loader workers (``getrusage``), the Python heap peak
   (``tracemalloc``, one extra single pass), and ``torch.cuda.max_memory_allocated`` per method on CUDA;
 - the machine (CPU model, cores, torch threads, device) and the exact command.
+
+``--profile`` measures instead, for ``--no-l1`` (``kc_only``), the l1 check (``single``) and, where
+``score`` takes ``check``, the code's own check (``code_check``): images/s against decode-only, and the
+ms per image of each of ``STAGES`` (decode, the numba kernels, copies, the networks, the rest) in serial
+passes that time each stage on its own (CUDA synchronised at every boundary), the torch and numba
+threads, and on CUDA the GPU-busy share (``torch.profiler``). ``--threads-sweep 1,2`` does so at each
+thread count and projects images/s to ``--project-cores`` cores from the measured stages (``project``;
+its assumptions are printed with it). docs/performance.md explains every column.
 
 ``--synthetic N`` writes N small images into a temporary folder (a few hundred distinct ones, the rest
 hard links to them) and streams ``score`` into a CSV as ``karl complexity --csv`` does, sampling RSS and
@@ -708,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=0.05)
     p.add_argument("--limit", type=int, default=None, help="Only the first N images (sorted).")
     p.add_argument("--methods", default=None,
-                   help="Comma-separated subset of " + ",".join(METHODS) + f" (default: all; not with --profile).")
+                   help="Comma-separated subset of " + ",".join(METHODS) + " (default: all; not with --profile).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
     p.add_argument("--profile", action="store_true",

@@ -189,13 +189,22 @@ def run_decode_only(items: Sequence[Found], resolution: int, batch_size: int, wo
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0, "images": n}
 
 
+def _check_supported() -> bool:
+    """Whether ``score`` takes ``check`` (the cheap code L1 check, ``check="code"``)."""
+    return "check" in inspect.signature(score).parameters
+
+
 def score_args(method: str) -> tuple[str, dict[str, Any]]:
     """``score``'s method and keywords for a benchmark method: ``kc_only`` is ``single`` without the l1
-    check (``--no-l1``), ``code_check`` ``single`` with the code's own L1 check (``check="code"``)."""
+    check (``--no-l1``), ``single`` the single pass with the decoder's l1 check (pinned as
+    ``check="decoder"`` where ``score`` takes ``check``, whose default may pick another check), and
+    ``code_check`` the single pass with the code's own L1 check (``check="code"``)."""
     if method == "kc_only":
         return "single", {"l1": False}
     if method == "code_check":
         return "single", {"check": "code"}
+    if method == "single" and _check_supported():
+        return "single", {"check": "decoder"}
     return method, {"l1": True}
 
 
@@ -344,15 +353,11 @@ NETWORK_STAGES = ("encoder", "decoder")            # torch networks: on the GPU 
 KERNEL_STAGES = ("kernel_order", "kernel_prefix_l1")
 
 
-def _check_supported() -> bool:
-    """Whether ``score`` takes ``check`` (the cheap code L1 check, ``check="code"``)."""
-    return "check" in inspect.signature(score).parameters
-
-
-def profile_modes() -> list[str]:
+def profile_modes(model: torch.nn.Module) -> list[str]:
     """What the profile measures: KC alone, KC + the l1 check (the decoder), and the code's own L1
-    check where this karl has one (``score(..., check="code")``)."""
-    return ["kc_only", "single", *(["code_check"] if _check_supported() else [])]
+    check where this karl and this model have one (``score(..., check="code")``)."""
+    code = _check_supported() and bool(getattr(model, "reconstructs_from_code", False))
+    return ["kc_only", "single", *(["code_check"] if code else [])]
 
 
 class StageClock:
@@ -490,7 +495,7 @@ def profile_entry(items: Sequence[Found], model: torch.nn.Module, eps: float, re
 
     threads = {"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
                "numba_pool": numba.config.NUMBA_NUM_THREADS}
-    modes = profile_modes()
+    modes = profile_modes(model)
     res_ = model.config.resolution
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in ("decode_only", *modes)}
     passes: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}

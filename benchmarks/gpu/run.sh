@@ -51,11 +51,12 @@ FAILED=0
 
 if [ "$SMOKE" -eq 1 ]; then
   DEVICE=cpu; PRESET=pca-tiny; BUDGET="${BUDGET:-240}"; STEPS=12; BATCH=8; LR=3e-3; WARMUP=2
-  HALT_WARMUP=4; LABEL_DECODES=4; WORKERS=0; EVAL_BATCH=16; FAMILY=1; REPEATS=1; TP_LIMIT=4; BOOT=20
+  HALT_WARMUP=4; LABEL_DECODES=4; WORKERS=0; EVAL_BATCH=16; FAMILY=1; REPEATS=1; PROFILE_REPEATS=1; TP_LIMIT=4; BOOT=20
   EVAL_LIMIT=12; TRAIN_MAX=$((100 * BUDGET / 540))
 else
   DEVICE=cuda; PRESET=pca-small-paper; BUDGET="${BUDGET:-540}"; STEPS=4000; BATCH=256; LR=1e-3; WARMUP=100
-  HALT_WARMUP=400; LABEL_DECODES=8; WORKERS=8; EVAL_BATCH=128; FAMILY=16; REPEATS=3; TP_LIMIT=200; BOOT=1000
+  HALT_WARMUP=400; LABEL_DECODES=8; WORKERS=8; EVAL_BATCH=128; FAMILY=16; REPEATS=3; PROFILE_REPEATS=2; TP_LIMIT=200
+  BOOT=1000
   EVAL_LIMIT=200; TRAIN_MAX=100000
   PACK="${PACK:-gpu-pack}"
 fi
@@ -133,12 +134,13 @@ else
   log "no trained weights: export, quality and learned throughput skipped"; FAILED=$((FAILED + 3))
 fi
 # The shipped model's profile at the machine's thread count first, then at one thread (the projection's
-# fit); the numba kernels compile on the first batch (seconds, inside the limit).
+# fit); the numba kernels compile on the first batch (seconds, inside the limit). Two repeats, not
+# three: each thread count runs decode-only, --no-l1 and l1 twice, plus the profiled passes.
 CORES=$(nproc 2>/dev/null || echo 1)
 SWEEP="$CORES"; [ "$CORES" -gt 1 ] && SWEEP="$CORES,1"
 step "throughput: wavelet karl-small profile (--no-l1 and l1, stages, threads $SWEEP)" "$(s 55)" "$(s 25)" \
-  "$PY" benchmarks/throughput.py "$PACK/eval" --weights weights/karl-small --device "$DEVICE" --repeats "$REPEATS" \
-  --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" --profile --threads-sweep "$SWEEP" --project-cores "$CORES" \
+  "$PY" benchmarks/throughput.py "$PACK/eval" --weights weights/karl-small --device "$DEVICE" \
+  --repeats "$PROFILE_REPEATS" --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" --profile --threads-sweep "$SWEEP" --project-cores "$CORES" \
   --json "$WORK/tp-wavelet.json"
 if "$PY" -c "import pytest" 2>/dev/null; then
   step "pytest -m cuda (no torch.compile)" "$(s 60)" "$(s 30)" "$PY" -m pytest -m cuda tests/test_cuda.py -q \

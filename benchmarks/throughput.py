@@ -60,13 +60,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
 from machine import machine_info  # noqa: E402
 from karl_cli.scoring import complexity as cx
 from karl_cli.scoring.complexity import score
 from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
-from karl_cli.scoring.measure import collect_inputs, image_batches
+from karl_cli.scoring.measure import ImageDataset, collate_images, collect_inputs, image_batches
 from karl_cli.io.images import Found
 from karl_cli.runtime import default_workers, prepare_model, resolve_device
 from karl_cli.models.pretrained import DEFAULT_MODEL, WeightsNotFound, load
@@ -425,13 +426,32 @@ def profile_hooks(model: torch.nn.Module, clock: StageClock) -> Iterator[None]:
             u()
 
 
+@contextlib.contextmanager
+def serial_decode() -> Iterator[None]:
+    """For the block, ``score`` decodes each batch when it asks for it, in its own thread (a DataLoader
+    without workers, nothing decoded ahead), whatever ``image_batches`` does with ``workers=0``: in a
+    profiled pass the decode then overlaps, and competes with, nothing."""
+    original = cx.image_batches
+
+    def serial(items: Sequence[Found], resolution: int, batch_size: int, workers: int,
+               baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+        return iter(DataLoader(ImageDataset(items, resolution, baselines), batch_size=batch_size, shuffle=False,
+                               num_workers=0, collate_fn=collate_images, pin_memory=pin_memory))
+
+    cx.image_batches = serial
+    try:
+        yield
+    finally:
+        cx.image_batches = original
+
+
 def run_profiled(items: Sequence[Found], model: torch.nn.Module, eps: float, mode: str, batch_size: int,
                  device: torch.device) -> dict[str, Any]:
-    """One serial pass (``workers=0``: nothing overlaps) of ``mode`` with every stage timed: ms per
-    image of each of ``STAGES`` (they sum to ``total``) and the calls each hook saw."""
+    """One serial pass (no loader workers, no decoding ahead: nothing overlaps) of ``mode`` with every
+    stage timed: ms per image of each of ``STAGES`` (they sum to ``total``) and the calls each hook saw."""
     clock = StageClock(device)
     acc: dict[str, float] = {}
-    with profile_hooks(model, clock):
+    with profile_hooks(model, clock), serial_decode():
         res = run_method(items, model, eps, mode, batch_size, 0, device, timers=acc)
     seconds = dict(clock.seconds, decode_images=acc.get("loader", 0.0))
     seconds["rest"] = max(0.0, res["seconds"] - sum(seconds.get(s, 0.0) for s in STAGES if s != "rest"))

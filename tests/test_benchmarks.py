@@ -221,6 +221,22 @@ def test_profiled_pass_redoes_a_batch_it_has_seen(throughput, tiny_model, tmp_pa
     assert again["calls"]["kernel_prefix_l1"] >= 1
 
 
+def test_profiled_pass_decodes_serially(throughput, tmp_path):
+    """In a profiled pass nothing decodes ahead (no loader process or thread) to overlap the timed stages."""
+    import threading
+
+    folder = tmp_path / "imgs"
+    make_images(folder, 4)
+    items = throughput.collect_inputs([folder])
+    original = throughput.cx.image_batches
+    before = threading.active_count()
+    with throughput.serial_decode():
+        batches = throughput.cx.image_batches(items, 32, 2, 0)
+        first = next(batches)
+        assert threading.active_count() == before
+    assert throughput.cx.image_batches is original and first["images"].shape[0] == 2
+
+
 def _entry(threads: int, stages: dict[str, float], images_per_s: float = 100.0) -> dict:
     full = {s: stages.get(s, 0.0) for s in ("decode_images", "kernel_order", "kernel_prefix_l1", "copies", "encoder",
                                             "decoder", "rest")}

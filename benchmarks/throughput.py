@@ -849,7 +849,7 @@ def render_profile(p: dict[str, Any]) -> str:
                                              for x in g])
         rows.append(["GPU busy share"] + [f"{x['busy_share']:.2f}" if "busy_share" in x else "–" for x in g])
     lines = [f"profile: {p['images']} images, medians of {p['repeats']} run(s); @torch/numba threads; stage "
-             "ms/image from serial profiled passes (workers=0, CUDA synchronised at each stage), images/s from "
+             "ms/image from serial profiled passes (no loader workers or decoding ahead, CUDA synchronised at each stage), images/s from "
              "unprofiled runs",
              _fmt_table(rows), "decode-only images/s: " + ", ".join(
                  f"{e['modes']['decode_only']['images_per_s']:.1f} at {e['threads']['torch']}t" for e in entries)]

@@ -839,7 +839,8 @@ def render_profile(p: dict[str, Any]) -> str:
     rows = [head]
     for s in (*STAGES, "total"):
         rows.append([s.replace("_", " ")] + [_ms(e["modes"][m]["stages_ms_per_image"][s]) for m, e in cols])
-    rows.append([f"images/s ({entries[0]['workers']} workers)"] + [f"{e['modes'][m]['images_per_s']:.1f}" for m, e in cols])
+    rows.append([f"images/s ({entries[0]['workers']} workers)"]
+                + [f"{e['modes'][m]['images_per_s']:.1f}" for m, e in cols])
     rows.append(["of decode-only"] + [f"{e['modes'][m]['images_per_s'] / e['modes']['decode_only']['images_per_s']:.2f}"
                                       for m, e in cols])
     rows.append(["CPU ms/image"] + [_ms(e["modes"][m]["cpu_ms_per_image"]) for m, e in cols])
@@ -849,8 +850,8 @@ def render_profile(p: dict[str, Any]) -> str:
                                              for x in g])
         rows.append(["GPU busy share"] + [f"{x['busy_share']:.2f}" if "busy_share" in x else "–" for x in g])
     lines = [f"profile: {p['images']} images, medians of {p['repeats']} run(s); @torch/numba threads; stage "
-             "ms/image from serial profiled passes (no loader workers or decoding ahead, CUDA synchronised at each stage), images/s from "
-             "unprofiled runs",
+             "ms/image from serial profiled passes (no loader workers or decoding ahead, CUDA synchronised at "
+             "each stage), images/s from unprofiled runs",
              _fmt_table(rows), "decode-only images/s: " + ", ".join(
                  f"{e['modes']['decode_only']['images_per_s']:.1f} at {e['threads']['torch']}t" for e in entries)]
     lines += [f"  {s.replace('_', ' ')}: {d}" for s, d in p["stages"].items()]
@@ -858,8 +859,8 @@ def render_profile(p: dict[str, Any]) -> str:
     lines += [f"GPU busy: not measured ({err})" for err in sorted(errors)]
     pr = p.get("projection")
     if pr:
-        lines += ["", f"projection to {pr['cores']} cores, from the stage times at {', '.join(map(str, pr['from_threads']))}"
-                  " thread(s):"]
+        threads = ", ".join(map(str, pr["from_threads"]))
+        lines += ["", f"projection to {pr['cores']} cores, from the stage times at {threads} thread(s):"]
         rows = [["mode", "machine", "workers", "kernels ms", "networks ms", "copies+rest ms", "decode ms",
                  "main ms/img", "img/s", "bound"]]
         for m, q in pr["modes"].items():

@@ -255,7 +255,8 @@ def test_projection_fits_amdahl_through_the_entries(throughput):
 
     pr = throughput.project([_entry(1, at(1)), _entry(2, at(2))], 16, torch.device("cpu"))
     q = pr["modes"]["single"]
-    assert math.isclose(q["fit"]["kernel_order"]["serial_ms"], 1.0) and math.isclose(q["fit"]["kernel_order"]["parallel_ms"], 8.0)
+    fit = q["fit"]["kernel_order"]
+    assert math.isclose(fit["serial_ms"], 1.0) and math.isclose(fit["parallel_ms"], 8.0)
     cpu, gpu = q["cpu"], q["gpu"]
     assert cpu["workers"] == 4 and gpu["workers"] == 15                 # runtime.default_workers on 16 cores
     assert math.isclose(cpu["main_process_ms_per_image"], (1 + 8 / 16) + (2 + 4 / 16) + 0.5)

@@ -7,7 +7,8 @@ stops (``--weights-only``), and at the end gather the figures; at most 8 files, 
 ``--weights-only`` writes ``karl-<preset>/`` (config.json, model.safetensors with the EMA weights in
 fp16, model_card.md: for pca-small-paper ``model_card_template.md`` filled with the trainer's card)
 and metrics.jsonl (the training log). Without it: throughput.json (the learned model's throughput,
-the wavelet model's profile: benchmarks/throughput.py --profile), summary.md (quality and throughput in README form) and the figures added to the model card
+the wavelet model's profile: benchmarks/throughput.py --profile), summary.md (quality and throughput
+in README form) and the figures added to the model card
 (exporting the weights first if that step did not run). quality.json and run.log are written by
 run.sh itself. Missing inputs (a step that failed) are noted in summary.md.
 """

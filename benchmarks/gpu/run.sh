@@ -140,7 +140,8 @@ CORES=$(nproc 2>/dev/null || echo 1)
 SWEEP="$CORES"; [ "$CORES" -gt 1 ] && SWEEP="$CORES,1"
 step "throughput: wavelet karl-small profile (--no-l1 and l1, stages, threads $SWEEP)" "$(s 55)" "$(s 25)" \
   "$PY" benchmarks/throughput.py "$PACK/eval" --weights weights/karl-small --device "$DEVICE" \
-  --repeats "$PROFILE_REPEATS" --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" --profile --threads-sweep "$SWEEP" --project-cores "$CORES" \
+  --repeats "$PROFILE_REPEATS" --limit "$TP_LIMIT" --batch-size "$EVAL_BATCH" --profile --threads-sweep "$SWEEP" \
+  --project-cores "$CORES" \
   --json "$WORK/tp-wavelet.json"
 if "$PY" -c "import pytest" 2>/dev/null; then
   step "pytest -m cuda (no torch.compile)" "$(s 60)" "$(s 30)" "$PY" -m pytest -m cuda tests/test_cuda.py -q \

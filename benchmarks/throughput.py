@@ -4,6 +4,8 @@
     python benchmarks/throughput.py FOLDER [--weights DIR] [--repeats 3] [--batch-size 64] [--workers N]
                                     [--eps 0.05] [--limit N] [--device auto] [--threads N] [--json OUT]
     python benchmarks/throughput.py --synthetic 10000 --tiny      # memory stays flat over a long stream
+    python benchmarks/throughput.py FOLDER --profile [--device cuda]   # where the time goes, per stage
+    python benchmarks/throughput.py FOLDER --threads-sweep 1,2 [--project-cores 16]   # + thread scaling
 
 One run prints, as medians over ``--repeats`` runs on the same images:
 
@@ -23,6 +25,14 @@ One run prints, as medians over ``--repeats`` runs on the same images:
   (``tracemalloc``, one extra single pass), and ``torch.cuda.max_memory_allocated`` per method on CUDA;
 - the machine (CPU model, cores, torch threads, device) and the exact command.
 
+``--profile`` measures instead, for ``--no-l1`` (``kc_only``), the l1 check (``single``) and, where
+``score`` takes ``check``, the code's own check (``code_check``): images/s against decode-only, and the
+ms per image of each of ``STAGES`` (decode, the numba kernels, copies, the networks, the rest) in serial
+passes that time each stage on its own (CUDA synchronised at every boundary), the torch and numba
+threads, and on CUDA the GPU-busy share (``torch.profiler``). ``--threads-sweep 1,2`` does so at each
+thread count and projects images/s to ``--project-cores`` cores from the measured stages (``project``;
+its assumptions are printed with it). docs/performance.md explains every column.
+
 ``--synthetic N`` writes N small images into a temporary folder (a few hundred distinct ones, the rest
 hard links to them) and streams ``score`` into a CSV as ``karl complexity --csv`` does, sampling RSS and
 Python's allocated blocks as it goes: start, after the first batch, middle, end. ``--tiny`` benchmarks a tiny
@@ -34,7 +44,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
+import math
 import os
 import resource
 import shlex
@@ -48,13 +60,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py
 from machine import machine_info  # noqa: E402
 from karl_cli.scoring import complexity as cx
 from karl_cli.scoring.complexity import score
 from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
-from karl_cli.scoring.measure import collect_inputs, image_batches
+from karl_cli.scoring.measure import ImageDataset, collate_images, collect_inputs, image_batches
 from karl_cli.io.images import Found
 from karl_cli.runtime import default_workers, prepare_model, resolve_device
 from karl_cli.models.pretrained import DEFAULT_MODEL, WeightsNotFound, load
@@ -177,6 +190,35 @@ def run_decode_only(items: Sequence[Found], resolution: int, batch_size: int, wo
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0, "images": n}
 
 
+def _check_supported() -> bool:
+    """Whether ``score`` takes ``check`` (the cheap code L1 check, ``check="code"``)."""
+    return "check" in inspect.signature(score).parameters
+
+
+def score_args(method: str) -> tuple[str, dict[str, Any]]:
+    """``score``'s method and keywords for a benchmark method: ``kc_only`` is ``single`` without the l1
+    check (``--no-l1``), ``single`` the single pass with the decoder's l1 check (pinned as
+    ``check="decoder"`` where ``score`` takes ``check``, whose default may pick another check), and
+    ``code_check`` the single pass with the code's own L1 check (``check="code"``)."""
+    if method == "kc_only":
+        return "single", {"l1": False}
+    if method == "code_check":
+        return "single", {"check": "code"}
+    if method == "single" and _check_supported():
+        return "single", {"check": "decoder"}
+    return method, {"l1": True}
+
+
+def forget_last_batch(model: torch.nn.Module) -> None:
+    """Clear what the model keeps of the last batch (the ``*_memo`` attributes of it and its modules:
+    the code's last codes, the halting features) so a run over the same images does the work again, as
+    ``karl complexity`` does for every new batch. Without this, a run of one batch would be answered
+    from the warm-up's results."""
+    for m in model.modules():
+        for name in [k for k in vars(m) if k.endswith("_memo")]:
+            setattr(m, name, None)
+
+
 def run_method(items: Sequence[Found], model: torch.nn.Module, eps: float, method: str, batch_size: int,
                workers: int, device: torch.device, timers: dict[str, float] | None = None) -> dict[str, Any]:
     """One ``score`` pass, rows consumed as the CLI does (summary, no file): seconds, images, runs."""
@@ -184,13 +226,13 @@ def run_method(items: Sequence[Found], model: torch.nn.Module, eps: float, metho
         torch.cuda.reset_peak_memory_stats(device)
     summary = Summary()
     enc_runs = dec_runs = n_rows = 0
-    l1 = method != "kc_only"
-    method = "single" if method == "kc_only" else method
+    method, kwargs = score_args(method)
+    forget_last_batch(model)
     _sync(device)
     c0, t0 = _cpu_seconds(), time.perf_counter()
     with loader_timer(timers if timers is not None else {}):
         for row in score(items, model, [eps], method=method, batch_size=batch_size, workers=workers, device=device,
-                         l1=l1):
+                         **kwargs):
             summary.add(row)
             n_rows += 1
             enc_runs += row["encoder_runs"]
@@ -296,6 +338,313 @@ def throughput(items: Sequence[Found], model: torch.nn.Module, eps: float, repea
     return out
 
 
+# --- the profile: where the time goes, and how it scales with threads ------------------------------------
+# Stages of a profiled pass, in report order. Each is exclusive: a region's time less the regions timed
+# inside it (the kernels run inside the encoder's and the decoder's calls).
+STAGES = {
+    "decode_images": "waiting on the loader: open + convert + resize (the whole decode in a serial pass)",
+    "kernel_order": "numba wavelet_kernels.order: the code's adaptive order (encoding; decoder replays)",
+    "kernel_prefix_l1": "numba wavelet_kernels.prefix_l1: the prefix L1s the halting head reads (and checks)",
+    "copies": "host<->device copies and tensor<->numpy conversions around the kernels, the batch to the device",
+    "encoder": "KARL.encode less the above: Haar transform, conv stem, encoder transformer, halting head",
+    "decoder": "decode_tokens less the above: decoder transformer, conv head, the code's synthesis",
+    "rest": "everything else: measure's bookkeeping, rows, the summary",
+}
+NETWORK_STAGES = ("encoder", "decoder")            # torch networks: on the GPU under --device cuda
+KERNEL_STAGES = ("kernel_order", "kernel_prefix_l1")
+
+
+def profile_modes(model: torch.nn.Module) -> list[str]:
+    """What the profile measures: KC alone, KC + the l1 check (the decoder), and the code's own L1
+    check where this karl and this model have one (``score(..., check="code")``)."""
+    code = _check_supported() and bool(getattr(model, "reconstructs_from_code", False))
+    return ["kc_only", "single", *(["code_check"] if code else [])]
+
+
+class StageClock:
+    """Exclusive wall time per stage of nested, wrapped calls (``wrap``), synchronising CUDA at every
+    boundary so GPU work is charged to the stage that queued it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._inner: list[float] = []          # time of the regions nested in each open region
+
+    def wrap(self, stage: str, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            self._inner.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(self.device)
+                dt = time.perf_counter() - t0
+                inner = self._inner.pop()
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + dt - inner
+                self.calls[stage] = self.calls.get(stage, 0) + 1
+                if self._inner:
+                    self._inner[-1] += dt
+        return timed
+
+
+@contextlib.contextmanager
+def profile_hooks(model: torch.nn.Module, clock: StageClock) -> Iterator[None]:
+    """Wrap, for the block: ``model.encode`` / ``decode_tokens`` (instance attributes shadow the methods),
+    the code's kernel callers ``_order`` / ``prefix_l1`` (their own time: conversions and copies), the
+    numba kernels in ``karl_cli.models.wavelet_kernels`` and measure's ``to_model_input``. A hook whose
+    target this model lacks is left out (its stage then reads 0 and ``calls`` shows it)."""
+    import karl_cli.models.wavelet_kernels as kernels
+    import karl_cli.scoring.measure as measure_mod
+
+    undo: list[Callable[[], None]] = []
+
+    def shadow(obj: Any, name: str, stage: str) -> None:
+        if obj is not None and callable(getattr(obj, name, None)):
+            setattr(obj, name, clock.wrap(stage, getattr(obj, name)))
+            undo.append(lambda: delattr(obj, name))
+
+    def patch(module: Any, name: str, stage: str) -> None:
+        original = getattr(module, name, None)
+        if callable(original):
+            setattr(module, name, clock.wrap(stage, original))
+            undo.append(lambda: setattr(module, name, original))
+
+    shadow(model, "encode", "encoder")
+    shadow(model, "decode_tokens", "decoder")
+    code = getattr(model, "code", None)
+    shadow(code, "_order", "copies")
+    shadow(code, "prefix_l1", "copies")
+    patch(kernels, "order", "kernel_order")
+    patch(kernels, "prefix_l1", "kernel_prefix_l1")
+    patch(measure_mod, "to_model_input", "copies")
+    try:
+        yield
+    finally:
+        for u in reversed(undo):
+            u()
+
+
+@contextlib.contextmanager
+def serial_decode() -> Iterator[None]:
+    """For the block, ``score`` decodes each batch when it asks for it, in its own thread (a DataLoader
+    without workers, nothing decoded ahead), whatever ``image_batches`` does with ``workers=0``: in a
+    profiled pass the decode then overlaps, and competes with, nothing."""
+    original = cx.image_batches
+
+    def serial(items: Sequence[Found], resolution: int, batch_size: int, workers: int,
+               baselines: Sequence[str] = (), pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+        return iter(DataLoader(ImageDataset(items, resolution, baselines), batch_size=batch_size, shuffle=False,
+                               num_workers=0, collate_fn=collate_images, pin_memory=pin_memory))
+
+    cx.image_batches = serial
+    try:
+        yield
+    finally:
+        cx.image_batches = original
+
+
+def run_profiled(items: Sequence[Found], model: torch.nn.Module, eps: float, mode: str, batch_size: int,
+                 device: torch.device) -> dict[str, Any]:
+    """One serial pass (no loader workers, no decoding ahead: nothing overlaps) of ``mode`` with every
+    stage timed: ms per image of each of ``STAGES`` (they sum to ``total``) and the calls each hook saw."""
+    clock = StageClock(device)
+    acc: dict[str, float] = {}
+    with profile_hooks(model, clock), serial_decode():
+        res = run_method(items, model, eps, mode, batch_size, 0, device, timers=acc)
+    seconds = dict(clock.seconds, decode_images=acc.get("loader", 0.0))
+    seconds["rest"] = max(0.0, res["seconds"] - sum(seconds.get(s, 0.0) for s in STAGES if s != "rest"))
+    n = max(res["images"], 1)
+    ms = {s: 1000.0 * seconds.get(s, 0.0) / n for s in STAGES}
+    ms["total"] = 1000.0 * res["seconds"] / n
+    return {"ms": ms, "calls": dict(clock.calls)}
+
+
+def busy_us(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: time at least one of them was running (streams
+    that overlap are counted once)."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def gpu_busy(items: Sequence[Found], model: torch.nn.Module, eps: float, mode: str, batch_size: int,
+             device: torch.device, batches: int = 2) -> dict[str, Any]:
+    """GPU-busy ms per image of ``mode``: the union of the GPU's kernel and copy intervals (CUPTI, via
+    ``torch.profiler``) over a serial pass of ``batches`` batches. ``{"error": ...}`` where the
+    profiler cannot trace the GPU."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sub = items[: batches * batch_size]
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            res = run_method(sub, model, eps, mode, batch_size, 0, device)
+        spans = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    except Exception as e:   # noqa: BLE001 - a profiler that cannot trace is a figure missing, not a failed run
+        return {"error": f"{type(e).__name__}: {e}"}
+    if not spans:
+        return {"error": "the profiler recorded no GPU activity"}
+    return {"gpu_busy_ms_per_image": busy_us(spans) / 1000.0 / max(res["images"], 1), "images": res["images"]}
+
+
+def _set_threads(n: int) -> dict[str, int]:
+    """torch's and numba's thread counts to ``n`` (numba: at most its pool), as the run will use them."""
+    import karl_cli.models.wavelet_kernels as kernels
+    import numba
+
+    torch.set_num_threads(n)
+    kernels.use_threads(n)
+    return {"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
+            "numba_pool": numba.config.NUMBA_NUM_THREADS}
+
+
+def profile_entry(items: Sequence[Found], model: torch.nn.Module, eps: float, repeats: int, batch_size: int,
+                  workers: int, device: torch.device, log: Callable[[str], None] = lambda s: None
+                  ) -> dict[str, Any]:
+    """The profile at the current thread counts: for decode-only and each of ``profile_modes``,
+    images/s and CPU ms/image (medians over ``repeats`` runs with ``workers`` loader processes), ms per
+    image of each stage (median over ``repeats`` serial profiled passes), and on CUDA the GPU-busy ms
+    per image and its share of the run's wall time."""
+    import numba
+
+    threads = {"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
+               "numba_pool": numba.config.NUMBA_NUM_THREADS}
+    modes = profile_modes(model)
+    res_ = model.config.resolution
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in ("decode_only", *modes)}
+    passes: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for _ in range(repeats):
+        runs["decode_only"].append(run_decode_only(items, res_, batch_size, workers, device))
+        for m in modes:
+            runs[m].append(run_method(items, model, eps, m, batch_size, workers, device))
+            passes[m].append(run_profiled(items, model, eps, m, batch_size, device))
+    entry: dict[str, Any] = {"threads": threads, "workers": workers, "modes": {}}
+    for m, rs in runs.items():
+        e: dict[str, Any] = {"images_per_s": _median([x["images"] / x["seconds"] for x in rs if x["seconds"] > 0]),
+                             "cpu_ms_per_image": _median([1000 * x["cpu_seconds"] / max(x["images"], 1) for x in rs])}
+        if m in passes:
+            ms = passes[m]
+            e["stages_ms_per_image"] = {s: _median([p["ms"][s] for p in ms]) for s in (*STAGES, "total")}
+            e["calls"] = ms[-1]["calls"]
+            if device.type == "cuda":
+                e["gpu"] = gpu_busy(items, model, eps, m, batch_size, device)
+                if "gpu_busy_ms_per_image" in e["gpu"] and e["images_per_s"] > 0:
+                    # The share of the real (overlapped, unsynchronised) run's wall time the GPU is busy:
+                    # well under 1 means the CPU side bounds the run.
+                    e["gpu"]["busy_share"] = e["gpu"]["gpu_busy_ms_per_image"] * e["images_per_s"] / 1000.0
+        entry["modes"][m] = e
+    log(f"threads torch {threads['torch']} / numba {threads['numba']}: " + ", ".join(
+        f"{m} {e['images_per_s']:.1f} img/s" for m, e in entry["modes"].items()))
+    return entry
+
+
+def _fit(points: Sequence[tuple[int, float]]) -> tuple[float, float, str]:
+    """t(n) = serial + parallel / n through the fewest and the most threads measured (Amdahl's law in
+    ms per image), both parts >= 0: a stage that got slower with threads counts as serial at its
+    slowest, one that scaled better than 1/n as all parallel. One thread count: all parallel (an
+    assumption, said in the third value)."""
+    (n_a, t_a), (n_b, t_b) = min(points), max(points)
+    if n_a == n_b:
+        return 0.0, t_a * n_a, "assumed parallel (one thread count measured)"
+    parallel = (t_a - t_b) / (1.0 / n_a - 1.0 / n_b)
+    serial = t_a - parallel / n_a
+    if parallel < 0:
+        return max(t_a, t_b), 0.0, "fit"
+    if serial < 0:
+        return 0.0, t_b * n_b, "fit"
+    return serial, parallel, "fit"
+
+
+def project(entries: Sequence[dict[str, Any]], cores: int, device: torch.device) -> dict[str, Any]:
+    """Images/s of each profiled mode on a machine with ``cores`` cores like this one's, from the
+    entries' stage times (see ``PROJECTION_ASSUMPTIONS``), for a CPU-only run and for one whose
+    networks run on a GPU. Nothing here is a constant: every term comes from ``entries``."""
+    out: dict[str, Any] = {"cores": cores, "from_threads": sorted({e["threads"]["torch"] for e in entries}),
+                           "assumptions": PROJECTION_ASSUMPTIONS, "modes": {}}
+    for m in entries[0]["modes"]:
+        if "stages_ms_per_image" not in entries[0]["modes"][m]:
+            continue
+        pts = {s: [(e["threads"]["torch"], e["modes"][m]["stages_ms_per_image"][s]) for e in entries] for s in STAGES}
+        fits = {s: _fit(p) for s, p in pts.items() if s != "decode_images"}
+        decode = min(pts["decode_images"])[1]      # one image per loader process: no thread scaling
+        per_mode: dict[str, Any] = {"fit": {s: {"serial_ms": f[0], "parallel_ms": f[1], "how": f[2]}
+                                            for s, f in fits.items()}}
+        # Measured on CUDA the network stages are GPU times: no CPU-only projection from them.
+        for target in ("gpu",) if device.type == "cuda" else ("cpu", "gpu"):
+            workers = default_workers_for(target, cores)
+            stage_ms: dict[str, float] = {}
+            for s, (serial, parallel, _) in fits.items():
+                if target == "gpu" and s in NETWORK_STAGES:
+                    # Measured on CUDA: the synchronised GPU time as it is. Measured on a CPU: 0, an
+                    # upper bound (the GPU's own time for the networks is not known here).
+                    stage_ms[s] = max(pts[s])[1] if device.type == "cuda" else 0.0
+                else:
+                    stage_ms[s] = serial + parallel / cores
+            main_ms = sum(stage_ms.values()) + (decode if workers == 0 else 0.0)
+            cpu_work = decode + sum(serial + parallel for s, (serial, parallel, _) in fits.items()
+                                    if not (target == "gpu" and s in NETWORK_STAGES))
+            bounds = {"main process": 1000.0 / main_ms if main_ms > 0 else math.inf,
+                      "loader": 1000.0 * workers / decode if workers and decode > 0 else math.inf,
+                      "cores": 1000.0 * cores / cpu_work if cpu_work > 0 else math.inf}
+            bound = min(bounds, key=bounds.get)
+            per_mode[target] = {"workers": workers, "stages_ms_per_image": dict(stage_ms, decode_images=decode),
+                                "main_process_ms_per_image": main_ms, "cpu_work_ms_per_image": cpu_work,
+                                "bounds_images_per_s": bounds, "images_per_s": bounds[bound], "bound": bound}
+        out["modes"][m] = per_mode
+    return out
+
+
+def default_workers_for(target: str, cores: int) -> int:
+    """``runtime.default_workers`` on a machine with ``cores`` cores (``target`` "cpu" or "gpu")."""
+    import unittest.mock
+
+    with unittest.mock.patch("os.cpu_count", return_value=cores):
+        return default_workers(torch.device("cuda" if target == "gpu" else "cpu"))
+
+
+PROJECTION_ASSUMPTIONS = [
+    "cores as fast as this machine's, per image the same work; memory bandwidth and caches not limiting",
+    "each main-process stage takes serial + parallel/N ms per image on N threads, the two parts fitted "
+    "through the fewest and the most threads measured (Amdahl); torch and numba use all N cores",
+    "decoding runs one image at a time in each loader process (as many as `karl complexity` starts on "
+    "that machine), beside the main process; with none it is serial in the main process",
+    "with a GPU: the networks (encoder, decoder) leave the CPU; their time is the measured CUDA time, "
+    "or 0 when measured on a CPU (an upper bound); the main process waits for them (the code's kernels "
+    "read the GPU's results), so kernels, copies, networks and the rest add up per batch",
+    "images/s = the least of: the main process's rate, the loaders' rate, and N cores over the total "
+    "CPU work per image (loaders and kernels share the cores)",
+]
+
+
+def threads_sweep(items: Sequence[Found], model: torch.nn.Module, eps: float, repeats: int, batch_size: int,
+                  workers: int, device: torch.device, counts: Sequence[int], cores: int,
+                  log: Callable[[str], None] = lambda s: None,
+                  on_entry: Callable[[dict[str, Any]], None] = lambda p: None) -> dict[str, Any]:
+    """``profile_entry`` at each thread count (torch and numba alike) in ``counts``, then ``project``
+    to ``cores`` cores. ``on_entry(partial)`` after each entry (the caller saves it: a run cut short
+    keeps what it measured). Restores the thread counts it found."""
+    prepare_model(model, device)
+    # Warm-up: numba's compile (first call, or its cache), kernel selection, page faults.
+    run_method(items[: min(len(items), batch_size)], model, eps, "single", batch_size, 0, device)
+    before = torch.get_num_threads()
+    out: dict[str, Any] = {"images": len(items), "repeats": repeats, "stages": STAGES, "entries": []}
+    try:
+        for n in counts:
+            _set_threads(n)
+            out["entries"].append(profile_entry(items, model, eps, repeats, batch_size, workers, device, log))
+            out["projection"] = project(out["entries"], cores, device)
+            on_entry(out)
+    finally:
+        _set_threads(before)
+    return out
+
+
 # --- memory over a long stream -------------------------------------------------------------------------
 def make_synthetic(folder: Path, n: int, distinct: int = 256, size: int = 96, seed: int = 0) -> Path:
     """``n`` images under ``folder`` (1,000 per subfolder): ``distinct`` generated ones (JPEG and PNG,
@@ -393,9 +742,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="Loader processes (default: as `karl complexity`).")
     p.add_argument("--eps", type=float, default=0.05)
     p.add_argument("--limit", type=int, default=None, help="Only the first N images (sorted).")
-    p.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ",".join(METHODS) + ".")
+    p.add_argument("--methods", default=None,
+                   help="Comma-separated subset of " + ",".join(METHODS) + " (default: all; not with --profile).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
+    p.add_argument("--profile", action="store_true",
+                   help="Where the time goes: images/s and ms/image per stage (decode, numba kernels, copies, "
+                        "networks, rest) of --no-l1 and the l1 check, GPU-busy share on CUDA, a projection to "
+                        "--project-cores cores.")
+    p.add_argument("--threads-sweep", default=None, metavar="N,M,..",
+                   help="The profile at each torch/numba thread count, side by side (implies --profile).")
+    p.add_argument("--project-cores", type=int, default=16, metavar="N",
+                   help="Cores of the machine the profile projects to (default 16).")
     p.add_argument("--synthetic", type=int, default=None, metavar="N",
                    help="Memory run: stream score over N generated images into a CSV.")
     p.add_argument("--no-l1", action="store_true", help="Memory run without the l1 check (`karl complexity --no-l1`).")
@@ -453,6 +811,8 @@ def render(result: dict[str, Any]) -> str:
                      + (f", CUDA peak {mem['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in mem else ""))
         for name, ok in t["targets"].items():
             lines.append(f"target {name.replace('_', ' ')}: {'PASS' if ok else 'FAIL'}")
+    if "profile" in result:
+        lines += ["", render_profile(result["profile"])]
     if "synthetic" in result:
         s = result["synthetic"]
         lines += ["", f"memory stream{'' if s.get('l1', True) else ' (--no-l1)'}: {s['images']} images -> CSV ({s['csv_bytes'] / 1e6:.1f} MB) in "
@@ -464,6 +824,56 @@ def render(result: dict[str, Any]) -> str:
                   "Python objects (allocated blocks): " + ", ".join(f"{k} {v:,}" for k, v in s["py_blocks"].items())
                   + f"; growth {s['py_blocks_per_image']:+.2f} per image (the summary keeps kc and l1 per row)",
                   "RSS series (images, MiB): " + " ".join(f"{n}:{v:.0f}" for n, v in s["rss_series_mb"])]
+    return "\n".join(lines)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def render_profile(p: dict[str, Any]) -> str:
+    """The profile as text: one column per (mode, thread count), then the projection and its assumptions."""
+    entries = p["entries"]
+    cols = [(m, e) for e in entries for m in e["modes"] if m != "decode_only"]
+    head = ["ms per image"] + [f"{m} @{e['threads']['torch']}/{e['threads']['numba']}" for m, e in cols]
+    rows = [head]
+    for s in (*STAGES, "total"):
+        rows.append([s.replace("_", " ")] + [_ms(e["modes"][m]["stages_ms_per_image"][s]) for m, e in cols])
+    rows.append([f"images/s ({entries[0]['workers']} workers)"]
+                + [f"{e['modes'][m]['images_per_s']:.1f}" for m, e in cols])
+    rows.append(["of decode-only"] + [f"{e['modes'][m]['images_per_s'] / e['modes']['decode_only']['images_per_s']:.2f}"
+                                      for m, e in cols])
+    rows.append(["CPU ms/image"] + [_ms(e["modes"][m]["cpu_ms_per_image"]) for m, e in cols])
+    if any("gpu" in e["modes"][m] for m, e in cols):
+        g = [e["modes"][m].get("gpu", {}) for m, e in cols]
+        rows.append(["GPU busy ms/image"] + [_ms(x["gpu_busy_ms_per_image"]) if "gpu_busy_ms_per_image" in x else "–"
+                                             for x in g])
+        rows.append(["GPU busy share"] + [f"{x['busy_share']:.2f}" if "busy_share" in x else "–" for x in g])
+    lines = [f"profile: {p['images']} images, medians of {p['repeats']} run(s); @torch/numba threads; stage "
+             "ms/image from serial profiled passes (no loader workers or decoding ahead, CUDA synchronised at "
+             "each stage), images/s from unprofiled runs",
+             _fmt_table(rows), "decode-only images/s: " + ", ".join(
+                 f"{e['modes']['decode_only']['images_per_s']:.1f} at {e['threads']['torch']}t" for e in entries)]
+    lines += [f"  {s.replace('_', ' ')}: {d}" for s, d in p["stages"].items()]
+    errors = {x["gpu"]["error"] for e in entries for x in e["modes"].values() if "error" in x.get("gpu", {})}
+    lines += [f"GPU busy: not measured ({err})" for err in sorted(errors)]
+    pr = p.get("projection")
+    if pr:
+        threads = ", ".join(map(str, pr["from_threads"]))
+        lines += ["", f"projection to {pr['cores']} cores, from the stage times at {threads} thread(s):"]
+        rows = [["mode", "machine", "workers", "kernels ms", "networks ms", "copies+rest ms", "decode ms",
+                 "main ms/img", "img/s", "bound"]]
+        for m, q in pr["modes"].items():
+            for target in [k for k in ("cpu", "gpu") if k in q]:
+                t = q[target]
+                st = t["stages_ms_per_image"]
+                rows.append([m, f"{pr['cores']} cores" + (" + GPU" if target == "gpu" else ""), str(t["workers"]),
+                             _ms(sum(st[s] for s in KERNEL_STAGES)), _ms(sum(st[s] for s in NETWORK_STAGES)),
+                             _ms(st["copies"] + st["rest"]), _ms(st["decode_images"]),
+                             _ms(t["main_process_ms_per_image"]), f"{t['images_per_s']:.0f}", t["bound"]])
+        lines += [_fmt_table(rows), "assumptions:"] + [f"  - {a}" for a in pr["assumptions"]]
+        hows = {f["how"] for q in pr["modes"].values() for f in q["fit"].values()} - {"fit"}
+        lines += [f"  - {h}" for h in sorted(hows)]
     return "\n".join(lines)
 
 
@@ -480,11 +890,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.folder is None and args.synthetic is None:
         build_parser().error("give a FOLDER, or --synthetic N")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    profiling = args.profile or args.threads_sweep is not None
+    if profiling and args.methods is not None:
+        build_parser().error("--profile measures --no-l1 and the l1 check itself: leave out --methods")
+    methods = [m.strip() for m in (args.methods or ",".join(METHODS)).split(",") if m.strip()]
     if not methods or any(m not in METHODS for m in methods) or "single" not in methods:
         build_parser().error(f"--methods: a subset of {','.join(METHODS)} that includes single")
-    if args.repeats < 1 or args.batch_size < 1:
-        build_parser().error("--repeats and --batch-size must be >= 1")
+    if args.repeats < 1 or args.batch_size < 1 or args.project_cores < 1:
+        build_parser().error("--repeats, --batch-size and --project-cores must be >= 1")
+    if args.threads_sweep is not None:
+        try:
+            counts = [int(c) for c in args.threads_sweep.split(",") if c.strip()]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+            build_parser().error(f"--threads-sweep: distinct thread counts >= 1, like 1,2 (got {args.threads_sweep!r})")
+        if args.threads:
+            build_parser().error("--threads-sweep sets the threads itself: leave out --threads")
+    if profiling and args.folder is None:
+        build_parser().error("--profile needs a FOLDER")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -515,8 +939,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             items = collect_inputs([args.folder])
             if args.limit:
                 items = items[: args.limit]
-            result["throughput"] = throughput(items, model, args.eps, args.repeats, args.batch_size, workers, device,
-                                              methods, log=log)
+            if profiling:
+                def save(partial: dict[str, Any]) -> None:   # a run cut short keeps the entries it finished
+                    if args.json_out and not to_stdout:
+                        write_json(Path(args.json_out), dict(result, profile=partial, complete=False))
+
+                counts_ = counts if args.threads_sweep is not None else [torch.get_num_threads()]
+                result["profile"] = threads_sweep(items, model, args.eps, args.repeats, args.batch_size, workers,
+                                                  device, counts_, args.project_cores, log=log, on_entry=save)
+            else:
+                result["throughput"] = throughput(items, model, args.eps, args.repeats, args.batch_size, workers,
+                                                  device, methods, log=log)
         if args.synthetic is not None:
             if args.synthetic < 1:
                 build_parser().error("--synthetic N needs N >= 1")
@@ -525,15 +958,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             result["synthetic"] = memory_stream(folder, model, args.eps, args.batch_size, workers, device,
                                                 tmp_p / "rows.csv", log=log, l1=not args.no_l1)
             result["synthetic"]["l1"] = not args.no_l1
+    import numba
+
     result["machine"]["torch_threads"] = torch.get_num_threads()
+    result["machine"]["numba_threads"] = numba.get_num_threads()
+    result["complete"] = True
     print(render(result), file=out_stream, flush=True)
     if args.json_out:
-        text = json.dumps(result, indent=2, default=float)
         if to_stdout:
-            print(text)
+            print(json.dumps(result, indent=2, default=float))
         else:
-            Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+            write_json(Path(args.json_out), result)
     return result
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """``result`` as JSON at ``path``, atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

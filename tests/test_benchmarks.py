@@ -171,3 +171,120 @@ def test_every_benchmark_script_answers_help(script):
                          cwd=SCRIPT.parent.parent)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "usage:" in res.stdout and "Traceback" not in res.stderr
+
+
+# --- the profile (--profile, --threads-sweep) and its projection -------------------------------------------
+def test_profile_sweep_one_entry_per_thread_count(throughput, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    make_images(folder, 6)
+    out = tmp_path / "profile.json"
+    res = throughput.main([str(folder), "--tiny", "--threads-sweep", "1,2", "--repeats", "1", "--batch-size", "4",
+                           "--workers", "0", "--project-cores", "8", "--json", str(out)])
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is True and saved["profile"] == json.loads(json.dumps(res["profile"], default=float))
+    p = res["profile"]
+    assert [e["threads"]["torch"] for e in p["entries"]] == [1, 2]
+    for e in p["entries"]:
+        assert e["threads"]["numba"] == min(e["threads"]["torch"], e["threads"]["numba_pool"])
+        assert set(e["modes"]) >= {"decode_only", "kc_only", "single"}
+        for m in ("kc_only", "single"):
+            v = e["modes"][m]
+            st = v["stages_ms_per_image"]
+            assert set(st) == {*throughput.STAGES, "total"} and all(x >= 0 for x in st.values())
+            # The stages are exclusive: they add up to the pass's wall time (rest is what is left).
+            assert math.isclose(sum(st[s] for s in throughput.STAGES), st["total"], rel_tol=1e-6)
+            assert st["encoder"] > 0 and st["kernel_order"] > 0 and st["kernel_prefix_l1"] > 0   # tiny: wavelet code
+            assert _positive(v["images_per_s"]) and v["calls"]["kernel_order"] >= 1
+        assert e["modes"]["kc_only"]["stages_ms_per_image"]["decoder"] == 0
+        assert e["modes"]["single"]["stages_ms_per_image"]["decoder"] > 0
+    # The projection is a function of the entries alone.
+    assert p["projection"] == json.loads(json.dumps(throughput.project(p["entries"], 8, throughput.torch.device("cpu")),
+                                                    default=float))
+    assert set(p["projection"]["modes"]["single"]) == {"fit", "cpu", "gpu"}
+    assert p["projection"]["modes"]["single"]["gpu"]["workers"] == 7            # default_workers on 8 cores, CUDA
+    for text in ("kernel prefix l1", "projection to 8 cores", "assumptions:", "kc_only @1/1", "single @2/2"):
+        assert text in printed
+
+
+def test_profiled_pass_redoes_a_batch_it_has_seen(throughput, tiny_model, tmp_path):
+    """One batch run twice: the second pass still runs the encoder's kernels (the model's memo of the
+    last batch is cleared), as a real run meets a new batch every time."""
+    import torch
+
+    folder = tmp_path / "imgs"
+    make_images(folder, 3)
+    items = throughput.collect_inputs([folder])
+    first = throughput.run_profiled(items, tiny_model, 0.05, "kc_only", 4, torch.device("cpu"))
+    again = throughput.run_profiled(items, tiny_model, 0.05, "kc_only", 4, torch.device("cpu"))
+    assert first["calls"]["kernel_order"] == again["calls"]["kernel_order"] >= 1
+    assert again["calls"]["kernel_prefix_l1"] >= 1
+
+
+def test_profiled_pass_decodes_serially(throughput, tmp_path):
+    """In a profiled pass nothing decodes ahead (no loader process or thread) to overlap the timed stages."""
+    import threading
+
+    folder = tmp_path / "imgs"
+    make_images(folder, 4)
+    items = throughput.collect_inputs([folder])
+    original = throughput.cx.image_batches
+    before = threading.active_count()
+    with throughput.serial_decode():
+        batches = throughput.cx.image_batches(items, 32, 2, 0)
+        first = next(batches)
+        assert threading.active_count() == before
+    assert throughput.cx.image_batches is original and first["images"].shape[0] == 2
+
+
+def _entry(threads: int, stages: dict[str, float], images_per_s: float = 100.0) -> dict:
+    full = {s: stages.get(s, 0.0) for s in ("decode_images", "kernel_order", "kernel_prefix_l1", "copies", "encoder",
+                                            "decoder", "rest")}
+    full["total"] = sum(full.values())
+    return {"threads": {"torch": threads, "numba": threads}, "workers": 0,
+            "modes": {"decode_only": {"images_per_s": 500.0},
+                      "single": {"images_per_s": images_per_s, "stages_ms_per_image": full}}}
+
+
+def test_projection_fits_amdahl_through_the_entries(throughput):
+    import torch
+
+    # Kernels: 1 ms serial + 8 ms parallel; encoder: 2 + 4/n; rest 0.5 serial; decode 3 ms per image.
+    def at(n):
+        return {"decode_images": 3.0, "kernel_order": 1 + 8 / n, "encoder": 2 + 4 / n, "rest": 0.5}
+
+    pr = throughput.project([_entry(1, at(1)), _entry(2, at(2))], 16, torch.device("cpu"))
+    q = pr["modes"]["single"]
+    fit = q["fit"]["kernel_order"]
+    assert math.isclose(fit["serial_ms"], 1.0) and math.isclose(fit["parallel_ms"], 8.0)
+    cpu, gpu = q["cpu"], q["gpu"]
+    assert cpu["workers"] == 4 and gpu["workers"] == 15                 # runtime.default_workers on 16 cores
+    assert math.isclose(cpu["main_process_ms_per_image"], (1 + 8 / 16) + (2 + 4 / 16) + 0.5)
+    assert math.isclose(gpu["main_process_ms_per_image"], (1 + 8 / 16) + 0.5)   # networks off the CPU (CPU-measured: 0)
+    assert math.isclose(cpu["bounds_images_per_s"]["loader"], 1000 * 4 / 3.0)
+    assert math.isclose(cpu["bounds_images_per_s"]["cores"], 1000 * 16 / (3 + 9 + 6 + 0.5))
+    assert cpu["images_per_s"] == min(cpu["bounds_images_per_s"].values())
+    assert gpu["bound"] == "main process" and math.isclose(gpu["images_per_s"], 1000 / 2.0)
+    # A stage that got slower with threads does not scale: it stays at its slowest.
+    slow = throughput.project([_entry(1, {"rest": 1.0}), _entry(2, {"rest": 1.5})], 16, torch.device("cpu"))
+    assert math.isclose(slow["modes"]["single"]["cpu"]["stages_ms_per_image"]["rest"], 1.5)
+    # One thread count: assumed all parallel, and said so.
+    one = throughput.project([_entry(2, {"kernel_order": 4.0})], 16, torch.device("cpu"))
+    assert math.isclose(one["modes"]["single"]["cpu"]["stages_ms_per_image"]["kernel_order"], 4.0 * 2 / 16)
+    assert one["modes"]["single"]["fit"]["kernel_order"]["how"].startswith("assumed")
+    # Measured on CUDA: the networks keep their measured (GPU) time, and there is no CPU-only row.
+    cuda = throughput.project([_entry(1, at(1)), _entry(2, at(2))], 16, torch.device("cuda"))
+    assert set(cuda["modes"]["single"]) == {"fit", "gpu"}
+    assert math.isclose(cuda["modes"]["single"]["gpu"]["stages_ms_per_image"]["encoder"], 2 + 4 / 2)
+
+
+def test_busy_time_counts_overlapping_intervals_once(throughput):
+    assert throughput.busy_us([(0, 10), (5, 15), (20, 25), (21, 22)]) == 20
+    assert throughput.busy_us([]) == 0
+
+
+def test_profile_bad_arguments_exit(throughput, tmp_path):
+    for bad in (["--threads-sweep", "0"], ["--threads-sweep", "1,1"], ["--threads-sweep", "a"],
+                ["--profile", "--methods", "single"], ["--threads-sweep", "1", "--threads", "2"]):
+        with pytest.raises(SystemExit):
+            throughput.main([str(tmp_path), "--tiny", *bad])

@@ -39,8 +39,14 @@ def test_gpu_run_smoke_writes_every_figure(tmp_path):
     assert [r["eps"] for r in quality["single_vs_oracle"]] == [0.05, 0.09]
     assert quality["savoias"] is not None                     # ρ against the pack's ratings CSV
     tp = json.loads((out / "throughput.json").read_text())
-    for name in ("learned", "wavelet"):                        # single pass and decode-only, nothing else
-        assert set(tp[name]["throughput"]["methods"]) == {"single", "decode_only"}
+    assert set(tp["learned"]["throughput"]["methods"]) == {"single", "decode_only"}   # nothing else
+    # The shipped model's profile: at the machine's thread count, then at one (nproc: the usable cores).
+    cores = len(os.sched_getaffinity(0))
+    prof = tp["wavelet"]["profile"]
+    assert tp["wavelet"]["complete"] and [e["threads"]["torch"] for e in prof["entries"]] == \
+        ([cores, 1] if cores > 1 else [1])
+    assert {"kc_only", "single"} <= set(prof["projection"]["modes"]) and prof["projection"]["cores"] == cores
+    assert "projection, single on" in (out / "summary.md").read_text()
     model = load_pretrained(out / "karl-pca-tiny")              # fp16 on disk, loads into fp32
     assert model.config.code == "pca" and not model.config.halt_reads_code
     card = (out / "karl-pca-tiny" / "model_card.md").read_text()

@@ -6,8 +6,9 @@ stops (``--weights-only``), and at the end gather the figures; at most 8 files, 
 
 ``--weights-only`` writes ``karl-<preset>/`` (config.json, model.safetensors with the EMA weights in
 fp16, model_card.md: for pca-small-paper ``model_card_template.md`` filled with the trainer's card)
-and metrics.jsonl (the training log). Without it: throughput.json (the learned and the wavelet
-model), summary.md (quality and throughput in README form) and the figures added to the model card
+and metrics.jsonl (the training log). Without it: throughput.json (the learned model's throughput,
+the wavelet model's profile: benchmarks/throughput.py --profile), summary.md (quality and throughput
+in README form) and the figures added to the model card
 (exporting the weights first if that step did not run). quality.json and run.log are written by
 run.sh itself. Missing inputs (a step that failed) are noted in summary.md.
 """
@@ -73,6 +74,36 @@ def throughput_lines(name: str, tp: Any) -> list[str]:
         return [f"- {name}: no throughput figures (the step failed)"]
 
 
+def profile_lines(name: str, tp: Any) -> list[str]:
+    """The profile of benchmarks/throughput.py --profile: per thread count and mode, images/s, its
+    share of decode-only, ms per stage and the GPU-busy share; then the projection's images/s and bound."""
+    try:
+        p = tp["profile"]
+        lines = [f"- {name}: profile of {p['images']} images, batch {tp['batch_size']}, {tp['workers']} loader "
+                 f"workers, {tp['machine'].get('device')}, median of {p['repeats']}"
+                 + ("" if tp.get("complete", True) else " (cut short: the thread counts it finished)")]
+        for e in p["entries"]:
+            dec = e["modes"]["decode_only"]["images_per_s"]
+            for m, v in e["modes"].items():
+                if m == "decode_only":
+                    continue
+                stages = ", ".join(f"{k} {ms:.2f}" for k, ms in v["stages_ms_per_image"].items() if ms >= 0.005)
+                busy = v.get("gpu", {}).get("busy_share")
+                lines.append(f"  - {m}, torch/numba threads {e['threads']['torch']}/{e['threads']['numba']}: "
+                             f"{v['images_per_s']:.0f} images/s ({v['images_per_s'] / dec:.2f} of decode-only "
+                             f"{dec:.0f}); ms/image: {stages}"
+                             + (f"; GPU busy {busy:.0%} of the run" if busy is not None else ""))
+        for m, q in p.get("projection", {}).get("modes", {}).items():
+            for target, t in q.items():
+                if target != "fit":
+                    lines.append(f"  - projection, {m} on {p['projection']['cores']} cores"
+                                 + (" + GPU" if target == "gpu" else "") + f": {t['images_per_s']:.0f} images/s, "
+                                 f"bound by the {t['bound']}")
+        return lines
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return [f"- {name}: no profile figures (the step failed)"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, type=Path)
@@ -97,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tp = {"learned": _read(work / "tp-learned.json"), "wavelet": _read(work / "tp-wavelet.json")}
     (out / "throughput.json").write_text(json.dumps(tp, indent=1) + "\n", encoding="utf-8")
     summary += ["## Throughput (`benchmarks/throughput.py`)", ""]
-    summary += throughput_lines("learned", tp["learned"]) + throughput_lines("wavelet (karl-small)", tp["wavelet"])
+    summary += throughput_lines("learned", tp["learned"]) + profile_lines("wavelet (karl-small)", tp["wavelet"])
     if (run / "model.safetensors").is_file():
         if not (dest / "model.safetensors").is_file():
             export(run, dest, args.preset, out)

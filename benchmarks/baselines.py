@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import karl_cli  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling module machine.py

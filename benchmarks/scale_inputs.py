@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import karl_cli  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 from PIL import Image
 

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import karl_cli  # noqa: F401 - first: its OpenMP wait policy must be set before torch loads
 import torch
 from torch.utils.data import DataLoader
 

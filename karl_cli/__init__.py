@@ -6,9 +6,17 @@ importing torch, and a Ctrl-C while the command starts up is handled by the comm
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# torch's OpenMP threads otherwise spin between parallel regions: when another process holds a core,
+# each barrier waits for a descheduled thread and 2 threads on 2 cores ran ~8x slower than 1 (CPU time
+# per image 4 -> 30 ms, benchmarks/throughput.py). Sleeping waiters cost little when the cores are
+# free. Read when OpenMP loads (with torch), so it holds wherever karl_cli is imported first — always
+# for the `karl` command; a user's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "EPS_BINS": "karl_cli.models.config", "KARLConfig": "karl_cli.models.config",

@@ -1,6 +1,8 @@
 """karl_cli.runtime: device choice and model placement."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -30,3 +32,16 @@ def test_prepare_and_inference(tiny_model):
     with inference("cpu"):
         y = m.decode_tokens(m.encode_tokens(x, torch.zeros(2, dtype=torch.long), 8)[0])
     assert y.shape == (2, 3, 32, 32) and torch.is_inference(y)
+
+
+def test_importing_karl_first_makes_openmp_waiters_sleep_unless_the_user_chose():
+    import subprocess
+    import sys
+
+    code = "import karl_cli, torch, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

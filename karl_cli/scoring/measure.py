@@ -12,8 +12,8 @@ study that makes its own images) uses the second alone:
 2. **Pixels to measurements.** ``measure(model, images, eps, method)`` measures one batch
    (B, 3, R, R): per image and ε the KC, soft KC, the check of the kept tokens (``l1``: the
    decoder's reconstruction; ``code_l1``: the code's own, ``methods.resolve_check``) and the
-   encoder / decoder runs spent, and on request the reconstructions, p_halt and the encodings. ``measure_all`` runs it over
-   an array of any length in batches. Which method a model supports, and so where its tokens come
+   encoder / decoder runs spent, and on request the reconstructions, p_halt and the encodings.
+   ``measure_all`` runs it over an array of any length in batches. Which method a model supports, and so where its tokens come
    from, is decided by the one method table, ``methods.py``.
 
     from karl_cli.scoring.measure import measure

@@ -9,7 +9,10 @@
 For each ε it prints (all at the model resolution, pixels in [0, 1], pixel L1 as in training):
 
 1. **Single pass vs oracle.** The share of images whose single-pass reconstruction misses the target
-   (l1 > ε) next to the KARL paper's figures (1 / 10 / 18 % at ε = .03 / .05 / .09); mean single-pass
+   (l1 > ε: the decoder's reconstruction, ``check="decoder"``, the gate's definition) next to the
+   KARL paper's figures (1 / 10 / 18 % at ε = .03 / .05 / .09), and beside it the same share and mean
+   L1 for the code's own reconstruction of the kept tokens (``code_l1``, what ``karl complexity``
+   checks by default on a wavelet KARL; "—" for a model without it); mean single-pass
    KC (``complexity.score(method="single")``) and mean oracle KC, the smallest budget whose
    reconstruction meets ε (what ``karl complexity --method prefix`` reports; the same as ``--method
    search`` because the encoder is causal in its latents), and their ratio (target: <= 1.05); the
@@ -174,11 +177,12 @@ def budget_curves(items, model, batch_size: int, workers: int, dev: torch.device
 
 
 def single_rows(items, model, eps_list, batch_size: int, workers: int, dev: torch.device,
-                baselines: bool = False) -> dict[str, dict[float, dict]]:
-    """``complexity.score(method="single")``: path -> ε -> row (ok rows only)."""
+                baselines: bool = False, check: str = "decoder") -> dict[str, dict[float, dict]]:
+    """``complexity.score(method="single", check=check)``: path -> ε -> row (ok rows only). The
+    decoder check (the default) fills ``l1`` and, for a wavelet KARL, ``code_l1``."""
     rows: dict[str, dict[float, dict]] = {}
     for r in score(items, model, eps_list, method="single", baselines=baselines, batch_size=batch_size,
-                   workers=workers, device=dev):
+                   workers=workers, device=dev, check=check):
         if r["status"] == "ok":
             rows.setdefault(r["path"], {})[r["eps"]] = r
     return rows
@@ -193,6 +197,9 @@ def single_vs_oracle(curves: dict[str, Any], single: dict[str, dict[float, dict]
     for e in eps_list:
         kc_s = np.array([single[p][e]["kc"] for p in paths], dtype=float)
         l1_s = np.array([single[p][e]["l1"] for p in paths], dtype=float)
+        code_s = np.array([np.nan if single[p][e].get("code_l1") is None else single[p][e]["code_l1"]
+                           for p in paths], dtype=float)
+        has_code = bool(code_s.size) and not np.isnan(code_s).any()
         kc_o, met = oracle_kc(l1, curves["budgets"], e)
         kc_o = kc_o.astype(float)
         n = len(paths)
@@ -209,6 +216,8 @@ def single_vs_oracle(curves: dict[str, Any], single: dict[str, dict[float, dict]
             "single_above_oracle": mean((kc_s > kc_o).astype(float)),
             "tokens_share": mean(kc_s) / t_max, "paper_tokens_share": PAPER_TOKENS.get(round(e, 6)),
             "l1_single": mean(l1_s),
+            "miss_code": mean((code_s > e + 1e-12).astype(float)) if has_code else math.nan,
+            "l1_code": mean(code_s) if has_code else math.nan,
         })
     return out
 
@@ -251,7 +260,7 @@ def families(model, eps_list, per_family: int, seed: int, batch_size: int, dev: 
                 Image.fromarray(make_family_image(fam, cfg.resolution, rng)).save(p)
                 paths.setdefault(fam, []).append(p)
         items = collect_inputs([tmp])
-        single = single_rows(items, model, eps_list, batch_size, 0, dev, baselines=True)
+        single = single_rows(items, model, eps_list, batch_size, 0, dev, baselines=True, check="none")
         curves = budget_curves(items, model, batch_size, 0, dev)
     pos = {p: i for i, p in enumerate(curves["paths"])}
     rows, order = [], {}
@@ -304,9 +313,11 @@ def tables(report: dict[str, Any], savoias: bool = True) -> list[tuple[str, list
     t_max = report["model"]["max_tokens"]
     svo = report["single_vs_oracle"]
     rows = [[f"{r['eps']:g}", str(r["images"]), _pct(r["miss_single"]), _pct(r["paper_miss"]),
-             _num(r["l1_single"], ".4f"), _pct(r["oracle_unmet"])] for r in svo]
-    out.append(("Missed targets: share of images with single-pass L1 > ε",
-                ["ε", "images", "missed (single)", "paper", "mean L1", "oracle misses at T_max"], rows))
+             _num(r["l1_single"], ".4f"), _pct(r.get("miss_code")), _num(r.get("l1_code"), ".4f"),
+             _pct(r["oracle_unmet"])] for r in svo]
+    out.append(("Missed targets: share of images with single-pass L1 > ε (decoder; code: code_l1)",
+                ["ε", "images", "missed (single)", "paper", "mean L1", "missed (code)", "code L1",
+                 "oracle misses at T_max"], rows))
     rows = [[f"{r['eps']:g}", _num(r["kc_single"], ".1f"), _num(r["kc_oracle"], ".1f"), _num(r["ratio"], ".3f"),
              _num(r["ratio_oracle_met"], ".3f"), _num(r["spearman"], ".2f"),
              _pct(r["single_below_oracle"]) + " / " + _pct(r["single_above_oracle"]),
@@ -387,6 +398,9 @@ def notes(report: dict[str, Any]) -> list[str]:
         f"{report['images']['ok']} images from {report['images']['folder']}"
         + (f" ({report['images']['skipped']} unreadable, left out)" if report["images"]["skipped"] else "") + ".",
         "L1 is the mean absolute pixel error in [0, 1] at the model resolution; a miss is L1 > ε. "
+        "Single-pass misses and mean L1 are the decoder's reconstruction's (`--check decoder`); the code "
+        "columns are the code's own reconstruction of the kept tokens (`code_l1`, the default check of a "
+        "wavelet KARL). "
         "Paper figures: KARL on ImageNet-100 at 256 px (T_max 256).",
         f"Token bytes = budget × {m['latent_dim']} latent values × {BYTES_PER_VALUE} bytes (16 bits per value, no "
         "entropy coding). JPEG bytes = entropy-coded scan data only (headers and tables excluded); "

@@ -267,7 +267,9 @@ def t_examples(results: Path) -> str:
 
 
 def _miss(row: pd.Series, eps: float) -> str:
-    if row["l1"] <= eps:
+    # The row's check: the decoder's l1 where it ran, else the code's own reconstruction (code_l1).
+    l1 = row["l1"] if pd.notna(row["l1"]) or "code_l1" not in row.index else row["code_l1"]
+    if l1 <= eps:
         return ""
     return "*" if row["kc"] >= row["max_tokens"] else "†"
 

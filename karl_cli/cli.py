@@ -307,10 +307,20 @@ def _fmt(v, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+_L1_CAPTION = {"l1": "L1: the decoder's reconstruction of the kept tokens (l1)",
+               "code_l1": "L1: the code's reconstruction of the kept tokens (code_l1)",
+               "l1+code_l1": "L1: the decoder's reconstruction (l1) where checked, else the code's (code_l1)"}
+
+
 def _image_table(rows: list[dict], method: str) -> Table:
-    """One image's rows: its KC (of T_max), soft KC and L1 per ε, titled with its path."""
+    """One image's rows: its KC (of T_max), soft KC and the check's L1 per ε (``rows.checked_l1``),
+    titled with its path."""
+    from karl_cli.io.rows import checked_l1
+
     path = str(rows[0]["path"]) if rows else ""
-    table = Table(title=escape(path), title_justify="left", caption=f"KC per ε, method {method}",
+    used = "+".join(k for k in ("l1", "code_l1") if any(checked_l1(r)[1] == k for r in rows))
+    caption = f"KC per ε, method {method}" + (f"; {_L1_CAPTION[used]}" if used else "")
+    table = Table(title=escape(path), title_justify="left", caption=caption,
                   caption_justify="left", header_style="bold")
     for name in ("ε", "KC", "of T_max", "soft KC", "L1"):
         table.add_column(name, justify="right")
@@ -318,12 +328,16 @@ def _image_table(rows: list[dict], method: str) -> Table:
         if r.get("status") != "ok":
             table.add_row(f"{r['eps']:g}", f"[red]error[/]: {escape(str(r.get('error')))}", "", "", "")
             continue
-        table.add_row(f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), _fmt(r["kc_soft"], ".2f"), _fmt(r["l1"], ".4f"))
+        table.add_row(f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), _fmt(r["kc_soft"], ".2f"),
+                      _fmt(checked_l1(r)[0], ".4f"))
     return table
 
 
-def _summary_table(stats: list[dict], method: str) -> Table:
-    table = Table(title=f"KC per ε (method: {method})", title_justify="left", header_style="bold")
+def _summary_table(stats: list[dict], method: str, l1_columns: list[str]) -> Table:
+    """Per-ε statistics (``rows.Summary.table``); the caption names where L1 and misses came from."""
+    used = "+".join(l1_columns)
+    table = Table(title=f"KC per ε (method: {method})", title_justify="left", header_style="bold",
+                  caption=_L1_CAPTION[used] if used else None, caption_justify="left")
     for name in ("ε", "ok", "errors", "KC mean", "median", "q10", "q90", "L1 mean", "missed ε"):
         table.add_column(name, justify="right")
     for s in stats:
@@ -355,10 +369,15 @@ def complexity(
     device: str = _device_option(),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: score only files i % N == K of the sorted list."),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already in the output and skip them; "
-                                "refused if they came from another model, --method or l1 setting."),
+                                "refused if they came from another model, --method or --check."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the KC histogram per ε to this PNG."),
-    l1: bool = typer.Option(True, "--l1/--no-l1", help="Check each KC by decoding (the l1 column). --no-l1: KC "
-                            "from the encoder pass alone, ~3x faster on CPU (method single only)."),
+    check: str = typer.Option("auto", "--check", metavar="[auto|code|decoder|none]", help="How each KC is checked "
+                              "(method single). code: the L1 of the code's own reconstruction of the kept tokens "
+                              "(code_l1 column; exact Haar synthesis, ~0.1 ms/image; wavelet KARL only). decoder: "
+                              "decode the kept tokens with the learned decoder (l1 column, plus code_l1 where the "
+                              "model has it; ~9 of ~14 ms/image on a CPU). none: KC from the encoder pass alone. "
+                              "auto: code where the model has it, else decoder. The searches always use the decoder."),
+    l1: bool = typer.Option(True, "--l1/--no-l1", help="--no-l1 is --check none (kept for older scripts)."),
     include_hidden: bool = _include_hidden_option(),
     max_pixels: Optional[int] = _max_pixels_option(),
     allow_inside_inputs: bool = _allow_inside_inputs_option(),
@@ -375,10 +394,12 @@ def complexity(
     from karl_cli.scoring.complexity import score
     from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds, resume_guard
     from karl_cli.scoring.measure import parse_shard
-    from karl_cli.scoring.methods import check_method, method_name, validate_eps
+    from karl_cli.scoring.methods import CHECKS, check_method, method_name, resolve_check, validate_eps
 
     eps_v = validate_eps(eps or [defaults.EPS])
     chosen = parse_baselines(baselines)
+    if check not in CHECKS:
+        raise UsageError(f"unknown --check {check!r}; choose one of: {', '.join(CHECKS)}")
     if method is not None:
         method_name(method)     # a bad name fails before the model is loaded
     shard_t = parse_shard(shard)
@@ -400,8 +421,7 @@ def complexity(
            inputs=paths or [], found=found, files_from=files_from, allow_inside_inputs=allow_inside_inputs)
     model = _load_model(weights)
     method = check_method(model, method)
-    if not l1 and method != "single":
-        raise UsageError(f"--no-l1 works only with --method single ({method} needs the decoder)")
+    check = resolve_check(model, method, check, l1)
     fields = ROW_FIELDS + list(chosen)
     summary = Summary()
     one_image = len(found) == 1 and not resume   # one image: its own KC per ε, not statistics of one
@@ -413,7 +433,7 @@ def complexity(
         sinks = []
         if outs_given:       # without any, the summary table is the output
             # --resume reads back the first output given (csv, json, parquet); the others are rewritten from it.
-            guard = resume_guard(model_id(model), method, l1)
+            guard = resume_guard(model_id(model), method, check)
             primary = stack.enter_context(RowWriter(outs_given[0], fields, resume=resume, checkpoint_s=every,
                                                     validate=guard))
             sinks.append(primary)
@@ -432,12 +452,12 @@ def complexity(
             skip = sinks[0].done if sinks else None
             if on_ray is not None:
                 rows = on_ray.score(found, weights, eps_v, method=method, baselines=chosen, batch_size=batch_size,
-                                    workers=workers, device=device, shard=shard_t, skip=skip, progress=update, l1=l1,
-                                    address=address)
+                                    workers=workers, device=device, shard=shard_t, skip=skip, progress=update,
+                                    check=check, address=address)
             else:
                 rows = score(found, model, eps_v, method=method, baselines=chosen, batch_size=batch_size,
                              workers=default_workers(dev) if workers is None else workers, device=dev, shard=shard_t,
-                             skip=skip, progress=update, l1=l1)
+                             skip=skip, progress=update, check=check)
             for row in rows:
                 for sink in sinks:
                     sink.write(row)
@@ -446,7 +466,8 @@ def complexity(
                     image_rows.append(row)
                 if plot:
                     plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
-    console.print(_image_table(image_rows, method) if one_image and image_rows else _summary_table(summary.table(), method))
+    console.print(_image_table(image_rows, method) if one_image and image_rows
+                  else _summary_table(summary.table(), method, summary.l1_columns))
     unreachable = [f"{st['eps']:g}" for st in summary.table() if st["miss"] is not None and st["miss"] > 0.5]
     if unreachable:
         # Most images missing ε means the model cannot reconstruct that well: KC then sits at T_max.

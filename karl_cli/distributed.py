@@ -49,7 +49,7 @@ from karl_cli.scoring.baselines import parse_baselines
 from karl_cli.io.rows import ROW_FIELDS, row_key, row_schema
 from karl_cli.scoring.complexity import batch_rows, pending
 from karl_cli.scoring.measure import ImageDataset, Progress, collate_images, measure
-from karl_cli.scoring.methods import check_eps, check_method, validate_eps
+from karl_cli.scoring.methods import check_eps, check_method, resolve_check, validate_eps
 
 ENTRY_COLUMNS = ("path", "source", "offset", "size", "error")
 
@@ -87,20 +87,22 @@ class KCScorer:
 
     Arguments as ``karl complexity`` takes them: ``weights`` (a shipped name or a weights folder
     readable on every node), ``eps`` (one or more ε), ``method`` (None: the model's default),
-    ``device`` (``auto``: the actor's GPU when Ray gave it one), ``l1`` (False: skip the decoder's
-    check, single only), ``baselines`` (as ``baselines.parse_baselines``), ``max_pixels`` (the
+    ``device`` (``auto``: the actor's GPU when Ray gave it one), ``check`` (``auto``, ``code``,
+    ``decoder`` or ``none``: how each KC is checked, ``methods.resolve_check``), ``l1`` (False:
+    ``check="none"``, kept for older callers), ``baselines`` (as ``baselines.parse_baselines``), ``max_pixels`` (the
     decompression-bomb guard). Bad arguments raise ``UsageError`` in the constructor.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, eps: float | Sequence[float] = 0.05,
                  method: str | None = None, device: str = "auto", l1: bool = True,
-                 baselines: bool | str | Iterable[str] = False, max_pixels: int | None = None) -> None:
+                 baselines: bool | str | Iterable[str] = False, max_pixels: int | None = None,
+                 check: str = "auto") -> None:
         self.model = load(weights)
         self.eps = validate_eps(eps)
         self.method = check_method(self.model, method)
         check_eps(self.model, self.method, self.eps)
         self.baselines = parse_baselines(baselines)
-        self.l1 = bool(l1)
+        self.check = resolve_check(self.model, self.method, check, l1)
         self.device = resolve_device(device)
         prepare_model(self.model, self.device)
         self.model_id = model_id(self.model)
@@ -118,7 +120,7 @@ class KCScorer:
         collated["paths"] = [str(p) for p in cols["path"]]   # rows name inputs as given, not where they were read
         m = None
         if collated["images"] is not None:
-            m = measure(self.model, collated["images"], self.eps, self.method, l1=self.l1)
+            m = measure(self.model, collated["images"], self.eps, self.method, check=self.check)
         rows = list(batch_rows(collated, m, self.eps, self.method, self.baselines, self.model.config.max_tokens,
                                self.model_id))
         for r in rows:      # Arrow holds UTF-8 only: a reason may quote a non-UTF-8 name (paths are escaped already)
@@ -130,7 +132,7 @@ def score_dataset(ds: "ray.data.Dataset", weights: str | os.PathLike | None = No
                   eps: float | Sequence[float] = 0.05, method: str | None = None, *, device: str = "auto",
                   l1: bool = True, baselines: bool | str | Iterable[str] = False, batch_size: int = 64,
                   concurrency: int | None = None, num_gpus: float | None = None, num_cpus: float = 1,
-                  max_pixels: int | None = None) -> "ray.data.Dataset":
+                  max_pixels: int | None = None, check: str = "auto") -> "ray.data.Dataset":
     """The rows of ``karl complexity`` for every image row of ``ds`` (see the module docstring for
     the columns it reads), as a lazy Ray dataset: write it (``.write_parquet(dir)``) or iterate it.
 
@@ -140,8 +142,9 @@ def score_dataset(ds: "ray.data.Dataset", weights: str | os.PathLike | None = No
     arguments are checked here, on the driver, before any actor starts (``UsageError``).
     """
     eps = validate_eps(eps)
-    model = load(weights)                       # a wrong name, method or ε fails here, not in every actor
+    model = load(weights)                       # a wrong name, method, ε or check fails here, not in every actor
     check_eps(model, check_method(model, method), eps)
+    resolve_check(model, check_method(model, method), check, l1)
     parse_baselines(baselines)
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
@@ -154,7 +157,7 @@ def score_dataset(ds: "ray.data.Dataset", weights: str | os.PathLike | None = No
         raise UsageError(f"concurrency must be >= 1 actor, got {concurrency} (the cluster has "
                          f"{ray.cluster_resources().get('CPU', 0):g} CPUs and {gpus:g} GPUs)")
     kwargs = {"weights": None if weights is None else os.fspath(weights), "eps": eps, "method": method,
-              "device": device, "l1": l1, "baselines": baselines, "max_pixels": max_pixels}
+              "device": device, "l1": l1, "baselines": baselines, "max_pixels": max_pixels, "check": check}
     return ds.map_batches(KCScorer, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
                           num_cpus=num_cpus)
@@ -212,7 +215,7 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
           method: str | None = None, baselines: bool | str | Iterable[str] = False, batch_size: int = 64,
           workers: int | None = None, device: str = "auto", shard: str | Sequence[int] | None = None,
           skip: Iterable[tuple[str, float]] | None = None, progress: Progress | None = None,
-          l1: bool = True, address: str | None = None) -> Iterator[dict[str, Any]]:
+          l1: bool = True, address: str | None = None, check: str = "auto") -> Iterator[dict[str, Any]]:
     """``complexity.score`` on Ray (``karl complexity --engine ray``): the same rows, in the same order,
     scored by ``workers`` actors (default: ``score_dataset``'s). The inputs are listed here on the
     driver (``complexity.pending``: the same scan, shard and ``skip`` rules); the actors read them.
@@ -226,7 +229,7 @@ def score(paths_or_found: str | os.PathLike | Iterable[str | os.PathLike | Found
     if workers is None:     # no more actors than batches: an idle actor still loads a model
         workers = min(_actors(device, None, 1)[1], -(-len(items) // batch_size))
     ds = score_dataset(entries_dataset(items, batch_size), weights, eps_list, method, device=device, l1=l1,
-                       baselines=baselines, batch_size=batch_size, concurrency=workers, max_pixels=max_pixels())
+                       check=check, baselines=baselines, batch_size=batch_size, concurrency=workers, max_pixels=max_pixels())
     return _rows(ds, len(items), len(eps_list), done, progress)
 
 

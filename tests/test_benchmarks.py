@@ -87,7 +87,7 @@ def test_kc_only_skips_the_decoder_and_keeps_kc(tiny_model, tmp_path):
 
     folder = tmp_path / "imgs"
     make_images(folder, 6)
-    full = list(score([folder], tiny_model, [0.05, 0.2], batch_size=4))
+    full = list(score([folder], tiny_model, [0.05, 0.2], batch_size=4, check="decoder"))
     fast = list(score([folder], tiny_model, [0.05, 0.2], batch_size=4, l1=False))
     assert [(r["path"], r["eps"], r["kc"], r["kc_soft"]) for r in fast] == \
         [(r["path"], r["eps"], r["kc"], r["kc_soft"]) for r in full]

@@ -1,6 +1,6 @@
 """CUDA paths (``pytest -m cuda``; skipped without a GPU). benchmarks/gpu/run.sh runs them first on
 the GPU machine: bf16 autocast, TF32, fused AdamW, channels-last, pinned memory, torch.compile, EMA
-on the device across a resume, and CPU/GPU agreement of a single pass."""
+on the device across a resume, and CPU/GPU agreement of a single pass and of the code check."""
 from __future__ import annotations
 
 import json
@@ -97,3 +97,21 @@ def test_shipped_default_model_runs_on_cuda():
     x = torch.rand(4, 3, 64, 64, device="cuda")
     enc = model.encode(x, 0.03)
     assert enc.kc.shape == (4,) and bool((enc.kc >= 1).all())
+
+
+def test_code_check_on_cuda_is_the_cpus_synthesis_of_the_same_tokens(device="cuda"):
+    from karl_cli.models.tokenizer import Encoding
+    from karl_cli.scoring.measure import measure
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "karl-small"
+    model = prepare_model(load_pretrained(weights), device)
+    rng = np.random.default_rng(0)
+    x = torch.stack([torch.from_numpy(make_family_image(f, 64, rng)).permute(2, 0, 1)
+                     for f in ("constant", "gradient", "few shapes", "many shapes")])
+    m = measure(model, x, [0.05], check="code", keep_encodings=True)
+    assert m.check == "code" and (m.decoder_runs == 0).all() and m.code_l1.isfinite().all()
+    enc = m.encodings[0]
+    # A fresh CPU model replays every position from the tokens: no memo, no GPU.
+    cpu_enc = Encoding(enc.latents.cpu(), enc.p_halt.cpu(), enc.keep.cpu(), enc.eps)
+    rec = load_pretrained(weights).code_reconstruction(cpu_enc)
+    torch.testing.assert_close(m.code_l1[:, 0], (rec - x.float() / 255).abs().mean((1, 2, 3)), atol=1e-5, rtol=0)

@@ -65,6 +65,8 @@ def test_ray_engine_writes_the_rows_of_the_single_process(ray_local, tiny_weight
     assert plain.exit_code == on_ray.exit_code == EXIT_SOME_FAILED, on_ray.output
     a, b = pq.read_table(tmp_path / "plain.parquet"), pq.read_table(tmp_path / "ray.parquet")
     assert a.num_rows == 2 * 13 and a.equals(b)      # same columns, types, order and values, bit for bit
+    ok = [r for r in b.to_pylist() if r["status"] == "ok"]
+    assert ok and all(r["l1"] is None and r["code_l1"] is not None for r in ok)   # the default check: the code's
     errors = {r["path"].rsplit("/", 1)[-1]: r["error"] for r in b.to_pylist() if r["status"] == "error"}
     assert set(errors) == {"truncated.png", "k2.png", "gone.png"}
 

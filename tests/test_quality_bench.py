@@ -59,10 +59,13 @@ def test_report_fields(quality, setup, capsys):
     files = sorted((tmp / "imgs").iterdir())
     for s in svo:
         prefix = [row["kc"] for row in score(files, model, [s["eps"]], method="prefix")]
-        single = [row for row in score(files, model, [s["eps"]], method="single")]
+        single = [row for row in score(files, model, [s["eps"]], method="single", check="decoder")]
         assert s["kc_oracle"] == pytest.approx(np.mean(prefix))
         assert s["kc_single"] == pytest.approx(np.mean([row["kc"] for row in single]))
+        # The gate's misses are the decoder's; the code's own reconstruction is reported beside them.
         assert s["miss_single"] == pytest.approx(np.mean([row["l1"] > s["eps"] for row in single]))
+        assert s["miss_code"] == pytest.approx(np.mean([row["code_l1"] > s["eps"] for row in single]))
+        assert s["l1_code"] == pytest.approx(np.mean([row["code_l1"] for row in single]), abs=1e-6)
 
     rd = r["rate_distortion"]
     assert [row["budget"] for row in rd] == [1, 4, 8, 12, 16]   # the tiny preset offers a 1-token budget

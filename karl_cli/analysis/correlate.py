@@ -43,10 +43,12 @@ RESULT_COLUMNS = ["category", "pooled", "method", "eps", "n", "spearman", "spear
                   "kendall", "reason", "vs_jpeg", "vs_jpeg_lo", "vs_jpeg_hi", "best_baseline", "vs_best",
                   "vs_best_lo", "vs_best_hi"]
 PER_IMAGE_COLUMNS = ["path", "category", "index", "rating", "eps", "method", "kc", "kc_soft", "max_tokens", "l1",
-                     "status", "error", "sha256"]
-SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "encoder_runs", "decoder_runs"] + list(REGISTRY)
+                     "code_l1", "status", "error", "sha256"]
+SCORE_FIELDS = ["kc", "kc_soft", "max_tokens", "l1", "code_l1", "encoder_runs", "decoder_runs"] + list(REGISTRY)
 CACHE_COLUMNS = ["sha256", "model_id", "eps", "method"] + SCORE_FIELDS
-CACHE_VERSION = 3          # 2: every registry baseline has a column (NaN until computed); 3: WebP and GIF redefined (fast presets)
+# 2: every registry baseline has a column (NaN until computed); 3: WebP and GIF redefined (fast presets);
+# 4: the code_l1 column, and the default check (the code's, for the wavelet KARL: l1 empty)
+CACHE_VERSION = 4
 POOLED_LABEL = "all (pooled)"   # how the terminal and the figures name the pooled rows
 
 
@@ -289,7 +291,7 @@ def _per_image_frame(table: pd.DataFrame, shas, eps_list, method, scores, names)
             err = s.get("error")
             recs.append({
                 "path": t.path, "category": t.category, "index": t.index, "rating": t.rating, "eps": e,
-                "method": method, **{k: _num(s.get(k)) for k in ("kc", "kc_soft", "max_tokens", "l1", *names)},
+                "method": method, **{k: _num(s.get(k)) for k in ("kc", "kc_soft", "max_tokens", "l1", "code_l1", *names)},
                 "status": s.get("status", "ok"), "error": "" if err is None or (isinstance(err, float) and
                                                                                math.isnan(err)) else str(err),
                 "sha256": shas[i] or "",

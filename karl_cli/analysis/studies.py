@@ -114,12 +114,12 @@ def resolve_method(model: torch.nn.Module, method: str | None) -> str:
 
 def measure_kc(model: torch.nn.Module, images: np.ndarray, eps: Sequence[float], method: str,
                batch_size: int = IN_MEMORY_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
-               l1: bool = True
+               check: str = "decoder"
                ) -> tuple[np.ndarray, np.ndarray]:
     """KC and reconstruction L1 of uint8 model-size images (N, R, R, 3) at each ε, through the
-    measuring core (``measure.measure_all``): kc int (N, E) in 1..T_max, l1 float (N, E) in [0, 1]
-    (NaN with ``l1=False``, single only)."""
-    m = measure_all(model, images, [float(e) for e in eps], method, batch_size, l1=l1, progress=progress)
+    measuring core (``measure.measure_all``): kc int (N, E) in 1..T_max, l1 float (N, E) in [0, 1],
+    the decoder's reconstruction (the studies' l1 columns; NaN with ``check="none"``, single only)."""
+    m = measure_all(model, images, [float(e) for e in eps], method, batch_size, progress=progress, check=check)
     return m.kc.numpy(), m.l1.double().numpy()
 
 
@@ -176,7 +176,8 @@ def profile(paths: Sequence[str | os.PathLike], model: torch.nn.Module, eps: Seq
     items, bad = load_inputs(paths, resolution=model.config.resolution, sample=sample, seed=seed)
     arr = np.stack([a for _, a in items])
     # The profile keeps KC only: a single pass skips its L1 check (the searches need their decodes).
-    kc, _ = measure_kc(model, arr, eps_v, method, batch_size, _stage(progress, "KC per ε"), l1=method != "single")
+    kc, _ = measure_kc(model, arr, eps_v, method, batch_size, _stage(progress, "KC per ε"),
+                       check="none" if method == "single" else "decoder")
     rows = pd.DataFrame({"path": [p for p, _ in items], "folder": [Path(p).parent.name for p, _ in items]})
     rows["kc_area"] = kc_area(kc, eps_v).round(3) if len(eps_v) > 1 else np.nan
     for j, e in enumerate(eps_v):

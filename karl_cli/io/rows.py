@@ -8,7 +8,7 @@
 
 - ``RowWriter``: CSV, JSON records or Parquet (by suffix), atomic (temp file beside the target, renamed
   by ``close``), checkpointed on a clock, resumable (``resume=True`` keeps the rows already there;
-  ``resume_guard`` refuses rows of another model, method or l1 setting: the one resume rule).
+  ``resume_guard`` refuses rows of another model, method or check: the one resume rule).
 - ``read_rows`` / ``csv_header`` / ``coerce_row``: typed rows back from any of the three formats.
 - ``merge_csv``: shard outputs joined into one file sorted by (path, ε).
 - ``write_table``: a whole table at once (studies, ``compare``, ``correlate``), CSV or JSON records.
@@ -16,7 +16,7 @@
 
 A row is a dict; ``ROW_FIELDS`` are the columns of ``karl complexity`` (``scoring/complexity.py`` says
 what they mean). Column types: ``TEXT_FIELDS`` are text, ``INT_FIELDS`` whole numbers, every other
-column a number (the classic measures, ε, soft KC, l1); a CSV cell that is not a number stays text.
+column a number (the classic measures, ε, soft KC, l1, code_l1); a CSV cell that is not a number stays text.
 """
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ from karl_cli.io.names import escape_path, safe_frame, safe_text, unescape_path
 from karl_cli.io.outputs import OutputLock
 from karl_cli.io.tables import ParquetSink, parquet_columns, parquet_schema, read_parquet_rows
 
-ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "status", "error", "encoder_runs", "decoder_runs",
-              "model_id", "method"]
+ROW_FIELDS = ["path", "eps", "kc", "kc_soft", "max_tokens", "l1", "code_l1", "status", "error", "encoder_runs",
+              "decoder_runs", "model_id", "method"]
+# Columns added after files were first written: a file without them still resumes (its rows hold none).
+ADDED_FIELDS = frozenset({"code_l1"})
 INT_FIELDS = frozenset({"kc", "max_tokens", "encoder_runs", "decoder_runs", "offset", "fh_regions"})
 TEXT_FIELDS = frozenset({"path", "name", "status", "error", "model_id", "method", "shard"})
 
@@ -256,7 +258,8 @@ class RowWriter:
         if resume and self.path is not None and self.path.exists():
             if self.fmt in ("csv", "parquet"):
                 header = csv_header(self.path)
-                if header and header != self.fields:
+                # A file of an older karl lacks the columns added since; its rows are copied with them empty.
+                if header and header != self.fields and header != [f for f in self.fields if f not in ADDED_FIELDS]:
                     raise UsageError(f"cannot resume {self.path}: its columns ({', '.join(header)}) differ from "
                                      f"this run's ({', '.join(self.fields)}); use the same options or a new file")
             self.existing = read_rows(self.path)
@@ -467,20 +470,29 @@ class RowWriter:
 
 
 def row_settings(row: dict[str, Any]) -> dict[str, Any]:
-    """What a row says about the run that wrote it: ``model_id``, ``method`` and ``l1`` (whether the
-    kept tokens were decoded to check l1: False for ``--no-l1`` rows, None where a row cannot tell,
-    e.g. an error row)."""
-    l1 = None
+    """What a row says about the run that wrote it: ``model_id``, ``method`` and ``check`` (how its
+    KC was checked, ``methods.resolve_check``: ``decoder`` when the kept tokens were decoded, else
+    ``code`` when ``code_l1`` is filled, else ``none``; None where a row cannot tell, e.g. an error
+    row or a search, which always decodes). Rows of files older than the ``code_l1`` column read as
+    ``decoder`` or ``none``, the two checks karl had then."""
+    check = None
     if row.get("status") == "ok" and row.get("method") == "single" and row.get("decoder_runs") is not None:
-        l1 = int(row["decoder_runs"]) > 0
-    return {"model_id": row.get("model_id"), "method": row.get("method"), "l1": l1}
+        check = "decoder" if int(row["decoder_runs"]) > 0 else "code" if row.get("code_l1") is not None else "none"
+    return {"model_id": row.get("model_id"), "method": row.get("method"), "check": check}
 
 
-def resume_guard(model_id: str, method: str, l1: bool | None = True) -> Callable[[list[dict[str, Any]]], str | None]:
+_CHECK_WORDS = {"decoder": "the decoder's l1 check (--check decoder)",
+                "code": "the code's l1 check (--check code)",
+                "none": "no l1 check (--check none, --no-l1)"}
+
+
+def resume_guard(model_id: str, method: str, check: str | None = "decoder"
+                 ) -> Callable[[list[dict[str, Any]]], str | None]:
     """A ``RowWriter(validate=...)`` check for ``resume``: the reason the rows already in a file cannot
-    be continued by a run of ``model_id`` / ``method`` / ``l1`` (another model, method or l1 check
-    would mix rows that mean different things), or None when every row matches."""
-    def check(rows: list[dict[str, Any]]) -> str | None:
+    be continued by a run of ``model_id`` / ``method`` / ``check`` (``code``, ``decoder`` or
+    ``none``, as ``methods.resolve_check`` resolves it; None: any), since another model, method or
+    check would mix rows that mean different things; None when every row matches."""
+    def validate(rows: list[dict[str, Any]]) -> str | None:
         for r in rows:
             had = row_settings(r)
             if had["model_id"] != model_id:
@@ -488,12 +500,11 @@ def resume_guard(model_id: str, method: str, l1: bool | None = True) -> Callable
                         f"{model_id} (other --weights)")
             if had["method"] != method:
                 return f"its rows came from --method {had['method'] or '(none recorded)'}, this run uses --method {method}"
-            if had["l1"] is not None and l1 is not None and had["l1"] != l1:
-                return ("its rows were scored " + ("with" if had["l1"] else "without") + " the l1 check, this run "
-                        + ("has it" if l1 else "skips it (--no-l1)"))
+            if had["check"] is not None and check is not None and had["check"] != check:
+                return f"its rows were scored with {_CHECK_WORDS[had['check']]}, this run has {_CHECK_WORDS[check]}"
         return None
 
-    return check
+    return validate
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: Sequence[str] | None = None,
@@ -501,7 +512,7 @@ def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: S
     """Stream ``rows`` into ``path`` (CSV, or JSON records for ``.json``) atomically; returns rows written
     by this call. ``fields`` defaults to ROW_FIELDS (+ the other columns the first row has, e.g. baselines).
     With ``resume`` the rows already in ``path`` are kept (refused, ``UsageError``, when another model,
-    method or l1 setting wrote them: ``resume_guard``); pass ``RowWriter.done`` as ``skip`` to
+    method or check wrote them: ``resume_guard``); pass ``RowWriter.done`` as ``skip`` to
     ``score`` to avoid duplicates, or use ``RowWriter`` directly."""
     it = iter(rows)
     first = next(it, None)
@@ -573,6 +584,12 @@ def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], prefe
                 elif prefer is None and len(conflicts) < 3:
                     diff = ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k))
                     conflicts.append(f"{key[0]} at ε {key[1]:g} ({old_p.name} vs {p.name}: {diff})")
+    # Files of an older karl lack the columns added since (``ADDED_FIELDS``): put each where karl writes it.
+    for k in ADDED_FIELDS & set(fields):
+        before = ROW_FIELDS[ROW_FIELDS.index(k) - 1]
+        if before in fields:
+            fields.remove(k)
+            fields.insert(fields.index(before) + 1, k)
     if len(models) > 1 and not mixed_models:
         named = ", ".join(f"{m or '(none recorded)'} in {f.name}" for m, f in models.items())
         raise UsageError(f"the inputs hold rows of {len(models)} models ({named}); KC of different models do not "
@@ -606,12 +623,23 @@ def write_table(df: Any, path: str | os.PathLike, fmt: str | None = None) -> Non
 
 
 # --- summary -------------------------------------------------------------------------------------
+def checked_l1(row: dict[str, Any]) -> tuple[float | None, str | None]:
+    """A row's check of its KC: (the L1, the column it came from): ``l1`` (the decoder's
+    reconstruction) where filled, else ``code_l1`` (the code's), else (None, None)."""
+    for k in ("l1", "code_l1"):
+        if row.get(k) not in (None, ""):
+            return float(row[k]), k
+    return None, None
+
+
 class Summary:
-    """Per-ε counts and KC statistics, fed row by row (no rows kept in memory)."""
+    """Per-ε counts and KC statistics, fed row by row (no rows kept in memory). The L1 statistics
+    take each row's ``checked_l1``: the decoder's ``l1`` where present, else ``code_l1``."""
 
     def __init__(self) -> None:
         self._kc: dict[float, list[float]] = {}
         self._l1: dict[float, list[float]] = {}
+        self._l1_from: dict[float, set[str]] = {}
         self._err: dict[float, int] = {}
         self._err_paths: set[str] = set()
 
@@ -619,11 +647,14 @@ class Summary:
         e = round(float(row["eps"]), 9)
         self._kc.setdefault(e, [])
         self._l1.setdefault(e, [])
+        self._l1_from.setdefault(e, set())
         self._err.setdefault(e, 0)
         if row.get("status") == "ok" and row.get("kc") not in (None, ""):
             self._kc[e].append(float(row["kc"]))
-            if row.get("l1") not in (None, ""):
-                self._l1[e].append(float(row["l1"]))
+            l1, column = checked_l1(row)
+            if column is not None:
+                self._l1[e].append(l1)
+                self._l1_from[e].add(column)
         else:
             self._err[e] += 1
             self._err_paths.add(str(row.get("path")))
@@ -638,9 +669,17 @@ class Summary:
         """Distinct inputs with an error row."""
         return len(self._err_paths)
 
+    @property
+    def l1_columns(self) -> list[str]:
+        """The columns the L1 statistics came from, over every ε: [], ["l1"], ["code_l1"] or both."""
+        seen = set().union(*self._l1_from.values()) if self._l1_from else set()
+        return [k for k in ("l1", "code_l1") if k in seen]
+
     def table(self) -> list[dict[str, Any]]:
         """One dict per ε: eps, ok, error, kc_mean, kc_median, kc_q10, kc_q90, l1_mean, miss
-        (share of ok images whose reconstruction misses ε, the paper's failure rate)."""
+        (share of ok images whose checked reconstruction misses ε, the paper's failure rate) and
+        l1_from (the columns those two came from, ``checked_l1``: "l1", "code_l1", "l1+code_l1" for
+        mixed rows, None without any)."""
         out = []
         for e in sorted(self._kc):
             kc = np.asarray(self._kc[e], dtype=float)
@@ -653,6 +692,7 @@ class Summary:
                 stats.update(kc_mean=None, kc_median=None, kc_q10=None, kc_q90=None)
             stats["l1_mean"] = float(l1.mean()) if l1.size else None
             stats["miss"] = float((l1 > e + 1e-12).mean()) if l1.size else None
+            stats["l1_from"] = "+".join(k for k in ("l1", "code_l1") if k in self._l1_from[e]) or None
             out.append(stats)
         return out
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from karl_cli.models.config import KARLConfig
+from karl_cli.models.config import MODELS, KARLConfig
 from karl_cli.models.dct import DCTCode
 from karl_cli.models.layers import Block, ConvBase, DirectPaths, conv_stem
 from karl_cli.models.pca import PCACode
@@ -218,6 +218,33 @@ class Tokenizer(Pretrained, nn.Module):
             last = int(k.any(0).nonzero().max()) + 1 if bool(k.any()) else 1   # tokens past it are all dropped
             out[rows] = self.decode_tokens(lat[rows, :last], k[:, :last]).float()
         return out.clamp_(0.0, 1.0)
+
+    @property
+    def reconstructs_from_code(self) -> bool:
+        """Whether the kept tokens are the model's code itself, so ``code_reconstruction`` is defined:
+        a code whose token positions follow earlier values (``ordered``, the wavelet KARL)."""
+        return self.code is not None and self.code.ordered
+
+    @torch.inference_mode()
+    def code_reconstruction(self, encoding: Encoding) -> torch.Tensor:
+        """The code's own reconstruction of the kept tokens: images (B, 3, R, R) in [0, 1], float32.
+
+        Defined where the tokens ARE the code (``reconstructs_from_code``: the wavelet KARL, whose
+        ordered code takes no learned correction, models/wavelet.py): the kept prefix of Haar
+        coefficients, rescaled and put back by the inverse transform and colour basis (Haar
+        synthesis, no network), then clamped. That is exactly the image the kept tokens describe, the
+        ``linear`` path ``decode_tokens`` starts from before its learned refinement; the decoder's
+        reconstruction is a different (usually slightly closer) image. Tokens ``analyse`` just made
+        are recalled, not replayed (``WaveletCode.positions``), so the cost is one scatter and an
+        inverse transform (~0.1 ms per image on a CPU). Raises ValueError for a model whose tokens
+        are not its code (learned tokens, the DCT or PCA start of a KARL, ALIT)."""
+        if not self.reconstructs_from_code:
+            what = MODELS.get((self.config.arch, self.config.code), type(self).__name__)
+            raise ValueError(f"{what} has no code reconstruction of its tokens (only the wavelet "
+                             "KARL's tokens are its code); check the tokens with the decoder instead")
+        lat = encoding.latents.to(self.device)
+        keep = encoding.keep.to(self.device)
+        return self.code.synthesise(lat, keep).float().clamp_(0.0, 1.0)
 
     @property
     def device(self) -> torch.device:

@@ -10,17 +10,19 @@ study that makes its own images) uses the second alone:
    large runs, ``load_inputs`` reads them all at once for small ones (studies, ``compare``,
    ``show``). Unreadable inputs are error entries, never exceptions.
 2. **Pixels to measurements.** ``measure(model, images, eps, method)`` measures one batch
-   (B, 3, R, R): per image and ε the KC, soft KC, reconstruction L1 and the encoder / decoder runs
-   spent, and on request the reconstructions, p_halt and the encodings. ``measure_all`` runs it over
-   an array of any length in batches. Which method a model supports, and so where its tokens come
+   (B, 3, R, R): per image and ε the KC, soft KC, the check of the kept tokens (``l1``: the
+   decoder's reconstruction; ``code_l1``: the code's own, ``methods.resolve_check``) and the
+   encoder / decoder runs spent, and on request the reconstructions, p_halt and the encodings.
+   ``measure_all`` runs it over an array of any length in batches. Which method a model supports, and so where its tokens come
    from, is decided by the one method table, ``methods.py``.
 
     from karl_cli.scoring.measure import measure
     m = measure(model, x, [0.03, 0.05])          # x: uint8 or float (B, 3, R, R)
-    m.kc, m.l1                                   # (B, 2) each
+    m.kc, m.code_l1                              # (B, 2) each (the wavelet KARL's default check)
 
 Method semantics (KARL arXiv 2507.07995 §3; ALIT arXiv 2411.02393): ``single`` is one encoder pass
-per ε whose halting head keeps T_max − halted tokens (+ one decoder pass for the L1 check);
+per ε whose halting head keeps T_max − halted tokens (+ the check: the code's reconstruction, or
+one decoder pass);
 ``search`` / ``prefix`` are the oracle's shared sweep (``oracle.sweep``): the smallest budget whose
 reconstruction reaches L1 <= ε, T_max where none does.
 """
@@ -44,7 +46,7 @@ from karl_cli.io.sources import gather, load_found
 from karl_cli.models.tokenizer import Encoding
 from karl_cli.runtime import inference, model_device, to_model_input
 from karl_cli.scoring.baselines import compute
-from karl_cli.scoring.methods import check_eps, check_method, validate_eps
+from karl_cli.scoring.methods import check_eps, check_method, resolve_check, validate_eps
 from karl_cli.scoring.oracle import meets, sweep
 
 Progress = Callable[[int, int], None]   # progress(images_done, images_total)
@@ -305,48 +307,68 @@ def load_images(images: Any, resolution: int) -> torch.Tensor:
 class Measurement:
     """What ``measure`` found for a batch of B images at E values of ε (column j for ``eps[j]``).
 
-    Pairs left out by ``need`` keep kc = T_max, kc_soft = T_max, l1 = NaN and 0 runs.
+    Pairs left out by ``need`` keep kc = T_max, kc_soft = T_max, l1 = code_l1 = NaN and 0 runs.
+    ``check`` is the check that ran (``methods.resolve_check``): ``code`` fills ``code_l1`` alone,
+    ``decoder`` fills ``l1`` (and ``code_l1`` too where the model's tokens are its code, single only),
+    ``none`` neither.
     """
 
     eps: list[float]
     method: str
     kc: torch.Tensor            # (B, E) long: tokens kept (single) or the smallest budget meeting ε
     kc_soft: torch.Tensor       # (B, E) float32: Σ(1 − p_halt) (single); = kc for the searches
-    l1: torch.Tensor            # (B, E) float32: pixel L1 (0-1 scale) of the reconstruction; NaN unchecked
+    l1: torch.Tensor            # (B, E) float32: pixel L1 (0-1 scale) of the decoder's reconstruction; NaN unchecked
+    code_l1: torch.Tensor       # (B, E) float32: pixel L1 of the code's reconstruction of the kept tokens; NaN unchecked
     encoder_runs: torch.Tensor  # (B, E) long: encoder passes (ALIT: iterations) spent on the pair
     decoder_runs: torch.Tensor  # (B, E) long: decoder passes spent on the pair
     recon: torch.Tensor | None = None      # (B, E, 3, R, R) on the model's device, with keep_recon
     p_halt: torch.Tensor | None = None     # (B, E, T_max) float32, single with keep_halting
     encodings: list[Encoding | None] | None = None  # per ε, of the needed rows (None: none needed); single
+    check: str = "decoder"                 # the check that ran: code, decoder or none
+
+    @property
+    def checked_l1(self) -> torch.Tensor:
+        """(B, E) float32: the check's L1, ``l1`` (the decoder's) where it ran, else ``code_l1``; NaN
+        where neither did."""
+        return torch.where(self.l1.isnan(), self.code_l1, self.l1)
 
     @property
     def met(self) -> torch.Tensor:
-        """(B, E) bool: the reconstruction reaches ε (``oracle.meets``; False where unchecked)."""
-        return meets(self.l1, torch.tensor(self.eps, dtype=torch.float64).view(1, -1))
+        """(B, E) bool: the checked reconstruction reaches ε (``oracle.meets`` on ``checked_l1``: the
+        decoder's L1 where present, else the code's; False where unchecked)."""
+        return meets(self.checked_l1, torch.tensor(self.eps, dtype=torch.float64).view(1, -1))
 
 
 def measure(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[float], method: str | None = None,
-            *, l1: bool = True, need: torch.Tensor | None = None, keep_recon: bool = False,
+            *, check: str = "auto", l1: bool = True, need: torch.Tensor | None = None, keep_recon: bool = False,
             keep_halting: bool = False, keep_encodings: bool = False) -> Measurement:
     """KC of one batch at each ε, the way ``method`` counts tokens.
 
     ``images``: uint8 (B, 3, R, R) in 0..255 or float in [0, 1], R = ``model.config.resolution``; moved
     to the model's device (the caller prepares the model: ``runtime.prepare_model``). ``eps``: one or
     more ε (pixel L1 targets, 0-1 scale). ``method``: ``single``, ``search`` or ``prefix``; None is the
-    model's default (``methods.default_method``). ``l1=False`` (single only) skips the decoder pass:
-    l1 NaN, 0 decoder runs. ``need`` (B, E) bool marks the pairs wanted (default: all). The scalar
-    results are on the CPU; ``recon`` stays on the model's device.
+    model's default (``methods.default_method``). ``check`` (single; ``methods.resolve_check``):
+    ``code`` fills ``code_l1`` from the code's reconstruction (``Tokenizer.code_reconstruction``) with
+    no decoder pass (0 decoder runs); ``decoder`` decodes the kept tokens for ``l1`` (and fills
+    ``code_l1`` too where the model has it, at almost no cost); ``none`` checks nothing; ``auto``
+    (default) is ``code`` where the model has it, else ``decoder``. ``l1=False`` is ``check="none"``
+    (kept for older callers). The searches always check with the decoder (they need it to find the
+    budget): ``l1`` filled, ``code_l1`` NaN. ``keep_recon`` decodes (the reconstructions are the
+    decoder's), so a ``code`` check then becomes ``decoder``. ``need`` (B, E) bool marks the pairs
+    wanted (default: all). The scalar results are on the CPU; ``recon`` stays on the model's device.
 
-    Raises UsageError for a method the model lacks, an ε it cannot honour (``methods.check_eps``) or
-    ``l1=False`` with a search.
+    Raises UsageError for a method the model lacks, an ε it cannot honour (``methods.check_eps``), a
+    check it cannot make (``code`` without a code reconstruction, ``code`` or ``none`` with a search,
+    ``l1=False`` beside another explicit check).
     """
     eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     method = check_method(model, method)
     if not eps_list or validate_eps(eps_list) != eps_list:
         raise UsageError(f"give distinct positive ε values, got {eps_list}")
     check_eps(model, method, eps_list)
-    if not l1 and method != "single":
-        raise UsageError(f"skipping the l1 check works only with method 'single' ({method!r} needs the decoder)")
+    check = resolve_check(model, method, check, l1)
+    if keep_recon and check == "code":
+        check = "decoder"       # the reconstructions are the decoder's; its l1 is then free
     dev = model_device(model)
     b, n_eps = images.shape[0], len(eps_list)
     need = torch.ones(b, n_eps, dtype=torch.bool) if need is None else need.to("cpu", torch.bool)
@@ -356,12 +378,17 @@ def measure(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[
         x = to_model_input(images, dev)
         if method != "single":
             r = sweep(model, x, eps_list, method, need=need, keep_recon=keep_recon)
-            return Measurement(eps_list, method, r.kc.cpu(), r.kc.float().cpu(), r.l1.cpu(), r.encoder_runs.cpu(),
-                               r.decoder_runs.cpu(), r.recon)
+            return Measurement(eps_list, method, r.kc.cpu(), r.kc.float().cpu(), r.l1.cpu(),
+                               torch.full((b, n_eps), float("nan")), r.encoder_runs.cpu(), r.decoder_runs.cpu(),
+                               r.recon, check=check)
         t_max = model.config.max_tokens
         kc = torch.full((b, n_eps), t_max, dtype=torch.long)
         kc_soft = torch.full((b, n_eps), float(t_max))
         err = torch.full((b, n_eps), float("nan"))
+        code_err = torch.full((b, n_eps), float("nan"))
+        # The code's L1 rides along with the decoder's where the model has it: ~0.1 ms per image.
+        by_code = check != "none" and bool(getattr(model, "reconstructs_from_code", False))
+        decode = check == "decoder" or keep_recon
         recon = None
         # One ε over the whole batch keeps the decoder's own tensor (its memory layout too); else a buffer.
         whole = n_eps == 1 and bool(need.all())
@@ -384,24 +411,27 @@ def measure(model: torch.nn.Module, images: torch.Tensor, eps: float | Sequence[
                 p_halt[sel, j] = enc.p_halt.float().cpu()
             if encodings is not None:
                 encodings.append(enc)
-            if l1 or keep_recon:
+            if by_code:
+                code_err[sel, j] = (model.code_reconstruction(enc) - xs).abs().mean(dim=(1, 2, 3)).float().cpu()
+            if decode:
                 rec = model.decode(enc)
-                if l1:
+                if check == "decoder":
                     err[sel, j] = (rec - xs).abs().mean(dim=(1, 2, 3)).float().cpu()
                 if keep_recon and whole:
                     recon = rec.unsqueeze(1)
                 elif recon is not None:
                     recon[sel.to(dev), j] = rec.to(recon.dtype)
     runs = need.long()
-    return Measurement(eps_list, method, kc, kc_soft, err, runs, runs * int(l1), recon, p_halt, encodings)
+    return Measurement(eps_list, method, kc, kc_soft, err, code_err, runs, runs * int(check == "decoder"), recon,
+                       p_halt, encodings, check)
 
 
 def measure_all(model: torch.nn.Module, images: np.ndarray | torch.Tensor, eps: float | Sequence[float],
                 method: str | None = None, batch_size: int = IN_MEMORY_BATCH_SIZE, l1: bool = True,
-                progress: Progress | None = None) -> Measurement:
+                progress: Progress | None = None, check: str = "auto") -> Measurement:
     """``measure`` over N images in batches of ``batch_size``, concatenated (CPU tensors, no
     reconstructions). ``images``: uint8 (N, R, R, 3) arrays as the loaders give them, or a (N, 3, R, R)
-    tensor. ``progress(done, total)`` after every batch."""
+    tensor. ``check`` and ``l1`` as ``measure`` takes them. ``progress(done, total)`` after every batch."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     n = len(images)
@@ -410,12 +440,12 @@ def measure_all(model: torch.nn.Module, images: np.ndarray | torch.Tensor, eps: 
         chunk = images[i:i + batch_size]
         if isinstance(chunk, np.ndarray):
             chunk = torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2)))
-        parts.append(measure(model, chunk, eps, method, l1=l1))
+        parts.append(measure(model, chunk, eps, method, check=check, l1=l1))
         if progress:
             progress(min(i + batch_size, n), n)
     if not parts:
         raise UsageError("no images to measure")
     first = parts[0]
-    fields = ("kc", "kc_soft", "l1", "encoder_runs", "decoder_runs")
+    fields = ("kc", "kc_soft", "l1", "code_l1", "encoder_runs", "decoder_runs")
     cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in fields}
-    return Measurement(first.eps, first.method, **cat)
+    return Measurement(first.eps, first.method, **cat, check=first.check)

@@ -9,6 +9,13 @@
   budget come from its own recurrent iteration, so they are not).
 
 A model says which kind it is with its ``single_pass`` attribute (KARL True, ALIT False).
+
+How a single pass's KC is checked (``CHECKS``, ``resolve_check``): ``code`` takes the pixel L1 of the
+code's own reconstruction of the kept tokens (``Tokenizer.code_reconstruction``: exact Haar
+synthesis, no network, ~0.1 ms per image; only where the tokens are the code, the wavelet KARL),
+``decoder`` decodes the kept tokens with the learned decoder (~9 of the ~14 ms an image costs on a
+CPU), ``none`` checks nothing (KC alone), ``auto`` is ``code`` where the model has it, else
+``decoder``. The searches find their budget with the decoder's L1, so they always use ``decoder``.
 """
 from __future__ import annotations
 
@@ -95,3 +102,33 @@ def check_eps(model: torch.nn.Module, method: str, eps_list: Sequence[float]) ->
         raise UsageError(f"ε {', '.join(f'{e:g}' for e in outside)} is outside what the single pass can honour "
                          f"({lo:g} to {hi:g}, the ε range the halting head was trained on); "
                          f"--method search or prefix takes any ε > 0")
+
+
+CHECKS = ("auto", "code", "decoder", "none")
+
+
+def resolve_check(model: torch.nn.Module, method: str, check: str = "auto", l1: bool = True) -> str:
+    """The check a run of ``method`` makes of each KC: ``code``, ``decoder`` or ``none`` (see the
+    module docstring). ``check``: one of ``CHECKS``; ``auto`` is ``code`` for a single pass of a
+    model whose tokens are its code (``reconstructs_from_code``), else ``decoder``. ``l1=False``
+    (the older ``--no-l1``) means ``none``. Raises UsageError for an unknown check, ``l1=False``
+    beside another explicit check, ``code`` on a model without it, and ``code`` or ``none`` with a
+    search (the searches need the decoder's L1 to find the budget)."""
+    if check not in CHECKS:
+        raise UsageError(f"unknown check {check!r}; choose one of: {', '.join(CHECKS)}")
+    if not l1:
+        if check not in ("auto", "none"):
+            raise UsageError(f"--no-l1 (l1=False) means --check none; it cannot go with --check {check}")
+        check = "none"
+    if method != "single":
+        if check in ("code", "none"):
+            raise UsageError(f"--check {check} works only with --method single ({method!r} finds its budget "
+                             "with the decoder's l1)")
+        return "decoder"
+    has_code = bool(getattr(model, "reconstructs_from_code", False))
+    if check == "auto":
+        return "code" if has_code else "decoder"
+    if check == "code" and not has_code:
+        raise UsageError(f"--check code needs a model whose tokens are its code (the wavelet KARL); "
+                         f"{type(model).__name__} with the {model.config.code} code has none: use --check decoder")
+    return check

@@ -45,14 +45,15 @@ def _ok(rows):
 
 
 def test_rows_schema_and_values(model, image_folder):
-    rows = list(score([image_folder], model, [0.05, 0.2], baselines=True, batch_size=7))
+    rows = list(score([image_folder], model, [0.05, 0.2], baselines=True, batch_size=7, check="decoder"))
     assert len(rows) == 24 * 2
     assert [list(r) for r in rows[:1]] == [ROW_FIELDS + BASELINE_FIELDS]
+    assert ROW_FIELDS.index("code_l1") == ROW_FIELDS.index("l1") + 1
     for r in rows:
         assert r["status"] == "ok" and r["error"] is None
         assert all(r[k] is not None for k in ROW_FIELDS if k != "error")
         assert 0 <= r["kc"] <= r["max_tokens"] == model.config.max_tokens
-        assert 0.0 <= r["l1"] <= 1.0 and r["jpeg_bpp"] > 0 and r["png_bpp"] > 0
+        assert 0.0 <= r["l1"] <= 1.0 and 0.0 <= r["code_l1"] <= 1.0 and r["jpeg_bpp"] > 0 and r["png_bpp"] > 0
         assert (r["encoder_runs"], r["decoder_runs"]) == (1, 1)
     assert len({r["kc"] for r in rows}) > 1, "the halting spread should give varied token counts"
     # Rows come in sorted path order, ε order within an image.
@@ -68,6 +69,12 @@ def test_rows_schema_and_values(model, image_folder):
     assert [r["kc"] for r in got] == enc.kc.tolist()
     assert np.allclose([r["kc_soft"] for r in got], enc.kc_soft.numpy(), atol=1e-3)
     assert np.allclose([r["l1"] for r in got], l1.numpy(), atol=1e-5)
+    code_l1 = (model.code_reconstruction(enc) - x).abs().mean((1, 2, 3))
+    assert np.allclose([r["code_l1"] for r in got], code_l1.numpy(), atol=1e-5)
+    # The default check (the wavelet KARL's tokens are its code): the same KC and code_l1, no decoder.
+    auto = list(score([image_folder], model, [0.05, 0.2], baselines=True, batch_size=7))
+    assert [(r["kc"], r["code_l1"]) for r in auto] == [(r["kc"], r["code_l1"]) for r in rows]
+    assert all(r["l1"] is None and (r["encoder_runs"], r["decoder_runs"]) == (1, 0) for r in auto)
 
 
 def test_error_rows_for_unreadable_files(model, mixed_folder, tmp_path):
@@ -81,7 +88,7 @@ def test_error_rows_for_unreadable_files(model, mixed_folder, tmp_path):
     assert "empty" in bad[str(mixed_folder / "empty.png")]["error"]
     assert "not an image" in bad[str(txt)]["error"]
     for r in bad.values():
-        assert r["kc"] is None and r["l1"] is None and r["encoder_runs"] == 0 and r["error"]
+        assert r["kc"] is None and r["l1"] is None and r["code_l1"] is None and r["encoder_runs"] == 0 and r["error"]
     assert len(_ok(rows)) == 6 and all(r["kc"] is not None for r in _ok(rows))
 
 
@@ -96,7 +103,9 @@ def test_method_run_counts(model, image_folder):
     n_budgets = len(model.config.budgets)
     never, always = 1e-4, 1.0
     single = list(score(files, model, [0.005, 0.38], method="single"))   # the range a single pass honours
-    assert {(r["encoder_runs"], r["decoder_runs"]) for r in single} == {(1, 1)}
+    assert {(r["encoder_runs"], r["decoder_runs"]) for r in single} == {(1, 0)}   # checked by the code
+    decoded = list(score(files, model, [0.005, 0.38], method="single", check="decoder"))
+    assert {(r["encoder_runs"], r["decoder_runs"]) for r in decoded} == {(1, 1)}
     search = list(score(files, model, [never, always], method="search"))
     prefix = list(score(files, model, [never, always], method="prefix"))
     for rows, enc_never in ((search, n_budgets), (prefix, 1)):
@@ -298,8 +307,8 @@ def test_rows_record_model_and_method(model, image_folder):
         assert rows and all(r["model_id"] == model_id(model) and r["method"] == method for r in rows)
 
 
-def test_resume_refuses_rows_of_another_model_method_or_l1(model, weights_dir, image_folder, tmp_path, monkeypatch):
-    """A file started with one model / method / l1 setting cannot be continued by another (issue 22.1)."""
+def test_resume_refuses_rows_of_another_model_method_or_check(model, weights_dir, image_folder, tmp_path, monkeypatch):
+    """A file started with one model / method / check cannot be continued by another (issue 22.1)."""
     from karl_cli import cli
     monkeypatch.setattr(cli.console, "width", 1000)   # one line, unwrapped
     torch.manual_seed(1)
@@ -312,7 +321,10 @@ def test_resume_refuses_rows_of_another_model_method_or_l1(model, weights_dir, i
     before = out.read_bytes()
     for args, why in ((["--weights", other], "came from model"), (["--weights", weights_dir, "--method", "search"],
                       "came from --method single, this run uses --method search"),
-                      (["--weights", weights_dir, "--no-l1"], "with the l1 check, this run skips it"),
+                      (["--weights", weights_dir, "--no-l1"],
+                       "scored with the code's l1 check (--check code), this run has no l1 check"),
+                      (["--weights", weights_dir, "--check", "decoder"],
+                       "scored with the code's l1 check (--check code), this run has the decoder's"),
                       (["--weights", weights_dir, "--baselines"], "columns")):
         res = _run(base + args + ["--resume"])
         assert res.exit_code == EXIT_USAGE and why in res.output, (args, res.output)
@@ -343,8 +355,17 @@ def test_one_image_prints_its_own_kc_per_eps(weights_dir, image_folder, tmp_path
     assert "img_003.png" in res.output and "KC mean" not in res.output
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in res.output.splitlines() if "│" in line]
     assert len(rows) == 2 and len(cells) == 2
-    for r in rows:      # each ε's line: ε, the row's own KC, T_max, soft KC, L1
-        assert [f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), f"{r['kc_soft']:.2f}", f"{r['l1']:.4f}"] in cells
+    for r in rows:      # each ε's line: ε, the row's own KC, T_max, soft KC, the check's L1 (the code's)
+        assert r["l1"] is None
+        assert [f"{r['eps']:g}", str(r["kc"]), str(r["max_tokens"]), f"{r['kc_soft']:.2f}", f"{r['code_l1']:.4f}"] in cells
+    assert "code's reconstruction of the kept tokens (code_l1)" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["complexity", str(one), "--eps", "0.05", "--weights", str(weights_dir),
+                                   "--workers", "0", "--check", "decoder", "--csv", str(tmp_path / "d.csv")],
+                             terminal_width=200)
+    (r,) = read_rows(tmp_path / "d.csv")
+    assert res.exit_code == 0 and r["l1"] is not None and r["code_l1"] is not None, res.output
+    assert f"{r['l1']:.4f}" in res.output
+    assert "decoder's reconstruction of the kept tokens (l1)" in " ".join(res.output.split())
 
 
 def test_summary():
@@ -352,7 +373,15 @@ def test_summary():
     rows.append({"path": "b", "eps": 0.05, "status": "error"})
     (s,) = summarize(rows)
     assert (s["ok"], s["error"], s["kc_mean"], s["kc_median"]) == (3, 1, 4.0, 4.0)
-    assert s["miss"] == pytest.approx(1 / 3)
+    assert s["miss"] == pytest.approx(1 / 3) and s["l1_from"] == "l1"
+    # Rows checked by the code alone: their code_l1; a row with both: its (decoder's) l1.
+    code_rows = [{"path": "a", "eps": 0.05, "kc": 2, "l1": None, "code_l1": l, "status": "ok"} for l in (0.01, 0.06)]
+    (c,) = summarize(code_rows)
+    assert c["miss"] == 0.5 and c["l1_mean"] == pytest.approx(0.035) and c["l1_from"] == "code_l1"
+    (both,) = summarize([{**code_rows[1], "l1": 0.04}, code_rows[0]])
+    assert both["miss"] == 0 and both["l1_from"] == "l1+code_l1"
+    (none,) = summarize([{"path": "a", "eps": 0.05, "kc": 2, "status": "ok"}])
+    assert none["miss"] is None and none["l1_from"] is None
 
 
 def test_baselines_order_simple_below_complex():
@@ -388,8 +417,8 @@ def test_cli_complexity_error_rows_exit_1(weights_dir, mixed_folder, tmp_path):
         rows = list(reader)
     assert len(rows) == 9 * 2
     for r in rows:
-        if r["status"] == "ok":
-            assert all(r[k] != "" for k in reader.fieldnames if k != "error")
+        if r["status"] == "ok":     # the default check (the code's) leaves the decoder's l1 empty
+            assert all(r[k] != "" for k in reader.fieldnames if k not in ("error", "l1")) and r["l1"] == ""
         else:
             assert r["error"] and r["kc"] == ""
     assert sum(r["status"] == "error" for r in rows) == 6

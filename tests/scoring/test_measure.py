@@ -8,6 +8,7 @@ import torch
 from karl_cli import preset
 from karl_cli.errors import UsageError
 from karl_cli.models.alit import ALIT
+from karl_cli.models.karl import KARL
 from karl_cli.scoring.measure import measure, measure_all
 from karl_cli.scoring.oracle import sweep
 
@@ -27,11 +28,91 @@ def batch():
 
 
 def test_uint8_and_float_batches_measure_alike(model, batch):
-    a = measure(model, batch, [0.05, 0.2])
-    b = measure(model, batch.float() / 255, [0.05, 0.2])
-    assert a.kc.shape == a.l1.shape == (5, 2) and a.kc.dtype == torch.long
-    assert torch.equal(a.kc, b.kc) and torch.equal(a.l1, b.l1)
+    a = measure(model, batch, [0.05, 0.2], check="decoder")
+    b = measure(model, batch.float() / 255, [0.05, 0.2], check="decoder")
+    assert a.kc.shape == a.l1.shape == a.code_l1.shape == (5, 2) and a.kc.dtype == torch.long
+    assert torch.equal(a.kc, b.kc) and torch.equal(a.l1, b.l1) and torch.equal(a.code_l1, b.code_l1)
     assert (a.encoder_runs == 1).all() and (a.decoder_runs == 1).all()
+
+
+def _code_l1_by_hand(model, images, kc):
+    """The code's reconstruction of each image's first kc tokens, from fresh codes: the code
+    forgets what it made, so synthesis replays every position from the kept tokens alone."""
+    x = images.float() / 255
+    with torch.inference_mode():
+        model.code._memo = None
+        codes = model.code.analyse(x)
+        out = []
+        for i, k in enumerate(kc.tolist()):
+            model.code._memo = None
+            rec = model.code.synthesise(codes[i:i + 1, :k]).clamp(0, 1)
+            out.append(float((rec - x[i:i + 1]).abs().mean()))
+    return torch.tensor(out)
+
+
+def test_code_check_is_the_codes_reconstruction_and_never_decodes(model, batch, monkeypatch):
+    def no_decoder(*a, **k):
+        raise AssertionError("the code check ran the decoder")
+
+    monkeypatch.setattr(model, "decode_tokens", no_decoder)
+    m = measure(model, batch, [0.05, 0.2])                   # auto: the wavelet KARL's tokens are its code
+    assert m.check == "code" and (m.decoder_runs == 0).all() and (m.encoder_runs == 1).all()
+    assert m.l1.isnan().all() and m.code_l1.isfinite().all()
+    for j in range(2):
+        assert torch.allclose(m.code_l1[:, j], _code_l1_by_hand(model, batch, m.kc[:, j]), atol=1e-6)
+    assert torch.equal(measure(model, batch, [0.05, 0.2], check="code").code_l1, m.code_l1)
+    assert torch.equal(m.met, m.code_l1 <= torch.tensor([[0.05, 0.2]]))
+
+
+def test_decoder_check_fills_l1_and_code_l1(model, batch):
+    m = measure(model, batch, [0.05, 0.2], check="decoder")
+    code = measure(model, batch, [0.05, 0.2], check="code")
+    assert m.check == "decoder" and (m.decoder_runs == 1).all()
+    assert m.l1.isfinite().all() and torch.equal(m.code_l1, code.code_l1) and torch.equal(m.kc, code.kc)
+    assert not torch.equal(m.l1, m.code_l1), "the decoder refines the code's image: another L1"
+    # met reads the decoder's l1 where it ran.
+    assert torch.equal(m.met, m.l1 <= torch.tensor([[0.05, 0.2]]))
+    none = measure(model, batch, [0.05, 0.2], check="none")
+    assert none.l1.isnan().all() and none.code_l1.isnan().all() and (none.decoder_runs == 0).all()
+    assert not none.met.any() and torch.equal(none.kc, m.kc)
+    old = measure(model, batch, [0.05, 0.2], l1=False)          # karl ≤ 0.1's way of saying none
+    assert old.check == "none" and old.code_l1.isnan().all()
+    # Reconstructions are the decoder's, so keeping them checks with the decoder.
+    kept = measure(model, batch, [0.05], keep_recon=True)
+    assert kept.check == "decoder" and torch.allclose(kept.l1[:, 0], m.l1[:, 0])
+
+
+def _other_models():
+    torch.manual_seed(0)
+    alit = as_if_trained(ALIT(preset("tiny", arch="alit"))).eval()
+    learned = as_if_trained(KARL(preset("tiny", code="learned"))).eval()
+    pca = as_if_trained(KARL(preset("tiny", code="pca"))).eval()
+    return alit, learned, pca
+
+
+def test_auto_checks_with_the_decoder_where_tokens_are_not_the_code(batch):
+    alit, learned, pca = _other_models()
+    for m in (learned, pca):
+        r = measure(m, batch, [0.1])
+        assert r.check == "decoder" and r.l1.isfinite().all() and r.code_l1.isnan().all()
+        assert (r.decoder_runs == 1).all()
+        with pytest.raises(UsageError, match="--check code needs"):
+            measure(m, batch, [0.1], check="code")
+        with pytest.raises(ValueError, match="no code reconstruction"):
+            m.code_reconstruction(m.encode(batch.float() / 255, 0.1))
+    r = measure(alit, batch, [0.1])
+    assert r.check == "decoder" and r.l1.isfinite().all() and r.code_l1.isnan().all()
+    with pytest.raises(UsageError, match="--check code works only with --method single"):
+        measure(alit, batch, [0.1], check="code")
+
+
+@pytest.mark.parametrize("method", ["search", "prefix"])
+def test_searches_check_with_the_decoder_they_search_with(model, batch, method):
+    r = measure(model, batch, [0.1], method)
+    assert r.check == "decoder" and r.l1.isfinite().all() and r.code_l1.isnan().all()
+    for check in ("code", "none"):
+        with pytest.raises(UsageError, match=f"--check {check} works only with --method single"):
+            measure(model, batch, [0.1], method, check=check)
 
 
 def test_single_pass_is_the_models_own_encoding(model, batch):
@@ -58,7 +139,8 @@ def test_need_leaves_pairs_out_without_work(model, batch):
     m = measure(model, batch, [0.05, 0.2], need=need)
     full = measure(model, batch, [0.05, 0.2])
     assert torch.equal(m.kc[need], full.kc[need])
-    assert m.l1[~need].isnan().all() and (m.encoder_runs[~need] == 0).all()
+    assert m.l1[~need].isnan().all() and m.code_l1[~need].isnan().all() and (m.encoder_runs[~need] == 0).all()
+    assert m.code_l1[need].isfinite().all() and torch.equal(m.code_l1[need], full.code_l1[need])
 
 
 def test_measure_all_batches_an_array_of_any_length(model, batch):
@@ -78,6 +160,10 @@ def test_what_the_model_cannot_honour_is_refused(model, batch):
         measure(alit, batch, [0.1], "single")
     with pytest.raises(UsageError, match="l1"):
         measure(model, batch, [0.1], "search", l1=False)
+    with pytest.raises(UsageError, match="unknown check 'fast'"):
+        measure(model, batch, [0.1], check="fast")
+    with pytest.raises(UsageError, match="cannot go with --check decoder"):
+        measure(model, batch, [0.1], check="decoder", l1=False)
 
 
 # --- the loader thread of workers=0 ------------------------------------------------------------------

@@ -47,7 +47,11 @@ def test_several_eps_and_everything_on_request(metric, photo):
     r = metric(a, eps=[0.03, 0.09], full=True)
     assert r.kc.tolist() == kc.tolist()
     assert [round(v, 4) for v in r.kc_soft[0].tolist()] == [row["kc_soft"] for row in rows]
-    assert [round(v, 6) for v in r.l1[0].tolist()] == [row["l1"] for row in rows]
+    # The check's L1: the code's own reconstruction for the wavelet KARL (no decoder pass).
+    assert r.check == "code" and [round(v, 6) for v in r.l1[0].tolist()] == [row["code_l1"] for row in rows]
+    decoded = create_metric("karl-small", device="cpu", check="decoder")(a, eps=[0.03, 0.09], full=True)
+    by_decoder = list(score([path], load("karl-small"), [0.03, 0.09], check="decoder"))
+    assert decoded.check == "decoder" and [round(v, 6) for v in decoded.l1[0].tolist()] == [row["l1"] for row in by_decoder]
     assert r.p_halt.shape == (1, 2, 384) and bool(((r.p_halt >= 0) & (r.p_halt <= 1)).all())
     assert metric.lower_better is True and isinstance(metric, KCMetric)
 
@@ -65,6 +69,8 @@ def test_a_search_only_model_and_the_registry():
     (lambda: create_metric("karl-small", device="cuda:7"), "cuda"),
     (lambda: create_metric("karl-small", device="cpu")(object()), "cannot read a object"),
     (lambda: create_metric("karl-small", device="cpu")([]), "no images"),
+    (lambda: create_metric("alit-small", device="cpu", check="code"), "--check code"),
+    (lambda: create_metric("karl-small", device="cpu", check="none"), "full=True"),
 ])
 def test_what_it_cannot_take_is_one_value_error_line(call, words):
     with pytest.raises(ValueError) as e:

@@ -52,8 +52,8 @@ def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
         assert _positive(t["stages_ms_per_image"][k]), k
     for k in ("rss_peak_mb", "python_heap_peak_mb", "rss_now_mb"):
         assert _positive(t["memory"][k]), k
-    assert set(t["targets"]) == {"single_4x_faster_than_search", "single_quarter_of_decode_only",
-                                 "kc_only_half_of_decode_only"}
+    assert set(t["targets"]) == {"single_4x_faster_than_search", "single_half_of_decode_only",
+                                 "kc_only_four_fifths_of_decode_only"}
     # The human-readable report names the machine, the command and each method.
     for text in ("command:", "machine:", "decode_only", "single", "search", "prefix", "stages", "memory:"):
         assert text in printed
@@ -187,8 +187,8 @@ def test_profile_sweep_one_entry_per_thread_count(throughput, tmp_path, capsys):
     assert [e["threads"]["torch"] for e in p["entries"]] == [1, 2]
     for e in p["entries"]:
         assert e["threads"]["numba"] == min(e["threads"]["torch"], e["threads"]["numba_pool"])
-        assert set(e["modes"]) >= {"decode_only", "kc_only", "single"}
-        for m in ("kc_only", "single"):
+        assert set(e["modes"]) >= {"decode_only", "kc_only", "single", "decoder_check"}
+        for m in ("kc_only", "single", "decoder_check"):
             v = e["modes"][m]
             st = v["stages_ms_per_image"]
             assert set(st) == {*throughput.STAGES, "total"} and all(x >= 0 for x in st.values())
@@ -197,7 +197,8 @@ def test_profile_sweep_one_entry_per_thread_count(throughput, tmp_path, capsys):
             assert st["encoder"] > 0 and st["kernel_order"] > 0 and st["kernel_prefix_l1"] > 0   # tiny: wavelet code
             assert _positive(v["images_per_s"]) and v["calls"]["kernel_order"] >= 1
         assert e["modes"]["kc_only"]["stages_ms_per_image"]["decoder"] == 0
-        assert e["modes"]["single"]["stages_ms_per_image"]["decoder"] > 0
+        assert e["modes"]["single"]["stages_ms_per_image"]["decoder"] == 0           # the code's check: no decoder
+        assert e["modes"]["decoder_check"]["stages_ms_per_image"]["decoder"] > 0
     # The projection is a function of the entries alone.
     assert p["projection"] == json.loads(json.dumps(throughput.project(p["entries"], 8, throughput.torch.device("cpu")),
                                                     default=float))

@@ -115,6 +115,9 @@ def _runs() -> dict[str, Run]:
         Run("throughput", "python benchmarks/throughput.py savoias-dev/Images --limit 200 --repeats 3 --workers 0 "
             "--methods single,kc_only,decoder_check --json docs/results/throughput.json", ("throughput.json",),
             savoias=True),
+        Run("threads", "python benchmarks/throughput.py savoias-dev/Images --limit 200 --repeats 3 --workers 0 "
+            "--threads-sweep 1,2 --project-cores 16 --json docs/results/threads.json", ("threads.json",),
+            savoias=True),
         Run("noise", "karl analyze noise --csv docs/results/noise.csv --plot docs/figures", ("noise.csv",),
             keep_output=True),
         Run("structure", "karl analyze structure --csv docs/results/structure.csv --plot docs/figures",
@@ -398,6 +401,37 @@ def t_throughput(results: Path) -> str:
             + f"\n\nAt these rates a million images take {million} on this machine at the load named below.")
 
 
+def t_threads(results: Path) -> str:
+    p = json.loads((results / "threads.json").read_text(encoding="utf-8"))["profile"]
+    label = {"kc_only": "`--no-l1`", "single": "default check", "decoder_check": "`--check decoder`"}
+    rows = []
+    for e in p["entries"]:
+        dec = e["modes"]["decode_only"]["images_per_s"]
+        for m, v in e["modes"].items():
+            if m == "decode_only":
+                continue
+            st = v["stages_ms_per_image"]
+            rows.append([label.get(m, m), f"{e['threads']['torch']} / {e['threads']['numba']}",
+                         g(v["images_per_s"], 1), f"{100 * v['images_per_s'] / dec:.0f} %", g(v["cpu_ms_per_image"], 2),
+                         g(st["decode_images"], 2), g(st["kernel_order"] + st["kernel_prefix_l1"], 2),
+                         g(st["encoder"] + st["decoder"], 2), g(st["copies"] + st["rest"], 2)])
+    measured = md_table(["", "torch / numba threads", "images/s", "of decode-only", "CPU ms/image", "decode ms",
+                         "kernels ms", "networks ms", "copies + rest ms"], rows)
+    pr = p["projection"]
+    proj = []
+    for m, q in pr["modes"].items():
+        for target in [k for k in ("cpu", "gpu") if k in q]:
+            t = q[target]
+            proj.append([label.get(m, m), f"{pr['cores']} cores" + (" + GPU" if target == "gpu" else ""),
+                         str(t["workers"]), g(t["main_process_ms_per_image"], 2), f"{t['images_per_s']:.0f}", t["bound"]])
+    projected = md_table(["", "machine", "loader workers", "main process ms/image", "images/s", "bound by"], proj)
+    hows = sorted({f["how"] for q in pr["modes"].values() for f in q["fit"].values()} - {"fit"})
+    return (f"{p['images']} Savoias dev images, ε 0.05, medians of {p['repeats']} runs; stage ms/image from serial "
+            "profiled passes, images/s from plain runs (the loader thread decoding ahead):\n\n" + measured
+            + f"\n\nProjected to {pr['cores']} cores from these stage times (computed by the script):\n\n" + projected
+            + "\n\nAssumptions, as the script prints them:\n\n" + "\n".join(f"- {a}" for a in [*pr["assumptions"], *hows]))
+
+
 def t_noise(results: Path) -> str:
     df = pd.read_csv(results / "noise.csv")
     med = df.groupby(["kind", "strength", "where", "eps"])["kc"].median()
@@ -567,6 +601,7 @@ def tables() -> dict[str, Table]:
         "battery": Table(t_battery, ("correlate-karl-small",)),
         "compare": Table(t_compare, ("compare",)),
         "throughput": Table(t_throughput, ("throughput",)),
+        "threads": Table(t_threads, ("threads",)),
         "noise": Table(t_noise, ("noise",)),
         "structure": Table(t_structure, ("structure",)),
         "familiarity": Table(t_familiarity, ("familiarity",)),

@@ -266,7 +266,7 @@ def t_examples(results: Path) -> str:
         r = df[df["name"] == name].set_index("eps")
         rows.append([f"`{name}`"] + [f"{int(r.loc[e, 'kc'])}" + _miss(r.loc[e], e) for e in eps])
     table = md_table(["image"] + [f"KC ε={e:g}" for e in eps], rows)
-    return (table + "\n\n\\* even all T_max tokens miss ε (`l1` > ε); † the single pass stopped short: its kept tokens"
+    return (table + "\n\n\\* even all T_max tokens miss ε (the check's L1, `l1` or `code_l1`, > ε); † the single pass stopped short: its kept tokens"
             " miss ε where a few more would not.")
 
 

@@ -233,7 +233,7 @@ RAY_WORKERS_HELP = " With --engine ray: scoring actors, one model each (default:
 
 def _workers_option(more: str = ""):
     return typer.Option(None, "--workers", min=0, help="Image-decoding processes (default: cores/4 up to 4 on CPU; "
-                        "cores-1 up to 16 on CUDA)." + more)
+                        "cores-1 up to 16 on CUDA); 0: a thread of this process decodes ahead." + more)
 
 
 def _seed_option(what: str = "Seed."):

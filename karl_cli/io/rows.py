@@ -515,13 +515,18 @@ def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, fields: S
     method or check wrote them: ``resume_guard``); pass ``RowWriter.done`` as ``skip`` to
     ``score`` to avoid duplicates, or use ``RowWriter`` directly."""
     it = iter(rows)
-    first = next(it, None)
+    head: list[dict[str, Any]] = []    # rows up to the first that tells its check (error rows cannot)
+    for row in it:
+        head.append(row)
+        if not resume or row_settings(row)["check"] is not None or row.get("method") != "single":
+            break
+    first = head[0] if head else None
     if fields is None:
         fields = ROW_FIELDS + [k for k in (first or {}) if k not in ROW_FIELDS]
-    guard = resume_guard(**row_settings(first)) if resume and first is not None else None
+    guard = resume_guard(**row_settings(head[-1])) if resume and head else None
     with RowWriter(path, fields, resume=resume, validate=guard) as w:
         n0 = w.count
-        for row in itertools.chain([first] if first is not None else [], it):
+        for row in itertools.chain(head, it):
             if row_key(row["path"], row["eps"]) not in w.done:
                 w.write(row)
         return w.count - n0
@@ -548,6 +553,7 @@ def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], prefe
     fields: list[str] = []
     best: dict[tuple[str, float], tuple[dict[str, Any], Path]] = {}
     models: dict[Any, Path] = {}
+    checks: dict[tuple[Any, str], Path] = {}   # (model, check) -> the first file with such rows
     counts = {"files": len(inputs), "rows": 0, "duplicates": 0, "errors_replaced": 0, "conflicts": 0}
     conflicts: list[str] = []
     for p in inputs:
@@ -563,6 +569,9 @@ def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], prefe
             if r.get("path") is None or r.get("eps") is None:
                 raise UsageError(f"{p}: rows need path and eps columns")
             models.setdefault(r.get("model_id"), p)
+            settings = row_settings(r)
+            if settings["check"] is not None:
+                checks.setdefault((r.get("model_id"), settings["check"]), p)
             key = row_key(r["path"], r["eps"])
             if key not in best:
                 best[key] = (r, p)
@@ -594,6 +603,12 @@ def merge_csv(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], prefe
         named = ", ".join(f"{m or '(none recorded)'} in {f.name}" for m, f in models.items())
         raise UsageError(f"the inputs hold rows of {len(models)} models ({named}); KC of different models do not "
                          "compare: merge each model's shards separately, or pass --mixed-models")
+    for m in {m for m, _ in checks}:
+        kinds = {c: f for (mm, c), f in checks.items() if mm == m}
+        if len(kinds) > 1:   # the same model checked two ways: one file could not be resumed by either
+            named = ", ".join(f"{_CHECK_WORDS[c]} in {f.name}" for c, f in kinds.items())
+            raise UsageError(f"the inputs hold rows scored with {len(kinds)} checks ({named}); their L1 columns "
+                             "mean different things and --resume could continue neither: rescore with one --check")
     if counts["conflicts"] and prefer is None:
         more = counts["conflicts"] - len(conflicts)
         raise UsageError(f"{counts['conflicts']} (path, ε) rows disagree between inputs: " + "; ".join(conflicts)

@@ -103,6 +103,32 @@ def test_merge_joins_old_and_new_files(tiny_weights, folder, tmp_path):
     assert res.exit_code == 0 and read_rows(tmp_path / "cli.csv") == rows, res.output
 
 
+def test_the_library_guard_reads_the_check_past_leading_error_rows(tiny_weights, folder, tmp_path):
+    model = load(tiny_weights)
+    (folder / "0_empty.png").write_bytes(b"")                   # sorts first: the first row is an error
+    out = tmp_path / "o.csv"
+    write_csv(score([folder], model, [0.05], check="decoder", shard="0/2"), out)
+    assert read_rows(out)[0]["status"] == "error"
+    before = out.read_bytes()
+    with pytest.raises(UsageError, match="decoder's l1 check .* this run has the code's"):
+        write_csv(score([folder], model, [0.05]), out, resume=True)
+    assert out.read_bytes() == before
+
+
+def test_merge_refuses_rows_of_one_model_checked_two_ways(tiny_weights, folder, tmp_path):
+    model = load(tiny_weights)
+    dec, code, old = tmp_path / "dec.csv", tmp_path / "code.csv", tmp_path / "old.csv"
+    write_csv(score([folder], model, [0.05], check="decoder", shard="0/2"), dec)
+    write_csv(score([folder], model, [0.05], shard="1/2"), code)
+    _write_old(old, list(score([folder], model, [0.05], check="decoder", shard="0/2")))
+    for inputs in ([dec, code], [old, code]):
+        with pytest.raises(UsageError, match="2 checks .*decoder's l1 check.*code's l1 check"):
+            merge_csv(tmp_path / "m.csv", inputs)
+    assert not (tmp_path / "m.csv").exists()
+    res = _run(["merge", tmp_path / "m.csv", code, dec])
+    assert res.exit_code == EXIT_USAGE and "2 checks" in res.output and not (tmp_path / "m.csv").exists()
+
+
 def test_cli_check_flags(tiny_weights, folder, tmp_path):
     base = ["complexity", folder, "--weights", tiny_weights, "--workers", 0, "--eps", 0.05]
     for args, rows_want in ((["--check", "decoder"], (True, True, 1)), (["--check", "none"], (False, False, 0)),

@@ -18,7 +18,8 @@ One run prints, as medians over ``--repeats`` runs on the same images:
   also the CPU time per image (this process + loader workers), steadier than images/s under other load;
 - the ratios single / decode-only (target >= 0.5 on CPU), kc_only / decode-only (target >= 0.8; both
   issue #30) and single vs search (target >= 4x faster at the same ε and model);
-- per-stage time per image, measured in one extra serial pass (``workers=0``, so nothing overlaps):
+- per-stage time per image, measured in one extra serial pass of ``decoder_check`` (no loader workers and
+  nothing decoded ahead, so nothing overlaps):
   decode images (open + convert + resize), encoder (``KARL.encode``: the encoder and halting), decoder
   (``KARL.decode_tokens``) and the rest (batching, rows); plus, in the timed single runs, how long the
   main process waited on the loader (a model starved of images shows up here);
@@ -71,6 +72,8 @@ from karl_cli.io.rows import ROW_FIELDS, RowWriter, Summary, checkpoint_seconds
 from karl_cli.scoring.measure import ImageDataset, collate_images, collect_inputs, image_batches
 from karl_cli.io.images import Found
 from karl_cli.runtime import default_workers, prepare_model, resolve_device
+from karl_cli.scoring.methods import check_method
+from karl_cli.errors import UsageError
 from karl_cli.models.pretrained import DEFAULT_MODEL, WeightsNotFound, load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,10 +247,12 @@ def run_method(items: Sequence[Found], model: torch.nn.Module, eps: float, metho
 
 def run_stages(items: Sequence[Found], model: torch.nn.Module, eps: float, batch_size: int,
                device: torch.device) -> dict[str, float]:
-    """One serial single-pass run (``workers=0``): seconds in decode images, encoder, decoder, rest."""
+    """One serial run of the single pass checked by the decoder (``decoder_check``: every stage has work;
+    no loader workers and nothing decoded ahead, ``serial_decode``): ms per image in decode images,
+    encoder, decoder, rest."""
     acc: dict[str, float] = {}
-    with model_timer(model, acc, device):
-        res = run_method(items, model, eps, "single", batch_size, 0, device, timers=acc)
+    with serial_decode(), model_timer(model, acc, device):
+        res = run_method(items, model, eps, "decoder_check", batch_size, 0, device, timers=acc)
     total = res["seconds"]
     stages = {"decode_images": acc.get("loader", 0.0), "encoder": acc.get("encoder", 0.0),
               "decoder": acc.get("decoder", 0.0)}
@@ -742,8 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
     p.add_argument("--profile", action="store_true",
                    help="Where the time goes: images/s and ms/image per stage (decode, numba kernels, copies, "
-                        "networks, rest) of --no-l1 and the l1 check, GPU-busy share on CUDA, a projection to "
-                        "--project-cores cores.")
+                        "networks, rest) of --no-l1, the default check and the decoder check, GPU-busy share on "
+                        "CUDA, a projection to --project-cores cores.")
     p.add_argument("--threads-sweep", default=None, metavar="N,M,..",
                    help="The profile at each torch/numba thread count, side by side (implies --profile).")
     p.add_argument("--project-cores", type=int, default=16, metavar="N",
@@ -797,7 +802,7 @@ def render(result: dict[str, Any]) -> str:
                      + (f"   single vs prefix: {r['single_speedup_vs_prefix']:.1f}x faster"
                         if "single_speedup_vs_prefix" in r else ""))
         s = t["stages_ms_per_image"]
-        lines.append("stages, ms/image (serial, workers=0): " + ", ".join(
+        lines.append("stages, ms/image (a serial decoder_check pass): " + ", ".join(
             f"{k.replace('_', ' ')} {s[k]:.2f}" for k in ("decode_images", "encoder", "decoder", "rest", "total")))
         mem = t["memory"]
         lines.append(f"memory: peak RSS {mem['rss_peak_mb']:.0f} MiB"
@@ -888,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         build_parser().error("give a FOLDER, or --synthetic N")
     profiling = args.profile or args.threads_sweep is not None
     if profiling and args.methods is not None:
-        build_parser().error("--profile measures --no-l1 and the l1 check itself: leave out --methods")
+        build_parser().error("--profile measures --no-l1, the default check and the decoder check itself: leave out --methods")
     methods = [m.strip() for m in (args.methods or ",".join(METHODS)).split(",") if m.strip()]
     if not methods or any(m not in METHODS for m in methods) or "single" not in methods:
         build_parser().error(f"--methods: a subset of {','.join(METHODS)} that includes single")
@@ -924,6 +929,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         except WeightsNotFound as e:
             build_parser().error(f"{e}; or pass --tiny")
         cfg = model.config
+        try:   # what the model cannot do (ALIT has no single pass) is a usage error, not a traceback
+            for m in ["single"] if profiling else methods:
+                check_method(model, score_args(m)[0])
+        except UsageError as e:
+            build_parser().error(f"{e} (model {weights})")
         result: dict[str, Any] = {
             "command": command, "machine": machine_info(device),
             "weights": "tiny (random)" if args.tiny else str(weights),
@@ -933,7 +943,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         if args.folder is not None:
             items = collect_inputs([args.folder])
-            if args.limit:
+            if args.limit is not None:
+                if args.limit < 1:
+                    build_parser().error("--limit N needs N >= 1")
                 items = items[: args.limit]
             if profiling:
                 def save(partial: dict[str, Any]) -> None:   # a run cut short keeps the entries it finished

@@ -621,8 +621,8 @@ def models(
     for name in _checked(lambda: list_models(kind, pattern)):
         entry = ENTRIES[name]
         cfg = PRESETS[name] if entry.kind == "preset" else read_config(weights_path(name))
-        default = name in (DEFAULT_MODEL, DEFAULT_PRESET)
-        table.add_row(name + (" (default)" if default else ""), entry.kind, cfg.arch, cfg.code, str(cfg.resolution),
+        mark = " (default)" if name == DEFAULT_MODEL else " (train's default)" if name == DEFAULT_PRESET else ""
+        table.add_row(name + mark, entry.kind, cfg.arch, cfg.code, str(cfg.resolution),
                       str(cfg.max_tokens), escape(entry.summary))
     make_console().print(table)
 

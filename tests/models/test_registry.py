@@ -30,3 +30,11 @@ def test_karl_models_lists_every_name_and_its_kind():
     for name in list_models():
         assert name in result.output
     assert "shipped" in result.output and "preset" in result.output
+
+
+def test_karl_models_marks_one_default_model_and_trains_default_preset():
+    from karl_cli.registry import DEFAULT_MODEL, DEFAULT_PRESET
+
+    out = CliRunner().invoke(app, ["models"], terminal_width=300).output
+    assert out.count("(default)") == 1 and f"{DEFAULT_MODEL} (default)" in out
+    assert f"{DEFAULT_PRESET} (train's default)" in out

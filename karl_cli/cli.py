@@ -447,7 +447,7 @@ def complexity(
             if plot:
                 plot_rows.append({k: row.get(k) for k in ("eps", "kc", "status", "max_tokens")})
         if existing:
-            console.print(f"resuming: {len(existing)} rows already in {escape(outs_given[0])} are kept")
+            console.print(f"resuming: {_rows(len(existing))} already in {escape(outs_given[0])} kept")
         with _progress("scoring") as update:
             skip = sinks[0].done if sinks else None
             if on_ray is not None:
@@ -477,7 +477,7 @@ def complexity(
     outs = " and ".join(p for p in outs_given if p != "-")
     if outs:
         kept = len(existing)
-        console.print(f"wrote {sinks[0].count - kept} new rows to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
+        console.print(f"wrote {_rows(sinks[0].count - kept, 'new ')} to {escape(outs)}" + (f" ({kept} kept from before)" if kept else ""))
     if plot:
         from karl_cli.analysis.plots import kc_histogram
         kc_histogram(plot_rows, plot)
@@ -513,7 +513,7 @@ def merge(
         notes.append(f"{counts['errors_replaced']} error rows replaced by ok rows")
     if counts["conflicts"]:
         notes.append(f"{counts['conflicts']} disagreeing rows taken from the {prefer} input")
-    console.print(f"merged {counts['files']} files: {counts['rows']} rows ({'; '.join(notes)}) -> {escape(out)}")
+    console.print(f"merged {counts['files']} files: {_rows(counts['rows'])} ({'; '.join(notes)}) -> {escape(out)}")
 
 
 @app.command(cls=_Command)
@@ -625,6 +625,11 @@ def models(
         table.add_row(name + mark, entry.kind, cfg.arch, cfg.code, str(cfg.resolution),
                       str(cfg.max_tokens), escape(entry.summary))
     make_console().print(table)
+
+
+def _rows(n: int, what: str = "") -> str:
+    """``n`` rows, in words: "1 new row", "3 rows"."""
+    return f"{n} {what}row{'' if n == 1 else 's'}"
 
 
 def _exit_interrupted() -> None:
@@ -1005,7 +1010,7 @@ def _finish_study(study, csv_out: Optional[Path], json_out: Optional[Path], plot
         console.print(f"• {escape(line)}", highlight=False)
     for out in (csv_out, json_out):
         if out is not None:
-            console.print(f"wrote {len(study.rows)} rows to {escape(str(out))}")
+            console.print(f"wrote {_rows(len(study.rows))} to {escape(str(out))}")
     if plot is not None:
         from karl_cli.analysis.study_plots import draw_study
 

@@ -112,3 +112,9 @@ def test_every_float_option_refuses_values_that_round_to_0_or_inf():
     assert res.exit_code == 2 and "1e400 is too large" in res.output
     res = CliRunner().invoke(app, ["complexity", "x.png", "--eps", "0,05"], terminal_width=200)
     assert res.exit_code == 2 and "(write 0.05)" in res.output
+
+
+def test_row_counts_read_as_words():
+    from karl_cli.cli import _rows
+
+    assert _rows(1, "new ") == "1 new row" and _rows(0, "new ") == "0 new rows" and _rows(2) == "2 rows"

@@ -127,6 +127,12 @@ def _handle_errors(fn: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 - the one place where errors meet the user
             if _state["debug"]:
                 raise
+            if _interrupts[0]:
+                # A Ctrl-C that landed inside an import leaves the module half made, and what fails next
+                # is any error (numpy's __getattr__ recursing, a dataclass's __set_name__): it was the Ctrl-C.
+                console.print("[yellow]interrupted[/]" + (": what was done is saved; --resume continues"
+                                                          if resumable else ""))
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             if getattr(e, "exit_code", None) == EXIT_INTERRUPTED:   # e.g. training's "interrupted at step N"
                 console.print(f"[yellow]{escape(_error_text(e))}[/]", highlight=False)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -641,9 +647,20 @@ def _exit_interrupted() -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+_interrupts = [0]   # Ctrl-Cs received by the `karl` command (``main``)
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """Python's own Ctrl-C behaviour (KeyboardInterrupt), counted: see ``_handle_errors``."""
+    _interrupts[0] += 1
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point: user errors become one clear line and an exit code."""
     debug = "--debug" in sys.argv
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except KarlError as e:

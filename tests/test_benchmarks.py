@@ -38,14 +38,16 @@ def test_throughput_reports_every_figure(throughput, tmp_path, capsys):
     assert m["cpu"] and m["cores"] >= 1 and m["torch_threads"] == 1 and m["device"] == "cpu"
     t = res["throughput"]
     assert t["images"] == 8
-    assert set(t["methods"]) == {"decode_only", "single", "kc_only", "search", "prefix"}
+    assert set(t["methods"]) == {"decode_only", "single", "kc_only", "decoder_check", "search", "prefix"}
     for name, e in t["methods"].items():
         assert _positive(e["images_per_s"]) and _positive(e["cpu_ms_per_image"]), name
         assert len(e["images_per_s_runs"]) == 1
-    assert t["methods"]["single"]["encoder_runs"] == t["methods"]["single"]["decoder_runs"] == 1
+    assert t["methods"]["single"]["encoder_runs"] == 1 and t["methods"]["single"]["decoder_runs"] == 0   # code check
+    assert t["methods"]["decoder_check"]["encoder_runs"] == t["methods"]["decoder_check"]["decoder_runs"] == 1
+    assert t["methods"]["single"]["l1_mean"] is not None                  # the code's L1
     assert t["methods"]["kc_only"]["decoder_runs"] == 0 and t["methods"]["kc_only"]["l1_mean"] is None
     assert t["methods"]["search"]["encoder_runs"] >= 1 and t["methods"]["prefix"]["encoder_runs"] == 1
-    for k in ("single_vs_decode_only", "kc_only_vs_decode_only", "single_speedup_vs_search",
+    for k in ("single_vs_decode_only", "kc_only_vs_decode_only", "decoder_check_vs_decode_only", "single_speedup_vs_search",
               "single_speedup_vs_prefix"):
         assert _positive(t["ratios"][k]), k
     for k in ("decode_images", "encoder", "decoder", "total"):

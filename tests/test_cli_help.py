@@ -118,3 +118,23 @@ def test_row_counts_read_as_words():
     from karl_cli.cli import _rows
 
     assert _rows(1, "new ") == "1 new row" and _rows(0, "new ") == "0 new rows" and _rows(2) == "2 rows"
+
+
+def test_an_error_after_a_ctrl_c_is_the_interrupt(monkeypatch, capsys):
+    # A Ctrl-C inside an import leaves a half-made module; what fails next (numpy's __getattr__ recursing,
+    # a dataclass's __set_name__) must read as the interrupt, not as "unexpected RecursionError".
+    import typer
+
+    from karl_cli import cli
+
+    def broken() -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    wrapped = cli._handle_errors(broken)
+    with pytest.raises(typer.Exit) as e:
+        wrapped()
+    assert e.value.exit_code == 3                       # no Ctrl-C: an unexpected error
+    monkeypatch.setattr(cli, "_interrupts", [1])
+    with pytest.raises(typer.Exit) as e:
+        wrapped()
+    assert e.value.exit_code == 130

@@ -214,10 +214,10 @@ class KARL(Tokenizer):
             offsets = self.halting_head.eps_offset(torch.arange(len(maxima), n, device=images.device)
                                                    / HALT_GRID_STEPS)
             maxima.extend(self.halting_head.running_max_logits(feats, offsets, maxima[-1] if maxima else None))
-        # Logits clamped where a float32 p_halt of exactly 0 or 1 would be (logit with eps 1e-6).
-        lo = maxima[j].clamp(-HALT_LOGIT_LIMIT, HALT_LOGIT_LIMIT)
         if w == 0:
             return torch.sigmoid(maxima[j])
+        # Logits clamped where a float32 p_halt of exactly 0 or 1 would be (logit with eps 1e-6).
+        lo = maxima[j].clamp(-HALT_LOGIT_LIMIT, HALT_LOGIT_LIMIT)
         hi = maxima[j + 1].clamp(-HALT_LOGIT_LIMIT, HALT_LOGIT_LIMIT)
         return torch.sigmoid(lo + w * (hi - lo))
 

@@ -65,9 +65,7 @@ class DCTCode(nn.Module):
         r = cfg.resolution
         self.resolution = r
         self.latent_dim = cfg.latent_dim
-        self.size = cfg.max_tokens * cfg.latent_dim
-        if self.size > 3 * r * r:
-            raise ValueError(f"max_tokens x latent_dim = {self.size} exceeds the {3 * r * r} values of an image")
+        self.size = cfg.max_tokens * cfg.latent_dim   # at most 3·R²: KARLConfig refuses more
         self.register_buffer("dct", dct_matrix(r), persistent=False)
         # Fitted statistics (``fit``); these defaults are a usable code before fitting.
         self.register_buffer("colour_mean", torch.full((3,), 0.5))

@@ -38,10 +38,8 @@ class PCACode(nn.Module):
         r = cfg.resolution
         self.resolution = r
         self.latent_dim = cfg.latent_dim
-        self.size = cfg.max_tokens * cfg.latent_dim
+        self.size = cfg.max_tokens * cfg.latent_dim   # at most 3·R²: KARLConfig refuses more
         dims = 3 * r * r
-        if self.size > dims:
-            raise ValueError(f"max_tokens x latent_dim = {self.size} exceeds the {dims} values of an image")
         # Fitted (``fit``); these defaults (a grey mean and the first pixel axes) are a usable code.
         self.register_buffer("colour_mean", torch.full((3,), 0.5))
         self.register_buffer("mean", torch.full((dims,), 0.5))

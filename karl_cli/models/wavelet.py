@@ -130,9 +130,7 @@ class WaveletCode(nn.Module):
         self.resolution = r
         self.latent_dim = cfg.latent_dim
         self.max_tokens = cfg.max_tokens
-        self.size = 3 * r * r
-        if cfg.max_tokens * cfg.latent_dim > self.size:
-            raise ValueError(f"max_tokens x latent_dim exceeds the {self.size} values of an image")
+        self.size = 3 * r * r   # the tokens' values fit in it: KARLConfig refuses more
         self.register_buffer("kids", haar_tree(3, r)[1], persistent=False)   # children of each coefficient
         # Fitted statistics (``fit``); these defaults are a usable code before fitting.
         self.register_buffer("colour_mean", torch.full((3,), 0.5))
